@@ -1,0 +1,110 @@
+"""The result vocabulary every stage speaks: checks with evidence, and measured metrics.
+
+A check is the unit the user, the JSON report and the JUnit file all see; a
+metric is a number we measured, with its unit and how we obtained it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from kcuda_validate.errors import ExitCode, worst
+
+
+class Status(StrEnum):
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verdict with the evidence behind it and, when it failed, the fix."""
+
+    id: str
+    stage: str
+    title: str
+    status: Status
+    summary: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    fix: str | None = None
+    exit_code: ExitCode = ExitCode.OK
+    duration_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.status == Status.FAIL and self.exit_code == ExitCode.OK:
+            object.__setattr__(self, "exit_code", ExitCode.CHECK_FAILED)
+        if self.status != Status.FAIL:
+            object.__setattr__(self, "exit_code", ExitCode.OK)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "stage": self.stage,
+            "title": self.title,
+            "status": self.status.value,
+            "summary": self.summary,
+            "evidence": dict(self.evidence),
+            "fix": self.fix,
+            "exit_code": int(self.exit_code),
+            "duration_s": self.duration_s,
+        }
+
+
+def passed(id: str, stage: str, title: str, summary: str, **evidence: Any) -> Check:
+    return Check(id, stage, title, Status.PASS, summary, evidence)
+
+
+def warned(id: str, stage: str, title: str, summary: str, fix: str | None = None, **evidence: Any) -> Check:
+    return Check(id, stage, title, Status.WARN, summary, evidence, fix)
+
+
+def skipped(id: str, stage: str, title: str, summary: str, **evidence: Any) -> Check:
+    return Check(id, stage, title, Status.SKIP, summary, evidence)
+
+
+def failed(
+    id: str,
+    stage: str,
+    title: str,
+    summary: str,
+    fix: str | None,
+    exit_code: ExitCode = ExitCode.CHECK_FAILED,
+    **evidence: Any,
+) -> Check:
+    return Check(id, stage, title, Status.FAIL, summary, evidence, fix, exit_code)
+
+
+def verdict(checks: Iterable[Check]) -> ExitCode:
+    """The run's exit code: OK unless a check failed, then the most specific failure."""
+    return worst([c.exit_code for c in checks if c.status == Status.FAIL])
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A measured number. `method` says how it was obtained; `estimate` flags derived figures."""
+
+    name: str
+    value: float | int | None
+    unit: str
+    method: str
+    estimate: bool = False
+    samples: tuple[float, ...] = ()
+    stddev: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "value": self.value,
+            "unit": self.unit,
+            "method": self.method,
+            "estimate": self.estimate,
+        }
+        if self.samples:
+            out["samples"] = list(self.samples)
+        if self.stddev is not None:
+            out["stddev"] = self.stddev
+        return out

@@ -1,0 +1,249 @@
+"""Options shared by several commands, and the glue from parsed options to service inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kcuda_validate.cli._output import Output, OutputOptions
+
+DEFAULT_N_CTX = 4096
+DEFAULT_TIMEOUT = 600.0
+
+
+class DeviceType(click.ParamType):
+    """`--device N` (an NVML GPU index) or `--device cpu` (a CPU-only run, never reported as a GPU pass)."""
+
+    name = "N|cpu"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "cpu":
+            return "cpu"
+        if text.isdigit():
+            return int(text)
+        self.fail(f"{value!r} is not a GPU index or 'cpu'", param, ctx)
+        return None
+
+
+DEVICE = DeviceType()
+
+
+def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--json, -v, -q, --report, --junit-xml, --debug: accepted before or after the command name."""
+    opts = [
+        click.option("--json", "json_out", is_flag=True, default=None, help="Print one JSON document on stdout."),
+        click.option("-v", "--verbose", count=True, help="Show every check and more detail (repeatable)."),
+        click.option("-q", "--quiet", is_flag=True, default=None, help="Print only the verdict line."),
+        click.option(
+            "--report",
+            "report_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Also write the JSON report to this file.",
+        ),
+        click.option(
+            "--junit-xml",
+            "junit_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write a JUnit XML file with one test case per check.",
+        ),
+        click.option("--debug", is_flag=True, default=None, help="Show tracebacks for unexpected errors."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def make_output(ctx: click.Context, **kw: Any) -> Output:
+    """Merge group-level and command-level output flags (the command's win)."""
+    base: OutputOptions = (ctx.find_root().obj or {}).get("output", OutputOptions())
+    opts = OutputOptions(
+        json=bool(kw.get("json_out") if kw.get("json_out") is not None else base.json),
+        verbose=max(kw.get("verbose") or 0, base.verbose),
+        quiet=bool(kw.get("quiet") if kw.get("quiet") is not None else base.quiet),
+        report_path=kw.get("report_path") or base.report_path,
+        junit_path=kw.get("junit_path") or base.junit_path,
+        debug=bool(kw.get("debug") if kw.get("debug") is not None else base.debug),
+    )
+    root = ctx.find_root()
+    root.obj = (root.obj or {}) | {"output_resolved": opts}
+    return Output(opts)
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option(
+            "--model-path",
+            type=click.Path(path_type=Path, dir_okay=True, exists=False),
+            help="A local GGUF file.",
+        ),
+        click.option("--repo-id", help="Hugging Face repo, e.g. Qwen/Qwen2.5-0.5B-Instruct-GGUF."),
+        click.option("--filename", help="GGUF file in the repo (required with --repo-id)."),
+        click.option("--revision", help="Branch, tag or commit of the repo (default: main)."),
+        click.option(
+            "--synthetic",
+            metavar="SIZE",
+            help="Generate (once, then cached) a random-weight llama model of this size, e.g. 1GiB. Works offline.",
+        ),
+        click.option(
+            "--synthetic-type",
+            type=click.Choice(["F16", "Q8_0", "Q4_0"], case_sensitive=False),
+            default="Q8_0",
+            show_default=True,
+            help="Weight type of the synthetic model.",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def load_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option(
+            "--gpu-layers",
+            type=click.IntRange(min=-1),
+            default=-1,
+            show_default=True,
+            help="Layers to offload to the GPU; -1 = all.",
+        ),
+        click.option(
+            "--n-ctx",
+            type=click.IntRange(64, 1 << 20),
+            default=DEFAULT_N_CTX,
+            show_default=True,
+            help="Context size in tokens (capped by the model's trained context).",
+        ),
+        click.option("--device", type=DEVICE, default=None, help="GPU index to use, or 'cpu' for a CPU-only run."),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=1),
+            default=DEFAULT_TIMEOUT,
+            show_default=True,
+            help="Seconds each model stage (load, inference) may take before it is killed.",
+        ),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for llama.cpp."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def infer_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--prompt", "prompt_opt", help="The prompt (or give it as the argument)."),
+        click.option(
+            "--max-tokens", type=click.IntRange(1, 65536), default=128, show_default=True, help="Tokens to generate."
+        ),
+        click.option(
+            "--temperature",
+            type=click.FloatRange(0, 5),
+            default=0.0,
+            show_default=True,
+            help="0 = greedy (deterministic).",
+        ),
+        click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed."),
+        click.option(
+            "--repeat",
+            type=click.IntRange(1, 100),
+            default=3,
+            show_default=True,
+            help="Measured runs after one warm-up.",
+        ),
+        click.option("--no-warmup", is_flag=True, help="Skip the warm-up run (the first measured run is cold)."),
+        click.option(
+            "--prompt-tokens",
+            type=click.IntRange(1, 1 << 20),
+            default=None,
+            help="Benchmark prompt processing with a synthetic prompt of exactly N tokens.",
+        ),
+        click.option("--raw", is_flag=True, help="Do not apply the model's chat template."),
+        click.option("--compare-cpu", is_flag=True, help="Also run the prompt with 0 GPU layers; report the speedup."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def threshold_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--min-gen-tps", type=click.FloatRange(min=0), help="Fail below this generation tokens/s."),
+        click.option("--min-prompt-tps", type=click.FloatRange(min=0), help="Fail below this prompt tokens/s."),
+        click.option("--max-ttft-ms", type=click.FloatRange(min=0), help="Fail above this warm time to first token."),
+        click.option("--min-speedup", type=click.FloatRange(min=0), help="Fail below this speedup over the CPU."),
+        click.option(
+            "--allow-partial-offload",
+            is_flag=True,
+            help="Do not fail when some layers stay on the CPU (a full offload is required by default).",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
+    """Parsed options -> pipeline.ModelRun (validated where click cannot)."""
+    from kcuda_validate.errors import UsageError
+    from kcuda_validate.llm.inference import DEFAULT_PROMPT, InferOptions
+    from kcuda_validate.llm.loader import LoadOptions
+    from kcuda_validate.model.source import ModelSpec
+    from kcuda_validate.pipeline import ModelRun, Thresholds
+
+    cpu = kw.get("device") == "cpu"
+    spec = ModelSpec(
+        model_path=kw.get("model_path"),
+        repo_id=kw.get("repo_id"),
+        filename=kw.get("filename"),
+        revision=kw.get("revision"),
+        synthetic=kw.get("synthetic"),
+        synthetic_type=(kw.get("synthetic_type") or "Q8_0").upper(),
+    )
+    spec.validate()
+    load = LoadOptions(
+        gpu_layers=0 if cpu else kw.get("gpu_layers", -1),
+        n_ctx=kw.get("n_ctx", DEFAULT_N_CTX),
+        cpu_mode=cpu,
+        n_threads=kw.get("threads"),
+    )
+    infer = None
+    if with_infer:
+        arg, opt = kw.get("prompt"), kw.get("prompt_opt")
+        if arg is not None and opt is not None:
+            raise UsageError("prompt: given both as argument and --prompt", fix="Pass the prompt once.")
+        prompt = opt if opt is not None else arg
+        if prompt is not None and not prompt.strip():
+            raise UsageError("prompt: the prompt is empty", fix="Pass some text, e.g. kcuda-validate infer 'Hello'.")
+        infer = InferOptions(
+            prompt=prompt if prompt is not None else DEFAULT_PROMPT,
+            max_tokens=kw.get("max_tokens", 128),
+            temperature=kw.get("temperature", 0.0),
+            seed=kw.get("seed", 42),
+            repeat=kw.get("repeat", 3),
+            warmup=not kw.get("no_warmup", False),
+            prompt_tokens=kw.get("prompt_tokens"),
+            chat=not kw.get("raw", False),
+        )
+    thresholds = Thresholds(
+        min_gen_tps=kw.get("min_gen_tps"),
+        min_prompt_tps=kw.get("min_prompt_tps"),
+        max_ttft_ms=kw.get("max_ttft_ms"),
+        min_speedup=kw.get("min_speedup"),
+        require_full_offload=not kw.get("allow_partial_offload", False),
+    )
+    if kw.get("compare_cpu") and cpu:
+        raise UsageError("--compare-cpu: needs a GPU run", fix="Drop --device cpu or --compare-cpu.")
+    return ModelRun(
+        spec=spec,
+        load=load,
+        infer=infer,
+        device=kw.get("device") if isinstance(kw.get("device"), int) else None,
+        timeout_s=kw.get("timeout", DEFAULT_TIMEOUT),
+        compare_cpu=bool(kw.get("compare_cpu")),
+        thresholds=thresholds,
+    )

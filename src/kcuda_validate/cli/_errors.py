@@ -1,0 +1,79 @@
+"""The one error boundary: exceptions become a one-line message and a documented exit code.
+
+Tracebacks appear only with --debug or KCUDA_DEBUG=1 (and always in the log
+file). Bugs are re-raised under pytest so tests see them instead of a
+friendly message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from kcuda_validate.errors import ExitCode, KcudaError
+from kcuda_validate.logs import log_path, setup_logging
+
+log = logging.getLogger("kcuda_validate.cli")
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("KCUDA_DEBUG", "") not in ("", "0")
+
+
+def _say(message: str, fix: str | None = None, show_log: bool = True) -> None:
+    lines = [f"Error: {message}"]
+    if fix:
+        lines.append(f"Fix: {fix}")
+    path = log_path()
+    if show_log and path is not None:
+        lines.append(f"Log: {path}")
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
+def run_with_boundary(invoke: Callable[[], Any]) -> int:
+    argv = sys.argv[1:]
+    setup_logging()
+    log.info("start: kcuda-validate %s", " ".join(argv))
+    debug = _debug_requested(argv)
+    try:
+        result = invoke()
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 0
+    except click.UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        hint = f"See `{exc.ctx.command_path} --help`." if exc.ctx is not None else "See `kcuda-validate --help`."
+        log.info("usage error: %s", exc.format_message())
+        _say(where + exc.format_message().replace("\n", " "), hint, show_log=False)
+        return int(ExitCode.USAGE)
+    except click.exceptions.Abort:
+        _say("interrupted", show_log=False)
+        return int(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt:
+        _say("interrupted", show_log=False)
+        return int(ExitCode.INTERRUPTED)
+    except KcudaError as exc:
+        log.info("error (%s): %s", exc.exit_code.reason, exc.message, exc_info=debug)
+        if debug:
+            raise
+        _say(exc.message, exc.fix, show_log=exc.exit_code != ExitCode.USAGE)
+        return int(exc.exit_code)
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        log.exception("internal error")
+        if debug or "PYTEST_CURRENT_TEST" in os.environ:
+            raise
+        _say(f"internal error: {type(exc).__name__}: {exc}", "Rerun with --debug and report the bug with the log file.")
+        return int(ExitCode.INTERNAL)
+    code = int(result) if isinstance(result, int) else 0
+    log.info("exit %d", code)
+    return code

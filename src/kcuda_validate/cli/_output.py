@@ -1,0 +1,146 @@
+"""One output object for every command: human (rich), JSON, or quiet.
+
+stdout carries the result (the streamed text and the final table, or exactly
+one JSON document); progress, hints and errors go to stderr so scripts can
+parse stdout. Colour follows the terminal: none when piped or NO_COLOR is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from kcuda_validate.logs import log_path
+
+
+@dataclass
+class OutputOptions:
+    json: bool = False
+    verbose: int = 0
+    quiet: bool = False
+    report_path: Path | None = None
+    junit_path: Path | None = None
+    debug: bool = False
+    width: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        return "json" if self.json else ("quiet" if self.quiet else "human")
+
+
+class Output:
+    def __init__(self, opts: OutputOptions, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+        self.opts = opts
+        self._stdout = stdout or sys.stdout
+        self._stderr = stderr or sys.stderr
+        self._console: Any = None
+        self._err_console: Any = None
+        self._status: Any = None
+        self._streamed = False
+
+    # rich is imported lazily: `--help` and `--version` must start fast.
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            self._console = _make_console(self._stdout, self.opts.width)
+        return self._console
+
+    @property
+    def err_console(self) -> Any:
+        if self._err_console is None:
+            self._err_console = _make_console(self._stderr, self.opts.width)
+        return self._err_console
+
+    @property
+    def human(self) -> bool:
+        return self.opts.mode == "human"
+
+    def progress(self, message: str) -> None:
+        """A transient status line on stderr (terminals only)."""
+        if self.opts.mode != "human" or not self._stderr.isatty():
+            return
+        if self._status is None:
+            self._status = self.err_console.status(message)
+            self._status.start()
+        else:
+            self._status.update(message)
+
+    def end_progress(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def stream(self, text: str) -> None:
+        """Generated text as it arrives (human mode only; JSON carries the full text instead)."""
+        if self.opts.mode != "human":
+            return
+        if not self._streamed:
+            self.end_progress()
+            self._streamed = True
+        self._stdout.write(text)
+        self._stdout.flush()
+
+    def end_stream(self) -> None:
+        if self._streamed:
+            self._stdout.write("\n")
+            self._stdout.flush()
+            self._streamed = False
+
+    def note(self, message: str) -> None:
+        if self.opts.mode == "human" and self.opts.verbose:
+            self.end_progress()
+            self.err_console.print(message, markup=False, highlight=False)
+
+    def error(self, message: str, fix: str | None = None) -> None:
+        """One line on stderr naming the input; the fix and the log file on the next lines."""
+        self.end_progress()
+        self.end_stream()
+        lines = [f"Error: {message}"]
+        if fix:
+            lines.append(f"Fix: {fix}")
+        path = log_path()
+        if path is not None:
+            lines.append(f"Log: {path}")
+        self._stderr.write("\n".join(lines) + "\n")
+        self._stderr.flush()
+
+    def result(self, report: Any) -> None:
+        """Print the final result in the chosen mode and write any requested report files."""
+        from kcuda_validate.report import write_atomic
+
+        self.end_progress()
+        self.end_stream()
+        doc = report.to_json()
+        if self.opts.report_path is not None:
+            write_atomic(self.opts.report_path, json.dumps(doc, indent=2, default=str) + "\n")
+        if self.opts.junit_path is not None:
+            write_atomic(self.opts.junit_path, report.to_junit_xml())
+        if self.opts.mode == "json":
+            self._stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+            self._stdout.flush()
+            return
+        from kcuda_validate.render import render_report
+
+        render_report(report, self.console, verbose=self.opts.verbose, quiet=self.opts.quiet)
+
+
+def _make_console(stream: TextIO, width: int | None) -> Any:
+    from rich.console import Console
+
+    no_color = bool(os.environ.get("NO_COLOR"))
+    is_tty = hasattr(stream, "isatty") and stream.isatty()
+    return Console(
+        file=stream,
+        width=width or (None if is_tty else 100),
+        no_color=no_color,
+        color_system=None if (no_color or not is_tty) else "auto",
+        highlight=False,
+        emoji=False,
+        soft_wrap=False,
+        force_terminal=None if is_tty else False,
+    )

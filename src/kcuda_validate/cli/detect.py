@@ -1,0 +1,72 @@
+"""`kcuda-validate detect`: check every layer of the CUDA stack, with evidence and fixes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from kcuda_validate.cli._common import DEVICE, make_output, output_options
+
+
+@click.command("detect")
+@click.option("--device", type=DEVICE, default=None, help="Check only this GPU index ('cpu': a CPU-only run).")
+@click.option(
+    "--skip-torch", is_flag=True, help="Skip PyTorch (saves its ~1-10 s import) when only the driver matters."
+)
+@click.option(
+    "--min-vram-gb", type=click.FloatRange(min=0), default=2.0, show_default=True, help="Minimum total VRAM per GPU."
+)
+@click.option(
+    "--min-compute",
+    type=click.FloatRange(min=0),
+    default=6.1,
+    show_default=True,
+    help="Minimum CUDA compute capability.",
+)
+@output_options
+@click.pass_context
+def detect(ctx: click.Context, device: Any, skip_torch: bool, min_vram_gb: float, min_compute: float, **kw: Any) -> int:
+    """Detect NVIDIA GPUs and diagnose the driver, CUDA, PyTorch and llama-cpp-python."""
+    from kcuda_validate.detect import DetectOptions, GpuDetector
+    from kcuda_validate.report import Report
+
+    ui = make_output(ctx, **kw)
+    report = Report("detect")
+    cpu = device == "cpu"
+    report.device_mode = "cpu" if cpu else "gpu"
+    ui.progress("Checking the GPU stack…")
+    result = GpuDetector(
+        DetectOptions(
+            device=device if isinstance(device, int) else None,
+            skip_torch=skip_torch,
+            min_vram_gb=min_vram_gb,
+            min_compute=min_compute,
+            cpu_mode=cpu,
+            model_dir=_model_dir(),
+        )
+    ).run()
+    report.add(*result.checks)
+    report.sections["detect"] = result.to_json()
+    if result.driver is not None:
+        report.driver = {"driver_version": result.driver.driver_version, "cuda_version": result.driver.cuda_version}
+    if result.usable_gpus:
+        report.gpu = result.usable_gpus[0].to_json()
+    if result.torch is not None:
+        report.torch_cuda = result.torch.cuda_build
+    ui.result(report)
+    return int(report.exit_code)
+
+
+def _model_dir() -> Any:
+    """The Hub cache directory, checked for a slow Windows mount on WSL2 (no Hub import needed)."""
+    import os
+    from pathlib import Path
+
+    cache = os.environ.get("HF_HUB_CACHE")
+    if cache:
+        return Path(cache)
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(home) / "hub"

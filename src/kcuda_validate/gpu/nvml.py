@@ -1,0 +1,312 @@
+"""NVML, behind one query helper.
+
+This is the only module that imports pynvml. Every call goes through
+`Nvml.query`, so a field the driver does not support (common on WSL2) comes
+back as None and renders as n/a instead of crashing the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# pynvml error codes we treat as "this field is not available here".
+_NA_CODES = {
+    3,  # NOT_SUPPORTED
+    4,  # NO_PERMISSION (a field, not the whole library)
+    6,  # NOT_FOUND
+    13,  # FUNCTION_NOT_FOUND (older driver)
+    21,  # NO_DATA
+    2,  # INVALID_ARGUMENT (e.g. a sensor the board lacks)
+    26,  # DEPRECATED
+    999,  # UNKNOWN
+}
+_GPU_IS_LOST = 15
+_INIT_KINDS = {
+    12: "library_not_found",
+    9: "driver_not_loaded",
+    18: "version_mismatch",
+    4: "no_permission",
+    17: "operating_system",
+}
+
+
+def import_pynvml() -> ModuleType:
+    """The hardware seam: tests replace this with a scenario fake."""
+    import pynvml
+
+    return pynvml
+
+
+class NvmlInitError(Exception):
+    """NVML could not start; `kind` says why (library_not_found, driver_not_loaded, version_mismatch...)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+class GpuLostError(Exception):
+    """The GPU fell off the bus (NVML_ERROR_GPU_IS_LOST)."""
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    driver_version: str | None
+    cuda_driver_version: int | None  # e.g. 12040 = CUDA 12.4
+    nvml_version: str | None
+    device_count: int
+
+    @property
+    def cuda_version(self) -> str | None:
+        """The highest CUDA version this driver supports, as "12.4"."""
+        return format_cuda_version(self.cuda_driver_version)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """Everything NVML told us about one GPU; None means the driver would not say."""
+
+    index: int
+    name: str | None = None
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    compute_capability: tuple[int, int] | None = None
+    memory_total: int | None = None
+    memory_free: int | None = None
+    memory_used: int | None = None
+    temperature_c: int | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None
+    persistence_mode: bool | None = None
+    pcie_gen_current: int | None = None
+    pcie_gen_max: int | None = None
+    pcie_width_current: int | None = None
+    pcie_width_max: int | None = None
+    ecc_enabled: bool | None = None
+    retired_pages: int | None = None
+    retired_pages_pending: bool | None = None
+    mig_enabled: bool | None = None
+    utilization_gpu: int | None = None
+    memory_bus_width_bits: int | None = None
+    max_memory_clock_mhz: int | None = None
+    max_sm_clock_mhz: int | None = None
+    lost: bool = False
+    error: str | None = None
+
+    @property
+    def compute_capability_str(self) -> str | None:
+        if self.compute_capability is None:
+            return None
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+    @property
+    def peak_bandwidth_bytes_s(self) -> float | None:
+        """Theoretical DRAM bandwidth: bus width × max memory clock × 2 (double data rate)."""
+        if not self.memory_bus_width_bits or not self.max_memory_clock_mhz:
+            return None
+        return self.memory_bus_width_bits / 8 * self.max_memory_clock_mhz * 1e6 * 2
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "uuid": self.uuid,
+            "pci_bus_id": self.pci_bus_id,
+            "compute_capability": self.compute_capability_str,
+            "memory_total_bytes": self.memory_total,
+            "memory_free_bytes": self.memory_free,
+            "memory_used_bytes": self.memory_used,
+            "temperature_c": self.temperature_c,
+            "power_w": self.power_w,
+            "power_limit_w": self.power_limit_w,
+            "persistence_mode": self.persistence_mode,
+            "pcie_gen_current": self.pcie_gen_current,
+            "pcie_gen_max": self.pcie_gen_max,
+            "pcie_width_current": self.pcie_width_current,
+            "pcie_width_max": self.pcie_width_max,
+            "ecc_enabled": self.ecc_enabled,
+            "retired_pages": self.retired_pages,
+            "retired_pages_pending": self.retired_pages_pending,
+            "mig_enabled": self.mig_enabled,
+            "utilization_gpu_percent": self.utilization_gpu,
+            "memory_bus_width_bits": self.memory_bus_width_bits,
+            "max_memory_clock_mhz": self.max_memory_clock_mhz,
+            "max_sm_clock_mhz": self.max_sm_clock_mhz,
+            "peak_bandwidth_bytes_per_s": self.peak_bandwidth_bytes_s,
+            "lost": self.lost,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One telemetry reading taken during inference."""
+
+    t: float
+    utilization_gpu: int | None = None
+    memory_used: int | None = None
+    power_w: float | None = None
+    temperature_c: int | None = None
+    sm_clock_mhz: int | None = None
+    energy_mj: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def format_cuda_version(value: int | None) -> str | None:
+    if not value:
+        return None
+    return f"{value // 1000}.{(value % 1000) // 10}"
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Nvml:
+    """An initialised NVML session. Use `Nvml.open()`; call `close()` when done."""
+
+    def __init__(self, lib: ModuleType) -> None:
+        self._lib = lib
+        self._handles: dict[int, Any] = {}
+
+    @classmethod
+    def open(cls, lib: ModuleType | None = None) -> Nvml:
+        """Initialise NVML or raise NvmlInitError naming the reason."""
+        try:
+            lib = lib if lib is not None else import_pynvml()
+        except ImportError as exc:  # nvidia-ml-py missing from the environment
+            raise NvmlInitError("bindings_missing", f"nvidia-ml-py is not installed ({exc})") from exc
+        try:
+            lib.nvmlInit()
+        except lib.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            raise NvmlInitError(_INIT_KINDS.get(code, "other"), str(exc)) from exc
+        except OSError as exc:
+            raise NvmlInitError("library_not_found", str(exc)) from exc
+        return cls(lib)
+
+    def close(self) -> None:
+        try:
+            self._lib.nvmlShutdown()
+        except Exception:
+            log.debug("nvmlShutdown failed", exc_info=True)
+
+    def __enter__(self) -> Nvml:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def lib(self) -> ModuleType:
+        return self._lib
+
+    def query(self, fn_name: str, *args: Any) -> Any:
+        """Call one NVML function; None when the driver cannot answer. Raises GpuLostError."""
+        fn = getattr(self._lib, fn_name, None)
+        if fn is None:
+            return None
+        try:
+            return _text(fn(*args))
+        except self._lib.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            if code == _GPU_IS_LOST:
+                raise GpuLostError(str(exc)) from exc
+            if code not in _NA_CODES:
+                log.warning("NVML %s failed: %s", fn_name, exc)
+            return None
+
+    def driver(self) -> DriverInfo:
+        count = self.query("nvmlDeviceGetCount")
+        return DriverInfo(
+            driver_version=self.query("nvmlSystemGetDriverVersion"),
+            cuda_driver_version=self.query("nvmlSystemGetCudaDriverVersion"),
+            nvml_version=self.query("nvmlSystemGetNVMLVersion"),
+            device_count=int(count or 0),
+        )
+
+    def handle(self, index: int) -> Any:
+        if index not in self._handles:
+            self._handles[index] = self.query("nvmlDeviceGetHandleByIndex", index)
+        return self._handles[index]
+
+    def gpu(self, index: int) -> GpuInfo:
+        """Read every field we report; a lost GPU comes back with lost=True."""
+        try:
+            h = self.handle(index)
+            if h is None:
+                return GpuInfo(index=index, error="NVML returned no handle for this index")
+            return self._gpu(index, h)
+        except GpuLostError as exc:
+            return GpuInfo(index=index, lost=True, error=str(exc))
+
+    def _gpu(self, index: int, h: Any) -> GpuInfo:
+        lib, q = self._lib, self.query
+        pci = q("nvmlDeviceGetPciInfo", h)
+        mem = q("nvmlDeviceGetMemoryInfo", h)
+        cc = q("nvmlDeviceGetCudaComputeCapability", h)
+        power = q("nvmlDeviceGetPowerUsage", h)
+        limit = q("nvmlDeviceGetEnforcedPowerLimit", h)
+        persistence = q("nvmlDeviceGetPersistenceMode", h)
+        ecc = q("nvmlDeviceGetEccMode", h)
+        mig = q("nvmlDeviceGetMigMode", h)
+        util = q("nvmlDeviceGetUtilizationRates", h)
+        retired = None
+        if ecc is not None and ecc[0]:
+            sbe = q("nvmlDeviceGetRetiredPages", h, lib.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)
+            dbe = q("nvmlDeviceGetRetiredPages", h, lib.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)
+            if sbe is not None or dbe is not None:
+                retired = len(sbe or []) + len(dbe or [])
+        pending = q("nvmlDeviceGetRetiredPagesPendingStatus", h) if ecc is not None and ecc[0] else None
+        return GpuInfo(
+            index=index,
+            name=q("nvmlDeviceGetName", h),
+            uuid=q("nvmlDeviceGetUUID", h),
+            pci_bus_id=_text(getattr(pci, "busId", None)) if pci is not None else None,
+            compute_capability=tuple(cc) if cc is not None else None,  # type: ignore[arg-type]
+            memory_total=getattr(mem, "total", None),
+            memory_free=getattr(mem, "free", None),
+            memory_used=getattr(mem, "used", None),
+            temperature_c=q("nvmlDeviceGetTemperature", h, lib.NVML_TEMPERATURE_GPU),
+            power_w=power / 1000 if power is not None else None,
+            power_limit_w=limit / 1000 if limit is not None else None,
+            persistence_mode=bool(persistence) if persistence is not None else None,
+            pcie_gen_current=q("nvmlDeviceGetCurrPcieLinkGeneration", h),
+            pcie_gen_max=q("nvmlDeviceGetMaxPcieLinkGeneration", h),
+            pcie_width_current=q("nvmlDeviceGetCurrPcieLinkWidth", h),
+            pcie_width_max=q("nvmlDeviceGetMaxPcieLinkWidth", h),
+            ecc_enabled=bool(ecc[0]) if ecc is not None else None,
+            retired_pages=retired,
+            retired_pages_pending=bool(pending) if pending is not None else None,
+            mig_enabled=bool(mig[0]) if mig is not None else None,
+            utilization_gpu=getattr(util, "gpu", None),
+            memory_bus_width_bits=q("nvmlDeviceGetMemoryBusWidth", h),
+            max_memory_clock_mhz=q("nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_MEM),
+            max_sm_clock_mhz=q("nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_SM),
+        )
+
+    def memory_used(self, index: int) -> int | None:
+        mem = self.query("nvmlDeviceGetMemoryInfo", self.handle(index))
+        return getattr(mem, "used", None)
+
+    def sample(self, index: int, t: float) -> Sample:
+        """A cheap telemetry reading for the sampler thread."""
+        h, q, lib = self.handle(index), self.query, self._lib
+        util = q("nvmlDeviceGetUtilizationRates", h)
+        mem = q("nvmlDeviceGetMemoryInfo", h)
+        power = q("nvmlDeviceGetPowerUsage", h)
+        return Sample(
+            t=t,
+            utilization_gpu=getattr(util, "gpu", None),
+            memory_used=getattr(mem, "used", None),
+            power_w=power / 1000 if power is not None else None,
+            temperature_c=q("nvmlDeviceGetTemperature", h, lib.NVML_TEMPERATURE_GPU),
+            sm_clock_mhz=q("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_SM),
+            energy_mj=q("nvmlDeviceGetTotalEnergyConsumption", h),
+        )

@@ -1,0 +1,273 @@
+"""Run the model stages in a child process and keep the verdict whatever happens to it.
+
+The child (kcuda_validate.worker) gets its own process group so a hang can be
+killed with everything it started. A native crash becomes a `WorkerCrash`
+naming the stage, the signal and the last llama.cpp lines; a timeout kills
+the group; Ctrl-C or SIGTERM stops the child, frees the GPU, and surfaces as
+`interrupted` so the caller can still write its reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HINTS = {
+    "SIGSEGV": "A segmentation fault inside llama.cpp or the CUDA driver: update the driver and llama-cpp-python, "
+    "and rerun with --n-ctx lower; check `dmesg` for Xid errors.",
+    "SIGABRT": "llama.cpp aborted (GGML_ASSERT or CUDA error; often out of memory): read the last log lines above, "
+    "lower --n-ctx or --gpu-layers.",
+    "SIGKILL": "The kernel killed the process (out of host memory?): check `dmesg` for the OOM killer.",
+    "SIGBUS": "A bus error reading the model (file truncated or changed while mapped, or a flaky disk).",
+    "SIGILL": "An illegal instruction: llama.cpp was built for a newer CPU; rebuild with "
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF".',
+}
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM reached the parent."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass(frozen=True)
+class WorkerCrash:
+    stage: str
+    signal: str | None
+    returncode: int
+    log_tail: tuple[str, ...]
+    hint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "signal": self.signal,
+            "returncode": self.returncode,
+            "log_tail": list(self.log_tail),
+            "hint": self.hint,
+        }
+
+
+@dataclass
+class WorkerOutcome:
+    """What came back from the child. Exactly one of the terminal fields explains a stop."""
+
+    loaded: dict[str, Any] | None = None
+    inferred: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    crash: WorkerCrash | None = None
+    timeout_stage: str | None = None
+    timeout_s: float | None = None
+    interrupted: int | None = None  # signal number
+    stage: str = "start"
+    log_tail: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Worker:
+    """One child process running kcuda_validate.worker. Start early, then `run()`."""
+
+    def __init__(self, env: dict[str, str] | None = None, tail: int = 40) -> None:
+        self._env = dict(os.environ if env is None else env)
+        self._tail: deque[str] = deque(maxlen=tail)
+        self.proc: subprocess.Popen[str] | None = None
+        self._stderr_thread: threading.Thread | None = None
+        self._buf = ""
+
+    def start(self) -> Worker:
+        """Spawn now so the child's imports overlap with the parent's own checks."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kcuda_validate.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=self._env,
+            start_new_session=True,
+        )
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_thread.start()
+        return self
+
+    def _drain_stderr(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        child_log = logging.getLogger("kcuda_validate.worker.child")
+        for line in self.proc.stderr:
+            line = line.rstrip("\n")
+            self._tail.append(line)
+            child_log.debug("%s", line)
+
+    def send(self, obj: Any) -> None:
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(obj) if not isinstance(obj, str) else obj) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            log.debug("worker stdin closed")
+
+    def _events(self, deadline: float | None) -> Any:
+        """Yield decoded events until EOF; raise TimeoutError at the deadline."""
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while True:
+                while "\n" in self._buf:
+                    line, self._buf = self._buf.split("\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                ready = sel.select(timeout=min(remaining, 0.5) if remaining is not None else 0.5)
+                if not ready:
+                    continue
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    return
+                self._buf += chunk.decode("utf-8", errors="replace")
+        finally:
+            sel.close()
+
+    def kill(self) -> None:
+        """Stop the child's whole process group: SIGTERM, then SIGKILL."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+    def run(
+        self,
+        request: dict[str, Any],
+        timeout_s: float | None,
+        on_text: Callable[[str], None] | None = None,
+        on_loaded: Callable[[dict[str, Any]], None] | None = None,
+        before_infer: Callable[[], None] | None = None,
+        after_infer: Callable[[], None] | None = None,
+    ) -> WorkerOutcome:
+        """Drive one request; each stage gets `timeout_s` seconds."""
+        if self.proc is None:
+            self.start()
+        assert self.proc is not None
+        out = WorkerOutcome()
+        handlers = _install_signal_handlers()
+        try:
+            self.send(request)
+            deadline = time.monotonic() + timeout_s if timeout_s else None
+            for ev in self._events(deadline):
+                kind = ev["event"]
+                if kind == "stage":
+                    out.stage = ev["stage"]
+                    deadline = time.monotonic() + timeout_s if timeout_s else None
+                elif kind == "loaded":
+                    out.loaded = ev
+                    if on_loaded is not None:
+                        on_loaded(ev)
+                    if request.get("infer") is not None:
+                        if before_infer is not None:
+                            before_infer()
+                        self.send("go")
+                elif kind == "text":
+                    if on_text is not None:
+                        on_text(ev["text"])
+                elif kind == "inferred":
+                    if after_infer is not None:
+                        after_infer()
+                    out.inferred = ev["result"]
+                elif kind == "error":
+                    out.error = ev
+                elif kind == "done":
+                    break
+        except TimeoutError:
+            out.timeout_stage, out.timeout_s = out.stage, timeout_s
+            self.kill()
+        except Interrupted as exc:
+            out.interrupted = exc.signum
+            self.kill()
+        except KeyboardInterrupt:
+            out.interrupted = signal.SIGINT
+            self.kill()
+        finally:
+            _restore_signal_handlers(handlers)
+        rc = self._finish()
+        out.log_tail = tuple(self._tail)
+        if (
+            out.timeout_stage is None
+            and out.interrupted is None
+            and out.error is None
+            and rc != 0
+            and (out.inferred is None if request.get("infer") is not None else out.loaded is None)
+        ):
+            sig = signal.Signals(-rc).name if rc < 0 else None
+            out.crash = WorkerCrash(
+                stage=out.stage,
+                signal=sig,
+                returncode=rc,
+                log_tail=tuple(list(self._tail)[-15:]),
+                hint=HINTS.get(sig or "", f"The worker exited with status {rc}; see the log file."),
+            )
+        return out
+
+    def _finish(self) -> int:
+        assert self.proc is not None
+        with contextlib.suppress(OSError):
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc = self.proc.returncode if self.proc.returncode is not None else -9
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=2)
+        return rc
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, _raise_interrupted)
+    return old
+
+
+def _restore_signal_handlers(old: dict[int, Any]) -> None:
+    for sig, handler in old.items():
+        signal.signal(sig, handler)

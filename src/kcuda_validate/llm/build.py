@@ -1,0 +1,178 @@
+"""What the installed llama-cpp-python was built to do.
+
+The old tool's worst failure was passing on a CPU-only build. Here the build's
+backends, GPU offload support and compiled CUDA architectures are read from
+the library itself (`llama_print_system_info` and ggml's backend registry).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import importlib.util
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REBUILD_CMD = (
+    'CMAKE_ARGS="-DGGML_CUDA=on" uv sync --reinstall-package llama-cpp-python  (needs the CUDA toolkit: nvcc on PATH)'
+)
+
+
+@dataclass(frozen=True)
+class BackendDevice:
+    name: str
+    description: str
+    type: str  # cpu | gpu | igpu | accel
+    memory_free: int | None = None
+    memory_total: int | None = None
+
+
+@dataclass(frozen=True)
+class LlamaBuildInfo:
+    installed: bool
+    version: str | None = None
+    supports_gpu_offload: bool = False
+    system_info: str = ""
+    backends: tuple[str, ...] = ()
+    cuda_archs: tuple[int, ...] = ()  # e.g. (890,) for sm_89
+    devices: tuple[BackendDevice, ...] = field(default_factory=tuple)
+    error: str | None = None
+
+    @property
+    def has_cuda(self) -> bool:
+        return "CUDA" in self.backends
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "installed": self.installed,
+            "version": self.version,
+            "supports_gpu_offload": self.supports_gpu_offload,
+            "backends": list(self.backends),
+            "cuda_archs": [arch_to_cc(a) for a in self.cuda_archs],
+            "devices": [d.__dict__ for d in self.devices],
+            "system_info": self.system_info,
+            "error": self.error,
+        }
+
+
+def arch_to_cc(arch: int) -> str:
+    """890 -> "8.9", 1200 -> "12.0"."""
+    return f"{arch // 100}.{(arch % 100) // 10}"
+
+
+def parse_system_info(text: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Backends and CUDA archs from llama_print_system_info()'s "NAME : K = V | ..." text."""
+    backends: list[str] = []
+    archs: list[int] = []
+    for match in re.finditer(r"(?:^|\|\s*)([A-Za-z][A-Za-z0-9_-]*)\s*:\s", text):
+        name = match.group(1)
+        if name not in backends:
+            backends.append(name)
+    arch_match = re.search(r"ARCHS\s*=\s*([0-9,;\s]+)", text)
+    if arch_match:
+        archs = [int(a) for a in re.findall(r"\d+", arch_match.group(1))]
+    return tuple(backends), tuple(sorted(set(archs)))
+
+
+def arch_compatibility(archs: tuple[int, ...], cc: tuple[int, int]) -> tuple[str, str]:
+    """("ok"|"ptx"|"none", explanation) for a GPU of compute capability `cc`."""
+    if not archs:
+        return "none", "the build lists no CUDA architectures"
+    target = cc[0] * 100 + cc[1] * 10
+    listed = ", ".join(arch_to_cc(a) for a in archs)
+    # SASS runs on the same major version with an equal or higher minor.
+    if any(a // 100 == cc[0] and a <= target for a in archs):
+        return "ok", f"built for {listed}; GPU is {cc[0]}.{cc[1]}"
+    if any(a < target for a in archs):
+        return (
+            "ptx",
+            f"built for {listed}; GPU {cc[0]}.{cc[1]} needs PTX JIT (slow first load, only if PTX was embedded)",
+        )
+    return "none", f"built for {listed}; nothing runs on a {cc[0]}.{cc[1]} GPU"
+
+
+def llama_lib_dir() -> Path:
+    """Where the installed llama-cpp-python keeps libllama, found without importing it (~0.8 s)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        raise ImportError("llama-cpp-python is not installed")
+    return Path(spec.origin).parent / "lib"
+
+
+def _load(lib_dir: Path, stem: str) -> ctypes.CDLL:
+    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
+        if (lib_dir / name).exists():
+            return ctypes.CDLL(str(lib_dir / name))
+    raise OSError(f"lib{stem} not found in {lib_dir}")
+
+
+def _ggml_devices(lib: ctypes.CDLL) -> tuple[BackendDevice, ...]:
+    """Enumerate ggml backend devices (llama-cpp-python does not bind these)."""
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_name.restype = ctypes.c_char_p
+    lib.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_description.restype = ctypes.c_char_p
+    lib.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_memory.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
+    types = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+    out = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        out.append(
+            BackendDevice(
+                name=(lib.ggml_backend_dev_name(dev) or b"").decode(),
+                description=(lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
+                type=types.get(lib.ggml_backend_dev_type(dev), "unknown"),
+                memory_free=free.value or None,
+                memory_total=total.value or None,
+            )
+        )
+    return tuple(out)
+
+
+def raw_llama_build() -> tuple[str, bool, str, tuple[BackendDevice, ...]]:
+    """The seam: (version, supports_gpu_offload, system_info, devices) from the real library.
+
+    Talks to libllama/libggml through ctypes, so `detect` does not pay for
+    importing the llama_cpp package (numpy, jinja2...).
+    """
+    lib_dir = llama_lib_dir()
+    version = importlib.metadata.version("llama-cpp-python")
+    llama = _load(lib_dir, "llama")
+    llama.llama_print_system_info.restype = ctypes.c_char_p
+    llama.llama_supports_gpu_offload.restype = ctypes.c_bool
+    llama.llama_backend_init()
+    text = (llama.llama_print_system_info() or b"").decode(errors="replace")
+    offload = bool(llama.llama_supports_gpu_offload())
+    try:
+        devices = _ggml_devices(_load(lib_dir, "ggml"))
+    except (OSError, AttributeError):
+        devices = ()
+    return version, offload, text, devices
+
+
+def probe_llama_build() -> LlamaBuildInfo:
+    try:
+        version, offload, text, devices = raw_llama_build()
+    except ImportError as exc:
+        return LlamaBuildInfo(installed=False, error=str(exc))
+    except OSError as exc:  # the shared library failed to load (e.g. missing libcudart)
+        return LlamaBuildInfo(installed=True, error=f"libllama failed to load: {exc}")
+    backends, archs = parse_system_info(text)
+    for dev in devices:
+        family = re.sub(r"\d+$", "", dev.name)
+        if dev.type in ("gpu", "igpu") and family and family not in backends:
+            backends = (*backends, family)
+    return LlamaBuildInfo(True, version, offload, text.strip(), backends, archs, devices)

@@ -1,0 +1,434 @@
+"""The inferencer: a real decode loop, measured the way llama-bench measures.
+
+Every run starts from an empty KV cache with reset perf counters, so prefix
+reuse cannot flatter later runs. Time to first token is taken when the first
+sampled token exists; token counts come from the tokenizer and the decode
+loop, never from splitting text; prompt/generation speeds are reported both
+from llama.cpp's perf counters and from the wall clock.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import dataclasses
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kcuda_validate.checks import Metric
+from kcuda_validate.errors import UsageError
+from kcuda_validate.llm.loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "Explain in two sentences why GPUs are fast at running language models."
+FILLER = (
+    "The quick brown fox jumps over the lazy dog while the GPU multiplies matrices, "
+    "streams weights from memory and writes the next token. "
+)
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    prompt: str = DEFAULT_PROMPT
+    max_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 42
+    repeat: int = 3
+    warmup: bool = True
+    prompt_tokens: int | None = None  # build a synthetic prompt of exactly N tokens
+    chat: bool = True  # apply the model's chat template when it has one
+    top_k: int = 40
+    top_p: float = 0.95
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class RunMeasure:
+    """One generation. Times in seconds; perf_* come from llama_perf_context."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    ttft_s: float
+    prompt_s: float
+    gen_s: float
+    total_s: float
+    perf_prompt_ms: float
+    perf_prompt_n: int
+    perf_gen_ms: float
+    perf_gen_n: int
+    stop_reason: str
+    token_ids: tuple[int, ...] = field(repr=False)
+    text: str = field(repr=False, default="")
+
+    @property
+    def gen_tps_wall(self) -> float | None:
+        # The first token comes from the prompt pass; the rest are one decode each.
+        if self.generated_tokens < 2 or self.gen_s <= 0:
+            return None
+        return (self.generated_tokens - 1) / self.gen_s
+
+    @property
+    def prompt_tps_wall(self) -> float | None:
+        return self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else None
+
+    @property
+    def gen_tps_perf(self) -> float | None:
+        return self.perf_gen_n / self.perf_gen_ms * 1000 if self.perf_gen_ms > 0 and self.perf_gen_n else None
+
+    @property
+    def prompt_tps_perf(self) -> float | None:
+        return self.perf_prompt_n / self.perf_prompt_ms * 1000 if self.perf_prompt_ms > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "ttft_s": self.ttft_s,
+            "prompt_s": self.prompt_s,
+            "gen_s": self.gen_s,
+            "total_s": self.total_s,
+            "gen_tps_wall": self.gen_tps_wall,
+            "prompt_tps_wall": self.prompt_tps_wall,
+            "gen_tps_perf": self.gen_tps_perf,
+            "prompt_tps_perf": self.prompt_tps_perf,
+            "perf": {
+                "t_p_eval_ms": self.perf_prompt_ms,
+                "n_p_eval": self.perf_prompt_n,
+                "t_eval_ms": self.perf_gen_ms,
+                "n_eval": self.perf_gen_n,
+            },
+            "stop_reason": self.stop_reason,
+            "token_ids": list(self.token_ids),
+            "text": self.text,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunMeasure:
+        perf = d["perf"]
+        return cls(
+            prompt_tokens=d["prompt_tokens"],
+            generated_tokens=d["generated_tokens"],
+            ttft_s=d["ttft_s"],
+            prompt_s=d["prompt_s"],
+            gen_s=d["gen_s"],
+            total_s=d["total_s"],
+            perf_prompt_ms=perf["t_p_eval_ms"],
+            perf_prompt_n=perf["n_p_eval"],
+            perf_gen_ms=perf["t_eval_ms"],
+            perf_gen_n=perf["n_eval"],
+            stop_reason=d["stop_reason"],
+            token_ids=tuple(d.get("token_ids", ())),
+            text=d.get("text", ""),
+        )
+
+
+def _stats(values: list[float | None]) -> tuple[float | None, float | None, tuple[float, ...]]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None, ()
+    mean = statistics.fmean(vals)
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return mean, std, tuple(vals)
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    prompt: str
+    formatted_prompt: str
+    chat_template_applied: bool
+    text: str
+    runs: tuple[RunMeasure, ...]
+    warmup: RunMeasure | None
+    deterministic: bool | None
+    divergence: int | None  # first token index where runs differ
+    options: InferOptions
+
+    @property
+    def first(self) -> RunMeasure:
+        return self.warmup or self.runs[0]
+
+    def metrics(self) -> list[Metric]:
+        runs = list(self.runs)
+        out: list[Metric] = []
+
+        def add(name: str, unit: str, method: str, values: list[float | None], estimate: bool = False) -> None:
+            mean, std, samples = _stats(values)
+            out.append(Metric(name, mean, unit, method, estimate, samples, std))
+
+        add("gen_tps", "tokens/s", "llama_perf_context: n_eval / t_eval", [r.gen_tps_perf for r in runs])
+        add(
+            "gen_tps_wall",
+            "tokens/s",
+            "wall clock: (generated - 1) / (last token time - first token time)",
+            [r.gen_tps_wall for r in runs],
+        )
+        add("prompt_tps", "tokens/s", "llama_perf_context: n_p_eval / t_p_eval", [r.prompt_tps_perf for r in runs])
+        add("prompt_tps_wall", "tokens/s", "wall clock around the prompt decode", [r.prompt_tps_wall for r in runs])
+        add(
+            "ttft_warm_ms",
+            "ms",
+            "wall clock from request to first sampled token, measured runs (warm)",
+            [r.ttft_s * 1000 for r in runs],
+        )
+        cold = self.warmup or (runs[0] if runs else None)
+        if cold is not None:
+            out.append(
+                Metric(
+                    "ttft_cold_ms",
+                    cold.ttft_s * 1000,
+                    "ms",
+                    "wall clock from request to first sampled token, first run after load",
+                )
+            )
+        add("total_s", "s", "wall clock per measured run", [r.total_s for r in runs])
+        out.append(Metric("prompt_tokens", self.first.prompt_tokens, "tokens", "model tokenizer"))
+        out.append(
+            Metric(
+                "generated_tokens",
+                statistics.fmean(r.generated_tokens for r in runs) if runs else None,
+                "tokens",
+                "decode loop (sampled tokens, EOS excluded)",
+            )
+        )
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "chat_template_applied": self.chat_template_applied,
+            "text": self.text,
+            "warmup": self.warmup.to_json() if self.warmup else None,
+            "runs": [r.to_json() for r in self.runs],
+            "deterministic": self.deterministic,
+            "divergence_token": self.divergence,
+            "formatted_prompt": self.formatted_prompt,
+            "options": dataclasses.asdict(self.options),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> InferenceResult:
+        return cls(
+            prompt=d["prompt"],
+            formatted_prompt=d.get("formatted_prompt", ""),
+            chat_template_applied=d["chat_template_applied"],
+            text=d["text"],
+            runs=tuple(RunMeasure.from_json(r) for r in d["runs"]),
+            warmup=RunMeasure.from_json(d["warmup"]) if d.get("warmup") else None,
+            deterministic=d["deterministic"],
+            divergence=d.get("divergence_token"),
+            options=InferOptions(**d["options"]),
+        )
+
+
+class Inferencer:
+    """Runs measured generations on a loaded model."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        import llama_cpp
+
+        self._lc = llama_cpp
+        self.model = model
+        self.llm = model.llm
+        self.ctx = self.llm.ctx
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx))
+        self.n_batch = int(self.llm.n_batch)
+
+    # -- prompt handling -------------------------------------------------------------------------------
+    def chat_template(self) -> bytes | None:
+        return self._lc.llama_model_chat_template(self.llm.model, None)
+
+    def format_prompt(self, prompt: str, chat: bool) -> tuple[str, bool]:
+        """Apply the GGUF's chat template via llama.cpp's built-in formatter; raw text when there is none."""
+        tmpl = self.chat_template() if chat else None
+        if not tmpl:
+            return prompt, False
+        lc = self._lc
+        msgs = (lc.llama_chat_message * 1)(lc.llama_chat_message(b"user", prompt.encode()))
+        size = max(256, len(prompt.encode()) * 2 + 512)
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = lc.llama_chat_apply_template(tmpl, msgs, 1, True, buf, size)
+            if n < 0:
+                log.info("chat template not supported by llama.cpp's formatter; using the raw prompt")
+                return prompt, False
+            if n <= size:
+                return buf.raw[:n].decode("utf-8", errors="replace"), True
+            size = n + 1
+        return prompt, False
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokenize with the model's tokenizer; BOS added unless the formatted text already starts with it."""
+        lc = self._lc
+        raw = text.encode("utf-8")
+        add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
+        bos_piece = self.piece(lc.llama_vocab_bos(self.vocab), special=True) if add_bos else b""
+        if add_bos and bos_piece and raw.startswith(bos_piece):
+            add_bos = False
+        n_max = len(raw) + 16
+        tokens = (lc.llama_token * n_max)()
+        n = lc.llama_tokenize(self.vocab, raw, len(raw), tokens, n_max, add_bos, True)
+        if n < 0:
+            n_max = -n
+            tokens = (lc.llama_token * n_max)()
+            n = lc.llama_tokenize(self.vocab, raw, len(raw), tokens, n_max, add_bos, True)
+        return list(tokens[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._lc.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lc.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def synthetic_prompt(self, n_tokens: int) -> list[int]:
+        """Exactly `n_tokens` prompt tokens (for prompt-processing benchmarks)."""
+        text = FILLER
+        tokens = self.tokenize(text)
+        while len(tokens) < n_tokens:
+            text += FILLER
+            tokens = self.tokenize(text)
+        return tokens[:n_tokens]
+
+    # -- the decode loop -------------------------------------------------------------------------------
+    def _sampler(self, opts: InferOptions) -> Any:
+        lc = self._lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if opts.temperature <= 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(opts.top_k))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(opts.top_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(opts.temperature))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(opts.seed))
+        return chain
+
+    def _reset(self) -> None:
+        lc = self._lc
+        mem = lc.llama_get_memory(self.ctx)
+        if mem is not None:
+            lc.llama_memory_clear(mem, True)
+        lc.llama_perf_context_reset(self.ctx)
+
+    def _decode(self, tokens: list[int]) -> None:
+        lc = self._lc
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i : i + self.n_batch]
+            arr = (lc.llama_token * len(chunk))(*chunk)
+            rc = lc.llama_decode(self.ctx, lc.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
+
+    def generate(
+        self, tokens: list[int], opts: InferOptions, on_text: Callable[[str], None] | None = None
+    ) -> RunMeasure:
+        """One measured generation from an empty cache."""
+        lc = self._lc
+        self._reset()
+        sampler = self._sampler(opts)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out_ids: list[int] = []
+        pieces: list[str] = []
+        stop = "length"
+        try:
+            t0 = time.perf_counter()
+            self._decode(tokens)
+            t_prompt = time.perf_counter()
+            tok = lc.llama_sampler_sample(sampler, self.ctx, -1)
+            t_first = time.perf_counter()
+            t_last = t_first
+            while True:
+                if lc.llama_vocab_is_eog(self.vocab, tok) and not opts.ignore_eos:
+                    stop = "eos"
+                    break
+                out_ids.append(tok)
+                text = decoder.decode(self.piece(tok))
+                if text:
+                    pieces.append(text)
+                    if on_text is not None:
+                        on_text(text)
+                t_last = time.perf_counter()
+                if len(out_ids) >= opts.max_tokens:
+                    break
+                arr = (lc.llama_token * 1)(tok)
+                rc = lc.llama_decode(self.ctx, lc.llama_batch_get_one(arr, 1))
+                if rc != 0:
+                    raise RuntimeError(f"llama_decode returned {rc}")
+                tok = lc.llama_sampler_sample(sampler, self.ctx, -1)
+            t_end = time.perf_counter()
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                pieces.append(tail)
+                if on_text is not None:
+                    on_text(tail)
+            perf = lc.llama_perf_context(self.ctx)
+        finally:
+            lc.llama_sampler_free(sampler)
+        return RunMeasure(
+            prompt_tokens=len(tokens),
+            generated_tokens=len(out_ids),
+            ttft_s=t_first - t0,
+            prompt_s=t_prompt - t0,
+            gen_s=t_last - t_first,
+            total_s=t_end - t0,
+            perf_prompt_ms=float(perf.t_p_eval_ms),
+            perf_prompt_n=int(perf.n_p_eval),
+            perf_gen_ms=float(perf.t_eval_ms),
+            perf_gen_n=int(perf.n_eval),
+            stop_reason=stop,
+            token_ids=tuple(out_ids),
+            text="".join(pieces),
+        )
+
+    def run(self, opts: InferOptions, on_text: Callable[[str], None] | None = None) -> InferenceResult:
+        """Warm-up (streamed to the user), then `repeat` measured runs on the same tokens."""
+        if opts.prompt_tokens:
+            tokens = self.synthetic_prompt(opts.prompt_tokens)
+            formatted, applied = "", False
+            prompt = f"<{opts.prompt_tokens} synthetic tokens>"
+        else:
+            if not opts.prompt.strip():
+                raise UsageError("prompt: empty prompt", fix="Pass a non-empty prompt (argument or --prompt).")
+            formatted, applied = self.format_prompt(opts.prompt, opts.chat)
+            tokens = self.tokenize(formatted)
+            prompt = opts.prompt
+        needed = len(tokens) + opts.max_tokens
+        if needed > self.n_ctx:
+            raise UsageError(
+                f"--max-tokens {opts.max_tokens}: prompt ({len(tokens)} tokens) + max tokens = {needed} exceeds "
+                f"--n-ctx {self.n_ctx}",
+                fix=f"Raise --n-ctx to at least {needed} or lower --max-tokens.",
+            )
+        warm = self.generate(tokens, opts, on_text) if opts.warmup else None
+        runs: list[RunMeasure] = []
+        for i in range(max(1, opts.repeat)):
+            streamed = on_text if (warm is None and i == 0) else None
+            runs.append(self.generate(tokens, opts, streamed))
+        all_runs = ([warm] if warm else []) + runs
+        ref = all_runs[0].token_ids
+        divergence = None
+        for r in all_runs[1:]:
+            if r.token_ids != ref:
+                divergence = next(
+                    (i for i, (a, b) in enumerate(zip(ref, r.token_ids, strict=False)) if a != b),
+                    min(len(ref), len(r.token_ids)),
+                )
+                break
+        deterministic = None if len(all_runs) < 2 else divergence is None
+        return InferenceResult(
+            prompt=prompt,
+            formatted_prompt=formatted,
+            chat_template_applied=applied,
+            text=all_runs[0].text,
+            runs=tuple(runs),
+            warmup=warm,
+            deterministic=deterministic,
+            divergence=divergence,
+            options=opts,
+        )

@@ -1,0 +1,324 @@
+"""The GGUF model loader: load through llama.cpp and prove where the layers went.
+
+A load is only a GPU pass when llama.cpp's own log says the layers were
+offloaded and its GPU buffers hold the weights; missing evidence is a
+failure, never a pass. NVML's view of used VRAM (passed in as a callable so
+this module never touches NVML) cross-checks the buffer sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kcuda_validate.checks import Check, Status
+from kcuda_validate.errors import ExitCode, KcudaError
+from kcuda_validate.llm.build import REBUILD_CMD
+from kcuda_validate.llm.llamalog import (
+    LlamaLogCapture,
+    LoadEvidence,
+    device_family,
+    load_failure_reason,
+    parse_load_log,
+)
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+STAGE = "load"
+# NVML's used-memory delta includes the CUDA context (~250-600 MiB) on top of llama.cpp's buffers.
+CONTEXT_ALLOWANCE = 1024 * MIB
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    gpu_layers: int = -1  # -1 = all
+    n_ctx: int = 4096
+    cpu_mode: bool = False
+    n_threads: int | None = None
+    n_batch: int = 2048
+    flash_attn: bool = False
+
+
+@dataclass(frozen=True)
+class OffloadVerdict:
+    """One line the user can trust, e.g. "29/29 layers on CUDA0 (NVIDIA RTX 4090), 412 MiB VRAM"."""
+
+    status: Status
+    line: str
+    layers_on_gpu: int | None
+    layers_total: int | None
+    device: str | None
+    device_name: str | None
+    gpu_buffer_bytes: int
+    vram_delta_bytes: int | None
+    fix: str | None = None
+    exit_code: ExitCode = ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "verdict": self.line,
+            "layers_on_gpu": self.layers_on_gpu,
+            "layers_total": self.layers_total,
+            "device": self.device,
+            "device_name": self.device_name,
+            "gpu_buffer_bytes": self.gpu_buffer_bytes,
+            "nvml_vram_delta_bytes": self.vram_delta_bytes,
+            "fix": self.fix,
+        }
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    model_path: Path
+    options: LoadOptions
+    load_s: float
+    evidence: LoadEvidence
+    offload: OffloadVerdict
+    n_ctx: int
+    vram_used_before: int | None = None
+    vram_used_after: int | None = None
+    log_tail: tuple[str, ...] = field(default_factory=tuple)
+
+    def checks(self) -> list[Check]:
+        v = self.offload
+        return [
+            Check(
+                "load.offload",
+                STAGE,
+                "GPU offload" if not self.options.cpu_mode else "GPU offload (CPU run)",
+                v.status,
+                v.line,
+                v.to_json() | {"llama_log": self.evidence.to_json()},
+                v.fix,
+                v.exit_code,
+                self.load_s,
+            )
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_path": str(self.model_path),
+            "n_ctx": self.n_ctx,
+            "gpu_layers_requested": self.options.gpu_layers,
+            "cpu_mode": self.options.cpu_mode,
+            "load_s": self.load_s,
+            "offload": self.offload.to_json(),
+            "evidence": self.evidence.to_json(),
+            "vram_used_before_bytes": self.vram_used_before,
+            "vram_used_after_bytes": self.vram_used_after,
+        }
+
+
+class ModelLoadError(KcudaError):
+    """llama.cpp refused the model; the message carries its own error line."""
+
+
+def judge_offload(
+    evidence: LoadEvidence,
+    options: LoadOptions,
+    n_layer: int | None,
+    vram_delta: int | None,
+    gpu_name: str | None = None,
+) -> OffloadVerdict:
+    """Turn llama.cpp's log evidence into the offload verdict. Pure, so recorded CUDA logs can test it."""
+    total = evidence.offloadable if evidence.offloadable is not None else ((n_layer + 1) if n_layer else None)
+    if options.cpu_mode:
+        layers_cpu = len(evidence.layer_devices) or None
+        return OffloadVerdict(
+            Status.SKIP,
+            f"CPU run: 0/{total if total is not None else '?'} layers offloaded (by request), "
+            f"{sum(evidence.model_buffers.values()) / MIB:.0f} MiB of weights in host memory",
+            0,
+            total if total is not None else layers_cpu,
+            "CPU",
+            None,
+            0,
+            vram_delta,
+        )
+    families = [f for f in evidence.gpu_families]
+    gpu = next((f for f in families if evidence.bytes_on(f) > 0), families[0] if families else None)
+    gpu_bytes = sum(evidence.bytes_on(f) for f in families)
+    desc = gpu_name or next((d["description"] for d in evidence.devices if d["name"] == gpu), None)
+    where = f"{gpu} ({desc})" if gpu and desc else (gpu or "GPU")
+    if evidence.offloaded is None:
+        return OffloadVerdict(
+            Status.FAIL,
+            "no offload evidence: llama.cpp never reported offloading layers (CPU-only build?)",
+            None,
+            total,
+            None,
+            None,
+            0,
+            vram_delta,
+            "Rebuild llama-cpp-python with CUDA: " + REBUILD_CMD,
+            ExitCode.GPU_UNUSABLE,
+        )
+    wanted = total if options.gpu_layers < 0 or total is None else min(options.gpu_layers, total)
+    on_gpu = evidence.offloaded
+    # Per-layer assignments (debug lines) are the stronger evidence when present.
+    if evidence.layer_devices:
+        on_gpu_layers = sum(1 for d in evidence.layer_devices.values() if device_family(d) != "CPU")
+        on_gpu = min(on_gpu, on_gpu_layers) if on_gpu_layers else on_gpu_layers
+    vram = f"{gpu_bytes / MIB:.0f} MiB VRAM"
+    nvml = ""
+    if vram_delta is not None:
+        nvml = f" (NVML +{vram_delta / MIB:.0f} MiB)"
+    line = f"{on_gpu}/{total} layers on {where}, {vram}{nvml}"
+    if gpu_bytes == 0 or on_gpu == 0:
+        return OffloadVerdict(
+            Status.FAIL,
+            f"0/{total} layers on a GPU: llama.cpp kept the model in host memory",
+            on_gpu,
+            total,
+            gpu,
+            desc,
+            gpu_bytes,
+            vram_delta,
+            "Pass --gpu-layers -1 and check that this build can offload: " + REBUILD_CMD,
+            ExitCode.GPU_UNUSABLE,
+        )
+    if wanted is not None and on_gpu < wanted:
+        missing = wanted - on_gpu
+        return OffloadVerdict(
+            Status.FAIL,
+            line + f"; {missing} layer(s) stayed on the CPU",
+            on_gpu,
+            total,
+            gpu,
+            desc,
+            gpu_bytes,
+            vram_delta,
+            "Free VRAM (close other GPU processes) or lower --n-ctx so every layer fits.",
+            ExitCode.CHECK_FAILED,
+        )
+    if vram_delta is not None and vram_delta < 0.5 * evidence.bytes_on(gpu or ""):
+        return OffloadVerdict(
+            Status.WARN,
+            line + "; NVML saw less VRAM in use than llama.cpp allocated",
+            on_gpu,
+            total,
+            gpu,
+            desc,
+            gpu_bytes,
+            vram_delta,
+            "Another process may have freed VRAM during the load; rerun on an idle GPU for a clean cross-check.",
+        )
+    if options.gpu_layers >= 0 and total is not None and options.gpu_layers < total:
+        line += f" (partial offload requested: --gpu-layers {options.gpu_layers})"
+    return OffloadVerdict(Status.PASS, line, on_gpu, total, gpu, desc, gpu_bytes, vram_delta)
+
+
+class LoadedModel:
+    """A model and context held by llama.cpp. Close it to give the memory back."""
+
+    def __init__(self, llm: Any, capture: LlamaLogCapture, result: LoadResult) -> None:
+        self.llm = llm
+        self.capture = capture
+        self.result = result
+
+    def close(self) -> None:
+        if self.llm is not None:
+            with contextlib.suppress(Exception):
+                self.llm.close()
+            self.llm = None
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ModelLoader:
+    """Loads a GGUF file with llama.cpp, capturing its log as offload evidence."""
+
+    def __init__(
+        self,
+        options: LoadOptions,
+        vram_used: Callable[[], int | None] | None = None,
+        gpu_name: str | None = None,
+        capture: LlamaLogCapture | None = None,
+    ) -> None:
+        self.opts = options
+        self.vram_used = vram_used
+        self.gpu_name = gpu_name
+        self.capture = capture or LlamaLogCapture()
+
+    def load(self, path: Path, n_layer: int | None = None) -> LoadedModel:
+        import llama_cpp
+
+        self.capture.install()
+        mark = self.capture.mark()
+        before = self.vram_used() if self.vram_used and not self.opts.cpu_mode else None
+        gpu_layers = 0 if self.opts.cpu_mode else self.opts.gpu_layers
+        threads = self.opts.n_threads or default_threads()
+        start = time.perf_counter()
+        # Llama(verbose=False) redirects fd 1/2 to /dev/null, which would also swallow a native crash's last
+        # words; verbose=True keeps them, and its few Python prints are caught here instead.
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                llm = llama_cpp.Llama(
+                    str(path),
+                    n_gpu_layers=gpu_layers,
+                    n_ctx=self.opts.n_ctx,
+                    n_batch=min(self.opts.n_batch, self.opts.n_ctx),
+                    n_ubatch=512,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    flash_attn=self.opts.flash_attn,
+                    verbose=True,
+                )
+            except (ValueError, RuntimeError) as exc:
+                lines = self.capture.since(mark)
+                reason = load_failure_reason(lines) or str(exc)
+                raise self._load_error(path, reason) from None
+        load_s = time.perf_counter() - start
+        lines = self.capture.since(mark)
+        evidence = parse_load_log(lines)
+        after = self.vram_used() if self.vram_used and not self.opts.cpu_mode else None
+        delta = after - before if after is not None and before is not None else None
+        verdict = judge_offload(evidence, self.opts, n_layer, delta, self.gpu_name)
+        result = LoadResult(
+            model_path=path,
+            options=self.opts,
+            load_s=load_s,
+            evidence=evidence,
+            offload=verdict,
+            n_ctx=int(llama_cpp.llama_n_ctx(llm.ctx)),
+            vram_used_before=before,
+            vram_used_after=after,
+            log_tail=tuple(self.capture.tail),
+        )
+        log.info("loaded %s in %.2fs: %s", path, load_s, verdict.line)
+        return LoadedModel(llm, self.capture, result)
+
+    def _load_error(self, path: Path, reason: str) -> KcudaError:
+        lowered = reason.lower()
+        if "out of memory" in lowered or "failed to allocate" in lowered or "cudamalloc" in lowered:
+            return ModelLoadError(
+                f"{path}: llama.cpp ran out of memory loading the model ({reason})",
+                fix="Lower --n-ctx, offload fewer layers with --gpu-layers, or use a smaller quantization.",
+                exit_code=ExitCode.BELOW_THRESHOLD,
+            )
+        return ModelLoadError(
+            f"{path}: llama.cpp could not load the model ({reason})",
+            fix="Check that the file is a complete GGUF for an architecture this llama.cpp supports; "
+            "update llama-cpp-python for new architectures.",
+            exit_code=ExitCode.MODEL_INVALID,
+        )

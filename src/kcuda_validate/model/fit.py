@@ -1,0 +1,175 @@
+"""Will it fit? An estimate of the memory a load needs, made from the GGUF header before loading.
+
+Weights (what llama.cpp puts on the GPU), the KV cache for the requested
+context (layers × KV heads × head size × 2 bytes each for K and V), and the
+compute buffer (dominated by the logits of one micro-batch and the attention
+scores) are compared with free VRAM — or with available host memory on a CPU
+run — so a hopeless load fails in milliseconds with a concrete alternative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kcuda_validate.checks import Check, Status
+from kcuda_validate.errors import ExitCode
+from kcuda_validate.model.gguf_file import GgufInfo
+
+MIB = 1024 * 1024
+CUDA_CONTEXT = 400 * MIB  # what the CUDA runtime and cuBLAS take before llama.cpp allocates anything
+# Typical bits per weight of common quantizations, for "what would fit" advice.
+BPW = {"Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.7, "Q4_K_M": 4.85, "Q4_0": 4.55, "Q3_K_M": 3.9, "Q2_K": 3.35}
+
+
+@dataclass(frozen=True)
+class FitEstimate:
+    weights: int
+    kv_cache: int
+    compute: int
+    overhead: int
+    layers_on_gpu: int
+    n_layer: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute + self.overhead
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "weights_bytes": self.weights,
+            "kv_cache_bytes": self.kv_cache,
+            "compute_bytes": self.compute,
+            "overhead_bytes": self.overhead,
+            "total_bytes": self.total,
+            "layers_on_gpu": self.layers_on_gpu,
+            "n_layer": self.n_layer,
+        }
+
+
+def kv_bytes_per_token_layer(info: GgufInfo) -> int:
+    """f16 K and V for one token in one layer."""
+    kv_heads = info.head_count_kv or info.head_count or 0
+    return kv_heads * ((info.key_length or 0) + (info.value_length or 0)) * 2
+
+
+def _layer_weights(info: GgufInfo) -> tuple[dict[int, int], int, int, bool]:
+    per_layer: dict[int, int] = {}
+    embd = other = 0
+    tied = not any(t.name == "output.weight" for t in info.tensors)
+    for t in info.tensors:
+        if t.name.startswith("blk."):
+            idx = int(t.name.split(".")[1])
+            per_layer[idx] = per_layer.get(idx, 0) + t.nbytes
+        elif t.name == "token_embd.weight":
+            embd = t.nbytes
+        else:
+            other += t.nbytes
+    return per_layer, embd, other, tied
+
+
+def estimate(info: GgufInfo, n_ctx: int, gpu_layers: int, n_ubatch: int = 512, gpu: bool = True) -> FitEstimate:
+    """Bytes needed on the device that holds the offloaded layers (or in host RAM for a CPU run)."""
+    n_layer = info.block_count or 0
+    per_layer, embd, other, tied = _layer_weights(info)
+    layers = n_layer if gpu_layers < 0 else min(gpu_layers, n_layer + 1)
+    if not gpu:
+        layers = n_layer
+    repeating = min(layers, n_layer)
+    # llama.cpp offloads the last `repeating` blocks, and the output layer once every block is on the GPU.
+    offloaded_blocks = sorted(per_layer)[n_layer - repeating :] if repeating else []
+    weights = sum(per_layer[i] for i in offloaded_blocks)
+    output_on = not gpu or gpu_layers < 0 or gpu_layers > n_layer
+    if output_on:
+        weights += other + (embd if tied else 0)
+    if not gpu:
+        weights += 0 if tied else embd
+    kv = n_ctx * repeating * kv_bytes_per_token_layer(info)
+    n_vocab = info.vocab_size or 0
+    n_embd = info.embedding_length or 0
+    n_head = info.head_count or 0
+    ub = min(n_ubatch, n_ctx)
+    # Logits of one micro-batch (f32) + attention scores without flash attention + activations.
+    compute = n_vocab * ub * 4 + n_head * n_ctx * ub * 4 + 8 * n_embd * ub * 4 if (repeating or not gpu) else 0
+    overhead = CUDA_CONTEXT if gpu and repeating else 0
+    return FitEstimate(weights, kv, compute, overhead, repeating, n_layer)
+
+
+def host_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _max_ctx(info: GgufInfo, budget: int, gpu_layers: int, gpu: bool) -> int:
+    lo, hi = 0, info.context_length or 131072
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate(info, mid, gpu_layers, gpu=gpu).total <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _max_layers(info: GgufInfo, budget: int, n_ctx: int) -> int:
+    n_layer = info.block_count or 0
+    best = 0
+    for k in range(n_layer + 1):
+        if estimate(info, n_ctx, k).total <= budget:
+            best = k
+    return best
+
+
+def estimate_fit(info: GgufInfo, load: Any, free_bytes: int | None, cpu_mode: bool = False) -> Check:
+    """The fit check: pass with the estimate, or fail saying by how much and what would fit."""
+    gpu = not cpu_mode
+    est = estimate(info, load.n_ctx, load.gpu_layers if gpu else 0, gpu=gpu)
+    budget = free_bytes if gpu else host_available()
+    where = "free VRAM" if gpu else "available host memory"
+    ev: dict[str, Any] = est.to_json() | {"budget_bytes": budget, "budget": where, "n_ctx": load.n_ctx}
+    need = f"{est.total / MIB:,.0f} MiB"
+    parts = f"weights {est.weights / MIB:,.0f} + KV {est.kv_cache / MIB:,.0f} + compute {est.compute / MIB:,.0f}"
+    if gpu:
+        parts += f" + CUDA {est.overhead / MIB:,.0f}"
+    if budget is None:
+        return Check("model.fit", "model", "Memory fit", Status.SKIP, f"needs ~{need} ({parts} MiB); {where} n/a", ev)
+    if est.total <= budget:
+        return Check(
+            "model.fit",
+            "model",
+            "Memory fit",
+            Status.PASS,
+            f"needs ~{need} ({parts} MiB) of {budget / MIB:,.0f} MiB {where}",
+            ev,
+        )
+    short = est.total - budget
+    options: list[str] = []
+    ctx = _max_ctx(info, budget, load.gpu_layers if gpu else 0, gpu)
+    if ctx >= 256:
+        options.append(f"--n-ctx {ctx // 256 * 256}")
+    if gpu:
+        layers = _max_layers(info, budget, load.n_ctx)
+        if layers > 0:
+            options.append(f"--gpu-layers {layers} (partial offload, slower)")
+    bpw_now = info.tensor_bytes * 8 / max(info.parameter_count, 1)
+    for name, bpw in sorted(BPW.items(), key=lambda kv: -kv[1]):
+        if bpw < bpw_now and est.weights * bpw / bpw_now + (est.total - est.weights) <= budget:
+            options.append(f"a {name} quantization of this model")
+            break
+    ev["suggestions"] = options
+    return Check(
+        "model.fit",
+        "model",
+        "Memory fit",
+        Status.FAIL,
+        f"needs ~{need} ({parts} MiB) but only {budget / MIB:,.0f} MiB {where}: short by {short / MIB:,.0f} MiB",
+        ev,
+        ("Would fit: " + "; or ".join(options)) if options else "Use a smaller model or a GPU with more memory.",
+        ExitCode.BELOW_THRESHOLD,
+    )

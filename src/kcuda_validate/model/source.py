@@ -1,0 +1,108 @@
+"""Where the model comes from: a local file, the Hugging Face Hub, or the built-in synthetic generator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kcuda_validate.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The user's choice, as parsed from the command line."""
+
+    model_path: Path | None = None
+    repo_id: str | None = None
+    filename: str | None = None
+    revision: str | None = None
+    synthetic: str | None = None  # size, e.g. "1GiB"
+    synthetic_type: str = "Q8_0"
+    synthetic_seed: int = 0
+
+    def validate(self) -> None:
+        chosen = [
+            name
+            for name, on in (
+                ("--model-path", self.model_path is not None),
+                ("--repo-id", self.repo_id is not None),
+                ("--synthetic", self.synthetic is not None),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise UsageError(
+                f"{' and '.join(chosen)}: choose one model source",
+                fix="Pass only one of --model-path, --repo-id/--filename, --synthetic.",
+            )
+        if self.filename is not None and self.repo_id is None and self.model_path is None and not self.synthetic:
+            # --filename alone means "this file from the default repo".
+            return
+        if self.model_path is not None and (self.filename or self.revision):
+            raise UsageError(
+                "--filename/--revision: only valid with --repo-id",
+                fix="Drop them, or use --repo-id instead of --model-path.",
+            )
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path
+    origin: str  # local | hub | synthetic
+    detail: dict[str, Any]
+    resolve_s: float
+
+    def describe(self) -> str:
+        if self.origin == "hub":
+            src = "cache" if self.detail.get("source") == "cache" else "downloaded"
+            return (
+                f"{self.detail['repo_id']}/{self.detail['filename']} @ {self.detail.get('revision') or 'main'} ({src})"
+            )
+        if self.origin == "synthetic":
+            return f"synthetic {self.detail['size']} {self.detail['qtype']} (seed {self.detail['seed']})"
+        return str(self.path)
+
+
+def resolve_model(spec: ModelSpec, progress: bool = True) -> ResolvedModel:
+    """Get the file onto this machine; errors are the project's one-line KcudaErrors."""
+    spec.validate()
+    start = time.perf_counter()
+    if spec.model_path is not None:
+        return ResolvedModel(spec.model_path, "local", {"path": str(spec.model_path)}, time.perf_counter() - start)
+    if spec.synthetic is not None:
+        from kcuda_validate.model.synthetic import ensure_synthetic, parse_size
+
+        size = parse_size(spec.synthetic)
+        path = ensure_synthetic(size, spec.synthetic_type, spec.synthetic_seed)
+        return ResolvedModel(
+            path,
+            "synthetic",
+            {"size": spec.synthetic, "size_bytes": size, "qtype": spec.synthetic_type, "seed": spec.synthetic_seed},
+            time.perf_counter() - start,
+        )
+    from kcuda_validate.model import hub
+
+    repo = spec.repo_id or hub.DEFAULT_REPO_ID
+    filename = spec.filename or (hub.DEFAULT_FILENAME if spec.repo_id is None else None)
+    if filename is None:
+        raise UsageError(
+            f"--repo-id {repo}: --filename is required with --repo-id",
+            fix="Name the .gguf file in the repo, e.g. --filename model-q4_k_m.gguf.",
+        )
+    mf = hub.fetch_model(repo, filename, spec.revision, progress=progress)
+    return ResolvedModel(
+        mf.path,
+        "hub",
+        {
+            "repo_id": mf.repo_id,
+            "filename": mf.filename,
+            "revision": mf.revision,
+            "commit": mf.commit_hash,
+            "source": mf.source,
+            "size_bytes": mf.size_bytes,
+            "download_s": mf.download_s,
+        },
+        time.perf_counter() - start,
+    )

@@ -1,0 +1,723 @@
+"""The stages behind load, infer and validate-all: select GPU, get model, inspect, fit, load, infer, judge.
+
+Each stage adds checks (and metrics) to the report and says whether the next
+stage may run; the commands stay thin. Model work happens in the worker
+child (see isolation.py); NVML telemetry and VRAM readings stay here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from kcuda_validate.checks import Check, Metric, Status, failed, passed, skipped, warned
+from kcuda_validate.errors import ExitCode, KcudaError, UsageError
+from kcuda_validate.gpu.nvml import GpuInfo, Nvml, NvmlInitError
+from kcuda_validate.isolation import Worker, WorkerOutcome
+from kcuda_validate.llm.inference import InferenceResult, InferOptions
+from kcuda_validate.llm.llamalog import LogLine, parse_load_log
+from kcuda_validate.llm.loader import LoadOptions, judge_offload
+from kcuda_validate.model.gguf_file import GgufInfo, read_gguf
+from kcuda_validate.model.source import ModelSpec, ResolvedModel, resolve_model
+from kcuda_validate.report import Report
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+N_CTX_MIN = 64
+N_CTX_MAX = 1 << 20
+MAX_TOKENS_MAX = 65536
+# Perf counters time only llama_decode; the wall clock adds sampling and detokenising per token.
+PERF_WALL_TOLERANCE = 0.15
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_gen_tps: float | None = None
+    min_prompt_tps: float | None = None
+    max_ttft_ms: float | None = None
+    min_speedup: float | None = None
+    require_full_offload: bool = True
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    spec: ModelSpec
+    load: LoadOptions
+    infer: InferOptions | None = None
+    device: int | None = None
+    timeout_s: float | None = 600.0
+    compare_cpu: bool = False
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+@dataclass
+class GpuContext:
+    """The GPU this run uses, with an NVML session for VRAM readings and telemetry."""
+
+    nvml: Nvml
+    info: GpuInfo
+    driver: dict[str, Any]
+
+    def vram_used(self) -> int | None:
+        return self.nvml.memory_used(self.info.index)
+
+    def close(self) -> None:
+        self.nvml.close()
+
+
+def check_from_error(exc: KcudaError, id: str, stage: str, title: str) -> Check:
+    return Check(id, stage, title, Status.FAIL, exc.message, {"error": type(exc).__name__}, exc.fix, exc.exit_code)
+
+
+class Stages:
+    def __init__(self, report: Report, ui: Any) -> None:
+        self.report = report
+        self.ui = ui
+        self.gpu: GpuContext | None = None
+
+    # -- GPU selection -----------------------------------------------------------------------------------
+    def select_gpu(self, device: int | None, cpu_mode: bool) -> bool:
+        if cpu_mode:
+            self.report.device_mode = "cpu"
+            self.report.add(skipped("gpu.select", "gpu", "GPU selection", "CPU run: no GPU used (--device cpu)"))
+            return True
+        try:
+            nvml = Nvml.open()
+        except NvmlInitError as exc:
+            self.report.add(
+                failed(
+                    "gpu.select",
+                    "gpu",
+                    "GPU selection",
+                    f"no usable NVIDIA GPU: NVML {exc.kind.replace('_', ' ')} ({exc.detail})",
+                    "Run `kcuda-validate detect` for the diagnosis and fix, or `--device cpu` for a CPU-only run.",
+                    ExitCode.GPU_UNUSABLE if exc.kind == "version_mismatch" else ExitCode.NO_GPU,
+                )
+            )
+            return False
+        driver = nvml.driver()
+        from kcuda_validate.detect import parse_visible_devices
+
+        gpus = tuple(nvml.gpu(i) for i in range(driver.device_count))
+        hidden = parse_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus) or ()
+        candidates = [g for g in gpus if g.index not in hidden and not g.lost]
+        if device is not None:
+            candidates = [g for g in gpus if g.index == device]
+            if not candidates:
+                nvml.close()
+                raise UsageError(
+                    f"--device {device}: no such GPU (found {len(gpus)})",
+                    fix="Pick an index from `kcuda-validate detect`, or --device cpu.",
+                )
+        if not candidates:
+            nvml.close()
+            self.report.add(
+                failed(
+                    "gpu.select",
+                    "gpu",
+                    "GPU selection",
+                    "no visible GPU" + (f" ({len(gpus)} hidden by CUDA_VISIBLE_DEVICES)" if gpus else ""),
+                    "Run `kcuda-validate detect` for the diagnosis, or `--device cpu` for a CPU-only run.",
+                    ExitCode.NO_GPU if not gpus else ExitCode.GPU_UNUSABLE,
+                )
+            )
+            return False
+        gpu = candidates[0]
+        self.gpu = GpuContext(
+            nvml,
+            gpu,
+            {"driver_version": driver.driver_version, "cuda_version": driver.cuda_version},
+        )
+        self.report.driver = self.gpu.driver
+        self.report.gpu = gpu.to_json()
+        free = f"{gpu.memory_free / 1024**3:.1f} GiB free" if gpu.memory_free is not None else "VRAM n/a"
+        self.report.add(
+            passed(
+                "gpu.select",
+                "gpu",
+                "GPU selection",
+                f"GPU {gpu.index}: {gpu.name} (cc {gpu.compute_capability_str or 'n/a'}, {free})",
+                index=gpu.index,
+                uuid=gpu.uuid,
+            )
+        )
+        return True
+
+    # -- model ---------------------------------------------------------------------------------------------
+    def resolve(self, spec: ModelSpec) -> ResolvedModel | None:
+        self.ui.progress("Getting the model…")
+        try:
+            resolved = resolve_model(spec, progress=self.ui.human)
+        except UsageError:
+            raise
+        except KcudaError as exc:
+            self.report.add(check_from_error(exc, "model.source", "model", "Model source"))
+            return None
+        self.report.sections["model_source"] = {"origin": resolved.origin, **resolved.detail}
+        label = resolved.describe()
+        if resolved.origin == "synthetic":
+            label += " — synthetic weights: text is meaningless, speeds are real"
+        self.report.add(
+            passed("model.source", "model", "Model source", label, origin=resolved.origin, **resolved.detail)
+        )
+        return resolved
+
+    def inspect(self, resolved: ResolvedModel) -> GgufInfo | None:
+        self.ui.progress("Reading the GGUF header…")
+        try:
+            info = read_gguf(resolved.path)
+        except KcudaError as exc:
+            self.report.add(check_from_error(exc, "model.gguf", "model", "GGUF header"))
+            return None
+        s = info.summary()
+        self.report.sections["model"] = s
+        params = info.parameter_count
+        size = f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.0f} M"
+        text = (
+            f"{info.architecture}, {size} params, {info.quantization}, ctx {info.context_length or 'n/a'}, "
+            f"{info.file_size / MIB:.0f} MiB"
+        )
+        if info.is_synthetic:
+            text += " (synthetic)"
+        self.report.add(passed("model.gguf", "model", "GGUF header", text, **s))
+        return info
+
+    def check_ctx(self, info: GgufInfo, n_ctx: int) -> None:
+        """Refuse absurd --n-ctx at once, before llama.cpp spends seconds and gigabytes failing."""
+        limit = info.context_length or N_CTX_MAX
+        if n_ctx < N_CTX_MIN or n_ctx > min(limit, N_CTX_MAX):
+            raise UsageError(
+                f"--n-ctx {n_ctx}: out of range for {info.path.name} (allowed {N_CTX_MIN}..{min(limit, N_CTX_MAX)}, "
+                f"the model's trained context)",
+                fix=f"Pass --n-ctx between {N_CTX_MIN} and {min(limit, N_CTX_MAX)}.",
+            )
+
+    def fit(self, info: GgufInfo, load: LoadOptions) -> bool:
+        try:
+            from kcuda_validate.model.fit import estimate_fit
+        except ImportError:  # pragma: no cover - fit.py is part of the package
+            return True
+        free = self.gpu.info.memory_free if self.gpu is not None else None
+        check = estimate_fit(info, load, free, cpu_mode=load.cpu_mode)
+        self.report.add(check)
+        self.report.sections["fit"] = dict(check.evidence)
+        return check.status != Status.FAIL
+
+    # -- worker ----------------------------------------------------------------------------------------------
+    def run_model(self, run: ModelRun, resolved: ResolvedModel, info: GgufInfo, worker: Worker | None = None) -> bool:
+        """Load (and infer) in the child; add load/infer checks and metrics. False when a stage failed."""
+        request = self._request(run, resolved, info)
+        worker = worker or Worker()
+        sampler_box: dict[str, Any] = {}
+        before = self.gpu.vram_used() if self.gpu and not run.load.cpu_mode else None
+        vram_after: dict[str, int | None] = {}
+
+        def on_loaded(ev: dict[str, Any]) -> None:
+            vram_after["v"] = self.gpu.vram_used() if self.gpu and not run.load.cpu_mode else None
+            self.ui.progress("Generating…")
+
+        def before_infer() -> None:
+            if self.gpu is not None and not run.load.cpu_mode:
+                from kcuda_validate.telemetry import TelemetrySampler
+
+                sampler_box["s"] = TelemetrySampler(self.gpu.nvml, self.gpu.info.index).start()
+
+        def after_infer() -> None:
+            if "s" in sampler_box:
+                sampler_box["summary"] = sampler_box.pop("s").stop()
+
+        self.ui.progress("Loading the model in llama.cpp…")
+        outcome = worker.run(
+            request,
+            run.timeout_s,
+            on_text=self.ui.stream,
+            on_loaded=on_loaded,
+            before_infer=before_infer,
+            after_infer=after_infer,
+        )
+        if "s" in sampler_box:  # the child died mid-inference
+            sampler_box["summary"] = sampler_box.pop("s").stop()
+        self.ui.end_stream()
+        return self._judge(run, info, outcome, before, vram_after.get("v"), sampler_box.get("summary"))
+
+    def _request(self, run: ModelRun, resolved: ResolvedModel, info: GgufInfo) -> dict[str, Any]:
+        return {
+            "model_path": str(resolved.path),
+            "n_layer": info.block_count,
+            "load": dataclasses.asdict(run.load),
+            "infer": dataclasses.asdict(run.infer) if run.infer is not None else None,
+            "cuda_visible_devices": self.gpu.info.uuid if self.gpu is not None and self.gpu.info.uuid else None,
+        }
+
+    def _judge(
+        self,
+        run: ModelRun,
+        info: GgufInfo,
+        out: WorkerOutcome,
+        before: int | None,
+        after: int | None,
+        telemetry: Any,
+    ) -> bool:
+        r = self.report
+        if out.interrupted is not None:
+            import signal
+
+            sig = signal.Signals(out.interrupted).name
+            r.interrupted = True
+            r.exit_override = ExitCode.TERMINATED if sig == "SIGTERM" else ExitCode.INTERRUPTED
+            r.add(
+                failed(
+                    f"{out.stage}.interrupted",
+                    out.stage,
+                    f"{out.stage.capitalize()} stage",
+                    f"interrupted by {sig} during {out.stage}; the worker was stopped and the GPU freed",
+                    None,
+                    r.exit_override,
+                )
+            )
+            r.stopped_at = out.stage
+            return False
+        if out.timeout_stage is not None:
+            r.add(
+                failed(
+                    f"{out.timeout_stage}.timeout",
+                    out.timeout_stage,
+                    f"{out.timeout_stage.capitalize()} stage",
+                    f"{out.timeout_stage} did not finish within {out.timeout_s:g} s; the worker's process group was "
+                    "killed",
+                    "Raise --timeout if the model is large or the disk slow; otherwise the driver or llama.cpp hung "
+                    "(check `dmesg`).",
+                    ExitCode.TIMEOUT,
+                    log_tail=list(out.log_tail[-15:]),
+                )
+            )
+            r.stopped_at = out.timeout_stage
+            return False
+        if out.crash is not None:
+            c = out.crash
+            r.sections["crash"] = c.to_json()
+            r.add(
+                failed(
+                    f"{c.stage}.crash",
+                    c.stage,
+                    f"{c.stage.capitalize()} stage",
+                    f"the worker died during {c.stage}"
+                    + (f" by {c.signal}" if c.signal else f" with status {c.returncode}"),
+                    c.hint,
+                    ExitCode.CRASHED,
+                    **c.to_json(),
+                )
+            )
+            r.stopped_at = c.stage
+            return False
+        if out.error is not None and out.loaded is None:
+            e = out.error
+            r.add(
+                Check(
+                    "load.model",
+                    "load",
+                    "Model load",
+                    Status.FAIL,
+                    e["message"],
+                    {"log_tail": list(out.log_tail[-15:])},
+                    e.get("fix"),
+                    ExitCode(e.get("exit_code", 1)),
+                )
+            )
+            r.stopped_at = "load"
+            return False
+        loaded = out.loaded or {}
+        res = loaded.get("result", {})
+        lines = [LogLine(level, text) for level, text in loaded.get("log", [])]
+        evidence = parse_load_log(lines)
+        delta = after - before if after is not None and before is not None else None
+        verdict = judge_offload(evidence, run.load, info.block_count, delta, self.gpu.info.name if self.gpu else None)
+        r.sections["load"] = res | {"offload": verdict.to_json(), "evidence": evidence.to_json()}
+        r.add(
+            passed(
+                "load.model",
+                "load",
+                "Model load",
+                f"loaded in {res.get('load_s', 0):.2f} s (n_ctx {res.get('n_ctx')}, "
+                f"{'all' if run.load.gpu_layers < 0 else run.load.gpu_layers} GPU layers requested)"
+                if not run.load.cpu_mode
+                else f"loaded in {res.get('load_s', 0):.2f} s (n_ctx {res.get('n_ctx')}, CPU only)",
+                load_s=res.get("load_s"),
+                n_ctx=res.get("n_ctx"),
+            )
+        )
+        r.add_metrics([Metric("load_time", res.get("load_s"), "s", "wall clock around llama.cpp model+context load")])
+        offload_status = verdict.status
+        if (
+            verdict.status == Status.FAIL
+            and not run.thresholds.require_full_offload
+            and verdict.exit_code == ExitCode.CHECK_FAILED
+        ):
+            offload_status = Status.WARN
+        r.add(
+            Check(
+                "load.offload",
+                "load",
+                "GPU offload" if not run.load.cpu_mode else "GPU offload (CPU run)",
+                offload_status,
+                verdict.line,
+                verdict.to_json() | {"buffers": evidence.to_json()},
+                verdict.fix,
+                verdict.exit_code if offload_status == Status.FAIL else ExitCode.OK,
+            )
+        )
+        if verdict.vram_delta_bytes is not None:
+            r.add_metrics(
+                [Metric("vram_load_delta", verdict.vram_delta_bytes, "bytes", "NVML used memory after − before load")]
+            )
+        r.add_metrics(
+            [Metric("gpu_buffers", verdict.gpu_buffer_bytes, "bytes", "llama.cpp log: model+KV+compute on GPU")]
+        )
+        if offload_status == Status.FAIL:
+            r.stopped_at = "load"
+            return False
+        if run.infer is None:
+            return True
+        if out.error is not None:
+            e = out.error
+            if e.get("kind") == "UsageError":
+                raise UsageError(e["message"], fix=e.get("fix"))
+            r.add(
+                Check(
+                    "infer.generate",
+                    "infer",
+                    "Inference",
+                    Status.FAIL,
+                    e["message"],
+                    {"log_tail": list(out.log_tail[-15:])},
+                    e.get("fix"),
+                    ExitCode(e.get("exit_code", 1)),
+                )
+            )
+            r.stopped_at = "infer"
+            return False
+        if out.inferred is None:
+            r.add(failed("infer.generate", "infer", "Inference", "the worker returned no result", None))
+            r.stopped_at = "infer"
+            return False
+        result = InferenceResult.from_json(out.inferred)
+        return self._judge_inference(run, info, result, telemetry)
+
+    def _judge_inference(self, run: ModelRun, info: GgufInfo, result: InferenceResult, telemetry: Any) -> bool:
+        r = self.report
+        r.sections["inference"] = result.to_json()
+        metrics = result.metrics()
+        r.add_metrics(metrics)
+        gen = r.metric("gen_tps")
+        gen_wall = r.metric("gen_tps_wall")
+        ttft = r.metric("ttft_warm_ms")
+        runs = result.runs
+        n_gen = runs[0].generated_tokens if runs else 0
+        if n_gen == 0:
+            r.add(
+                failed(
+                    "infer.generate",
+                    "infer",
+                    "Inference",
+                    "the model generated no tokens (it emitted end-of-sequence at once)",
+                    "Try another prompt or model; with --temperature 0 an instruct model should answer.",
+                )
+            )
+            r.stopped_at = "infer"
+            return False
+        r.add(
+            passed(
+                "infer.generate",
+                "infer",
+                "Inference",
+                f"{n_gen} tokens at {_v(gen)} tok/s (perf) / {_v(gen_wall)} tok/s (wall), TTFT {_v(ttft, 0)} ms, "
+                f"{len(runs)} run(s)",
+                text=result.text,
+                chat_template=result.chat_template_applied,
+            )
+        )
+        # Determinism: same seed, same tokens, every run.
+        if result.deterministic is not None:
+            if result.deterministic:
+                r.add(
+                    passed(
+                        "infer.determinism",
+                        "infer",
+                        "Determinism",
+                        f"{len(runs) + (1 if result.warmup else 0)} runs produced identical tokens",
+                    )
+                )
+            else:
+                r.add(
+                    failed(
+                        "infer.determinism",
+                        "infer",
+                        "Determinism",
+                        f"runs diverged at generated token {result.divergence}",
+                        "Non-deterministic output with a fixed seed points at a numerical problem (driver, "
+                        "kernels or memory); rerun and check `dmesg` for Xid errors.",
+                        divergence_token=result.divergence,
+                    )
+                )
+        # Perf counters vs wall clock: both measured, they must agree.
+        if gen is not None and gen_wall is not None and gen.value and gen_wall.value:
+            ratio = gen_wall.value / gen.value
+            ev = {"perf_tps": gen.value, "wall_tps": gen_wall.value, "ratio": ratio, "tolerance": PERF_WALL_TOLERANCE}
+            if abs(1 - ratio) <= PERF_WALL_TOLERANCE:
+                r.add(
+                    passed(
+                        "infer.timing_agreement",
+                        "infer",
+                        "Perf counters vs wall clock",
+                        f"wall clock is {ratio:.1%} of llama.cpp's own timing (tolerance ±{PERF_WALL_TOLERANCE:.0%})",
+                        **ev,
+                    )
+                )
+            else:
+                r.add(
+                    warned(
+                        "infer.timing_agreement",
+                        "infer",
+                        "Perf counters vs wall clock",
+                        f"wall clock is {ratio:.1%} of llama.cpp's own timing (outside ±{PERF_WALL_TOLERANCE:.0%})",
+                        "Per-token overhead outside llama_decode is high (busy CPU?); rerun on an idle machine.",
+                        **ev,
+                    )
+                )
+        if telemetry is not None:
+            r.sections["telemetry"] = telemetry.to_json()
+            r.add_metrics(
+                telemetry.metrics(
+                    sum(x.generated_tokens for x in runs) + (result.warmup.generated_tokens if result.warmup else 0)
+                )
+            )
+        self._roofline(info, result)
+        self._thresholds(run.thresholds)
+        return not any(c.status == Status.FAIL for c in r.checks if c.stage in ("infer", "threshold"))
+
+    def _roofline(self, info: GgufInfo, result: InferenceResult) -> None:
+        """Achieved bandwidth = tokens/s × bytes read per token (weights except embedding lookup + KV)."""
+        gen = self.report.metric("gen_tps")
+        if gen is None or not gen.value:
+            return
+        tensors = {t.name: t for t in info.tensors}
+        weights = sum(t.nbytes for t in info.tensors)
+        if "token_embd.weight" in tensors and "output.weight" in tensors:
+            weights -= tensors["token_embd.weight"].nbytes  # only one row is read per token
+        n_layer = info.block_count or 0
+        kv_per_token = 2 * n_layer * (info.head_count_kv or 0) * (info.key_length or 0) * 2  # f16 K and V
+        runs = result.runs
+        avg_ctx = (runs[0].prompt_tokens + runs[0].generated_tokens / 2) if runs else 0
+        per_token = weights + kv_per_token * avg_ctx
+        achieved = gen.value * per_token
+        self.report.add_metrics(
+            [
+                Metric(
+                    "bytes_per_token",
+                    per_token,
+                    "bytes",
+                    "GGUF tensor sizes (token embedding excluded unless tied) + f16 KV cache at mean context",
+                    estimate=True,
+                ),
+                Metric("bandwidth_achieved", achieved, "bytes/s", "gen_tps × bytes_per_token", estimate=True),
+            ]
+        )
+        if self.report.device_mode == "gpu" and self.gpu is not None:
+            peak = self.gpu.info.peak_bandwidth_bytes_s
+            self.report.add_metrics(
+                [
+                    Metric(
+                        "bandwidth_peak",
+                        peak,
+                        "bytes/s",
+                        "NVML memory bus width × max memory clock × 2",
+                        estimate=True,
+                    ),
+                    Metric(
+                        "bandwidth_pct_of_peak",
+                        achieved / peak * 100 if peak else None,
+                        "%",
+                        "bandwidth_achieved / bandwidth_peak",
+                        estimate=True,
+                    ),
+                ]
+            )
+
+    def _thresholds(self, t: Thresholds, only_speedup: bool = False, skip_speedup: bool = True) -> None:
+        r = self.report
+        rules = [
+            ("min_gen_tps", "gen_tps", t.min_gen_tps, "tok/s", "ge", "generation speed"),
+            ("min_prompt_tps", "prompt_tps", t.min_prompt_tps, "tok/s", "ge", "prompt speed"),
+            ("max_ttft_ms", "ttft_warm_ms", t.max_ttft_ms, "ms", "le", "warm time to first token"),
+            ("min_speedup", "speedup_vs_cpu", t.min_speedup, "×", "ge", "speedup over CPU"),
+        ]
+        if only_speedup:
+            rules = rules[3:]
+        elif skip_speedup:
+            rules = rules[:3]
+        for key, metric, limit, unit, op, what in rules:
+            if limit is None:
+                continue
+            m = r.metric(metric)
+            cid, title = f"threshold.{key}", f"Threshold --{key.replace('_', '-')}"
+            if m is None or m.value is None:
+                r.add(
+                    failed(
+                        cid,
+                        "threshold",
+                        title,
+                        f"{what} was not measured, so --{key.replace('_', '-')} {limit:g} cannot be met",
+                        "Run the stage that measures it (e.g. --compare-cpu for --min-speedup).",
+                        ExitCode.BELOW_THRESHOLD,
+                    )
+                )
+                continue
+            ok = m.value >= limit if op == "ge" else m.value <= limit
+            gap = abs(m.value - limit)
+            pct = gap / limit * 100 if limit else 0
+            ev = {"measured": m.value, "limit": limit, "unit": unit}
+            if ok:
+                r.add(passed(cid, "threshold", title, f"{what} {m.value:.1f} {unit} meets {limit:g} {unit}", **ev))
+            else:
+                word = "short by" if op == "ge" else "over by"
+                r.add(
+                    failed(
+                        cid,
+                        "threshold",
+                        title,
+                        f"{what} {m.value:.1f} {unit} misses {limit:g} {unit} ({word} {gap:.1f} {unit}, {pct:.0f}%)",
+                        "Check the offload verdict and GPU utilisation; a partial offload or a busy GPU slows "
+                        "generation.",
+                        ExitCode.BELOW_THRESHOLD,
+                        **ev,
+                    )
+                )
+
+    def compare_cpu(self, run: ModelRun, resolved: ResolvedModel, info: GgufInfo) -> None:
+        """Same greedy prompt with zero GPU layers: speedup and token-for-token agreement."""
+        r = self.report
+        gpu_inf = r.sections.get("inference")
+        if gpu_inf is None or run.infer is None:
+            return
+        self.ui.progress("Running the same prompt on the CPU for comparison…")
+        cpu_infer = dataclasses.replace(run.infer, temperature=0.0, repeat=max(1, min(run.infer.repeat, 2)))
+        cpu_run = dataclasses.replace(
+            run, load=dataclasses.replace(run.load, cpu_mode=True, gpu_layers=0), infer=cpu_infer
+        )
+        request = self._request(cpu_run, resolved, info)
+        request["cuda_visible_devices"] = ""
+        out = Worker().run(request, run.timeout_s)
+        if out.inferred is None:
+            reason = out.error["message"] if out.error else (out.crash.signal if out.crash else "no result")
+            r.add(
+                failed(
+                    "infer.compare_cpu",
+                    "infer",
+                    "GPU vs CPU",
+                    f"the CPU comparison run failed: {reason}",
+                    None,
+                )
+            )
+            return
+        cpu = InferenceResult.from_json(out.inferred)
+        gpu = InferenceResult.from_json(gpu_inf)
+        cpu_tps = statistics_mean([x.gen_tps_perf for x in cpu.runs])
+        gpu_tps = r.metric("gen_tps").value if r.metric("gen_tps") else None
+        speedup = gpu_tps / cpu_tps if gpu_tps and cpu_tps else None
+        r.add_metrics(
+            [
+                Metric(
+                    "cpu_gen_tps", cpu_tps, "tokens/s", "llama_perf_context on a 0-GPU-layer run of the same prompt"
+                ),
+                Metric("speedup_vs_cpu", speedup, "×", "gen_tps / cpu_gen_tps"),
+            ]
+        )
+        gpu_ids = (gpu.warmup or gpu.runs[0]).token_ids
+        cpu_ids = (cpu.warmup or cpu.runs[0]).token_ids
+        same = gpu_ids == cpu_ids
+        diverge = None
+        if not same:
+            diverge = next(
+                (i for i, (a, b) in enumerate(zip(gpu_ids, cpu_ids, strict=False)) if a != b),
+                min(len(gpu_ids), len(cpu_ids)),
+            )
+        r.sections["compare_cpu"] = {
+            "cpu_gen_tps": cpu_tps,
+            "speedup": speedup,
+            "tokens_identical": same,
+            "divergence_token": diverge,
+            "cpu_text": cpu.text,
+            "greedy": run.infer.temperature == 0,
+        }
+        agree = (
+            "outputs identical token for token"
+            if same
+            else f"outputs diverge at token {diverge} (normal: GPU and CPU kernels round differently)"
+        )
+        summary = f"GPU {_v(gpu_tps)} vs CPU {_v(cpu_tps)} tok/s = {_v(speedup)}× faster; {agree}"
+        r.add(passed("infer.compare_cpu", "infer", "GPU vs CPU", summary, **r.sections["compare_cpu"]))
+
+
+def statistics_mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _v(m: Any, digits: int = 1) -> str:
+    value = m.value if isinstance(m, Metric) else m
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def run_pipeline(report: Report, ui: Any, run: ModelRun, detect_options: Any = None) -> Report:
+    """load / infer / validate-all: each stage runs only if the previous one passed."""
+    # Start the worker now: its llama.cpp import overlaps with detection and model resolution.
+    worker = Worker().start()
+    stages = Stages(report, ui)
+    try:
+        if detect_options is not None:
+            from kcuda_validate.detect import GpuDetector
+
+            ui.progress("Checking the GPU stack…")
+            det = GpuDetector(detect_options).run()
+            report.add(*det.checks)
+            report.sections["detect"] = det.to_json()
+            if det.driver is not None:
+                report.driver = {"driver_version": det.driver.driver_version, "cuda_version": det.driver.cuda_version}
+            if det.torch is not None:
+                report.torch_cuda = det.torch.cuda_build
+            if det.exit_code != ExitCode.OK:
+                report.stopped_at = "detect"
+                return report
+        if not stages.select_gpu(run.device, run.load.cpu_mode):
+            report.stopped_at = "gpu"
+            return report
+        resolved = stages.resolve(run.spec)
+        if resolved is None:
+            report.stopped_at = "model"
+            return report
+        info = stages.inspect(resolved)
+        if info is None:
+            report.stopped_at = "model"
+            return report
+        stages.check_ctx(info, run.load.n_ctx)
+        if not stages.fit(info, run.load):
+            report.stopped_at = "model"
+            return report
+        if not stages.run_model(run, resolved, info, worker):
+            return report
+        if run.infer is not None and (run.compare_cpu or run.thresholds.min_speedup is not None):
+            if run.compare_cpu:
+                stages.compare_cpu(run, resolved, info)
+            stages._thresholds(run.thresholds, only_speedup=True)
+        return report
+    finally:
+        worker.kill()
+        if stages.gpu is not None:
+            stages.gpu.close()
+        report.finish()

@@ -1,0 +1,176 @@
+"""Rich renderers: a compact checks table, the failures with their fixes, and the inference panel.
+
+Numbers shown here come from the report's metrics; a metric without a value
+prints as n/a, never as a guess.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from kcuda_validate.checks import Check, Metric, Status
+from kcuda_validate.errors import ExitCode
+
+STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.SKIP: "dim"}
+LABEL = {Status.PASS: "PASS", Status.WARN: "WARN", Status.FAIL: "FAIL", Status.SKIP: "SKIP"}
+EXIT_TEXT = {
+    ExitCode.OK: "all checks passed",
+    ExitCode.CHECK_FAILED: "a check failed",
+    ExitCode.USAGE: "usage error",
+    ExitCode.NO_GPU: "no NVIDIA driver or GPU",
+    ExitCode.GPU_UNUSABLE: "GPU present but the stack cannot use it",
+    ExitCode.MODEL_INVALID: "model file invalid",
+    ExitCode.BELOW_THRESHOLD: "below a threshold",
+    ExitCode.CRASHED: "the model worker crashed",
+    ExitCode.MODEL_NOT_FOUND: "model not found",
+    ExitCode.HUB_UNREACHABLE: "Hugging Face Hub unreachable",
+    ExitCode.HUB_AUTH: "Hub authentication/authorisation needed",
+    ExitCode.DISK_FULL: "not enough disk space",
+    ExitCode.INTERNAL: "internal error",
+    ExitCode.TIMEOUT: "timed out",
+    ExitCode.INTERRUPTED: "interrupted",
+    ExitCode.TERMINATED: "terminated",
+}
+
+
+def na(value: Any, fmt: str = "{}", unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return fmt.format(value) + unit
+
+
+def fmt_metric(m: Metric | None, fmt: str = "{:.1f}", spread: bool = True) -> str:
+    if m is None or m.value is None:
+        return "n/a"
+    text = fmt.format(m.value)
+    if spread and m.stddev is not None and len(m.samples) > 1:
+        text += " ± " + fmt.format(m.stddev)
+    return text
+
+
+def checks_table(checks: list[Check], title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("Check", no_wrap=True)
+    table.add_column("Result", overflow="fold")
+    for c in checks:
+        table.add_row(Text(LABEL[c.status], style=STYLE[c.status]), c.title, c.summary)
+    return table
+
+
+def fixes(checks: list[Check]) -> list[Text]:
+    out: list[Text] = []
+    for c in checks:
+        if c.status in (Status.FAIL, Status.WARN) and c.fix:
+            line = Text()
+            line.append(f"{LABEL[c.status]} ", style=STYLE[c.status])
+            line.append(f"{c.title}: ", style="bold")
+            line.append(c.summary)
+            out.append(line)
+            out.append(Text(f"     fix: {c.fix}"))
+    return out
+
+
+def _m(report: Any, name: str) -> Metric | None:
+    return report.metric(name)
+
+
+def inference_panel(report: Any) -> Panel | None:
+    if _m(report, "gen_tps") is None and _m(report, "gen_tps_wall") is None:
+        return None
+    rows = Table.grid(padding=(0, 2))
+    rows.add_column(style="bold", no_wrap=True)
+    rows.add_column()
+    offload = next((c for c in report.checks if c.id == "load.offload"), None)
+    if offload is not None:
+        rows.add_row("Offload", Text(offload.summary, style=STYLE[offload.status]))
+    n_runs = len((_m(report, "gen_tps") or Metric("", None, "", "")).samples)
+    rows.add_row(
+        "Generation",
+        f"{fmt_metric(_m(report, 'gen_tps'))} tok/s (llama.cpp perf counters) · "
+        f"{fmt_metric(_m(report, 'gen_tps_wall'))} tok/s (wall clock)",
+    )
+    rows.add_row(
+        "Prompt",
+        f"{fmt_metric(_m(report, 'prompt_tps'))} tok/s (perf) · {fmt_metric(_m(report, 'prompt_tps_wall'))} tok/s "
+        f"(wall)",
+    )
+    rows.add_row(
+        "TTFT",
+        f"cold {fmt_metric(_m(report, 'ttft_cold_ms'))} ms · warm {fmt_metric(_m(report, 'ttft_warm_ms'))} ms",
+    )
+    pt, gt = _m(report, "prompt_tokens"), _m(report, "generated_tokens")
+    rows.add_row(
+        "Tokens",
+        f"{na(pt.value if pt else None)} prompt → {na(gt.value if gt else None, '{:.0f}')} generated "
+        f"({n_runs} measured run{'s' if n_runs != 1 else ''}, tokenizer counts)",
+    )
+    if report.device_mode == "gpu":
+        vram = _m(report, "vram_peak")
+        rows.add_row("VRAM peak", na(vram.value / 1024**2 if vram and vram.value else None, "{:.0f}", " MiB"))
+        rows.add_row(
+            "GPU util",
+            f"mean {fmt_metric(_m(report, 'gpu_util_mean'), '{:.0f}', False)} % · "
+            f"max {fmt_metric(_m(report, 'gpu_util_max'), '{:.0f}', False)} %",
+        )
+        rows.add_row(
+            "Power",
+            f"mean {fmt_metric(_m(report, 'power_mean'), '{:.0f}', False)} W · "
+            f"energy {fmt_metric(_m(report, 'energy_per_token'), '{:.3f}', False)} J/token",
+        )
+        bw = _m(report, "bandwidth_pct_of_peak")
+        bw_abs = _m(report, "bandwidth_achieved")
+        rows.add_row(
+            "Bandwidth",
+            f"{na(bw_abs.value / 1e9 if bw_abs and bw_abs.value else None, '{:.0f}', ' GB/s')} = "
+            f"{fmt_metric(bw, '{:.0f}', False)} % of peak (estimate)",
+        )
+    speed = _m(report, "speedup_vs_cpu")
+    if speed is not None:
+        rows.add_row("vs CPU", f"{fmt_metric(speed, '{:.1f}', False)}× faster generation")
+    title = "Inference (CPU run)" if report.device_mode == "cpu" else "Inference"
+    return Panel(rows, title=title, title_align="left", expand=False)
+
+
+def verdict_line(report: Any) -> Text:
+    code = report.exit_code
+    if code == ExitCode.OK:
+        if report.device_mode == "cpu":
+            return Text("PASSED (CPU run): the pipeline works on the CPU; no GPU was validated.", style="bold yellow")
+        if report.command == "detect":
+            return Text("PASSED: this machine's GPU stack is ready.", style="bold green")
+        return Text(f"PASSED: {report.command} ran on the GPU.", style="bold green")
+    where = f" at {report.stopped_at}" if report.stopped_at else ""
+    return Text(f"FAILED{where}: {EXIT_TEXT.get(code, code.reason)} (exit {int(code)})", style="bold red")
+
+
+def render_report(report: Any, console: Console, verbose: int = 0, quiet: bool = False) -> None:
+    if quiet:
+        console.print(verdict_line(report))
+        return
+    parts: list[Any] = []
+    header = f"kcuda-validate {report.command}"
+    if report.device_mode == "cpu":
+        header += " — CPU RUN (not a GPU validation)"
+    parts.append(Text(header, style="bold"))
+    shown = report.checks
+    parts.append(checks_table(shown))
+    panel = inference_panel(report)
+    if panel is not None:
+        parts.append(panel)
+    fx = fixes(report.checks)
+    if fx:
+        parts.append(Text(""))
+        parts.extend(fx)
+    crash = report.sections.get("crash")
+    if crash:
+        parts.append(Text(f"Last llama.cpp output before the {crash.get('signal') or 'exit'}:", style="bold"))
+        parts.extend(Text("  " + line) for line in crash.get("log_tail", [])[-10:])
+    parts.append(verdict_line(report))
+    console.print(Group(*parts))

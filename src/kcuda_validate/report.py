@@ -1,0 +1,191 @@
+"""The one result every command produces: checks, metrics, versions, GPU identity, timing.
+
+`--json` prints it, `--report PATH` writes it, `--junit-xml PATH` turns its
+checks into test cases. Its shape is versioned (`schema_version`) and
+described by specs/report.schema.json, which the tests validate against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kcuda_validate import __version__
+from kcuda_validate.checks import Check, Metric, Status, verdict
+from kcuda_validate.errors import ExitCode
+
+SCHEMA_VERSION = "1.0"
+PACKAGES = ("llama-cpp-python", "torch", "nvidia-ml-py", "huggingface-hub", "gguf", "click", "rich")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions from package metadata: no heavy import needed."""
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Report:
+    """Accumulates a command's checks and metrics; renders to JSON and JUnit."""
+
+    def __init__(self, command: str, argv: list[str] | None = None) -> None:
+        self.command = command
+        self.argv = list(argv if argv is not None else sys.argv[1:])
+        self.started_at = _now()
+        self._t0 = time.perf_counter()
+        self.finished_at: str | None = None
+        self.duration_s: float | None = None
+        self.checks: list[Check] = []
+        self.metrics: list[Metric] = []
+        self.sections: dict[str, Any] = {}
+        self.device_mode = "gpu"
+        self.gpu: dict[str, Any] | None = None
+        self.driver: dict[str, Any] = {}
+        self.torch_cuda: str | None = None
+        self.exit_override: ExitCode | None = None
+        self.stopped_at: str | None = None
+        self.error: dict[str, Any] | None = None
+        self.interrupted = False
+
+    def add(self, *checks: Check) -> None:
+        self.checks.extend(checks)
+
+    def add_metrics(self, metrics: list[Metric], prefix: str = "") -> None:
+        for m in metrics:
+            if prefix:
+                m = Metric(prefix + m.name, m.value, m.unit, m.method, m.estimate, m.samples, m.stddev)
+            self.metrics.append(m)
+
+    def metric(self, name: str) -> Metric | None:
+        return next((m for m in self.metrics if m.name == name), None)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.exit_override is not None:
+            return self.exit_override
+        return verdict(self.checks)
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == ExitCode.OK
+
+    def finish(self) -> None:
+        if self.finished_at is None:
+            self.finished_at = _now()
+            self.duration_s = time.perf_counter() - self._t0
+
+    def to_json(self) -> dict[str, Any]:
+        self.finish()
+        code = self.exit_code
+        counts = {s.value: sum(1 for c in self.checks if c.status == s) for s in Status}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "kcuda-validate", "version": __version__},
+            "command": self.command,
+            "argv": self.argv,
+            "device_mode": self.device_mode,
+            "passed": code == ExitCode.OK,
+            "gpu_validated": code == ExitCode.OK and self.device_mode == "gpu" and self.command != "detect",
+            "exit_code": int(code),
+            "exit_reason": code.reason,
+            "stopped_at": self.stopped_at,
+            "interrupted": self.interrupted,
+            "error": self.error,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_s": self.duration_s,
+            "host": {
+                "hostname": platform.node(),
+                "system": platform.system(),
+                "kernel": platform.release(),
+                "machine": platform.machine(),
+                "python": platform.python_version(),
+            },
+            "versions": {
+                "kcuda-validate": __version__,
+                **package_versions(),
+                "nvidia_driver": self.driver.get("driver_version"),
+                "cuda_driver": self.driver.get("cuda_version"),
+                "torch_cuda": self.torch_cuda,
+            },
+            "gpu": self.gpu,
+            "summary": counts,
+            "checks": [c.to_json() for c in self.checks],
+            "metrics": {m.name: m.to_json() for m in self.metrics},
+            "sections": self.sections,
+        }
+
+    def to_junit_xml(self) -> str:
+        """One <testcase> per check; failures carry the summary, evidence and fix."""
+        self.finish()
+        suite = ET.Element(
+            "testsuite",
+            name=f"kcuda-validate {self.command}",
+            tests=str(len(self.checks)),
+            failures=str(sum(1 for c in self.checks if c.status == Status.FAIL)),
+            skipped=str(sum(1 for c in self.checks if c.status == Status.SKIP)),
+            errors="0",
+            time=f"{self.duration_s or 0:.3f}",
+            timestamp=self.started_at,
+            hostname=platform.node(),
+        )
+        props = ET.SubElement(suite, "properties")
+        for key, value in (
+            ("device_mode", self.device_mode),
+            ("exit_code", str(int(self.exit_code))),
+            ("exit_reason", self.exit_code.reason),
+            ("gpu", (self.gpu or {}).get("name") or "none"),
+            ("nvidia_driver", self.driver.get("driver_version") or "none"),
+        ):
+            ET.SubElement(props, "property", name=key, value=value)
+        for c in self.checks:
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=f"kcuda_validate.{c.stage}",
+                name=f"{c.id}: {c.title}",
+                time=f"{c.duration_s or 0:.3f}",
+            )
+            evidence = json.dumps(dict(c.evidence), indent=2, default=str, sort_keys=True)
+            if c.status == Status.FAIL:
+                fail = ET.SubElement(case, "failure", message=c.summary, type=c.exit_code.reason)
+                fail.text = f"{c.summary}\n\nFix: {c.fix or 'n/a'}\n\nEvidence:\n{evidence}"
+            elif c.status == Status.SKIP:
+                ET.SubElement(case, "skipped", message=c.summary)
+            out = ET.SubElement(case, "system-out")
+            out.text = f"[{c.status.value}] {c.summary}" + (f"\nFix: {c.fix}" if c.fix else "")
+        ET.indent(suite)
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a reader never sees half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
