@@ -156,6 +156,7 @@ class Stages:
             raise
         except KcudaError as exc:
             self.report.add(check_from_error(exc, "model.source", "model", "Model source"))
+            self.ui.error(exc.message, exc.fix)
             return None
         self.report.sections["model_source"] = {"origin": resolved.origin, **resolved.detail}
         label = resolved.describe()
@@ -172,6 +173,7 @@ class Stages:
             info = read_gguf(resolved.path)
         except KcudaError as exc:
             self.report.add(check_from_error(exc, "model.gguf", "model", "GGUF header"))
+            self.ui.error(exc.message, exc.fix)
             return None
         s = info.summary()
         self.report.sections["model"] = s
@@ -263,56 +265,7 @@ class Stages:
         telemetry: Any,
     ) -> bool:
         r = self.report
-        if out.interrupted is not None:
-            import signal
-
-            sig = signal.Signals(out.interrupted).name
-            r.interrupted = True
-            r.exit_override = ExitCode.TERMINATED if sig == "SIGTERM" else ExitCode.INTERRUPTED
-            r.add(
-                failed(
-                    f"{out.stage}.interrupted",
-                    out.stage,
-                    f"{out.stage.capitalize()} stage",
-                    f"interrupted by {sig} during {out.stage}; the worker was stopped and the GPU freed",
-                    None,
-                    r.exit_override,
-                )
-            )
-            r.stopped_at = out.stage
-            return False
-        if out.timeout_stage is not None:
-            r.add(
-                failed(
-                    f"{out.timeout_stage}.timeout",
-                    out.timeout_stage,
-                    f"{out.timeout_stage.capitalize()} stage",
-                    f"{out.timeout_stage} did not finish within {out.timeout_s:g} s; the worker's process group was "
-                    "killed",
-                    "Raise --timeout if the model is large or the disk slow; otherwise the driver or llama.cpp hung "
-                    "(check `dmesg`).",
-                    ExitCode.TIMEOUT,
-                    log_tail=list(out.log_tail[-15:]),
-                )
-            )
-            r.stopped_at = out.timeout_stage
-            return False
-        if out.crash is not None:
-            c = out.crash
-            r.sections["crash"] = c.to_json()
-            r.add(
-                failed(
-                    f"{c.stage}.crash",
-                    c.stage,
-                    f"{c.stage.capitalize()} stage",
-                    f"the worker died during {c.stage}"
-                    + (f" by {c.signal}" if c.signal else f" with status {c.returncode}"),
-                    c.hint,
-                    ExitCode.CRASHED,
-                    **c.to_json(),
-                )
-            )
-            r.stopped_at = c.stage
+        if out.loaded is None and self._terminal(out):
             return False
         if out.error is not None and out.loaded is None:
             e = out.error
@@ -328,6 +281,7 @@ class Stages:
                     ExitCode(e.get("exit_code", 1)),
                 )
             )
+            self.ui.error(e["message"], e.get("fix"))
             r.stopped_at = "load"
             return False
         loaded = out.loaded or {}
@@ -380,6 +334,8 @@ class Stages:
         if offload_status == Status.FAIL:
             r.stopped_at = "load"
             return False
+        if self._terminal(out):
+            return False
         if run.infer is None:
             return True
         if out.error is not None:
@@ -406,6 +362,63 @@ class Stages:
             return False
         result = InferenceResult.from_json(out.inferred)
         return self._judge_inference(run, info, result, telemetry)
+
+    def _terminal(self, out: WorkerOutcome) -> bool:
+        """Interrupt, timeout or crash: add the check that says so. True when one happened."""
+        r = self.report
+        if out.interrupted is not None:
+            import signal
+
+            sig = signal.Signals(out.interrupted).name
+            r.interrupted = True
+            r.exit_override = ExitCode.TERMINATED if sig == "SIGTERM" else ExitCode.INTERRUPTED
+            r.add(
+                failed(
+                    f"{out.stage}.interrupted",
+                    out.stage,
+                    f"{out.stage.capitalize()} stage",
+                    f"interrupted by {sig} during {out.stage}; the worker was stopped and the GPU freed",
+                    None,
+                    r.exit_override,
+                )
+            )
+            r.stopped_at = out.stage
+            return True
+        if out.timeout_stage is not None:
+            r.add(
+                failed(
+                    f"{out.timeout_stage}.timeout",
+                    out.timeout_stage,
+                    f"{out.timeout_stage.capitalize()} stage",
+                    f"{out.timeout_stage} did not finish within {out.timeout_s:g} s; the worker's process group was "
+                    "killed",
+                    "Raise --timeout if the model is large or the disk slow; otherwise the driver or llama.cpp hung "
+                    "(check `dmesg`).",
+                    ExitCode.TIMEOUT,
+                    log_tail=list(out.log_tail[-15:]),
+                )
+            )
+            r.stopped_at = out.timeout_stage
+            return True
+        if out.crash is not None:
+            c = out.crash
+            r.sections["crash"] = c.to_json()
+            r.add(
+                Check(
+                    f"{c.stage}.crash",
+                    c.stage,
+                    f"{c.stage.capitalize()} stage",
+                    Status.FAIL,
+                    f"the worker died during {c.stage}"
+                    + (f" by {c.signal}" if c.signal else f" with status {c.returncode}"),
+                    c.to_json(),
+                    c.hint,
+                    ExitCode.CRASHED,
+                )
+            )
+            r.stopped_at = c.stage
+            return True
+        return False
 
     def _judge_inference(self, run: ModelRun, info: GgufInfo, result: InferenceResult, telemetry: Any) -> bool:
         r = self.report

@@ -47,7 +47,10 @@ class KcudaGroup(click.Group):
     """Applies the single error boundary around every invocation (CLI and CliRunner alike)."""
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
-        code = run_with_boundary(lambda: super(KcudaGroup, self).main(args, prog_name, standalone_mode=False, **extra))
+        code = run_with_boundary(
+            lambda: super(KcudaGroup, self).main(args, prog_name, standalone_mode=False, **extra),
+            None if args is None else list(args),
+        )
         sys.exit(code)
 
 

@@ -36,8 +36,8 @@ def _say(message: str, fix: str | None = None, show_log: bool = True) -> None:
     sys.stderr.flush()
 
 
-def run_with_boundary(invoke: Callable[[], Any]) -> int:
-    argv = sys.argv[1:]
+def run_with_boundary(invoke: Callable[[], Any], args: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if args is None else args)
     setup_logging()
     log.info("start: kcuda-validate %s", " ".join(argv))
     debug = _debug_requested(argv)

@@ -17,6 +17,8 @@ WSL_LIBS = ("libcuda.so.1", "libnvidia-ml.so.1")
 # Where a Linux NVIDIA driver package puts its user-space libraries.
 LINUX_DRIVER_LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib/aarch64-linux-gnu")
 WINDOWS_MOUNT_FSTYPES = {"9p", "drvfs", "v9fs"}
+# The filesystem root the probe reads; hardware-scenario tests point it at a fake tree.
+ROOT = Path("/")
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ def _loader_dirs(root: Path) -> list[str]:
     return dirs
 
 
-def probe_platform(root: Path = Path("/")) -> PlatformInfo:
+def probe_platform(root: Path | None = None) -> PlatformInfo:
+    root = ROOT if root is None else root
     kernel = _read(root / "proc/sys/kernel/osrelease")
     lowered = (kernel or "").lower()
     is_wsl = "microsoft" in lowered or "wsl" in lowered
@@ -97,8 +100,9 @@ def probe_platform(root: Path = Path("/")) -> PlatformInfo:
     )
 
 
-def mount_fstype(path: Path, root: Path = Path("/")) -> tuple[str, str] | None:
+def mount_fstype(path: Path, root: Path | None = None) -> tuple[str, str] | None:
     """(mount point, fstype) of the longest mount containing `path`, from /proc/mounts."""
+    root = ROOT if root is None else root
     text = _read(root / "proc/mounts")
     if not text:
         return None
@@ -116,7 +120,7 @@ def mount_fstype(path: Path, root: Path = Path("/")) -> tuple[str, str] | None:
     return best
 
 
-def on_windows_mount(path: Path, root: Path = Path("/")) -> bool:
+def on_windows_mount(path: Path, root: Path | None = None) -> bool:
     """True when `path` sits on a Windows drive mounted into WSL (/mnt/c ...), where I/O is slow."""
     found = mount_fstype(path, root)
     if found is not None:

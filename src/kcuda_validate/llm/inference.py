@@ -32,6 +32,20 @@ FILLER = (
 )
 
 
+class TextStream:
+    """Token pieces in, valid UTF-8 text out: a character split across tokens is held until complete."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, piece: bytes) -> str:
+        return self._decoder.decode(piece)
+
+    def close(self) -> str:
+        """Flush; an incomplete trailing sequence becomes U+FFFD rather than vanishing."""
+        return self._decoder.decode(b"", final=True)
+
+
 @dataclass(frozen=True)
 class InferOptions:
     prompt: str = DEFAULT_PROMPT
@@ -332,7 +346,7 @@ class Inferencer:
         lc = self._lc
         self._reset()
         sampler = self._sampler(opts)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stream = TextStream()
         out_ids: list[int] = []
         pieces: list[str] = []
         stop = "length"
@@ -348,7 +362,7 @@ class Inferencer:
                     stop = "eos"
                     break
                 out_ids.append(tok)
-                text = decoder.decode(self.piece(tok))
+                text = stream.push(self.piece(tok))
                 if text:
                     pieces.append(text)
                     if on_text is not None:
@@ -362,7 +376,7 @@ class Inferencer:
                     raise RuntimeError(f"llama_decode returned {rc}")
                 tok = lc.llama_sampler_sample(sampler, self.ctx, -1)
             t_end = time.perf_counter()
-            tail = decoder.decode(b"", final=True)
+            tail = stream.close()
             if tail:
                 pieces.append(tail)
                 if on_text is not None:

@@ -1,0 +1,120 @@
+"""Real llama.cpp generations on the real Gemma-3-270M model (CPU): what is measured, and how."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kcuda_validate.errors import UsageError
+from kcuda_validate.llm.inference import Inferencer, InferOptions, TextStream
+from kcuda_validate.llm.loader import LoadedModel, LoadOptions, ModelLoader
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def loaded(real_model: Path) -> LoadedModel:
+    model = ModelLoader(LoadOptions(n_ctx=512, cpu_mode=True)).load(real_model)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def inferencer(loaded: LoadedModel) -> Inferencer:
+    return Inferencer(loaded)
+
+
+def test_generates_real_text(inferencer: Inferencer) -> None:
+    streamed: list[str] = []
+    result = inferencer.run(
+        InferOptions(prompt="The capital of France is Paris. The capital of Germany is", max_tokens=6, repeat=1),
+        on_text=streamed.append,
+    )
+    assert "Berlin" in result.text
+    assert "".join(streamed) == result.text  # what the user saw is what we report
+
+
+def test_counts_come_from_the_tokenizer_and_the_decode_loop(inferencer: Inferencer) -> None:
+    prompt = "Count: one two three"
+    result = inferencer.run(InferOptions(prompt=prompt, max_tokens=12, repeat=2, ignore_eos=True))
+    expected_prompt = len(inferencer.tokenize(prompt))
+    for run in (result.warmup, *result.runs):
+        assert run.prompt_tokens == expected_prompt
+        assert run.generated_tokens == 12 == len(run.token_ids)
+        # llama.cpp's own counters agree: every prompt token evaluated, every generated token but the last decoded.
+        assert run.perf_prompt_n == expected_prompt
+        assert run.perf_gen_n == 11
+        # Time to first token includes the prompt pass and ends before the run does.
+        assert run.prompt_s <= run.ttft_s < run.total_s
+
+
+def test_kv_cache_is_reset_between_runs(inferencer: Inferencer) -> None:
+    """Prefix reuse would make later runs evaluate fewer prompt tokens and look faster."""
+    result = inferencer.run(InferOptions(prompt="A long enough prompt to notice reuse", max_tokens=4, repeat=3))
+    counts = {r.perf_prompt_n for r in (result.warmup, *result.runs)}
+    assert counts == {result.runs[0].prompt_tokens}
+
+
+def test_greedy_runs_are_deterministic(inferencer: Inferencer) -> None:
+    result = inferencer.run(InferOptions(prompt="Once upon a time", max_tokens=16, repeat=2))
+    assert result.deterministic is True
+    assert result.warmup.token_ids == result.runs[0].token_ids == result.runs[1].token_ids
+
+
+def test_seeded_sampling_is_reproducible(inferencer: Inferencer) -> None:
+    opts = InferOptions(prompt="Once upon a time", max_tokens=16, repeat=1, temperature=0.9, seed=7)
+    a = inferencer.run(opts)
+    b = inferencer.run(opts)
+    assert a.runs[0].token_ids == b.runs[0].token_ids
+    c = inferencer.run(InferOptions(prompt="Once upon a time", max_tokens=16, repeat=1, temperature=0.9, seed=8))
+    assert c.runs[0].token_ids != a.runs[0].token_ids
+
+
+def test_perf_counters_agree_with_the_wall_clock(inferencer: Inferencer) -> None:
+    result = inferencer.run(InferOptions(prompt="Tell me about GPUs.", max_tokens=32, repeat=2, ignore_eos=True))
+    for run in result.runs:
+        # Wall clock covers decode + sampling + detokenising; perf counters only decode. Generous for a busy CI box.
+        assert 0.6 < run.gen_tps_wall / run.gen_tps_perf < 1.1
+        assert 0.6 < run.prompt_tps_wall / run.prompt_tps_perf < 1.1
+    names = {m.name: m for m in result.metrics()}
+    assert names["gen_tps"].samples and names["gen_tps"].unit == "tokens/s"
+    assert "llama_perf_context" in names["gen_tps"].method
+    assert names["ttft_cold_ms"].value is not None
+
+
+def test_exact_prompt_token_count_for_benchmarks(inferencer: Inferencer) -> None:
+    result = inferencer.run(InferOptions(prompt_tokens=100, max_tokens=2, repeat=1, warmup=False))
+    assert result.runs[0].prompt_tokens == 100
+    assert result.runs[0].perf_prompt_n == 100
+
+
+def test_context_overflow_is_a_usage_error(inferencer: Inferencer) -> None:
+    pattern = r"--max-tokens 600: prompt \(\d+ tokens\) \+ max tokens = \d+ exceeds --n-ctx 512"
+    with pytest.raises(UsageError, match=pattern):
+        inferencer.run(InferOptions(prompt="hi", max_tokens=600))
+
+
+def test_empty_prompt_is_a_usage_error(inferencer: Inferencer) -> None:
+    with pytest.raises(UsageError, match="empty prompt"):
+        inferencer.run(InferOptions(prompt="  "))
+
+
+def test_streaming_keeps_split_multibyte_characters_whole(inferencer: Inferencer) -> None:
+    """Byte-fallback tokens split 4-byte characters; the stream must never emit half a character."""
+    text = "𝔘𝔫𝔦 日本語 é"
+    tokens = inferencer.tokenize(text)
+    pieces = [inferencer.piece(t) for t in tokens]
+    assert any(p and p[0] >= 0xF0 and len(p) == 1 for p in pieces), "the test needs a split character"
+    stream = TextStream()
+    emitted = [stream.push(p) for p in pieces] + [stream.close()]
+    assert "".join(emitted).lstrip() == text
+    assert "\ufffd" not in "".join(emitted)
+    for chunk in emitted:
+        chunk.encode("utf-8")  # every emitted chunk is valid on its own
+
+
+def test_incomplete_trailing_bytes_become_replacement_not_garbage() -> None:
+    stream = TextStream()
+    assert stream.push(b"ok \xe6\x97") == "ok "
+    assert stream.close() == "\ufffd"
