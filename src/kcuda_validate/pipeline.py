@@ -52,6 +52,7 @@ class ModelRun:
     timeout_s: float | None = 600.0
     compare_cpu: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
+    all_devices: bool = False
 
 
 @dataclass
@@ -149,7 +150,8 @@ class Stages:
 
     # -- model ---------------------------------------------------------------------------------------------
     def resolve(self, spec: ModelSpec) -> ResolvedModel | None:
-        self.ui.progress("Getting the model…")
+        # The Hub download draws its own progress bar on stderr; a spinner would fight it.
+        self.ui.end_progress()
         try:
             resolved = resolve_model(spec, progress=self.ui.human)
         except UsageError:
@@ -689,48 +691,110 @@ def _v(m: Any, digits: int = 1) -> str:
 
 def run_pipeline(report: Report, ui: Any, run: ModelRun, detect_options: Any = None) -> Report:
     """load / infer / validate-all: each stage runs only if the previous one passed."""
-    # Start the worker now: its llama.cpp import overlaps with detection and model resolution.
+    # Start the worker now: its Python imports overlap with detection and model resolution.
     worker = Worker().start()
+    try:
+        if detect_options is not None and not _detect(report, ui, detect_options):
+            return report
+        if run.all_devices and not run.load.cpu_mode:
+            worker.kill()
+            _all_devices(report, ui, run)
+            return report
+        _model_stages(report, ui, run, worker)
+        return report
+    finally:
+        worker.kill()
+        report.finish()
+
+
+def _detect(report: Report, ui: Any, options: Any) -> bool:
+    from kcuda_validate.detect import GpuDetector
+
+    ui.progress("Checking the GPU stack…")
+    det = GpuDetector(options).run()
+    report.add(*det.checks)
+    report.sections["detect"] = det.to_json()
+    if det.driver is not None:
+        report.driver = {"driver_version": det.driver.driver_version, "cuda_version": det.driver.cuda_version}
+    if det.torch is not None:
+        report.torch_cuda = det.torch.cuda_build
+    if det.exit_code != ExitCode.OK:
+        report.stopped_at = "detect"
+        return False
+    return True
+
+
+def _model_stages(report: Report, ui: Any, run: ModelRun, worker: Worker) -> None:
     stages = Stages(report, ui)
     try:
-        if detect_options is not None:
-            from kcuda_validate.detect import GpuDetector
-
-            ui.progress("Checking the GPU stack…")
-            det = GpuDetector(detect_options).run()
-            report.add(*det.checks)
-            report.sections["detect"] = det.to_json()
-            if det.driver is not None:
-                report.driver = {"driver_version": det.driver.driver_version, "cuda_version": det.driver.cuda_version}
-            if det.torch is not None:
-                report.torch_cuda = det.torch.cuda_build
-            if det.exit_code != ExitCode.OK:
-                report.stopped_at = "detect"
-                return report
         if not stages.select_gpu(run.device, run.load.cpu_mode):
             report.stopped_at = "gpu"
-            return report
+            return
         resolved = stages.resolve(run.spec)
         if resolved is None:
             report.stopped_at = "model"
-            return report
+            return
         info = stages.inspect(resolved)
         if info is None:
             report.stopped_at = "model"
-            return report
+            return
         stages.check_ctx(info, run.load.n_ctx)
         if not stages.fit(info, run.load):
             report.stopped_at = "model"
-            return report
+            return
         if not stages.run_model(run, resolved, info, worker):
-            return report
+            return
         if run.infer is not None and (run.compare_cpu or run.thresholds.min_speedup is not None):
             if run.compare_cpu:
                 stages.compare_cpu(run, resolved, info)
             stages._thresholds(run.thresholds, only_speedup=True)
-        return report
     finally:
-        worker.kill()
         if stages.gpu is not None:
             stages.gpu.close()
-        report.finish()
+
+
+def visible_gpu_indices() -> list[int] | None:
+    """NVML indices of the GPUs CUDA can see; None when NVML is unavailable."""
+    from kcuda_validate.detect import parse_visible_devices
+
+    try:
+        nvml = Nvml.open()
+    except NvmlInitError:
+        return None
+    with nvml:
+        gpus = tuple(nvml.gpu(i) for i in range(nvml.driver().device_count))
+    hidden = parse_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus) or ()
+    return [g.index for g in gpus if g.index not in hidden and not g.lost]
+
+
+def _all_devices(report: Report, ui: Any, run: ModelRun) -> None:
+    """Validate each visible GPU in turn; checks and metrics are prefixed gpuN., the verdict is the worst."""
+    indices = visible_gpu_indices()
+    if not indices:
+        _model_stages(report, ui, dataclasses.replace(run, all_devices=False), Worker())
+        return
+    devices: dict[str, Any] = {}
+    for idx in indices:
+        sub = Report(report.command, report.argv)
+        sub.device_mode = report.device_mode
+        _model_stages(sub, ui, dataclasses.replace(run, device=idx, all_devices=False), Worker().start())
+        sub.finish()
+        for c in sub.checks:
+            report.add(dataclasses.replace(c, id=f"gpu{idx}.{c.id}", title=f"GPU {idx}: {c.title}"))
+        report.add_metrics(sub.metrics, prefix=f"gpu{idx}.")
+        devices[str(idx)] = {
+            "gpu": sub.gpu,
+            "exit_code": int(sub.exit_code),
+            "stopped_at": sub.stopped_at,
+            "sections": sub.sections,
+        }
+        report.gpu = report.gpu or sub.gpu
+        report.driver = report.driver or sub.driver
+        if sub.interrupted:
+            report.interrupted = True
+            report.exit_override = sub.exit_override
+            break
+    report.sections["devices"] = devices
+    failing = [(k, v) for k, v in devices.items() if v["exit_code"] != 0]
+    if failing:
+        report.stopped_at = f"gpu{failing[0][0]}.{failing[0][1]['stopped_at'] or 'checks'}"

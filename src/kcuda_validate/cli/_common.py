@@ -128,6 +128,11 @@ def load_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Seconds each model stage (load, inference) may take before it is killed.",
         ),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for llama.cpp."),
+        click.option(
+            "--all-devices",
+            is_flag=True,
+            help="Validate every visible GPU in turn; the verdict is the worst of them.",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -236,6 +241,8 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         min_speedup=kw.get("min_speedup"),
         require_full_offload=not kw.get("allow_partial_offload", False),
     )
+    if kw.get("all_devices") and kw.get("device") is not None:
+        raise UsageError("--all-devices: cannot be combined with --device", fix="Pass one of them.")
     if kw.get("compare_cpu") and cpu:
         raise UsageError("--compare-cpu: needs a GPU run", fix="Drop --device cpu or --compare-cpu.")
     return ModelRun(
@@ -246,4 +253,5 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         timeout_s=kw.get("timeout", DEFAULT_TIMEOUT),
         compare_cpu=bool(kw.get("compare_cpu")),
         thresholds=thresholds,
+        all_devices=bool(kw.get("all_devices")),
     )

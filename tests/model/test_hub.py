@@ -1,0 +1,789 @@
+"""kcuda_validate.model.hub against a real Hub cache layout and a fake Hub on 127.0.0.1.
+
+Nothing here talks to huggingface.co. The HTTP seam is a tiny HTTP server set as the Hub endpoint, so the
+whole real client stack runs (huggingface_hub -> httpx2 -> sockets), with the headers the Hub really sends:
+X-Repo-Commit, X-Linked-Etag, X-Linked-Size, X-Error-Code / X-Error-Message, and a 302 to a "CDN" host.
+
+How env changes take effect: huggingface_hub reads HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE,
+HF_HUB_ETAG_TIMEOUT, HF_TOKEN_PATH, ... once, when `huggingface_hub.constants` is first imported, and derives
+more constants from them (HUGGINGFACE_CO_URL_TEMPLATE from ENDPOINT). Setting os.environ in a test is therefore
+not enough (and the conftest's HF_HOME / HF_HUB_OFFLINE only count if the first import happened after it ran), so
+the `hub_env` fixture monkeypatches the constants themselves, and the derived ones with them. HF_TOKEN itself is
+read from os.environ on every request, so monkeypatch.setenv works for it. The shared httpx client is closed
+around each test so that it is rebuilt with this test's environment (proxies are read when it is created).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from kcuda_validate.errors import (
+    DiskFullError,
+    ExitCode,
+    HubAuthError,
+    HubUnreachableError,
+    ModelNotFoundError,
+    UsageError,
+)
+from kcuda_validate.model import hub
+
+REPO = "acme/Tiny-GGUF"
+FILE = "tiny-q4_k_m.gguf"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+CONTENT = b"GGUF" + bytes(range(256)) * 256  # 64 KiB + 4: several socket reads, small enough to be instant
+SHA = hashlib.sha256(CONTENT).hexdigest()
+SECRET = "hf_kcudaTestSecretTokenValue0123456789"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Environment
+
+
+@dataclass
+class HubEnv:
+    cache: Path
+    monkeypatch: pytest.MonkeyPatch
+
+    def endpoint(self, url: str) -> None:
+        """Point huggingface_hub at `url` (what HF_ENDPOINT does at import time)."""
+        from huggingface_hub import constants
+
+        self.monkeypatch.setenv("HF_ENDPOINT", url)
+        self.monkeypatch.setattr(constants, "ENDPOINT", url)
+        self.monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+
+    def offline(self, on: bool = True) -> None:
+        from huggingface_hub import constants
+
+        self.monkeypatch.setenv("HF_HUB_OFFLINE", "1" if on else "0")
+        self.monkeypatch.setattr(constants, "HF_HUB_OFFLINE", on)
+
+    def etag_timeout(self, seconds: int) -> None:
+        from huggingface_hub import constants
+
+        self.monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", str(seconds))
+        self.monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", seconds)
+
+    @property
+    def storage(self) -> Path:
+        return self.cache / ("models--" + REPO.replace("/", "--"))
+
+    def leftovers(self) -> list[str]:
+        """Everything in the repo's cache folder that could be mistaken for (part of) the file."""
+        if not self.storage.exists():
+            return []
+        return sorted(
+            str(p.relative_to(self.storage))
+            for p in self.storage.rglob("*")
+            if p.is_file() or p.is_symlink()
+            if not p.is_relative_to(self.storage / "refs")
+        )
+
+
+@pytest.fixture
+def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubEnv]:
+    """An empty Hub cache in tmp_path, online, no token, no proxy, endpoint a refused port until a test sets one."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _detect_agent, close_session
+
+    home = tmp_path / "hf"
+    cache = home / "hub"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    for name, value in {
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(cache),
+        "HF_TOKEN_PATH": str(home / "token"),  # never the developer's own `hf auth login`
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_ETAG_TIMEOUT": constants.DEFAULT_ETAG_TIMEOUT,
+        "HF_HUB_DOWNLOAD_TIMEOUT": constants.DEFAULT_DOWNLOAD_TIMEOUT,
+        "HF_HUB_DISABLE_PROGRESS_BARS": None,
+        "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
+        # Whatever the developer's shell says: these change which requests are made and what they carry.
+        "HF_HUB_DISABLE_TELEMETRY": False,
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN": False,
+        "HF_DEBUG": False,
+    }.items():
+        monkeypatch.setattr(constants, name, value)
+    # huggingface_hub GETs {endpoint}/api/agent-harnesses (3 s timeout) while building the first request's headers,
+    # unless HF_HOME holds a copy younger than a day; it then keeps it in memory. Start each test from a fresh copy
+    # (a machine that used the Hub today): no extra request, whatever ran before. Tests of a first run delete it.
+    home.mkdir(parents=True)
+    Path(constants.AGENT_HARNESSES_PATH).write_text('{"standardEnvVars": [], "harnesses": {}}')
+    monkeypatch.setattr(_detect_agent, "_registry", None)
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_ETAG_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    env = HubEnv(cache=cache, monkeypatch=monkeypatch)
+    env.offline(False)
+    env.endpoint(f"http://127.0.0.1:{_free_port()}")
+    close_session()
+    yield env
+    close_session()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seed_cache(cache: Path, *, refs: tuple[str, ...] = ("main",), with_blob: bool = True) -> Path:
+    """The layout huggingface_hub writes: blobs/<sha256>, snapshots/<commit>/<file> -> ../../blobs/<sha256>, refs/."""
+    storage = cache / ("models--" + REPO.replace("/", "--"))
+    (storage / "blobs").mkdir(parents=True)
+    if with_blob:
+        (storage / "blobs" / SHA).write_bytes(CONTENT)
+    pointer = storage / "snapshots" / COMMIT / FILE
+    pointer.parent.mkdir(parents=True)
+    pointer.symlink_to(Path("..", "..", "blobs", SHA))
+    (storage / "refs").mkdir()
+    for ref in refs:
+        (storage / "refs" / ref).write_text(COMMIT)  # no newline, as huggingface_hub writes it
+    return pointer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A fake Hub
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeHub:
+    """A threaded HTTP/1.1 server answering like huggingface.co; `routes` maps a URL path to a responder."""
+
+    routes: dict[str, Callable[[_Handler, str], None]] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    cdn_plan: list[str] = field(default_factory=list)  # per CDN GET: ok | drop_half | hang_half | error_503
+    release: threading.Event = field(default_factory=threading.Event)
+    on_half_sent: Callable[[], None] | None = None
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def cdn(self) -> str:
+        """Another host name for the same server: huggingface_hub treats it as a CDN (no redirect-follow, no auth)."""
+        assert self.server is not None
+        return f"http://localhost:{self.server.server_address[1]}"
+
+    def requests(self, method: str | None = None, prefix: str = "") -> list[Seen]:
+        return [s for s in self.seen if (method is None or s.method == method) and s.path.startswith(prefix)]
+
+    # -- routes ---------------------------------------------------------------------------------------------------
+
+    def serve_file(self, *, size: int | None = None, revs: tuple[str, ...] = ("main", COMMIT)) -> None:
+        """FILE as an LFS file: HEAD/GET /resolve -> 302 to the CDN with the linked etag/size, CDN honours Range."""
+        linked_size = str(size if size is not None else len(CONTENT))
+
+        def resolve(h: _Handler, method: str) -> None:
+            h.reply(
+                302,
+                {
+                    "X-Repo-Commit": COMMIT,
+                    "X-Linked-Etag": f'"{SHA}"',
+                    "X-Linked-Size": linked_size,
+                    "ETag": 'W/"1b4c5f6e7d8c9b0a1b2c3d4e5f60718293a4b5c6"',
+                    "Location": f"{self.cdn}/cdn/{SHA}?X-Amz-Signature=abc",
+                    "Accept-Ranges": "bytes",
+                },
+            )
+
+        for rev in revs:
+            self.routes[f"/{REPO}/resolve/{rev}/{FILE}"] = resolve
+        self.routes[f"/cdn/{SHA}"] = self._cdn
+
+    def _cdn(self, h: _Handler, method: str) -> None:
+        plan = self.cdn_plan.pop(0) if (method == "GET" and self.cdn_plan) else "ok"
+        if plan == "error_503":
+            h.reply(503, {"Content-Type": "text/plain"}, b"Service Unavailable")
+            return
+        start = 0
+        rng = h.headers.get("Range")
+        if rng and rng.startswith("bytes="):
+            start = int(rng[len("bytes=") :].split("-")[0])
+        body = CONTENT[start:]
+        headers = {"ETag": f'"{SHA}"', "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        status = 200
+        if start:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(CONTENT) - 1}/{len(CONTENT)}"
+        if method == "HEAD" or plan == "ok":
+            h.reply(status, headers, body, send_body=method == "GET")
+            return
+        # A transfer that stops half-way: headers promise the whole body, half of it arrives.
+        h.reply(status, headers, body, send_body=False)
+        h.wfile.write(body[: len(body) // 2])
+        h.wfile.flush()
+        if plan == "hang_half":
+            if self.on_half_sent is not None:
+                self.on_half_sent()
+            self.release.wait(10)
+        h.close_connection = True
+        with contextlib.suppress(OSError):
+            h.connection.shutdown(socket.SHUT_RDWR)
+
+    def error(self, path: str, status: int, code: str | None, message: str, **extra: str) -> None:
+        headers = {"X-Request-Id": "Root=1-fake", "Content-Type": "application/json", **extra}
+        if code:
+            headers["X-Error-Code"] = code
+        headers["X-Error-Message"] = message
+
+        def respond(h: _Handler, method: str) -> None:
+            h.reply(status, headers, json.dumps({"error": message}).encode(), send_body=method == "GET")
+
+        self.routes[path] = respond
+
+    def model_info(self, siblings: list[str]) -> None:
+        doc = {"id": REPO, "sha": COMMIT, "siblings": [{"rfilename": name} for name in siblings]}
+
+        def respond(h: _Handler, method: str) -> None:
+            h.reply(200, {"Content-Type": "application/json"}, json.dumps(doc).encode(), send_body=method == "GET")
+
+        self.routes[f"/api/models/{REPO}/revision/main"] = respond
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Any
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def _dispatch(self, method: str) -> None:
+        fake: FakeHub = self.server.fake
+        path = unquote(urlsplit(self.path).path)
+        fake.seen.append(Seen(method, path, {k.lower(): v for k, v in self.headers.items()}))
+        route = fake.routes.get(path)
+        if route is None:
+            self.reply(404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+            return
+        route(self, method)
+
+    def reply(self, status: int, headers: dict[str, str], body: bytes = b"", *, send_body: bool = True) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body and body:
+            self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up mid-response (the interrupted-download tests) are expected here
+
+
+@pytest.fixture
+def fake_hub(hub_env: HubEnv) -> Iterator[FakeHub]:
+    fake = FakeHub()
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.fake = fake  # type: ignore[attr-defined]
+    fake.server = server
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), name="fake-hub", daemon=True)
+    thread.start()
+    hub_env.endpoint(fake.url)
+    yield fake
+    fake.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def one_line(err: Exception) -> str:
+    text = str(err)
+    assert "\n" not in text
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cache, no network
+
+
+def test_cached_file_is_served_offline(hub_env: HubEnv) -> None:
+    pointer = seed_cache(hub_env.cache)
+    hub_env.offline()
+
+    start = time.perf_counter()
+    mf = hub.fetch_model(REPO, FILE)
+    elapsed = time.perf_counter() - start
+
+    assert mf == hub.ModelFile(
+        path=pointer,
+        repo_id=REPO,
+        filename=FILE,
+        revision="main",
+        commit_hash=COMMIT,
+        size_bytes=len(CONTENT),
+        source="cache",
+        download_s=None,
+    )
+    assert mf.path.read_bytes() == CONTENT
+    assert hub.cache_dir() == hub_env.cache
+    assert elapsed < 0.5
+
+
+def test_cached_file_is_served_online_without_asking_the_hub(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    seed_cache(hub_env.cache)
+    fake_hub.serve_file()
+
+    assert hub.fetch_model(REPO, FILE, "main").source == "cache"
+    assert fake_hub.seen == []
+
+
+def test_find_cached_resolves_branch_tag_and_commit_without_network(hub_env: HubEnv) -> None:
+    pointer = seed_cache(hub_env.cache, refs=("main", "v1.0"))
+
+    assert hub.find_cached(REPO, FILE) == pointer
+    assert hub.find_cached(REPO, FILE, "v1.0") == pointer
+    assert hub.find_cached(REPO, FILE, COMMIT) == pointer
+    assert hub.find_cached(REPO, FILE, "v2.0") is None
+    assert hub.find_cached(REPO, "other.gguf") is None
+    assert hub.find_cached("acme/absent", FILE) is None
+
+
+def test_snapshot_link_without_its_blob_is_not_cached(hub_env: HubEnv) -> None:
+    seed_cache(hub_env.cache, with_blob=False)  # e.g. a blob deleted by hand or by a cleaner
+    hub_env.offline()
+
+    assert hub.find_cached(REPO, FILE) is None
+    with pytest.raises(ModelNotFoundError):
+        hub.fetch_model(REPO, FILE)
+
+
+def test_offline_and_not_cached_says_so(hub_env: HubEnv) -> None:
+    hub_env.offline()
+
+    with pytest.raises(ModelNotFoundError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    msg = one_line(info.value)
+    assert "offline mode is on" in msg
+    assert f"{REPO}/{FILE} @ main" in msg
+    assert str(hub_env.cache) in msg
+    assert info.value.exit_code == ExitCode.MODEL_NOT_FOUND
+    assert "HF_HUB_OFFLINE" in (info.value.fix or "")
+
+
+def test_offline_with_a_cached_no_such_file_answer(hub_env: HubEnv) -> None:
+    """huggingface_hub records a 404 for a file as .no_exist/<commit>/<file>; offline, that is the best answer."""
+    seed_cache(hub_env.cache)
+    (hub_env.storage / ".no_exist" / COMMIT / "nope.gguf").parent.mkdir(parents=True)
+    (hub_env.storage / ".no_exist" / COMMIT / "nope.gguf").touch()
+    hub_env.offline()
+
+    with pytest.raises(ModelNotFoundError) as info:
+        hub.fetch_model(REPO, "nope.gguf")
+
+    assert one_line(info.value).startswith(f"file 'nope.gguf' does not exist in repo '{REPO}' at revision 'main'")
+
+
+@pytest.mark.parametrize(("repo_id", "filename"), [("not a repo", FILE), ("a/b/c", FILE), (REPO, "../../etc/passwd")])
+def test_malformed_input_is_a_usage_error(hub_env: HubEnv, repo_id: str, filename: str) -> None:
+    with pytest.raises(UsageError):
+        hub.fetch_model(repo_id, filename)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Unreachable Hub: fast, clear
+
+
+def test_refused_connection_fails_fast(hub_env: HubEnv) -> None:
+    port = _free_port()
+    hub_env.endpoint(f"http://127.0.0.1:{port}")
+
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch_model(REPO, FILE)
+    elapsed = time.perf_counter() - start
+
+    msg = one_line(info.value)
+    assert msg.startswith(f"cannot reach 127.0.0.1:{port} (connection refused)")
+    assert f"{REPO}/{FILE} @ main" in msg
+    assert info.value.fix is not None
+    assert "HF_HUB_OFFLINE=1" in info.value.fix
+    assert "--model-path / --synthetic" in info.value.fix
+    assert info.value.exit_code == ExitCode.HUB_UNREACHABLE
+    assert elapsed < 2
+
+
+@pytest.mark.parametrize(
+    ("first_contact", "reason"),
+    [(False, f"(no answer within {hub.METADATA_TIMEOUT_S:g} s)"), (True, "(no answer within 5 s)")],
+    ids=["hub-used-today", "first-contact"],
+)
+def test_blackholed_hub_fails_within_five_seconds(hub_env: HubEnv, first_contact: bool, reason: str) -> None:
+    """A host that accepts the connection and then says nothing (firewall, dead proxy), with default timeouts.
+
+    On first contact huggingface_hub first spends up to 3 s on its agent-registry GET; the deadline still holds.
+    """
+    from huggingface_hub import constants
+
+    if first_contact:
+        Path(constants.AGENT_HARNESSES_PATH).unlink()
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)  # the kernel completes handshakes; nobody ever reads or answers
+        port = hole.getsockname()[1]
+        hub_env.endpoint(f"http://127.0.0.1:{port}")
+
+        start = time.perf_counter()
+        with pytest.raises(HubUnreachableError) as info:
+            hub.fetch_model(REPO, FILE)
+        elapsed = time.perf_counter() - start
+
+    assert one_line(info.value).startswith(f"cannot reach 127.0.0.1:{port} {reason}")
+    assert "HF_HUB_ETAG_TIMEOUT" in (info.value.fix or "")
+    assert elapsed < 5.5
+
+
+def test_dns_hang_is_cut_by_the_deadline(hub_env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Socket timeouts do not bound name resolution; a resolver that never answers must not hang us."""
+    hub_env.endpoint("http://hub.example.invalid")
+    hub_env.etag_timeout(1)  # HF_HUB_ETAG_TIMEOUT, honoured for the metadata request
+    unblock = threading.Event()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def hanging_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hub.example.invalid":
+            unblock.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_getaddrinfo)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(HubUnreachableError) as info:
+            hub.fetch_model(REPO, FILE)
+    finally:
+        unblock.set()
+    elapsed = time.perf_counter() - start
+
+    assert "cannot reach hub.example.invalid (no answer within 2 s" in one_line(info.value)
+    assert elapsed < 3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the Hub says -> the project's errors
+
+
+GATED_401 = (
+    "Access to model acme/Tiny-GGUF is restricted. You must have access to it and be authenticated to access it."
+)
+GATED_403 = "Access to model acme/Tiny-GGUF is restricted and you are not in the authorized list."
+
+
+@pytest.mark.parametrize(
+    ("rev", "status", "code", "message", "expected", "in_message", "in_fix"),
+    [
+        ("main", 401, "GatedRepo", GATED_401, HubAuthError, "is gated and you are not logged in", "hf auth login"),
+        (
+            "main",
+            403,
+            "GatedRepo",
+            GATED_403,
+            HubAuthError,
+            "is gated and your account has no access",
+            "request access on http://127.0.0.1",
+        ),
+        ("main", 404, "RepoNotFound", "Repository not found", ModelNotFoundError, "not found on the Hub", "private"),
+        ("main", 401, "RepoNotFound", "Invalid username or password.", ModelNotFoundError, "(or it is private)", ""),
+        ("v9", 404, "RevisionNotFound", "Invalid rev id: v9", ModelNotFoundError, "revision 'v9' not found", "branch"),
+        ("main", 401, None, "Invalid credentials in Authorization header", HubAuthError, "rejected your token", ""),
+        ("main", 503, None, "Service Unavailable", HubUnreachableError, "answered HTTP 503", "Retry"),
+    ],
+    ids=["gated-401", "gated-403", "repo-404", "repo-401", "revision-404", "bad-token-401", "hub-503"],
+)
+def test_hub_answers_map_to_project_errors(
+    hub_env: HubEnv,
+    fake_hub: FakeHub,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    rev: str,
+    status: int,
+    code: str | None,
+    message: str,
+    expected: type[Exception],
+    in_message: str,
+    in_fix: str,
+) -> None:
+    hub_env.monkeypatch.setenv("HF_TOKEN", SECRET)
+    fake_hub.error(f"/{REPO}/resolve/{rev}/{FILE}", status, code, message)
+
+    start = time.perf_counter()
+    with pytest.raises(expected) as info:
+        hub.fetch_model(REPO, FILE, rev)
+
+    msg = one_line(info.value)
+    assert in_message in msg
+    assert REPO in msg
+    assert in_fix in (info.value.fix or "")
+    assert time.perf_counter() - start < 2  # no retries/backoff on an answer
+    assert len(fake_hub.requests("HEAD")) == 1
+    assert fake_hub.requests("HEAD")[0].headers.get("authorization") == f"Bearer {SECRET}"  # it was used...
+    out = capsys.readouterr()
+    for text in (msg, info.value.fix or "", out.out, out.err, caplog.text):  # ...and never shown
+        assert SECRET not in text
+    assert hub_env.leftovers() == []
+
+
+def test_missing_file_lists_the_gguf_files_that_exist(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    fake_hub.error(
+        f"/{REPO}/resolve/main/nope.gguf", 404, "EntryNotFound", "Entry not found", **{"X-Repo-Commit": COMMIT}
+    )
+    ggufs = [f"tiny-{q}.gguf" for q in ("q2_k", "q3_k_m", "q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0")]
+    fake_hub.model_info(["README.md", ".gitattributes", *ggufs])
+
+    with pytest.raises(ModelNotFoundError) as info:
+        hub.fetch_model(REPO, "nope.gguf")
+
+    msg = one_line(info.value)
+    assert msg.startswith(f"file 'nope.gguf' not found in repo '{REPO}' at revision 'main'")
+    assert msg.endswith("; .gguf files there: " + ", ".join(sorted(ggufs)[:5]) + " (+2 more)")
+    assert "README.md" not in msg
+
+
+def test_missing_file_without_listing_still_says_what_is_missing(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    fake_hub.error(f"/{REPO}/resolve/main/nope.gguf", 404, "EntryNotFound", "Entry not found")
+    # no /api/models route: the listing fails (404) and is simply left out
+
+    with pytest.raises(ModelNotFoundError) as info:
+        hub.fetch_model(REPO, "nope.gguf")
+
+    assert one_line(info.value) == f"file 'nope.gguf' not found in repo '{REPO}' at revision 'main'"
+
+
+def test_endpoint_that_is_not_a_hub(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """A captive portal or a wrong HF_ENDPOINT answers 200 without the Hub's headers."""
+    fake_hub.routes[f"/{REPO}/resolve/main/{FILE}"] = lambda h, m: h.reply(200, {"Content-Type": "text/html"}, b"hi")
+
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert "not like the Hugging Face Hub (no X-Repo-Commit header)" in one_line(info.value)
+    assert "HF_ENDPOINT" in (info.value.fix or "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Downloads
+
+
+def test_download_lands_in_the_cache_and_the_next_run_uses_it(
+    hub_env: HubEnv, fake_hub: FakeHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub_env.monkeypatch.setenv("HF_TOKEN", SECRET)
+    fake_hub.serve_file()
+    stale = hub_env.storage / "blobs" / f"{SHA}.0badcafe.incomplete"  # left by a killed run
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(CONTENT[:100])
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+
+    first = hub.fetch_model(REPO, FILE, progress=True)
+
+    assert first.source == "download"
+    assert first.download_s is not None
+    assert 0 < first.download_s < 5
+    assert first.commit_hash == COMMIT
+    assert first.size_bytes == len(CONTENT)
+    assert first.path == hub_env.storage / "snapshots" / COMMIT / FILE
+    assert first.path.is_symlink()
+    assert first.path.resolve() == hub_env.storage / "blobs" / SHA
+    assert first.path.read_bytes() == CONTENT
+    assert (hub_env.storage / "refs" / "main").read_text() == COMMIT
+    assert not stale.exists()
+    assert not list(hub_env.storage.rglob("*.incomplete"))
+    # The token goes to the Hub, not to the CDN the file is served from.
+    assert fake_hub.requests("HEAD", f"/{REPO}/resolve/")[0].headers["authorization"] == f"Bearer {SECRET}"
+    (cdn_get,) = fake_hub.requests("GET", "/cdn/")
+    assert "authorization" not in cdn_get.headers
+    assert capsys.readouterr().out == ""  # stdout stays clean for --json
+
+    asked = len(fake_hub.seen)
+    second = hub.fetch_model(REPO, FILE)
+    assert (second.source, second.download_s, second.path) == ("cache", None, first.path)
+    assert len(fake_hub.seen) == asked
+
+    hub_env.offline()
+    assert hub.fetch_model(REPO, FILE).path == first.path
+
+
+def test_file_already_in_the_cache_under_another_revision_is_not_downloaded(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    seed_cache(hub_env.cache, refs=("main",))
+    fake_hub.serve_file(revs=("v1.0",))  # the tag v1.0 points at the commit we already have
+
+    mf = hub.fetch_model(REPO, FILE, "v1.0")
+
+    assert (mf.source, mf.revision, mf.commit_hash) == ("cache", "v1.0", COMMIT)
+    assert fake_hub.requests("GET", "/cdn/") == []
+    assert hub.find_cached(REPO, FILE, "v1.0") == mf.path  # refs/v1.0 written: offline next time
+
+
+def test_dropped_connection_is_resumed_with_a_range_request(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """huggingface_hub retries in-process from the last chunk written (10 MiB chunks; 8 KiB here, to see it)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 8192)
+    fake_hub.serve_file()
+    fake_hub.cdn_plan = ["drop_half", "ok"]
+
+    mf = hub.fetch_model(REPO, FILE)
+
+    assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
+    first, second = fake_hub.requests("GET", "/cdn/")
+    assert "range" not in first.headers
+    written = (len(CONTENT) // 2) // 8192 * 8192  # whole chunks that reached the temp file before the drop
+    assert second.headers["range"] == f"bytes={written}-"
+
+
+def test_failed_download_leaves_nothing_that_looks_complete(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    fake_hub.serve_file()
+    fake_hub.cdn_plan = ["drop_half", "error_503"]  # connection dropped, then the CDN gives up
+
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert f"{REPO}/{FILE} @ main" in one_line(info.value)
+    assert hub_env.leftovers() == []  # no blob, no snapshot link, no partial file
+    assert hub.find_cached(REPO, FILE) is None
+
+    fake_hub.cdn_plan = []
+    mf = hub.fetch_model(REPO, FILE)
+    assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
+
+
+def test_interrupted_download_leaves_nothing_that_looks_complete(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """Ctrl-C half-way through: a real SIGINT, delivered while the client waits for the rest of the body."""
+    fake_hub.serve_file()
+    fake_hub.cdn_plan = ["hang_half"]
+    fake_hub.on_half_sent = lambda: threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    with pytest.raises(KeyboardInterrupt):
+        hub.fetch_model(REPO, FILE)
+    fake_hub.release.set()
+
+    assert hub_env.leftovers() == []
+    assert hub.find_cached(REPO, FILE) is None
+    mf = hub.fetch_model(REPO, FILE)
+    assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
+
+
+def test_not_enough_disk_space_fails_before_downloading(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_hub.serve_file(size=400 * 1024**2)  # the Hub says 400 MiB
+    seen_paths: list[Path] = []
+
+    def disk_usage(path: str | os.PathLike[str]) -> Any:
+        seen_paths.append(Path(path))
+        return shutil._ntuple_diskusage(total=10 * 1024**3, used=0, free=100 * 1024**2)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+
+    with pytest.raises(DiskFullError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert one_line(info.value) == f"{REPO}/{FILE} @ main: needs 400.0 MiB in {hub_env.cache}, only 100.0 MiB free"
+    assert info.value.fix == "free 300.0 MiB or set HF_HOME to a bigger disk"
+    assert info.value.exit_code == ExitCode.DISK_FULL
+    assert seen_paths
+    assert all(hub_env.cache.is_relative_to(p) for p in seen_paths)  # the cache dir, or its nearest existing parent
+    assert fake_hub.requests("GET") == []
+    assert hub_env.leftovers() == []
+
+
+def test_disk_filling_up_mid_download(hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from the write: the OS seam is inside huggingface_hub's transfer, so its http_get stands in."""
+    from huggingface_hub import file_download
+
+    fake_hub.serve_file()
+
+    def http_get_until_disk_full(url: str, temp_file: io.BufferedWriter, **kwargs: Any) -> None:
+        temp_file.write(CONTENT[:1000])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file_download, "http_get", http_get_until_disk_full)
+
+    with pytest.raises(DiskFullError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert one_line(info.value) == (
+        f"{REPO}/{FILE} @ main: ran out of disk space in {hub_env.cache} while downloading (the file is 0.1 MiB);"
+        " nothing partial was kept"
+    )
+    assert hub_env.leftovers() == []
+
+
+def test_progress_bar_goes_to_stderr_only(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    fake_hub.serve_file()
+
+    hub.fetch_model(REPO, FILE, progress=True)
+
+    assert capsys.readouterr().out == ""
+    drawn = terminal.getvalue()
+    assert f"{REPO}/{FILE} @ main" in drawn
+    assert "65.5/65.5 kB" in drawn  # rich's DownloadColumn (decimal units) when the transfer is complete
+
+
+def test_no_progress_when_asked_not_to(hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    fake_hub.serve_file()
+
+    hub.fetch_model(REPO, FILE, progress=False)
+
+    assert terminal.getvalue() == ""
