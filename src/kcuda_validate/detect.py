@@ -38,6 +38,10 @@ FIX_LOAD_MODULE = (
     "Load the kernel module: `sudo modprobe nvidia` (if it fails, check `dmesg` and Secure Boot "
     "module signing), or reboot after installing the driver."
 )
+FIX_WSL_NO_MODULE = (
+    "WSL2 has no NVIDIA kernel module to load: a Linux libnvidia-ml is shadowing the Windows driver's. Remove "
+    "any Linux NVIDIA driver inside WSL2 (keep /usr/lib/wsl/lib), run `sudo ldconfig`, then `wsl --shutdown`."
+)
 FIX_MISMATCH = (
     "The kernel module and user-space driver differ (usually after a driver upgrade): reboot, or reload with "
     "`sudo rmmod nvidia_uvm nvidia_drm nvidia_modeset nvidia && sudo modprobe nvidia`."
@@ -52,7 +56,7 @@ class DetectOptions:
     min_compute: float = DEFAULT_MIN_COMPUTE
     cpu_mode: bool = False  # a CPU-only run: no GPU is required and none is claimed
     model_dir: Path | None = None  # checked for a slow Windows mount on WSL2
-    root: Path = Path("/")
+    root: Path | None = None  # None = kcuda_validate.gpu.platform.ROOT
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class DetectReport:
 
     @property
     def usable_gpus(self) -> tuple[GpuInfo, ...]:
-        return tuple(g for g in self.gpus if not g.lost and g.index not in self.hidden)
+        return tuple(g for g in self.gpus if not g.lost and g.error is None and g.index not in self.hidden)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,7 +141,7 @@ class GpuDetector:
         plat = probe_platform(self.opts.root)
         checks += self._platform_checks(plat)
 
-        driver, nvml_error, gpus = self._nvml(checks)
+        driver, nvml_error, gpus = self._nvml(checks, wsl2=plat.is_wsl2)
         hidden = parse_visible_devices(self.env.get("CUDA_VISIBLE_DEVICES"), gpus) or ()
         if self.opts.device is not None and gpus and self.opts.device not in {g.index for g in gpus}:
             found = ", ".join(str(g.index) for g in gpus)
@@ -261,7 +265,9 @@ class GpuDetector:
         return out
 
     # -- 2./3. driver, NVML and each GPU -------------------------------------------------------------
-    def _nvml(self, checks: list[Check]) -> tuple[DriverInfo | None, str | None, tuple[GpuInfo, ...]]:
+    def _nvml(
+        self, checks: list[Check], wsl2: bool = False
+    ) -> tuple[DriverInfo | None, str | None, tuple[GpuInfo, ...]]:
         cpu = self.opts.cpu_mode
         try:
             nvml = Nvml.open()
@@ -276,7 +282,7 @@ class GpuDetector:
                 ),
                 "driver_not_loaded": (
                     "NVIDIA driver installed but its kernel module is not loaded",
-                    FIX_LOAD_MODULE,
+                    FIX_WSL_NO_MODULE if wsl2 else FIX_LOAD_MODULE,
                     ExitCode.NO_GPU,
                 ),
                 "version_mismatch": (
@@ -365,6 +371,21 @@ class GpuDetector:
                     )
                 )
                 continue
+            if g.error is not None:
+                # NVML enumerates it but cannot open it (nvidia-smi: "Unable to determine the device handle").
+                out.append(
+                    _check(
+                        cid,
+                        title,
+                        Status.FAIL,
+                        f"NVML cannot open this GPU: {g.error}",
+                        'Run `nvidia-smi` and `sudo dmesg | grep -i xid`; "Unable to determine the device handle" '
+                        "usually needs a reboot. In a container, check that /dev/nvidia* for this GPU is mounted.",
+                        ExitCode.GPU_UNUSABLE,
+                        **ev,
+                    )
+                )
+                continue
             if g.index in hidden:
                 out.append(_check(cid, title, Status.SKIP, f"{g.name} hidden by CUDA_VISIBLE_DEVICES", **ev))
                 continue
@@ -437,7 +458,13 @@ class GpuDetector:
                 "that does not support it; remove the cuda-compat package.",
             }
             status = Status.SKIP if cpu else Status.FAIL
-            code = ExitCode.NO_GPU if not have_driver else ExitCode.GPU_UNUSABLE
+            # When NVML already failed, its diagnosis decides the code: a driver that is installed but
+            # mismatched or not permitted is "unusable" (4), not "absent" (3).
+            nvml_failed = next((c for c in checks if c.id == "driver.nvml" and c.status == Status.FAIL), None)
+            if nvml_failed is not None:
+                code = nvml_failed.exit_code
+            else:
+                code = ExitCode.NO_GPU if not have_driver else ExitCode.GPU_UNUSABLE
             checks.append(
                 _check(
                     "cuda.driver_api",
@@ -663,7 +690,7 @@ class GpuDetector:
         if self.opts.cpu_mode:
             return out
         for g in gpus:
-            if g.lost or g.index in hidden:
+            if g.lost or g.error is not None or g.index in hidden:
                 continue
             ev = {
                 "memory_total_bytes": g.memory_total,
@@ -673,15 +700,21 @@ class GpuDetector:
             }
             shortfalls: list[str] = []
             if g.memory_total is not None and g.memory_total / GIB < self.opts.min_vram_gb:
+                # Two decimals and MiB: a 1998 MiB card must not read "2.0 GiB < 2 GiB (short by 0.0 GiB)".
                 shortfalls.append(
-                    f"VRAM {g.memory_total / GIB:.1f} GiB < {self.opts.min_vram_gb:g} GiB "
-                    f"(short by {self.opts.min_vram_gb - g.memory_total / GIB:.1f} GiB)"
+                    f"VRAM {g.memory_total / GIB:.2f} GiB < {self.opts.min_vram_gb:g} GiB "
+                    f"(short by {(self.opts.min_vram_gb * GIB - g.memory_total) / 1024**2:.0f} MiB)"
                 )
             if g.compute_capability is not None:
                 cc = g.compute_capability[0] + g.compute_capability[1] / 10
                 if cc + 1e-9 < self.opts.min_compute:
                     shortfalls.append(f"compute capability {cc:.1f} < {self.opts.min_compute:g}")
             cid = f"min.{g.index}"
+            unknown = [
+                what
+                for what, value in (("VRAM", g.memory_total), ("compute capability", g.compute_capability))
+                if value is None
+            ]
             if shortfalls:
                 out.append(
                     _check(
@@ -692,6 +725,18 @@ class GpuDetector:
                         "Use a GPU that meets the minimums, or lower them with --min-vram-gb / --min-compute "
                         "if a smaller model is enough.",
                         ExitCode.BELOW_THRESHOLD,
+                        **ev,
+                    )
+                )
+            elif unknown:
+                # Nothing to compare against the minimums: never report that as a pass.
+                out.append(
+                    _check(
+                        cid,
+                        f"Minimums for GPU {g.index}",
+                        Status.WARN,
+                        f"{' and '.join(unknown)} not reported by NVML; minimums not verified",
+                        "Check this GPU's memory and compute capability with `nvidia-smi -q` before relying on it.",
                         **ev,
                     )
                 )

@@ -105,7 +105,7 @@ class Stages:
 
         gpus = tuple(nvml.gpu(i) for i in range(driver.device_count))
         hidden = parse_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus) or ()
-        candidates = [g for g in gpus if g.index not in hidden and not g.lost]
+        candidates = [g for g in gpus if g.index not in hidden and not g.lost and g.error is None]
         if device is not None:
             candidates = [g for g in gpus if g.index == device]
             if not candidates:
@@ -764,7 +764,7 @@ def visible_gpu_indices() -> list[int] | None:
     with nvml:
         gpus = tuple(nvml.gpu(i) for i in range(nvml.driver().device_count))
     hidden = parse_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus) or ()
-    return [g.index for g in gpus if g.index not in hidden and not g.lost]
+    return [g.index for g in gpus if g.index not in hidden and not g.lost and g.error is None]
 
 
 def _all_devices(report: Report, ui: Any, run: ModelRun) -> None:

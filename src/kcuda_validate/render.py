@@ -154,23 +154,23 @@ def render_report(report: Any, console: Console, verbose: int = 0, quiet: bool =
     if quiet:
         console.print(verdict_line(report))
         return
-    parts: list[Any] = []
     header = f"kcuda-validate {report.command}"
     if report.device_mode == "cpu":
         header += " — CPU RUN (not a GPU validation)"
-    parts.append(Text(header, style="bold"))
-    shown = report.checks
-    parts.append(checks_table(shown))
+    parts: list[Any] = [Text(header, style="bold"), checks_table(report.checks)]
     panel = inference_panel(report)
     if panel is not None:
         parts.append(panel)
+    console.print(Group(*parts))
     fx = fixes(report.checks)
     if fx:
-        parts.append(Text(""))
-        parts.extend(fx)
+        console.print()
+        for line in fx:
+            # soft_wrap: a fix is often a command to copy into a shell, so it must not be cut or re-wrapped.
+            console.print(line, soft_wrap=True)
     crash = report.sections.get("crash")
     if crash:
-        parts.append(Text(f"Last llama.cpp output before the {crash.get('signal') or 'exit'}:", style="bold"))
-        parts.extend(Text("  " + line) for line in crash.get("log_tail", [])[-10:])
-    parts.append(verdict_line(report))
-    console.print(Group(*parts))
+        console.print(Text(f"Last llama.cpp output before the {crash.get('signal') or 'exit'}:", style="bold"))
+        for line in crash.get("log_tail", [])[-10:]:
+            console.print(Text("  " + line), soft_wrap=True)
+    console.print(verdict_line(report))

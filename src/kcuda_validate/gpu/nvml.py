@@ -174,6 +174,8 @@ class Nvml:
     def __init__(self, lib: ModuleType) -> None:
         self._lib = lib
         self._handles: dict[int, Any] = {}
+        self._handle_errors: dict[int, str] = {}  # why NVML gave no handle, e.g. "Unknown Error"
+        self._last_error: str | None = None
 
     @classmethod
     def open(cls, lib: ModuleType | None = None) -> Nvml:
@@ -209,6 +211,7 @@ class Nvml:
 
     def query(self, fn_name: str, *args: Any) -> Any:
         """Call one NVML function; None when the driver cannot answer. Raises GpuLostError."""
+        self._last_error = None
         fn = getattr(self._lib, fn_name, None)
         if fn is None:
             return None
@@ -220,6 +223,7 @@ class Nvml:
                 raise GpuLostError(str(exc)) from exc
             if code not in _NA_CODES:
                 log.warning("NVML %s failed: %s", fn_name, exc)
+            self._last_error = str(exc)
             return None
 
     def driver(self) -> DriverInfo:
@@ -234,6 +238,8 @@ class Nvml:
     def handle(self, index: int) -> Any:
         if index not in self._handles:
             self._handles[index] = self.query("nvmlDeviceGetHandleByIndex", index)
+            if self._handles[index] is None and self._last_error:
+                self._handle_errors[index] = self._last_error
         return self._handles[index]
 
     def gpu(self, index: int) -> GpuInfo:
@@ -241,7 +247,9 @@ class Nvml:
         try:
             h = self.handle(index)
             if h is None:
-                return GpuInfo(index=index, error="NVML returned no handle for this index")
+                why = self._handle_errors.get(index)
+                error = "NVML returned no handle for this index" + (f" ({why})" if why else "")
+                return GpuInfo(index=index, error=error)
             return self._gpu(index, h)
         except GpuLostError as exc:
             return GpuInfo(index=index, lost=True, error=str(exc))

