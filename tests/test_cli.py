@@ -1,0 +1,196 @@
+"""The command line as users and scripts see it: help, version, usage errors, exit codes, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from kcuda_validate.cli import cli
+from kcuda_validate.errors import ExitCode
+
+COMMANDS = ["detect", "load", "infer", "validate-all", "exit-codes"]
+
+
+def invoke(*args: str, **kw: object) -> object:
+    return CliRunner().invoke(cli, list(args), **kw)
+
+
+def test_every_command_has_help_text() -> None:
+    for name, command in cli.commands.items():
+        assert command.help and len(command.help.strip()) > 20, name
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{name} {param.opts} has no help"
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_command_help(name: str) -> None:
+    result = invoke(name, "--help")
+    assert result.exit_code == 0
+    assert f"Usage: cli {name}" in result.output or f"Usage: kcuda-validate {name}" in result.output
+
+
+def test_version_names_the_stack() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0].startswith("kcuda-validate 0.")
+    text = result.output
+    for pkg in ("llama-cpp-python", "torch", "nvidia-ml-py", "huggingface-hub"):
+        assert pkg in text
+    # This machine has no driver: the version output says so instead of failing.
+    assert "nvidia driver not found (library not found)" in text
+
+
+def test_exit_codes_command_matches_enum() -> None:
+    result = invoke("exit-codes", "--json")
+    assert result.exit_code == 0
+    table = json.loads(result.output)
+    assert {int(k): v["name"] for k, v in table.items()} == {int(c): c.reason for c in ExitCode}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["load", "--n-ctx", "10"],
+            "Error: cli load: Invalid value for '--n-ctx': 10 is not in the range 64<=x<=1048576.",
+        ),
+        (["infer", "--max-tokens", "0"], "Error: cli infer: Invalid value for '--max-tokens': 0 is not in the range"),
+        (["detect", "--device", "gpu0"], "Error: cli detect: Invalid value for '--device': 'gpu0' is not a GPU index"),
+        (["load", "--bogus"], "Error: cli load: No such option '--bogus'"),
+        (["infer", "   ", "--device", "cpu"], "Error: prompt: the prompt is empty"),
+        (
+            ["load", "--model-path", "x.gguf", "--synthetic", "8MiB"],
+            "Error: --model-path and --synthetic: choose one model source",
+        ),
+        (["infer", "--compare-cpu", "--device", "cpu"], "Error: --compare-cpu: needs a GPU run"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:
+    result = invoke(*args)
+    assert result.exit_code == ExitCode.USAGE
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(message), result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        ("missing", "{p}: no such file"),
+        ("directory", "{p}: is a directory, not a GGUF file"),
+        ("not_gguf", "{p}: not a GGUF file (starts with b'<htm', expected b'GGUF')"),
+        ("empty", "{p}: not a GGUF file (starts with b'', expected b'GGUF')"),
+        ("truncated", "{p}: file is truncated: tensor"),
+    ],
+)
+def test_bad_model_files_exit_5_with_one_line(tmp_path: Path, tiny_model: Path, make: str, expected: str) -> None:
+    p = tmp_path / "model.gguf"
+    if make == "directory":
+        p.mkdir()
+    elif make == "not_gguf":
+        p.write_text("<html>404 Not Found</html>")
+    elif make == "empty":
+        p.write_bytes(b"")
+    elif make == "truncated":
+        data = tiny_model.read_bytes()
+        p.write_bytes(data[: len(data) * 2 // 3])
+    before = sorted(tmp_path.rglob("*"))
+    result = invoke("load", "--device", "cpu", "--model-path", str(p))
+    assert result.exit_code == ExitCode.MODEL_INVALID, result.output
+    assert result.stderr.splitlines()[0].startswith("Error: " + expected.format(p=p))
+    assert "Traceback" not in result.stdout + result.stderr
+    # Nothing half-written left behind (logs live elsewhere, under KCUDA_LOG_DIR).
+    assert sorted(x for x in tmp_path.rglob("*") if "logs" not in x.parts and "hf" not in x.parts) == [
+        x for x in before if "logs" not in x.parts and "hf" not in x.parts
+    ]
+
+
+def test_unreadable_model_file(tmp_path: Path, tiny_model: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root can read anything")
+    p = tmp_path / "m.gguf"
+    p.write_bytes(tiny_model.read_bytes())
+    p.chmod(0)
+    result = invoke("load", "--device", "cpu", "--model-path", str(p))
+    assert result.exit_code == ExitCode.MODEL_INVALID
+    assert result.stderr.startswith(f"Error: {p}: permission denied")
+
+
+def test_n_ctx_beyond_the_model_is_refused_at_once(tiny_model: Path) -> None:
+    result = invoke("load", "--device", "cpu", "--model-path", str(tiny_model), "--n-ctx", "1000000")
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.startswith("Error: --n-ctx 1000000: out of range for")
+
+
+def test_gpu_run_without_driver_exits_3_and_suggests_cpu(tiny_model: Path) -> None:
+    result = invoke("load", "--model-path", str(tiny_model))
+    assert result.exit_code == ExitCode.NO_GPU
+    assert "no usable NVIDIA GPU" in result.stdout
+    assert "--device cpu" in result.stdout
+
+
+def test_json_mode_prints_only_json_on_stdout(tiny_model: Path) -> None:
+    result = invoke("--json", "validate-all", "--device", "cpu", "--model-path", str(tiny_model), "--max-tokens", "8")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["command"] == "validate-all"
+    assert doc["device_mode"] == "cpu"
+    assert doc["gpu_validated"] is False
+
+
+def test_log_file_is_named_on_errors_and_written(isolated_env: Path) -> None:
+    result = invoke("load", "--device", "cpu", "--model-path", "/nonexistent/model.gguf")
+    assert result.exit_code == ExitCode.MODEL_INVALID
+    log_file = isolated_env / "logs" / "kcuda-validate.log"
+    assert log_file.exists()
+    assert "start: " in log_file.read_text()
+
+
+def test_installed_console_script_runs_the_cpu_pipeline(tiny_model: Path, tmp_path: Path) -> None:
+    """The real entry point in a subprocess: exit code, parseable JSON, a written report and JUnit file."""
+    exe = Path(sys.executable).parent / "kcuda-validate"
+    assert exe.exists(), "the console script is installed with the package"
+    report, junit = tmp_path / "r.json", tmp_path / "j.xml"
+    proc = subprocess.run(
+        [str(exe), "validate-all", "--json", "--device", "cpu", "--model-path", str(tiny_model)]
+        + ["--max-tokens", "8", "--repeat", "2", "--report", str(report), "--junit-xml", str(junit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"COLUMNS": "100"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["exit_code"] == 0 and doc["passed"] is True
+    assert json.loads(report.read_text())["checks"] == doc["checks"]
+    assert junit.read_text().startswith('<?xml version="1.0" encoding="UTF-8"?>')
+
+
+def test_python_dash_m_entry_point() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kcuda_validate", "exit-codes"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    assert "hub_unreachable" in proc.stdout
+
+
+def test_no_ansi_when_piped(tiny_model: Path) -> None:
+    exe = Path(sys.executable).parent / "kcuda-validate"
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    proc = subprocess.run([str(exe), "detect", "--skip-torch"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == ExitCode.NO_GPU
+    assert "\x1b[" not in proc.stdout + proc.stderr

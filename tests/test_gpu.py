@@ -1,0 +1,48 @@
+"""The GPU path for real. Runs only on a machine with an NVIDIA GPU and a CUDA build of llama-cpp-python;
+skipped (never faked) elsewhere. Results from real runs are written down in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kcuda_validate.cli import cli
+
+pytestmark = pytest.mark.gpu
+
+
+def run_json(*args: str) -> dict:
+    result = CliRunner().invoke(cli, ["--json", *args])
+    return json.loads(result.stdout)
+
+
+def test_detect_passes_on_a_real_gpu() -> None:
+    doc = run_json("detect")
+    assert doc["exit_code"] == 0, [c for c in doc["checks"] if c["status"] == "fail"]
+    assert any(c["id"].startswith("torch.kernel.") and c["status"] == "pass" for c in doc["checks"])
+    assert any(c["id"] == "llama.build" and c["status"] == "pass" for c in doc["checks"])
+
+
+@pytest.mark.parametrize("source", [["--synthetic", "64MiB"], "real"])
+def test_validate_all_offloads_every_layer_and_measures(source: list[str] | str, real_model: Path) -> None:
+    args = ["--model-path", str(real_model)] if source == "real" else source
+    doc = run_json("validate-all", *args, "--max-tokens", "32", "--compare-cpu")
+    assert doc["exit_code"] == 0, [c for c in doc["checks"] if c["status"] == "fail"]
+    assert doc["gpu_validated"] is True
+    offload = doc["sections"]["load"]["offload"]
+    assert offload["layers_on_gpu"] == offload["layers_total"]
+    assert offload["gpu_buffer_bytes"] > 0
+    assert doc["metrics"]["vram_load_delta"]["value"] >= offload["gpu_buffer_bytes"] * 0.5
+    assert doc["sections"]["telemetry"]["samples"] >= 1
+    assert doc["metrics"]["speedup_vs_cpu"]["value"] > 1.0
+    assert doc["metrics"]["bandwidth_pct_of_peak"]["value"] > 0
+
+
+def test_partial_offload_is_reported_as_partial(real_model: Path) -> None:
+    doc = run_json("load", "--model-path", str(real_model), "--gpu-layers", "4")
+    offload = doc["sections"]["load"]["offload"]
+    assert offload["layers_on_gpu"] == 4
+    assert doc["exit_code"] == 0

@@ -1,0 +1,131 @@
+"""Crash isolation, timeouts and interrupts, by fault injection in the real worker (KCUDA_TEST_FAULT).
+
+In every case: the documented exit code, a report that says what happened, and no process left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kcuda_validate.cli import cli
+from kcuda_validate.errors import ExitCode
+
+
+def _procs_with_marker(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                state = (entry / "stat").read_text().split(")")[-1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def marker(monkeypatch: pytest.MonkeyPatch) -> str:
+    value = f"kcuda-test-{uuid.uuid4().hex}"
+    monkeypatch.setenv("KCUDA_TEST_MARK", value)
+    return value
+
+
+def _run(tiny_model: Path, tmp_path: Path, *extra: str) -> tuple[object, dict, ET.Element]:
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    result = CliRunner().invoke(
+        cli,
+        ["validate-all", "--device", "cpu", "--model-path", str(tiny_model), "--max-tokens", "8", "--repeat", "1"]
+        + ["--report", str(report), "--junit-xml", str(junit), *extra],
+    )
+    return result, json.loads(report.read_text()), ET.parse(junit).getroot()
+
+
+@pytest.mark.parametrize(
+    ("fault", "stage", "sig"),
+    [("segv:load", "load", "SIGSEGV"), ("abort:infer", "infer", "SIGABRT")],
+)
+def test_native_crash_becomes_a_failed_check(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str, fault: str, stage: str, sig: str
+) -> None:
+    monkeypatch.setenv("KCUDA_TEST_FAULT", fault)
+    result, doc, junit = _run(tiny_model, tmp_path)
+    assert result.exit_code == ExitCode.CRASHED
+    assert doc["exit_reason"] == "crashed" and doc["stopped_at"] == stage
+    crash = next(c for c in doc["checks"] if c["id"] == f"{stage}.crash")
+    assert crash["status"] == "fail"
+    assert crash["evidence"]["signal"] == sig
+    assert any("injected fault" in line for line in crash["evidence"]["log_tail"])
+    assert crash["fix"]
+    assert sig in result.stdout and "injected fault" in result.stdout
+    failures = [tc for tc in junit.iter("testcase") if tc.find("failure") is not None]
+    assert [tc.get("name") for tc in failures] == [f"{stage}.crash: {stage.capitalize()} stage"]
+    if stage == "infer":  # the load before the crash still counts
+        assert any(c["id"] == "load.model" and c["status"] == "pass" for c in doc["checks"])
+    assert _procs_with_marker(marker) == []
+
+
+def test_hang_is_killed_at_the_timeout(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
+) -> None:
+    monkeypatch.setenv("KCUDA_TEST_FAULT", "hang:load")
+    start = time.monotonic()
+    result, doc, _ = _run(tiny_model, tmp_path, "--timeout", "2")
+    assert time.monotonic() - start < 30
+    assert result.exit_code == ExitCode.TIMEOUT
+    check = next(c for c in doc["checks"] if c["id"] == "load.timeout")
+    assert "did not finish within 2 s" in check["summary"]
+    assert _procs_with_marker(marker) == []
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_stops_the_worker_and_writes_a_partial_report(
+    tiny_model: Path, tmp_path: Path, marker: str, signum: int, code: int
+) -> None:
+    report = tmp_path / "report.json"
+    env = os.environ | {"KCUDA_TEST_FAULT": "hang:load"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kcuda_validate", "validate-all", "--device", "cpu"]
+        + ["--model-path", str(tiny_model), "--report", str(report), "--timeout", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    # Wait until the worker is hanging in its load stage.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_procs_with_marker(marker)) < 2:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    doc = json.loads(report.read_text())
+    assert doc["interrupted"] is True
+    assert doc["exit_code"] == code
+    assert any(c["id"] == "load.interrupted" for c in doc["checks"])
+    assert _procs_with_marker(marker) == []
+
+
+def test_worker_exit_without_result_is_reported(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
+) -> None:
+    monkeypatch.setenv("KCUDA_TEST_FAULT", "exit:infer")
+    result, doc, _ = _run(tiny_model, tmp_path)
+    assert result.exit_code == ExitCode.CRASHED
+    crash = next(c for c in doc["checks"] if c["id"] == "infer.crash")
+    assert "status 3" in crash["summary"]
+    assert _procs_with_marker(marker) == []

@@ -1,0 +1,73 @@
+"""The rotating log: per-user location, env overrides, and safety when several runs write at once."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import re
+from pathlib import Path
+
+import pytest
+
+from kcuda_validate import logs
+
+
+def test_location_and_level_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KCUDA_LOG_DIR", str(tmp_path / "x"))
+    monkeypatch.setenv("KCUDA_LOG_LEVEL", "debug")
+    path = logs.setup_logging()
+    assert path == tmp_path / "x" / "kcuda-validate.log"
+    logging.getLogger("kcuda_validate.test").debug("hello %s", "there")
+    assert "DEBUG kcuda_validate.test: hello there" in path.read_text()
+
+
+def test_default_location_is_per_user_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("KCUDA_LOG_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert logs.default_log_dir() == tmp_path / "state" / "kcuda-validate"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert logs.default_log_dir() == Path.home() / ".local" / "state" / "kcuda-validate"
+
+
+def test_unwritable_log_dir_does_not_break_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("KCUDA_LOG_DIR", str(blocker / "logs"))
+    assert logs.setup_logging() is None
+    assert logs.log_path() is None
+    logging.getLogger("kcuda_validate").info("still fine")
+
+
+def _writer(directory: str, worker: int, n: int) -> None:
+    handler = logs.LockedRotatingFileHandler(Path(directory) / "kcuda-validate.log", max_bytes=20_000, backup_count=50)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"concurrent.{worker}")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    for i in range(n):
+        logger.info("worker=%d line=%05d payload=%s end", worker, i, "x" * 40)
+    handler.close()
+
+
+def test_concurrent_writers_never_interleave_or_lose_lines(tmp_path: Path) -> None:
+    """Four processes hammer one file through many rotations: every line arrives whole, exactly once."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 1500)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    files = sorted(tmp_path.glob("kcuda-validate.log*"))
+    files = [f for f in files if not f.name.endswith(".lock")]
+    assert len(files) > 5, "the test must force several rotations"
+    pattern = re.compile(r"^worker=(\d) line=(\d{5}) payload=x{40} end$")
+    seen: set[tuple[int, int]] = set()
+    for f in files:
+        for line in f.read_text().splitlines():
+            m = pattern.match(line)
+            assert m, f"corrupt line in {f.name}: {line!r}"
+            key = (int(m.group(1)), int(m.group(2)))
+            assert key not in seen, f"duplicate {key}"
+            seen.add(key)
+    assert len(seen) == 4 * 1500

@@ -1,0 +1,110 @@
+"""The report: one versioned schema for --json and --report, and a JUnit file CI systems can show."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from kcuda_validate.checks import Metric, failed, passed, skipped, warned
+from kcuda_validate.cli import cli
+from kcuda_validate.errors import ExitCode
+from kcuda_validate.report import Report, write_atomic
+
+SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "specs" / "report.schema.json").read_text())
+
+
+def validate(doc: dict) -> None:
+    jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+
+
+def test_schema_is_a_valid_json_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["detect", "--skip-torch"],
+        ["detect", "--device", "cpu"],
+        ["load", "--device", "cpu", "--model-path", "/nonexistent.gguf"],
+    ],
+)
+def test_cli_json_validates(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["--json", *args])
+    doc = json.loads(result.stdout)
+    validate(doc)
+    assert doc["exit_code"] == result.exit_code
+
+
+def test_full_cpu_run_report_validates_and_carries_units(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        cli,
+        ["validate-all", "--device", "cpu", "--model-path", str(tiny_model), "--max-tokens", "8", "--report", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    validate(doc)
+    for name in ("gen_tps", "gen_tps_wall", "prompt_tps", "ttft_cold_ms", "ttft_warm_ms", "load_time"):
+        metric = doc["metrics"][name]
+        assert metric["value"] is not None and metric["value"] > 0, name
+        assert metric["unit"] and metric["method"], name
+    assert doc["versions"]["llama-cpp-python"]
+    assert doc["started_at"] <= doc["finished_at"]
+    assert doc["summary"]["fail"] == 0
+
+
+def _sample_report() -> Report:
+    r = Report("validate-all", argv=["validate-all"])
+    r.add(
+        passed("driver.nvml", "detect", "NVIDIA driver (NVML)", "driver 560.35.03", driver="560.35.03"),
+        warned("env.hub", "detect", "Hub", "offline", "unset HF_HUB_OFFLINE"),
+        skipped("torch.cuda", "detect", "PyTorch CUDA", "skipped (--skip-torch)"),
+        failed("load.offload", "load", "GPU offload", "0/25 layers on a GPU", "rebuild <with> & CUDA", ExitCode(4)),
+    )
+    r.add_metrics([Metric("gen_tps", 51.5, "tokens/s", "llama_perf_context", samples=(50.0, 53.0), stddev=2.1)])
+    return r
+
+
+def test_exit_code_is_the_most_specific_failure() -> None:
+    r = _sample_report()
+    assert r.exit_code == ExitCode.GPU_UNUSABLE
+    r.add(failed("threshold.min_gen_tps", "threshold", "t", "slow", None, ExitCode.BELOW_THRESHOLD))
+    assert r.exit_code == ExitCode.GPU_UNUSABLE
+    validate(r.to_json())
+
+
+def test_junit_has_one_testcase_per_check_and_readable_failures() -> None:
+    root = ET.fromstring(_sample_report().to_junit_xml().split("\n", 1)[1])
+    assert root.tag == "testsuite"
+    assert root.get("tests") == "4" and root.get("failures") == "1" and root.get("skipped") == "1"
+    cases = root.findall("testcase")
+    assert [c.get("name") for c in cases] == [
+        "driver.nvml: NVIDIA driver (NVML)",
+        "env.hub: Hub",
+        "torch.cuda: PyTorch CUDA",
+        "load.offload: GPU offload",
+    ]
+    failure = cases[3].find("failure")
+    assert failure.get("message") == "0/25 layers on a GPU"
+    assert failure.get("type") == "gpu_unusable"
+    assert "Fix: rebuild <with> & CUDA" in failure.text  # escaped by the XML writer, readable after parsing
+    assert cases[2].find("skipped") is not None
+    props = {p.get("name"): p.get("value") for p in root.find("properties")}
+    assert props["exit_code"] == "4"
+
+
+def test_write_atomic_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    write_atomic(target, "{}")
+    assert target.read_text() == "{}"
+
+    with pytest.raises(TypeError):
+        write_atomic(target, 123)  # type: ignore[arg-type]
+    assert target.read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
