@@ -1,0 +1,126 @@
+"""Measurement overhead: the tool's decode loop vs a minimal bare llama-cpp-python loop, alternated A B A B.
+
+Same model, prompt, build, context, thread count and token count; one warm-up each, then 5 pairs.
+Also checks the tool's own timing against an outside observer (timestamps taken in the streaming
+callback and around the call).
+
+Run: python3 -m uv run python bench/bench_overhead.py [--model PATH] [--tokens 64] [--gpu-layers 0]
+Goals: tool gen tok/s ≥ 0.97 × bare; tool figures within 2% of the outside wall clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _util import VENV_BIN, machine, real_model, table
+
+PROMPT = "Write a short story about a GPU that learned to dream."
+
+
+def bare_loop(lc, ctx, vocab, tokens: list[int], n: int) -> float:
+    """The minimum: clear, decode the prompt, then greedy decode n-1 tokens. Returns generation tok/s."""
+    mem = lc.llama_get_memory(ctx)
+    lc.llama_memory_clear(mem, True)
+    smpl = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    lc.llama_sampler_chain_add(smpl, lc.llama_sampler_init_greedy())
+    arr = (lc.llama_token * len(tokens))(*tokens)
+    lc.llama_decode(ctx, lc.llama_batch_get_one(arr, len(tokens)))
+    tok = lc.llama_sampler_sample(smpl, ctx, -1)
+    t_first = time.perf_counter()
+    for _ in range(n - 1):
+        one = (lc.llama_token * 1)(tok)
+        lc.llama_decode(ctx, lc.llama_batch_get_one(one, 1))
+        tok = lc.llama_sampler_sample(smpl, ctx, -1)
+    t_end = time.perf_counter()
+    lc.llama_sampler_free(smpl)
+    return (n - 1) / (t_end - t_first)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--gpu-layers", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    model = args.model or real_model()
+
+    import llama_cpp as lc
+
+    from kcuda_validate.llm.inference import Inferencer, InferOptions
+    from kcuda_validate.llm.loader import LoadOptions, ModelLoader, default_threads
+
+    threads = args.threads or default_threads()
+    cpu = args.gpu_layers == 0
+    loaded = ModelLoader(LoadOptions(n_ctx=1024, cpu_mode=cpu, gpu_layers=args.gpu_layers, n_threads=threads)).load(
+        model
+    )
+    inf = Inferencer(loaded)
+    opts = InferOptions(prompt=PROMPT, max_tokens=args.tokens, repeat=1, warmup=False, ignore_eos=True, chat=False)
+    tokens = inf.tokenize(PROMPT)
+
+    def tool() -> dict[str, float]:
+        stamps: list[float] = []
+        before = time.perf_counter()
+        run = inf.generate(tokens, opts, on_text=lambda _t: stamps.append(time.perf_counter()))
+        after = time.perf_counter()
+        outside_gen = (run.generated_tokens - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+        return {
+            "wall": run.gen_tps_wall,
+            "perf": run.gen_tps_perf,
+            "outside_gen": outside_gen,
+            "total_ratio": run.total_s / (after - before),
+        }
+
+    bare = lambda: bare_loop(lc, inf.ctx, inf.vocab, tokens, args.tokens)  # noqa: E731
+    tool()
+    bare()  # warm-up
+    tool_runs, bare_runs = [], []
+    for _ in range(args.pairs):
+        tool_runs.append(tool())
+        bare_runs.append(bare())
+    loaded.close()
+
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    tool_wall = med([r["wall"] for r in tool_runs])
+    tool_perf = med([r["perf"] for r in tool_runs])
+    bare_wall = med(bare_runs)
+    outside = med([r["outside_gen"] for r in tool_runs])
+    total_ratio = med([r["total_ratio"] for r in tool_runs])
+
+    # The whole CLI path (worker child process, JSON report) on the same model.
+    exe = str(VENV_BIN / "kcuda-validate")
+    cli_cmd = [exe, "infer", "--json", "--raw", "--prompt", PROMPT, "--max-tokens", str(args.tokens)]
+    cli_cmd += ["--model-path", str(model), "--repeat", str(args.pairs), "--n-ctx", "1024", "--threads", str(threads)]
+    cli_cmd += ["--device", "cpu"] if cpu else ["--gpu-layers", str(args.gpu_layers)]
+    proc = subprocess.run(cli_cmd, capture_output=True, text=True, env=os.environ | {"KCUDA_LOG_DIR": "/tmp/kb"})
+    doc = json.loads(proc.stdout)
+    cli_wall = doc["metrics"]["gen_tps_wall"]["value"]
+
+    rows = [
+        ["bare llama-cpp-python loop (wall)", f"{bare_wall:.2f}", "1.000"],
+        ["tool decode loop, wall clock", f"{tool_wall:.2f}", f"{tool_wall / bare_wall:.3f}"],
+        ["tool decode loop, llama perf counters", f"{tool_perf:.2f}", f"{tool_perf / bare_wall:.3f}"],
+        ["outside observer (stream callbacks)", f"{outside:.2f}", f"{outside / bare_wall:.3f}"],
+        ["kcuda-validate infer (CLI, worker), wall", f"{cli_wall:.2f}", f"{cli_wall / bare_wall:.3f}"],
+    ]
+    print(f"Machine: {machine()}")
+    print(f"Model: {model.name}, {args.tokens} tokens, {threads} threads, gpu_layers={args.gpu_layers}, ")
+    print(f"{args.pairs} alternated pairs after a warm-up; medians\n")
+    print(table(["path", "gen tok/s", "ratio to bare"], rows))
+    print(f"\ntool wall vs outside observer: {abs(tool_wall / outside - 1) * 100:.2f}% apart (goal ≤ 2%)")
+    print(f"tool total_s vs outside timing around the call: {abs(total_ratio - 1) * 100:.2f}% apart (goal ≤ 2%)")
+    print(f"tool / bare: {tool_wall / bare_wall:.3f} (goal ≥ 0.97)")
+
+
+if __name__ == "__main__":
+    main()
