@@ -46,6 +46,13 @@ def machine() -> str:
     return f"{cpu}, {cores} cores{mem}, {gpu}, Python {platform.python_version()}, {system}"
 
 
+def bench_env(**extra: str) -> dict[str, str]:
+    """The environment users have: bytecode caching on (this sandbox sets PYTHONDONTWRITEBYTECODE)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["KCUDA_LOG_DIR"] = "/tmp/kcuda-bench-logs"
+    return env | extra
+
+
 def median_of(fn: Callable[[], float], runs: int = 5, warmup: int = 1) -> tuple[float, list[float]]:
     for _ in range(warmup):
         fn()

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _util import VENV_BIN, machine, real_model, table
+from _util import VENV_BIN, bench_env, machine, real_model, table
 
 
 def run(source: list[str], repeat: int, tokens: int) -> dict:
     cmd = [str(VENV_BIN / "kcuda-validate"), "infer", "--json", "--compare-cpu", "--repeat", str(repeat)]
     cmd += ["--max-tokens", str(tokens), "--raw", "--prompt", "Describe the history of computing in detail.", *source]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"KCUDA_LOG_DIR": "/tmp/kb"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env())
     try:
         return json.loads(proc.stdout)
     except json.JSONDecodeError:

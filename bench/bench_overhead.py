@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _util import VENV_BIN, machine, real_model, table
+from _util import VENV_BIN, bench_env, machine, real_model, table
 
 PROMPT = "Write a short story about a GPU that learned to dream."
 
@@ -102,7 +102,7 @@ def main() -> None:
     cli_cmd = [exe, "infer", "--json", "--raw", "--prompt", PROMPT, "--max-tokens", str(args.tokens)]
     cli_cmd += ["--model-path", str(model), "--repeat", str(args.pairs), "--n-ctx", "1024", "--threads", str(threads)]
     cli_cmd += ["--device", "cpu"] if cpu else ["--gpu-layers", str(args.gpu_layers)]
-    proc = subprocess.run(cli_cmd, capture_output=True, text=True, env=os.environ | {"KCUDA_LOG_DIR": "/tmp/kb"})
+    proc = subprocess.run(cli_cmd, capture_output=True, text=True, env=bench_env())
     doc = json.loads(proc.stdout)
     cli_wall = doc["metrics"]["gen_tps_wall"]["value"]
 

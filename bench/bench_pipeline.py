@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _util import VENV_BIN, machine, real_model, table
+from _util import VENV_BIN, bench_env, machine, real_model, table
 
 
 def one(model: Path) -> dict[str, float]:
     cmd = [str(VENV_BIN / "kcuda-validate"), "validate-all", "--json", "--device", "cpu", "--model-path", str(model)]
     cmd += ["--max-tokens", "16", "--repeat", "1", "--raw"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"KCUDA_LOG_DIR": "/tmp/kb"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env())
     outside = time.perf_counter() - start
     doc = json.loads(proc.stdout)
     assert doc["exit_code"] == 0, proc.stderr

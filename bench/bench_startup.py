@@ -10,14 +10,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _util import VENV_BIN, machine, median_of, table, time_cmd
+from _util import VENV_BIN, bench_env, machine, median_of, table, time_cmd
 
 EXE = str(VENV_BIN / "kcuda-validate")
 PY = sys.executable
 
 
 def main() -> None:
-    env = os.environ | {"KCUDA_LOG_DIR": "/tmp/kcuda-bench-logs"}
+    env = bench_env()
     cases = [
         ("python -c pass", [PY, "-c", "pass"], (0,)),
         ("kcuda-validate --help", [EXE, "--help"], (0,)),
