@@ -44,25 +44,46 @@ class LlamaLogCapture:
         self.lines: list[LogLine] = []
         self.tail: deque[str] = deque(maxlen=tail)
         self._keep = keep
-        self._partial: dict[int, str] = {}
+        # llama.cpp writes one serial stream: at most one line is open (`_partial`, at `_partial_level`), plus one
+        # interrupted by another level's message (`_stash`) that a continuation chunk may resume.
+        self._partial = ""
+        self._partial_level = 2
+        self._stash: tuple[int, str] | None = None
         self._last_level = 2
         self._lock = threading.Lock()
-        self._callback: Any = None
         self.echo: Any = None  # optional callable(LogLine) for live forwarding (e.g. to a parent process)
 
     def feed(self, level: int, text: str) -> None:
-        """Accept one callback chunk; chunks without a newline are joined into the next."""
+        """Accept one callback chunk; chunks without a newline are joined with what continues them.
+
+        GGML_LOG_LEVEL_CONT (5) continues the open line. The model-load progress dots are such chunks, and debug
+        lines (e.g. `repack: ...`) arrive between them: a message of another level sets the open line aside and
+        the next continuation resumes it, so the dots end as one line of their own and never prefix the next
+        message. Same-level chunks without a newline (e.g. llama-graph.cpp's debug pieces) are joined.
+        """
         with self._lock:
-            if level == 5:  # GGML_LOG_LEVEL_CONT: continues the previous message
-                level = self._last_level
+            if level == 5:
+                if not self._partial and self._stash is not None:
+                    self._partial_level, self._partial = self._stash
+                    self._stash = None
+                elif not self._partial:
+                    self._partial_level = self._last_level
             else:
+                if self._partial and level != self._partial_level:
+                    if self._stash is not None:
+                        self._add(LogLine(*self._stash))
+                    self._stash = (self._partial_level, self._partial)
+                    self._partial = ""
+                elif self._stash is not None and self._stash[0] == level:
+                    # A new message at the stashed line's level: that line is not coming back.
+                    self._add(LogLine(*self._stash))
+                    self._stash = None
+                if not self._partial:
+                    self._partial_level = level
                 self._last_level = level
-            buf = self._partial.pop(level, "") + text
-            *complete, rest = buf.split("\n")
-            if rest:
-                self._partial[level] = rest
+            *complete, self._partial = (self._partial + text).split("\n")
             for line in complete:
-                self._add(LogLine(level, line))
+                self._add(LogLine(self._partial_level, line))
 
     def _add(self, line: LogLine) -> None:
         if len(self.lines) < self._keep:
@@ -76,9 +97,12 @@ class LlamaLogCapture:
 
     def flush(self) -> None:
         with self._lock:
-            for level, rest in list(self._partial.items()):
-                self._add(LogLine(level, rest))
-            self._partial.clear()
+            if self._stash is not None:
+                self._add(LogLine(*self._stash))
+                self._stash = None
+            if self._partial:
+                self._add(LogLine(self._partial_level, self._partial))
+                self._partial = ""
 
     def text(self, min_level: int = 1) -> str:
         self.flush()
@@ -95,16 +119,35 @@ class LlamaLogCapture:
 
     def install(self) -> None:
         """Route llama.cpp's logging to this capture (global in llama.cpp; the latest install wins)."""
-        import llama_cpp
+        global _active
+        _active = self
+        _install_trampoline()
 
-        @llama_cpp.llama_log_callback
-        def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            # An exception must never cross into C.
-            with contextlib.suppress(Exception):
-                self.feed(int(level), text.decode("utf-8", errors="replace") if text else "")
 
-        self._callback = _cb  # keep a reference: ctypes callbacks die with their Python object
-        llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))
+# llama.cpp keeps one global log callback. It must outlive every capture: a ctypes callback that is garbage
+# collected while llama.cpp still holds its pointer crashes the process at the next log line. So a single
+# module-level trampoline is installed once and forwards to whichever capture is active.
+_active: LlamaLogCapture | None = None
+_trampoline: Any = None
+
+
+def _install_trampoline() -> None:
+    global _trampoline
+    if _trampoline is not None:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        capture = _active
+        if capture is None:
+            return
+        # An exception must never cross into C.
+        with contextlib.suppress(Exception):
+            capture.feed(int(level), text.decode("utf-8", errors="replace") if text else "")
+
+    _trampoline = _cb
+    llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))
 
 
 # ---------------------------------------------------------------------------------------------------

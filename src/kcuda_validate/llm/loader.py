@@ -131,24 +131,34 @@ def judge_offload(
 ) -> OffloadVerdict:
     """Turn llama.cpp's log evidence into the offload verdict. Pure, so recorded CUDA logs can test it."""
     total = evidence.offloadable if evidence.offloadable is not None else ((n_layer + 1) if n_layer else None)
+    if total is None and evidence.layer_devices:
+        # A CPU-only build never prints "offloaded N/M"; its per-layer lines still count the layers (+ output).
+        total = len(evidence.layer_devices)
     if options.cpu_mode:
-        layers_cpu = len(evidence.layer_devices) or None
         return OffloadVerdict(
             Status.SKIP,
             f"CPU run: 0/{total if total is not None else '?'} layers offloaded (by request), "
             f"{sum(evidence.model_buffers.values()) / MIB:.0f} MiB of weights in host memory",
             0,
-            total if total is not None else layers_cpu,
+            total,
             "CPU",
             None,
             0,
             vram_delta,
         )
     families = [f for f in evidence.gpu_families]
-    gpu = next((f for f in families if evidence.bytes_on(f) > 0), families[0] if families else None)
+    used = [f for f in families if evidence.bytes_on(f) > 0]
+    gpu = used[0] if used else (families[0] if families else None)
     gpu_bytes = sum(evidence.bytes_on(f) for f in families)
-    desc = gpu_name or next((d["description"] for d in evidence.devices if d["name"] == gpu), None)
+
+    def describe(family: str | None, name: str | None) -> str | None:
+        return name or next((d["description"] for d in evidence.devices if d["name"] == family), None)
+
+    desc = describe(gpu, gpu_name)
     where = f"{gpu} ({desc})" if gpu and desc else (gpu or "GPU")
+    for other in used[1:]:  # a split over several GPUs names each one
+        other_desc = describe(other, None)
+        where += f" + {other} ({other_desc})" if other_desc else f" + {other}"
     if evidence.offloaded is None:
         return OffloadVerdict(
             Status.FAIL,

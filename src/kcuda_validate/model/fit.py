@@ -2,9 +2,12 @@
 
 Weights (what llama.cpp puts on the GPU), the KV cache for the requested
 context (layers × KV heads × head size × 2 bytes each for K and V), and the
-compute buffer (dominated by the logits of one micro-batch and the attention
+compute buffer (the larger of the logits of one micro-batch and the attention
 scores) are compared with free VRAM — or with available host memory on a CPU
 run — so a hopeless load fails in milliseconds with a concrete alternative.
+
+Each term mirrors an allocation llama.cpp logs (see `estimate`); checked against
+a real load in tests/model/test_fit.py.
 """
 
 from __future__ import annotations
@@ -68,31 +71,64 @@ def _layer_weights(info: GgufInfo) -> tuple[dict[int, int], int, int, bool]:
     return per_layer, embd, other, tied
 
 
-def estimate(info: GgufInfo, n_ctx: int, gpu_layers: int, n_ubatch: int = 512, gpu: bool = True) -> FitEstimate:
-    """Bytes needed on the device that holds the offloaded layers (or in host RAM for a CPU run)."""
+CTX_PAD = 256  # llama-context.cpp pads n_ctx (and so the KV cache) up to a multiple of 256
+
+
+def _ff_length(info: GgufInfo) -> int:
+    ff = info.arch_key("feed_forward_length") or 0
+    return max(ff) if isinstance(ff, list) and ff else int(ff or 0)
+
+
+def estimate(
+    info: GgufInfo, n_ctx: int, gpu_layers: int, n_ubatch: int = 512, gpu: bool = True, flash_attn: bool = False
+) -> FitEstimate:
+    """Bytes needed on the device that holds the offloaded layers (or in host RAM for a CPU run).
+
+    How each term maps onto what llama.cpp allocates and logs:
+
+    - weights ~ the `<dev> model buffer size` lines. llama.cpp places layer il on the GPU when
+      il >= n_layer + 1 - gpu_layers, where layer n_layer is the output layer: any offload puts the output layer
+      (output.weight, or a GPU copy of token_embd.weight when the embeddings are tied) on the GPU first, then the
+      last gpu_layers - 1 blocks. token_embd.weight itself always stays in host memory (CPU_Mapped) because the
+      input layer is never offloaded, so on a full CUDA offload it is not VRAM. On a CPU run every tensor is
+      counted once, which matches the CPU_Mapped buffer (the mapped tensor data); CPU_REPACK buffers are
+      re-laid-out copies of some matmul weights (12.7 MiB of Q4_K on Gemma-3-270M) and are not counted.
+    - kv_cache = the `<dev> KV buffer size` lines: f16 K and V for n_ctx (padded to 256) cells in every layer on
+      the device (offload_kqv puts a layer's cache on that layer's device). Sliding-window models get full-size
+      SWA caches because llama-cpp-python leaves swa_full on, so every layer counts n_ctx cells.
+    - compute ~ the `<dev> compute buffer size` line of the device with the output layer (CUDA0, or CPU on a CPU
+      run). ggml's allocator reuses memory, so the buffer is the graph's peak, not a sum: the larger of the f32
+      logits of one micro-batch (n_vocab x ubatch, usually the peak), the f32 attention scores without flash
+      attention (n_head x n_ctx x ubatch) and the FFN activations, plus a few n_embd x ubatch activations. On
+      CUDA the small `CUDA_Host compute buffer` (inputs, masks) is host memory and is not counted.
+    - overhead: the CUDA context and cuBLAS workspace, which NVML sees but llama.cpp never logs.
+    """
     n_layer = info.block_count or 0
     per_layer, embd, other, tied = _layer_weights(info)
-    layers = n_layer if gpu_layers < 0 else min(gpu_layers, n_layer + 1)
     if not gpu:
-        layers = n_layer
-    repeating = min(layers, n_layer)
-    # llama.cpp offloads the last `repeating` blocks, and the output layer once every block is on the GPU.
-    offloaded_blocks = sorted(per_layer)[n_layer - repeating :] if repeating else []
-    weights = sum(per_layer[i] for i in offloaded_blocks)
-    output_on = not gpu or gpu_layers < 0 or gpu_layers > n_layer
+        offloaded = 0
+        blocks = n_layer
+        output_on = True
+    else:
+        offloaded = n_layer + 1 if gpu_layers < 0 else min(gpu_layers, n_layer + 1)
+        output_on = offloaded > 0
+        blocks = max(offloaded - 1, 0)
+    # The last `blocks` repeating layers are the ones on the device.
+    weights = sum(per_layer.get(i, 0) for i in range(n_layer - blocks, n_layer))
     if output_on:
-        weights += other + (embd if tied else 0)
-    if not gpu:
-        weights += 0 if tied else embd
-    kv = n_ctx * repeating * kv_bytes_per_token_layer(info)
-    n_vocab = info.vocab_size or 0
-    n_embd = info.embedding_length or 0
-    n_head = info.head_count or 0
+        weights += other + (embd if tied else 0)  # output layer; a tied model's output is token_embd (a GPU copy)
+    if not gpu and not tied:
+        weights += embd  # the input embeddings, in host memory with everything else
+    cells = -(-n_ctx // CTX_PAD) * CTX_PAD
+    kv = cells * blocks * kv_bytes_per_token_layer(info)
     ub = min(n_ubatch, n_ctx)
-    # Logits of one micro-batch (f32) + attention scores without flash attention + activations.
-    compute = n_vocab * ub * 4 + n_head * n_ctx * ub * 4 + 8 * n_embd * ub * 4 if (repeating or not gpu) else 0
-    overhead = CUDA_CONTEXT if gpu and repeating else 0
-    return FitEstimate(weights, kv, compute, overhead, repeating, n_layer)
+    n_embd = info.embedding_length or 0
+    logits = (info.vocab_size or 0) * ub * 4
+    scores = 0 if flash_attn else (info.head_count or 0) * cells * ub * 4
+    ffn = 3 * _ff_length(info) * ub * 4
+    compute = max(logits, scores, ffn) + 2 * n_embd * ub * 4 if output_on or blocks else 0
+    overhead = CUDA_CONTEXT if gpu and offloaded else 0
+    return FitEstimate(weights, kv, compute, overhead, offloaded, n_layer)
 
 
 def host_available() -> int | None:
@@ -106,22 +142,22 @@ def host_available() -> int | None:
     return None
 
 
-def _max_ctx(info: GgufInfo, budget: int, gpu_layers: int, gpu: bool) -> int:
+def _max_ctx(info: GgufInfo, budget: int, gpu_layers: int, gpu: bool, flash_attn: bool = False) -> int:
     lo, hi = 0, info.context_length or 131072
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if estimate(info, mid, gpu_layers, gpu=gpu).total <= budget:
+        if estimate(info, mid, gpu_layers, gpu=gpu, flash_attn=flash_attn).total <= budget:
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
-def _max_layers(info: GgufInfo, budget: int, n_ctx: int) -> int:
+def _max_layers(info: GgufInfo, budget: int, n_ctx: int, flash_attn: bool = False) -> int:
     n_layer = info.block_count or 0
     best = 0
     for k in range(n_layer + 1):
-        if estimate(info, n_ctx, k).total <= budget:
+        if estimate(info, n_ctx, k, flash_attn=flash_attn).total <= budget:
             best = k
     return best
 
@@ -129,7 +165,8 @@ def _max_layers(info: GgufInfo, budget: int, n_ctx: int) -> int:
 def estimate_fit(info: GgufInfo, load: Any, free_bytes: int | None, cpu_mode: bool = False) -> Check:
     """The fit check: pass with the estimate, or fail saying by how much and what would fit."""
     gpu = not cpu_mode
-    est = estimate(info, load.n_ctx, load.gpu_layers if gpu else 0, gpu=gpu)
+    fa = bool(getattr(load, "flash_attn", False))
+    est = estimate(info, load.n_ctx, load.gpu_layers if gpu else 0, gpu=gpu, flash_attn=fa)
     budget = free_bytes if gpu else host_available()
     where = "free VRAM" if gpu else "available host memory"
     ev: dict[str, Any] = est.to_json() | {"budget_bytes": budget, "budget": where, "n_ctx": load.n_ctx}
@@ -150,11 +187,11 @@ def estimate_fit(info: GgufInfo, load: Any, free_bytes: int | None, cpu_mode: bo
         )
     short = est.total - budget
     options: list[str] = []
-    ctx = _max_ctx(info, budget, load.gpu_layers if gpu else 0, gpu)
+    ctx = _max_ctx(info, budget, load.gpu_layers if gpu else 0, gpu, fa)
     if ctx >= 256:
         options.append(f"--n-ctx {ctx // 256 * 256}")
     if gpu:
-        layers = _max_layers(info, budget, load.n_ctx)
+        layers = _max_layers(info, budget, load.n_ctx, fa)
         if layers > 0:
             options.append(f"--gpu-layers {layers} (partial offload, slower)")
     bpw_now = info.tensor_bytes * 8 / max(info.parameter_count, 1)

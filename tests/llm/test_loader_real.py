@@ -1,0 +1,83 @@
+"""The real ModelLoader on the real Gemma-3-270M with this project's CPU-only llama-cpp-python build.
+
+Two loads (~1 s each): a CPU run, and a "GPU" run that must FAIL because the build cannot offload — the
+regression test for the old tool's worst bug, passing on a CPU-only build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kcuda_validate.checks import Status
+from kcuda_validate.errors import ExitCode
+from kcuda_validate.llm.build import REBUILD_CMD, probe_llama_build
+from kcuda_validate.llm.loader import LoadOptions, LoadResult, ModelLoader
+from kcuda_validate.model.gguf_file import read_gguf
+
+pytestmark = pytest.mark.slow
+MIB = 1024 * 1024
+
+
+def _load(model: Path, options: LoadOptions) -> tuple[LoadResult, list[str]]:
+    n_layer = read_gguf(model).block_count
+    loader = ModelLoader(options)
+    with loader.load(model, n_layer) as loaded:
+        return loaded.result, [ln.text for ln in loader.capture.lines]
+
+
+@pytest.fixture(scope="module")
+def cpu_run(real_model: Path) -> tuple[LoadResult, list[str]]:
+    return _load(real_model, LoadOptions(cpu_mode=True, n_ctx=512))
+
+
+@pytest.fixture(scope="module")
+def gpu_run_on_cpu_build(real_model: Path) -> tuple[LoadResult, list[str]]:
+    if probe_llama_build().supports_gpu_offload:
+        pytest.skip("this llama-cpp-python can offload; the CPU-only regression needs the CPU build")
+    return _load(real_model, LoadOptions(gpu_layers=-1, cpu_mode=False, n_ctx=512))
+
+
+def test_cpu_run_captures_llama_cpp_evidence(cpu_run: tuple[LoadResult, list[str]]) -> None:
+    result, texts = cpu_run
+    ev = result.evidence
+    assert result.n_ctx == 512
+    # Every layer (18 blocks + output) is placed on the CPU, per llama.cpp's own debug lines.
+    assert ev.layer_devices == {i: "CPU" for i in range(19)}
+    assert set(ev.model_buffers) >= {"CPU_Mapped"}
+    assert 230 * MIB < ev.model_buffers["CPU_Mapped"] < 240 * MIB
+    assert ev.kv_buffers == {"CPU": 9 * MIB}  # 512 cells x 18 layers x 1 KV head x (256 + 256) x f16
+    assert ev.compute_buffers["CPU"] > 256 * MIB  # 262144-token vocabulary: the logits dominate
+    assert ev.gpu_families == () and ev.errors == ()
+    v = result.offload
+    assert v.status == Status.SKIP
+    assert v.line.startswith("CPU run: 0/19 layers offloaded (by request), ")
+    check = result.checks()[0]
+    assert (check.id, check.status, check.exit_code, check.title) == (
+        "load.offload",
+        Status.SKIP,
+        ExitCode.OK,
+        "GPU offload (CPU run)",
+    )
+    # The capture kept lines whole: progress dots never prefix the next message.
+    assert "llama_context: constructing llama_context" in texts
+    assert all(set(t) == {"."} for t in texts if t.startswith("."))
+
+
+def test_gpu_request_on_a_cpu_only_build_fails(gpu_run_on_cpu_build: tuple[LoadResult, list[str]]) -> None:
+    result, _ = gpu_run_on_cpu_build
+    ev = result.evidence
+    # llama.cpp loaded the model anyway, entirely in host memory, and said nothing about offloading.
+    assert ev.offloaded is None and ev.devices == ()
+    assert ev.layer_devices == {i: "CPU" for i in range(19)}
+    assert ev.model_buffers and all(k.startswith("CPU") for k in ev.model_buffers)
+    assert ev.gpu_families == ()
+    v = result.offload
+    assert v.status == Status.FAIL
+    assert v.line.startswith("no offload evidence")
+    assert v.exit_code == ExitCode.GPU_UNUSABLE
+    assert REBUILD_CMD in (v.fix or "")
+    check = result.checks()[0]
+    assert (check.status, check.exit_code) == (Status.FAIL, ExitCode.GPU_UNUSABLE)
+    assert check.evidence["llama_log"]["layer_devices"]["18"] == "CPU"

@@ -1,0 +1,169 @@
+"""The fit estimate against what llama.cpp really allocates, and the fit check's messages.
+
+Two real CPU loads of Gemma-3-270M (n_ctx 512 and 2048) give llama.cpp's own buffer sizes; the estimate made from
+the GGUF header alone must match them (KV within 5%, compute within 25%, weights within 1%).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+
+from kcuda_validate.checks import Status
+from kcuda_validate.errors import ExitCode
+from kcuda_validate.llm.llamalog import LoadEvidence
+from kcuda_validate.llm.loader import LoadOptions, ModelLoader
+from kcuda_validate.model import fit
+from kcuda_validate.model.gguf_file import GgufInfo, TensorInfo, read_gguf
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+@pytest.fixture(scope="module")
+def info(real_model: Path) -> GgufInfo:
+    return read_gguf(real_model)
+
+
+@pytest.fixture(scope="module")
+def real(real_model: Path) -> dict[int, LoadEvidence]:
+    out = {}
+    for n_ctx in (512, 2048):
+        with ModelLoader(LoadOptions(cpu_mode=True, n_ctx=n_ctx)).load(real_model) as loaded:
+            assert loaded.result.n_ctx == n_ctx
+            out[n_ctx] = loaded.result.evidence
+    return out
+
+
+def close(estimate: int, actual: int, tolerance: float) -> bool:
+    return abs(estimate - actual) <= tolerance * actual
+
+
+# --------------------------------------------------------------------------------------------------------------
+# estimate vs llama.cpp (real loads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_ctx", [512, 2048])
+def test_kv_cache_matches_llama_cpp(info: GgufInfo, real: dict[int, LoadEvidence], n_ctx: int) -> None:
+    est = fit.estimate(info, n_ctx, 0, gpu=False)
+    actual = sum(real[n_ctx].kv_buffers.values())  # the non-SWA and SWA caches, both in the CPU buffer
+    assert actual == n_ctx * 18 * 1024  # 18 layers x 1 KV head x (256 + 256) dims x 2 bytes
+    assert close(est.kv_cache, actual, 0.05), (est.kv_cache / MIB, actual / MIB)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_ctx", [512, 2048])
+def test_compute_buffer_matches_llama_cpp(info: GgufInfo, real: dict[int, LoadEvidence], n_ctx: int) -> None:
+    est = fit.estimate(info, n_ctx, 0, gpu=False)
+    actual = real[n_ctx].compute_buffers["CPU"]
+    assert close(est.compute, actual, 0.25), (est.compute / MIB, actual / MIB)
+    # It is the graph's peak, not a sum: 4x the context does not grow it (the 512 MiB of logits dominate).
+    assert est.compute == fit.estimate(info, 4 * n_ctx, 0, gpu=False).compute
+
+
+@pytest.mark.slow
+def test_weights_match_the_mapped_model_buffer(info: GgufInfo, real: dict[int, LoadEvidence]) -> None:
+    est = fit.estimate(info, 512, 0, gpu=False)
+    bufs = real[512].model_buffers
+    assert close(est.weights, bufs["CPU_Mapped"], 0.01), (est.weights / MIB, bufs["CPU_Mapped"] / MIB)
+    # CPU_REPACK holds re-laid-out copies of some Q4_K matmul weights, on top of the mapping: small, not counted.
+    assert 0 < bufs["CPU_REPACK"] < 0.1 * est.weights
+    assert est.weights < bufs["CPU_Mapped"] + bufs["CPU_REPACK"]
+    assert real[2048].model_buffers == bufs  # weights do not depend on the context
+
+
+# --------------------------------------------------------------------------------------------------------------
+# estimate: pure
+
+
+def test_context_is_padded_like_llama_cpp(info: GgufInfo) -> None:
+    """llama.cpp rounds n_ctx up to a multiple of 256 (a load at 1000 reports n_ctx 1024)."""
+    assert fit.estimate(info, 1000, 0, gpu=False).kv_cache == fit.estimate(info, 1024, 0, gpu=False).kv_cache
+
+
+def test_gpu_layer_placement_follows_llama_cpp(info: GgufInfo) -> None:
+    full = fit.estimate(info, 2048, -1)
+    assert full.layers_on_gpu == 19 and full.kv_cache == 2048 * 18 * 1024
+    # Gemma ties its output to token_embd: llama.cpp puts a copy on the GPU as the output layer, so the GPU holds
+    # as many weight bytes as the file (the input embeddings stay in host memory too).
+    assert full.weights == info.tensor_bytes
+    assert full.overhead == fit.CUDA_CONTEXT
+    # --gpu-layers 10: the output layer first, then the last 9 blocks (llama-model.cpp's i_gpu_start).
+    part = fit.estimate(info, 2048, 10)
+    assert part.layers_on_gpu == 10 and part.kv_cache == 2048 * 9 * 1024
+    assert part.compute == full.compute  # the logits are computed where the output layer is
+    assert fit.estimate(info, 2048, 19).weights == full.weights == fit.estimate(info, 2048, 99).weights
+    none = fit.estimate(info, 2048, 0)
+    assert (none.weights, none.kv_cache, none.compute, none.overhead, none.layers_on_gpu) == (0, 0, 0, 0, 0)
+
+
+def test_untied_output_leaves_token_embeddings_off_the_gpu(info: GgufInfo) -> None:
+    embd = next(t for t in info.tensors if t.name == "token_embd.weight")
+    output = TensorInfo("output.weight", embd.shape, embd.ggml_type, embd.offset, embd.nbytes)
+    untied = dataclasses.replace(info, tensors=(*info.tensors, output))
+    gpu = fit.estimate(untied, 2048, -1)
+    assert gpu.weights == untied.tensor_bytes - embd.nbytes  # token_embd stays in CPU_Mapped on a full offload
+    assert fit.estimate(untied, 2048, 0, gpu=False).weights == untied.tensor_bytes
+
+
+def test_flash_attention_drops_the_attention_scores(info: GgufInfo) -> None:
+    # At 131072 cells the f32 scores (4 heads x ctx x 512) outgrow the logits; flash attention never builds them.
+    plain = fit.estimate(info, 131072, 0, gpu=False)
+    flash = fit.estimate(info, 131072, 0, gpu=False, flash_attn=True)
+    assert plain.compute > flash.compute == fit.estimate(info, 512, 0, gpu=False).compute
+
+
+# --------------------------------------------------------------------------------------------------------------
+# estimate_fit: the check and its messages
+
+
+def test_fit_passes_with_room(info: GgufInfo) -> None:
+    check = fit.estimate_fit(info, LoadOptions(n_ctx=2048), 8 * GIB)
+    assert check.status == Status.PASS and check.exit_code == ExitCode.OK
+    assert check.summary.startswith("needs ~") and check.summary.endswith("of 8,192 MiB free VRAM")
+    assert check.evidence["total_bytes"] == fit.estimate(info, 2048, -1).total
+
+
+def test_fit_fails_saying_by_how_much_and_what_would_fit(info: GgufInfo) -> None:
+    budget = 1400 * MIB
+    est = fit.estimate(info, 32768, -1)
+    check = fit.estimate_fit(info, LoadOptions(n_ctx=32768), budget)
+    assert check.status == Status.FAIL and check.exit_code == ExitCode.BELOW_THRESHOLD
+    assert f"short by {(est.total - budget) / MIB:,.0f} MiB" in check.summary
+    assert "1,400 MiB free VRAM" in check.summary
+    fix = check.fix or ""
+    assert fix.startswith("Would fit: --n-ctx ") and "--gpu-layers " in fix
+    # The suggestions really fit.
+    ctx = int(fix.split("--n-ctx ")[1].split(";")[0])
+    layers = int(fix.split("--gpu-layers ")[1].split(" ")[0])
+    assert fit.estimate(info, ctx, -1).total <= budget < fit.estimate(info, ctx + 256, -1).total
+    assert fit.estimate(info, 32768, layers).total <= budget < fit.estimate(info, 32768, layers + 1).total
+
+
+def test_fit_suggests_a_smaller_quantization_when_weights_are_the_problem(info: GgufInfo) -> None:
+    est = fit.estimate(info, 512, -1)
+    check = fit.estimate_fit(info, LoadOptions(n_ctx=512), est.total - 10 * MIB)
+    assert check.status == Status.FAIL
+    assert "short by 10 MiB" in check.summary
+    assert "a Q6_K quantization of this model" in (check.fix or "")
+
+
+def test_absurd_context_on_cpu_fails_in_milliseconds(info: GgufInfo, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fit, "host_available", lambda: 24 * GIB)
+    start = time.perf_counter()
+    check = fit.estimate_fit(info, LoadOptions(n_ctx=1_000_000, cpu_mode=True), None, cpu_mode=True)
+    elapsed = time.perf_counter() - start
+    assert check.status == Status.FAIL and check.exit_code == ExitCode.BELOW_THRESHOLD
+    assert "available host memory: short by" in check.summary
+    assert "KV 17,582" in check.summary  # 1,000,192 cells x 18 layers x 1 KiB
+    assert (check.fix or "").startswith("Would fit: --n-ctx 32768")  # the model's whole trained context fits
+    assert elapsed < 0.25, elapsed
+
+
+def test_fit_skips_without_a_budget(info: GgufInfo) -> None:
+    check = fit.estimate_fit(info, LoadOptions(n_ctx=2048), None)
+    assert check.status == Status.SKIP and "free VRAM n/a" in check.summary
