@@ -194,3 +194,29 @@ def test_no_ansi_when_piped(tiny_model: Path) -> None:
     proc = subprocess.run([str(exe), "detect", "--skip-torch"], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == ExitCode.NO_GPU
     assert "\x1b[" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_infer_streams_real_text_from_the_real_model(real_model: Path) -> None:
+    prompt = "The capital of France is Paris. The capital of Germany is"
+    result = invoke("infer", prompt, "--device", "cpu", "--model-path", str(real_model), "--max-tokens", "6", "-v")
+    assert result.exit_code == 0, result.stderr
+    first_line = result.stdout.splitlines()[0]
+    assert "Berlin" in first_line  # streamed before the report
+    assert "kcuda-validate infer — CPU RUN (not a GPU validation)" in result.stdout
+    assert "warm-up" in result.stdout  # -v shows every run
+    assert "PASSED (CPU run)" in result.stdout.splitlines()[-1]
+
+
+def test_two_runs_at_once_share_the_synthetic_cache_safely(tmp_path: Path) -> None:
+    env = os.environ | {"KCUDA_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "kcuda_validate", "load", "--device", "cpu", "--synthetic", "24MiB", "--json"]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    paths = {json.loads(out)["sections"]["model"]["path"] for out, _ in outs}
+    assert len(paths) == 1
+    files = sorted(p.name for p in (tmp_path / "cache" / "synthetic").iterdir() if not p.name.startswith("."))
+    assert files == ["synthetic-llama-24MiB-Q8_0-s0.gguf"]

@@ -138,6 +138,51 @@ def inference_panel(report: Any) -> Panel | None:
     return Panel(rows, title=title, title_align="left", expand=False)
 
 
+def runs_table(report: Any) -> Table | None:
+    """Every run, for -v: the spread behind the means."""
+    inf = report.sections.get("inference")
+    if not inf:
+        return None
+    table = Table(title="Runs", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in (
+        "run",
+        "prompt tok",
+        "gen tok",
+        "TTFT ms",
+        "prompt tok/s (perf)",
+        "gen tok/s (perf)",
+        "gen tok/s (wall)",
+    ):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    runs = ([("warm-up", inf["warmup"])] if inf.get("warmup") else []) + [
+        (str(i + 1), r) for i, r in enumerate(inf.get("runs", []))
+    ]
+    for name, r in runs:
+        table.add_row(
+            name,
+            str(r["prompt_tokens"]),
+            str(r["generated_tokens"]),
+            na(r["ttft_s"] * 1000 if r.get("ttft_s") is not None else None, "{:.1f}"),
+            na(r.get("prompt_tps_perf"), "{:.1f}"),
+            na(r.get("gen_tps_perf"), "{:.1f}"),
+            na(r.get("gen_tps_wall"), "{:.1f}"),
+        )
+    return table
+
+
+def evidence_lines(report: Any) -> list[Text]:
+    """-vv: the evidence behind every check that did not pass."""
+    import json
+
+    out: list[Text] = []
+    for c in report.checks:
+        if c.status == Status.PASS or not c.evidence:
+            continue
+        out.append(Text(f"{c.id} evidence:", style="bold"))
+        out.append(Text(json.dumps(dict(c.evidence), indent=2, default=str, sort_keys=True)))
+    return out
+
+
 def verdict_line(report: Any) -> Text:
     code = report.exit_code
     if code == ExitCode.OK:
@@ -161,7 +206,14 @@ def render_report(report: Any, console: Console, verbose: int = 0, quiet: bool =
     panel = inference_panel(report)
     if panel is not None:
         parts.append(panel)
+    if verbose:
+        runs = runs_table(report)
+        if runs is not None:
+            parts.append(runs)
     console.print(Group(*parts))
+    if verbose >= 2:
+        for line in evidence_lines(report):
+            console.print(line, soft_wrap=True)
     fx = fixes(report.checks)
     if fx:
         console.print()

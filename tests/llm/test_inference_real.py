@@ -9,6 +9,7 @@ import pytest
 from kcuda_validate.errors import UsageError
 from kcuda_validate.llm.inference import Inferencer, InferOptions, TextStream
 from kcuda_validate.llm.loader import LoadedModel, LoadOptions, ModelLoader
+from kcuda_validate.pipeline import PERF_WALL_TOLERANCE
 
 pytestmark = pytest.mark.slow
 
@@ -74,9 +75,10 @@ def test_seeded_sampling_is_reproducible(inferencer: Inferencer) -> None:
 def test_perf_counters_agree_with_the_wall_clock(inferencer: Inferencer) -> None:
     result = inferencer.run(InferOptions(prompt="Tell me about GPUs.", max_tokens=32, repeat=2, ignore_eos=True))
     for run in result.runs:
-        # Wall clock covers decode + sampling + detokenising; perf counters only decode. Generous for a busy CI box.
-        assert 0.6 < run.gen_tps_wall / run.gen_tps_perf < 1.1
-        assert 0.6 < run.prompt_tps_wall / run.prompt_tps_perf < 1.1
+        # Wall clock covers decode + sampling + detokenising; perf counters only decode: the tool states the
+        # tolerance it holds them to (PERF_WALL_TOLERANCE) and the real loop stays inside it.
+        assert 1 - PERF_WALL_TOLERANCE <= run.gen_tps_wall / run.gen_tps_perf <= 1.02
+        assert 1 - PERF_WALL_TOLERANCE <= run.prompt_tps_wall / run.prompt_tps_perf <= 1.02
     names = {m.name: m for m in result.metrics()}
     assert names["gen_tps"].samples and names["gen_tps"].unit == "tokens/s"
     assert "llama_perf_context" in names["gen_tps"].method

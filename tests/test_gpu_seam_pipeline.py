@@ -1,0 +1,123 @@
+"""The model pipeline with the hardware seam faked (NVML says there is a GPU) and llama.cpp real (a CPU build).
+
+This is the old tool's worst failure, pinned: a GPU is present, the llama.cpp build cannot offload, and
+the run must FAIL with the offload evidence — never pass. Also: telemetry sampling and --all-devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fakes.hardware import SCENARIOS, FakePynvml, install
+from kcuda_validate.cli import cli
+from kcuda_validate.errors import ExitCode
+from kcuda_validate.gpu.nvml import Nvml
+from kcuda_validate.telemetry import TelemetrySampler, summarize
+
+
+def run_json(*args: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(cli, ["--json", *args])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_load_on_a_cpu_only_build_with_a_gpu_present_fails(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    install("healthy_one_gpu", monkeypatch, tmp_path)
+    code, doc = run_json("load", "--model-path", str(tiny_model))
+    assert code == ExitCode.GPU_UNUSABLE
+    offload = next(c for c in doc["checks"] if c["id"] == "load.offload")
+    assert offload["status"] == "fail"
+    assert offload["summary"].startswith("no offload evidence")
+    assert 'CMAKE_ARGS="-DGGML_CUDA=on"' in offload["fix"]
+    assert doc["gpu_validated"] is False
+    assert doc["gpu"]["name"] == "NVIDIA GeForce RTX 4090"
+    # The fit check used the (fake) GPU's free VRAM, not host memory.
+    fit = next(c for c in doc["checks"] if c["id"] == "model.fit")
+    assert fit["evidence"]["budget"] == "free VRAM"
+
+
+def test_validate_all_trusts_the_load_evidence_over_the_build_claim(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The faked build says CUDA (detect passes); the real load happens on the CPU build: the verdict is FAIL."""
+    install("healthy_one_gpu", monkeypatch, tmp_path)
+    code, doc = run_json("validate-all", "--model-path", str(tiny_model), "--max-tokens", "4")
+    assert code == ExitCode.GPU_UNUSABLE
+    assert doc["stopped_at"] == "load"
+    assert all(c["status"] != "fail" for c in doc["checks"] if c["stage"] == "detect")
+    assert not any(c["stage"] == "infer" for c in doc["checks"])
+
+
+def test_all_devices_validates_each_gpu_and_reports_the_worst(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    two = dataclasses.replace(SCENARIOS["two_gpus_one_hidden"], env={})
+    install(two, monkeypatch, tmp_path)
+    code, doc = run_json("load", "--all-devices", "--model-path", str(tiny_model))
+    assert code == ExitCode.GPU_UNUSABLE
+    assert set(doc["sections"]["devices"]) == {"0", "1"}
+    ids = [c["id"] for c in doc["checks"]]
+    assert "gpu0.load.offload" in ids
+    assert "gpu1.load.offload" in ids
+    assert doc["stopped_at"] == "gpu0.load"
+
+
+def test_all_devices_conflicts_with_device() -> None:
+    result = CliRunner().invoke(cli, ["load", "--all-devices", "--device", "0"])
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.startswith("Error: --all-devices: cannot be combined with --device")
+
+
+class EnergyCountingNvml(FakePynvml):
+    """A GPU drawing 100 W while we watch: the energy counter advances with time, as the driver's does."""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)
+        self.t0 = time.perf_counter()
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: object) -> int:
+        super().nvmlDeviceGetTotalEnergyConsumption(h)
+        return 1_000_000 + int((time.perf_counter() - self.t0) * 100_000)
+
+
+def test_telemetry_sampler_reads_at_most_10_hz_and_integrates_the_energy_counter() -> None:
+    gpu = SCENARIOS["healthy_one_gpu"].gpus[0]
+    with Nvml.open(EnergyCountingNvml((gpu,))) as nvml:
+        sampler = TelemetrySampler(nvml, 0, hz=50).start()  # asks for 50 Hz, gets 10
+        time.sleep(0.55)
+        summary = sampler.stop()
+    assert 5 <= summary.samples <= 8
+    assert summary.interval_s == pytest.approx(0.1)
+    assert summary.energy_j == pytest.approx(100 * summary.duration_s, rel=0.2)
+    assert summary.vram_peak_bytes == gpu.memory_used
+    metrics = {m.name: m for m in summary.metrics(generated_tokens=50)}
+    assert metrics["energy_per_token"].value == pytest.approx(summary.energy_j / 50)
+    assert metrics["energy_per_token"].unit == "J/token"
+
+
+def test_telemetry_is_na_where_the_driver_cannot_report_it() -> None:
+    gpu = SCENARIOS["wsl2_unsupported_fields"].gpus[0]
+    with Nvml.open(FakePynvml((gpu,))) as nvml:
+        sampler = TelemetrySampler(nvml, 0).start()
+        time.sleep(0.25)
+        summary = sampler.stop()
+    assert summary.samples >= 2
+    assert summary.energy_j is None
+    assert summary.power_mean_w is None
+    assert summary.util_mean is None
+    metrics = {m.name: m for m in summary.metrics(generated_tokens=10)}
+    assert metrics["energy_per_token"].value is None
+    assert metrics["vram_peak"].value == gpu.memory_used
+
+
+def test_summary_of_nothing_is_empty_not_invented() -> None:
+    s = summarize([], 0.1)
+    assert s.samples == 0
+    assert all(m.value is None for m in s.metrics(generated_tokens=10))
