@@ -585,7 +585,7 @@ class Stages:
                         cid,
                         "threshold",
                         title,
-                        f"{what} was not measured, so --{key.replace('_', '-')} {limit:g} cannot be met",
+                        f"{what} was not measured, so --{key.replace('_', '-')} {limit:.10g} cannot be met",
                         "Run the stage that measures it (e.g. --compare-cpu for --min-speedup).",
                         ExitCode.BELOW_THRESHOLD,
                     )
@@ -596,7 +596,7 @@ class Stages:
             pct = gap / limit * 100 if limit else 0
             ev = {"measured": m.value, "limit": limit, "unit": unit}
             if ok:
-                r.add(passed(cid, "threshold", title, f"{what} {m.value:.1f} {unit} meets {limit:g} {unit}", **ev))
+                r.add(passed(cid, "threshold", title, f"{what} {m.value:.1f} {unit} meets {limit:.10g} {unit}", **ev))
             else:
                 word = "short by" if op == "ge" else "over by"
                 r.add(
@@ -604,7 +604,7 @@ class Stages:
                         cid,
                         "threshold",
                         title,
-                        f"{what} {m.value:.1f} {unit} misses {limit:g} {unit} ({word} {gap:.1f} {unit}, {pct:.0f}%)",
+                        f"{what} {m.value:.1f} {unit} misses {limit:.10g} {unit} ({word} {gap:.1f} {unit}, {pct:.0f}%)",
                         "Check the offload verdict and GPU utilisation; a partial offload or a busy GPU slows "
                         "generation.",
                         ExitCode.BELOW_THRESHOLD,

@@ -1,0 +1,78 @@
+"""Thresholds turn a slow run into a failing CI job, and say by how much; an internal error is exit 70."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kcuda_validate.cli import cli
+from kcuda_validate.errors import ExitCode
+
+
+def run_json(*args: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(cli, ["--json", *args])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_missed_thresholds_fail_with_the_gap(tiny_model: Path) -> None:
+    code, doc = run_json(
+        "infer",
+        "--device",
+        "cpu",
+        "--model-path",
+        str(tiny_model),
+        "--max-tokens",
+        "8",
+        "--repeat",
+        "1",
+        "--min-gen-tps",
+        "1000000",
+        "--max-ttft-ms",
+        "0.001",
+        "--min-prompt-tps",
+        "0.5",
+    )
+    assert code == ExitCode.BELOW_THRESHOLD
+    checks = {c["id"]: c for c in doc["checks"]}
+    gen = checks["threshold.min_gen_tps"]
+    assert gen["status"] == "fail"
+    assert "misses 1000000 tok/s (short by" in gen["summary"]
+    assert gen["evidence"]["measured"] == pytest.approx(doc["metrics"]["gen_tps"]["value"])
+    assert "over by" in checks["threshold.max_ttft_ms"]["summary"]
+    assert checks["threshold.min_prompt_tps"]["status"] == "pass"
+
+
+def test_speedup_threshold_without_a_cpu_comparison_cannot_pass(tiny_model: Path) -> None:
+    code, doc = run_json(
+        "infer", "--device", "cpu", "--model-path", str(tiny_model), "--max-tokens", "4", "--min-speedup", "2"
+    )
+    assert code == ExitCode.BELOW_THRESHOLD
+    check = next(c for c in doc["checks"] if c["id"] == "threshold.min_speedup")
+    assert "was not measured" in check["summary"]
+
+
+def test_unexpected_exception_is_exit_70_with_one_line(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
+    import kcuda_validate.pipeline as pipeline
+
+    def boom(*a: object, **k: object) -> None:
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(pipeline, "read_gguf", boom)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)  # outside pytest, bugs become exit 70
+    result = CliRunner().invoke(cli, ["load", "--device", "cpu", "--model-path", str(tiny_model)])
+    assert result.exit_code == ExitCode.INTERNAL
+    assert result.stderr.splitlines()[0] == "Error: internal error: RuntimeError: something nobody expected"
+    assert "Traceback" not in result.stderr
+    assert "--debug" in result.stderr
+
+
+def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
+    import kcuda_validate.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "read_gguf", lambda *a: 1 / 0)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    result = CliRunner().invoke(cli, ["--debug", "load", "--device", "cpu", "--model-path", str(tiny_model)])
+    assert isinstance(result.exception, ZeroDivisionError)
