@@ -129,3 +129,33 @@ def test_worker_exit_without_result_is_reported(
     crash = next(c for c in doc["checks"] if c["id"] == "infer.crash")
     assert "status 3" in crash["summary"]
     assert _procs_with_marker(marker) == []
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_while_getting_the_model_leaves_no_partial_file_and_a_report(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    """Interrupted in the parent's own stage (here: generating a large synthetic model), not in the worker."""
+    cache, report = tmp_path / "cache", tmp_path / "report.json"
+    env = os.environ | {"KCUDA_CACHE_DIR": str(cache)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kcuda_validate", "load", "--device", "cpu", "--synthetic", "6GiB"]
+        + ["--report", str(report)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(p.suffix != ".lock" for p in cache.rglob("*") if p.is_file()):
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    doc = json.loads(report.read_text())
+    assert doc["interrupted"] is True
+    assert doc["stopped_at"] == "model"
+    assert any(c["id"] == "model.interrupted" for c in doc["checks"])
+    assert f"interrupted by {signal.Signals(signum).name}" in err
+    leftovers = [p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert leftovers == []

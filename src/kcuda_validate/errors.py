@@ -126,3 +126,13 @@ class StageCrashedError(KcudaError):
 
 class StageTimeoutError(KcudaError):
     exit_code = ExitCode.TIMEOUT
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM reached the parent: unwind, stop the worker, still write the reports."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

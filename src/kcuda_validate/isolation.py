@@ -24,7 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kcuda_validate.errors import Interrupted
+
 log = logging.getLogger(__name__)
+
+__all__ = ["Interrupted", "Worker", "WorkerCrash", "WorkerOutcome"]
 
 HINTS = {
     "SIGSEGV": "A segmentation fault inside llama.cpp or the CUDA driver: update the driver and llama-cpp-python, "
@@ -36,14 +40,6 @@ HINTS = {
     "SIGILL": "An illegal instruction: llama.cpp was built for a newer CPU; rebuild with "
     'CMAKE_ARGS="-DGGML_NATIVE=OFF".',
 }
-
-
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM reached the parent."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from kcuda_validate.checks import Check, Metric, Status, failed, passed, skipped, warned
 from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.gpu.nvml import GpuInfo, Nvml, NvmlInitError
-from kcuda_validate.isolation import Worker, WorkerOutcome
+from kcuda_validate.isolation import Interrupted, Worker, WorkerOutcome
 from kcuda_validate.llm.inference import InferenceResult, InferOptions
 from kcuda_validate.llm.llamalog import LogLine, parse_load_log
 from kcuda_validate.llm.loader import LoadOptions, judge_offload
@@ -693,18 +694,48 @@ def run_pipeline(report: Report, ui: Any, run: ModelRun, detect_options: Any = N
     """load / infer / validate-all: each stage runs only if the previous one passed."""
     # Start the worker now: its Python imports overlap with detection and model resolution.
     worker = Worker().start()
+    stage = ["detect" if detect_options is not None else "model"]
     try:
         if detect_options is not None and not _detect(report, ui, detect_options):
             return report
+        stage[0] = "model"
         if run.all_devices and not run.load.cpu_mode:
             worker.kill()
             _all_devices(report, ui, run)
             return report
         _model_stages(report, ui, run, worker)
         return report
+    except (KeyboardInterrupt, Interrupted) as exc:
+        # Outside the worker stages (detection, download): still a report, marked interrupted.
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _mark_interrupted(report, ui, stage[0], signum)
+        return report
     finally:
         worker.kill()
         report.finish()
+
+
+def _mark_interrupted(report: Report, ui: Any, stage: str, signum: int) -> None:
+    name = signal.Signals(signum).name
+    report.interrupted = True
+    report.exit_override = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
+    report.stopped_at = stage
+    hint = (
+        "A partial download is kept: run the same command again to resume it."
+        if stage == "model"
+        else "Run the command again."
+    )
+    report.add(
+        failed(
+            f"{stage}.interrupted",
+            stage,
+            f"{stage.capitalize()} stage",
+            f"interrupted by {name} during {stage}",
+            hint,
+            report.exit_override,
+        )
+    )
+    ui.error(f"interrupted by {name} during the {stage} stage", hint)
 
 
 def _detect(report: Report, ui: Any, options: Any) -> bool:

@@ -4,6 +4,11 @@ Nothing here talks to huggingface.co. The HTTP seam is a tiny HTTP server set as
 whole real client stack runs (huggingface_hub -> httpx2 -> sockets), with the headers the Hub really sends:
 X-Repo-Commit, X-Linked-Etag, X-Linked-Size, X-Error-Code / X-Error-Message, and a 302 to a "CDN" host.
 
+Resumable downloads: a plain-HTTP transfer accumulates in a partial file in blobs/ that survives the run
+(Ctrl-C, a dropped connection, an HTTP error, a full disk); the next run continues it with a Range request, and
+only a size- and sha256-checked whole file becomes the blob. The fake CDN records the Range asked for and the
+bytes it sent, can ignore Range, serve corrupt bytes, or stop half-way (dropping, hanging or pausing).
+
 How env changes take effect: huggingface_hub reads HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE,
 HF_HUB_ETAG_TIMEOUT, HF_TOKEN_PATH, ... once, when `huggingface_hub.constants` is first imported, and derives
 more constants from them (HUGGINGFACE_CO_URL_TEMPLATE from ENDPOINT). Setting os.environ in a test is therefore
@@ -89,6 +94,11 @@ class HubEnv:
     def storage(self) -> Path:
         return self.cache / ("models--" + REPO.replace("/", "--"))
 
+    @property
+    def partial(self) -> Path:
+        """Where an unfinished plain-HTTP download of FILE waits for the next run."""
+        return hub._partial_path(self.storage, SHA, FILE)
+
     def leftovers(self) -> list[str]:
         """Everything in the repo's cache folder that could be mistaken for (part of) the file."""
         if not self.storage.exists():
@@ -120,6 +130,7 @@ def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubEnv]
         "HF_HUB_ETAG_TIMEOUT": constants.DEFAULT_ETAG_TIMEOUT,
         "HF_HUB_DOWNLOAD_TIMEOUT": constants.DEFAULT_DOWNLOAD_TIMEOUT,
         "HF_HUB_DISABLE_PROGRESS_BARS": None,
+        "HF_HUB_DISABLE_XET": False,
         "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
         # Whatever the developer's shell says: these change which requests are made and what they carry.
         "HF_HUB_DISABLE_TELEMETRY": False,
@@ -138,6 +149,7 @@ def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubEnv]
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(hub, "_RETRY_WAIT_S", 0.05)  # the pause before reconnecting a dropped download (1 s)
     env = HubEnv(cache=cache, monkeypatch=monkeypatch)
     env.offline(False)
     env.endpoint(f"http://127.0.0.1:{_free_port()}")
@@ -176,6 +188,11 @@ class Seen:
     method: str
     path: str
     headers: dict[str, str]
+    served: int = 0  # body bytes the fake CDN sent
+
+
+COMPLETE = sorted([f"blobs/{SHA}", f"snapshots/{COMMIT}/{FILE}"])  # what a good download leaves, nothing else
+HALF = len(CONTENT) // 2  # what a transfer that stops half-way leaves
 
 
 @dataclass
@@ -184,7 +201,10 @@ class FakeHub:
 
     routes: dict[str, Callable[[_Handler, str], None]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
-    cdn_plan: list[str] = field(default_factory=list)  # per CDN GET: ok | drop_half | hang_half | error_503
+    # per CDN GET: ok | drop_half | hang_half (then drop) | pause_half (then the rest) | error_503
+    cdn_plan: list[str] = field(default_factory=list)
+    content: bytes = CONTENT  # what the CDN serves for SHA (set to other bytes to serve a corrupt file)
+    honour_range: bool = True  # False: a server that ignores Range and always sends the whole file with 200
     release: threading.Event = field(default_factory=threading.Event)
     on_half_sent: Callable[[], None] | None = None
     server: ThreadingHTTPServer | None = None
@@ -205,22 +225,28 @@ class FakeHub:
 
     # -- routes ---------------------------------------------------------------------------------------------------
 
-    def serve_file(self, *, size: int | None = None, revs: tuple[str, ...] = ("main", COMMIT)) -> None:
-        """FILE as an LFS file: HEAD/GET /resolve -> 302 to the CDN with the linked etag/size, CDN honours Range."""
+    def serve_file(
+        self, *, size: int | None = None, revs: tuple[str, ...] = ("main", COMMIT), xet: bool = False
+    ) -> None:
+        """FILE as an LFS file: HEAD/GET /resolve -> 302 to the CDN with the linked etag/size, CDN honours Range.
+
+        `xet`: also the headers of a Xet-backed file (X-Xet-Hash, X-Xet-Refresh-Route).
+        """
         linked_size = str(size if size is not None else len(CONTENT))
+        headers = {
+            "X-Repo-Commit": COMMIT,
+            "X-Linked-Etag": f'"{SHA}"',
+            "X-Linked-Size": linked_size,
+            "ETag": 'W/"1b4c5f6e7d8c9b0a1b2c3d4e5f60718293a4b5c6"',
+            "Location": f"{self.cdn}/cdn/{SHA}?X-Amz-Signature=abc",
+            "Accept-Ranges": "bytes",
+        }
+        if xet:
+            headers["X-Xet-Hash"] = "ab" * 32
+            headers["X-Xet-Refresh-Route"] = f"/api/models/{REPO}/xet-read-token/{COMMIT}"
 
         def resolve(h: _Handler, method: str) -> None:
-            h.reply(
-                302,
-                {
-                    "X-Repo-Commit": COMMIT,
-                    "X-Linked-Etag": f'"{SHA}"',
-                    "X-Linked-Size": linked_size,
-                    "ETag": 'W/"1b4c5f6e7d8c9b0a1b2c3d4e5f60718293a4b5c6"',
-                    "Location": f"{self.cdn}/cdn/{SHA}?X-Amz-Signature=abc",
-                    "Accept-Ranges": "bytes",
-                },
-            )
+            h.reply(302, headers)
 
         for rev in revs:
             self.routes[f"/{REPO}/resolve/{rev}/{FILE}"] = resolve
@@ -233,25 +259,33 @@ class FakeHub:
             return
         start = 0
         rng = h.headers.get("Range")
-        if rng and rng.startswith("bytes="):
+        if self.honour_range and rng and rng.startswith("bytes="):
             start = int(rng[len("bytes=") :].split("-")[0])
-        body = CONTENT[start:]
-        headers = {"ETag": f'"{SHA}"', "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        content = self.content
+        body = content[start:]
+        headers = {"ETag": '"s3-md5-etag"', "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         status = 200
         if start:
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(CONTENT) - 1}/{len(CONTENT)}"
+            headers["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
         if method == "HEAD" or plan == "ok":
             h.reply(status, headers, body, send_body=method == "GET")
+            h.seen_entry.served = len(body) if method == "GET" else 0
             return
         # A transfer that stops half-way: headers promise the whole body, half of it arrives.
         h.reply(status, headers, body, send_body=False)
         h.wfile.write(body[: len(body) // 2])
         h.wfile.flush()
-        if plan == "hang_half":
+        h.seen_entry.served = len(body) // 2
+        if plan in ("hang_half", "pause_half"):
             if self.on_half_sent is not None:
                 self.on_half_sent()
             self.release.wait(10)
+        if plan == "pause_half":
+            h.wfile.write(body[len(body) // 2 :])
+            h.wfile.flush()
+            h.seen_entry.served = len(body)
+            return
         h.close_connection = True
         with contextlib.suppress(OSError):
             h.connection.shutdown(socket.SHUT_RDWR)
@@ -279,6 +313,7 @@ class FakeHub:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: Any
+    seen_entry: Seen
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -292,7 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         fake: FakeHub = self.server.fake
         path = unquote(urlsplit(self.path).path)
-        fake.seen.append(Seen(method, path, {k.lower(): v for k, v in self.headers.items()}))
+        self.seen_entry = Seen(method, path, {k.lower(): v for k, v in self.headers.items()})
+        fake.seen.append(self.seen_entry)
         route = fake.routes.get(path)
         if route is None:
             self.reply(404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
@@ -659,13 +695,8 @@ def test_file_already_in_the_cache_under_another_revision_is_not_downloaded(hub_
     assert hub.find_cached(REPO, FILE, "v1.0") == mf.path  # refs/v1.0 written: offline next time
 
 
-def test_dropped_connection_is_resumed_with_a_range_request(
-    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """huggingface_hub retries in-process from the last chunk written (10 MiB chunks; 8 KiB here, to see it)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 8192)
+def test_dropped_connection_is_resumed_in_the_same_run(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """A connection dropped mid-body is picked up at once with a Range request from the last byte received."""
     fake_hub.serve_file()
     fake_hub.cdn_plan = ["drop_half", "ok"]
 
@@ -674,27 +705,65 @@ def test_dropped_connection_is_resumed_with_a_range_request(
     assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
     first, second = fake_hub.requests("GET", "/cdn/")
     assert "range" not in first.headers
-    written = (len(CONTENT) // 2) // 8192 * 8192  # whole chunks that reached the temp file before the drop
-    assert second.headers["range"] == f"bytes={written}-"
+    assert second.headers["range"] == f"bytes={HALF}-"
+    assert second.served == len(CONTENT) - HALF
+    assert hub_env.leftovers() == COMPLETE
 
 
-def test_failed_download_leaves_nothing_that_looks_complete(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+def partial_only(hub_env: HubEnv) -> list[str]:
+    return [str(hub_env.partial.relative_to(hub_env.storage))]
+
+
+def fail_half_way(hub_env: HubEnv, fake_hub: FakeHub, *, xet: bool = False) -> None:
+    """A first run that dies half-way (connection dropped, then the CDN fails): its partial file stays."""
+    fake_hub.serve_file(xet=xet)
+    fake_hub.cdn_plan = ["drop_half", "error_503"]
+    with pytest.raises(HubUnreachableError):
+        hub.fetch_model(REPO, FILE)
+    assert hub_env.partial.read_bytes() == CONTENT[:HALF]
+    fake_hub.cdn_plan = []
+    fake_hub.seen.clear()
+
+
+def assert_resumed_from(hub_env: HubEnv, fake_hub: FakeHub, offset: int, *others: Path) -> None:
+    """The next run: one GET for the bytes after `offset`, the exact file in the cache, nothing else but `others`."""
+    mf = hub.fetch_model(REPO, FILE)
+
+    assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
+    (get,) = fake_hub.requests("GET", "/cdn/")
+    assert get.headers["range"] == f"bytes={offset}-"
+    assert get.served == len(CONTENT) - offset
+    assert hub_env.leftovers() == sorted([*COMPLETE, *(str(p.relative_to(hub_env.storage)) for p in others)])
+    assert (hub_env.storage / "refs" / "main").read_text() == COMMIT
+    assert hub.find_cached(REPO, FILE) == mf.path
+
+
+def test_failed_download_keeps_a_partial_that_the_next_run_resumes(hub_env: HubEnv, fake_hub: FakeHub) -> None:
     fake_hub.serve_file()
     fake_hub.cdn_plan = ["drop_half", "error_503"]  # connection dropped, then the CDN gives up
 
     with pytest.raises(HubUnreachableError) as info:
         hub.fetch_model(REPO, FILE)
 
-    assert f"{REPO}/{FILE} @ main" in one_line(info.value)
-    assert hub_env.leftovers() == []  # no blob, no snapshot link, no partial file
+    assert one_line(info.value) == (
+        f"{urlsplit(fake_hub.cdn).netloc} answered HTTP 503 while downloading {REPO}/{FILE} @ main; "
+        "the 32.0 KiB downloaded so far are kept and the next run resumes from there"
+    )
+    assert (info.value.fix or "").startswith("Run again in a minute to resume; ")
+    assert hub_env.leftovers() == partial_only(hub_env)  # no blob, no snapshot link: never taken for the file
+    assert hub_env.partial.read_bytes() == CONTENT[:HALF]
     assert hub.find_cached(REPO, FILE) is None
+    hub_env.offline()
+    with pytest.raises(ModelNotFoundError):
+        hub.fetch_model(REPO, FILE)
+    hub_env.offline(False)
 
     fake_hub.cdn_plan = []
-    mf = hub.fetch_model(REPO, FILE)
-    assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
+    fake_hub.seen.clear()
+    assert_resumed_from(hub_env, fake_hub, HALF)
 
 
-def test_interrupted_download_leaves_nothing_that_looks_complete(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+def test_interrupted_download_is_resumed_by_the_next_run(hub_env: HubEnv, fake_hub: FakeHub) -> None:
     """Ctrl-C half-way through: a real SIGINT, delivered while the client waits for the rest of the body."""
     fake_hub.serve_file()
     fake_hub.cdn_plan = ["hang_half"]
@@ -704,10 +773,202 @@ def test_interrupted_download_leaves_nothing_that_looks_complete(hub_env: HubEnv
         hub.fetch_model(REPO, FILE)
     fake_hub.release.set()
 
+    assert hub_env.leftovers() == partial_only(hub_env)
+    assert hub_env.partial.read_bytes() == CONTENT[:HALF]
+    assert hub.find_cached(REPO, FILE) is None
+
+    fake_hub.seen.clear()
+    assert_resumed_from(hub_env, fake_hub, HALF)
+
+
+def test_server_that_ignores_range_still_yields_the_right_file(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """A 200 with the whole file in answer to a Range request: the partial restarts from byte 0 with that body."""
+    fail_half_way(hub_env, fake_hub)
+    fake_hub.honour_range = False
+
+    mf = hub.fetch_model(REPO, FILE)
+
+    assert mf.path.read_bytes() == CONTENT
+    (get,) = fake_hub.requests("GET", "/cdn/")
+    assert get.headers["range"] == f"bytes={HALF}-"
+    assert get.served == len(CONTENT)
+    assert hub_env.leftovers() == COMPLETE
+
+
+def test_corrupt_partial_is_discarded_and_the_file_fetched_again(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """Bytes an earlier run left may be bad (a crash or power cut can leave garbage at the end of a file).
+
+    The sha256 check at the end catches it; since the bad bytes may be old ones, the partial is dropped and the
+    file fetched once more from byte 0, in the same call.
+    """
+    fail_half_way(hub_env, fake_hub)
+    damaged = bytearray(hub_env.partial.read_bytes())
+    damaged[100] ^= 0xFF
+    hub_env.partial.write_bytes(bytes(damaged))
+
+    mf = hub.fetch_model(REPO, FILE)
+
+    assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
+    resumed, fresh = fake_hub.requests("GET", "/cdn/")
+    assert resumed.headers["range"] == f"bytes={HALF}-"
+    assert "range" not in fresh.headers
+    assert fresh.served == len(CONTENT)
+    assert hub_env.leftovers() == COMPLETE
+
+
+@pytest.mark.parametrize(
+    ("served", "what"),
+    [
+        (CONTENT[:-1] + b"X", "does not match its sha256"),
+        (CONTENT + b"tail", f"sent more than the {len(CONTENT)} bytes the Hub announced"),
+        (CONTENT[:-10], f"sent {len(CONTENT) - 10} of the {len(CONTENT)} bytes the Hub announced"),
+    ],
+    ids=["wrong-bytes", "too-long", "too-short"],
+)
+def test_download_that_is_not_the_file_is_an_error_and_leaves_nothing(
+    hub_env: HubEnv, fake_hub: FakeHub, served: bytes, what: str
+) -> None:
+    """Bytes all fetched by this call that are not the file: not retried (it would only happen again), not kept."""
+    fake_hub.serve_file()
+    fake_hub.content = served
+
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    msg = one_line(info.value)
+    assert what in msg
+    assert f"{REPO}/{FILE} @ main" in msg
+    assert msg.endswith("nothing partial was kept")
+    assert len(fake_hub.requests("GET", "/cdn/")) == 1
     assert hub_env.leftovers() == []
     assert hub.find_cached(REPO, FILE) is None
-    mf = hub.fetch_model(REPO, FILE)
-    assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
+
+
+def test_a_second_run_waits_for_the_first_and_finds_the_file(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """Two runs at once, in two processes: the second waits on huggingface_hub's lock for the blob, then finds it.
+
+    One transfer, both end with the same complete file, and nothing else is left in the cache.
+    """
+    import subprocess
+
+    fake_hub.serve_file()
+    fake_hub.cdn_plan = ["pause_half"]
+    half_sent = threading.Event()
+    fake_hub.on_half_sent = half_sent.set
+    script = (
+        "from kcuda_validate.model import hub; "
+        f"mf = hub.fetch_model({REPO!r}, {FILE!r}, progress=False); print(mf.source, mf.path)"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        assert half_sent.wait(20), first.stderr.read() if first.poll() is not None else "no GET from the first run"
+        results: list[hub.ModelFile | BaseException] = []
+
+        def second_run() -> None:
+            try:
+                results.append(hub.fetch_model(REPO, FILE))
+            except BaseException as err:  # noqa: BLE001 - reported by the assertions below
+                results.append(err)
+
+        second = threading.Thread(target=second_run)
+        second.start()
+        deadline = time.monotonic() + 10
+        while len(fake_hub.requests("HEAD")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the second run has had its answer and is waiting for the lock
+        assert second.is_alive()
+        fake_hub.release.set()
+        out, err = first.communicate(timeout=20)
+        second.join(20)
+    finally:
+        fake_hub.release.set()
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+    assert first.returncode == 0, err
+    (mf,) = results
+    assert isinstance(mf, hub.ModelFile), mf
+    assert out.split() == ["download", str(mf.path)]
+    assert (mf.source, mf.path.read_bytes()) == ("cache", CONTENT)
+    assert len(fake_hub.requests("GET", "/cdn/")) == 1
+    assert hub_env.leftovers() == COMPLETE
+
+
+def test_killed_run_is_resumed_by_the_next(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """SIGKILL half-way (OOM killer, closed terminal): no cleanup runs; the lock dies with the process.
+
+    What reached the file is a prefix of it (the last few KiB may have been in the process's write buffer).
+    """
+    import subprocess
+
+    fake_hub.serve_file()
+    fake_hub.cdn_plan = ["hang_half"]
+    half_sent = threading.Event()
+    fake_hub.on_half_sent = half_sent.set
+    script = f"from kcuda_validate.model import hub; hub.fetch_model({REPO!r}, {FILE!r}, progress=False)"
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL, env=dict(os.environ))
+    try:
+        assert half_sent.wait(20), "no GET from the child"
+        deadline = time.monotonic() + 5
+        while (not hub_env.partial.exists() or hub_env.partial.stat().st_size < HALF - io.DEFAULT_BUFFER_SIZE) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        time.sleep(0.1)
+        child.kill()
+        child.wait(10)
+    finally:
+        fake_hub.release.set()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+    assert hub_env.leftovers() == partial_only(hub_env)
+    kept = hub_env.partial.read_bytes()
+    assert HALF - io.DEFAULT_BUFFER_SIZE <= len(kept) <= HALF
+    assert kept == CONTENT[: len(kept)]
+    fake_hub.seen.clear()
+    assert_resumed_from(hub_env, fake_hub, len(kept))
+
+
+def test_outdated_partials_go_and_an_old_partial_of_the_current_file_is_resumed(
+    hub_env: HubEnv, fake_hub: FakeHub
+) -> None:
+    """A partial's name carries the content's etag: after the file changed on the Hub it can never be continued."""
+    fail_half_way(hub_env, fake_hub)
+    day_ago = time.time() - 86400
+    os.utime(hub_env.partial, (day_ago, day_ago))  # yesterday's partial of today's file: still good
+    outdated = hub._partial_path(hub_env.storage, "0" * 64, FILE)  # this file, an older version
+    live = hub._partial_path(hub_env.storage, "1" * 64, FILE)  # touched just now: another run may be writing it
+    other = hub._partial_path(hub_env.storage, "2" * 64, "other.gguf")  # another file's, not ours to judge
+    for path in (outdated, live, other):
+        path.write_bytes(b"partial")
+    for path in (outdated, other):
+        os.utime(path, (day_ago, day_ago))
+
+    assert_resumed_from(hub_env, fake_hub, HALF, live, other)  # and the outdated partial is gone
+
+
+def test_huggingface_hub_cache_tools_see_a_partial_as_an_incomplete_download(
+    hub_env: HubEnv, fake_hub: FakeHub
+) -> None:
+    """`hf cache scan` lists the partial (and `hf cache prune` would delete it); the cache never looks corrupt."""
+    from huggingface_hub import scan_cache_dir
+
+    fail_half_way(hub_env, fake_hub)
+    info = scan_cache_dir(hub_env.cache)
+    assert info.warnings == []
+    assert {f.file_path for f in info.incomplete_files} == {hub_env.partial}
+
+    hub.fetch_model(REPO, FILE)
+    info = scan_cache_dir(hub_env.cache)
+    assert info.warnings == []
+    assert info.incomplete_files == frozenset()
+    (repo,) = info.repos
+    assert (repo.repo_id, repo.nb_files, repo.size_on_disk) == (REPO, 1, len(CONTENT))
 
 
 def test_not_enough_disk_space_fails_before_downloading(
@@ -734,26 +995,127 @@ def test_not_enough_disk_space_fails_before_downloading(
     assert hub_env.leftovers() == []
 
 
-def test_disk_filling_up_mid_download(hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ENOSPC from the write: the OS seam is inside huggingface_hub's transfer, so its http_get stands in."""
-    from huggingface_hub import file_download
+def test_disk_check_counts_only_the_bytes_still_missing(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_hub.serve_file(size=400 * 1024**2)  # the Hub says 400 MiB
+    hub_env.partial.parent.mkdir(parents=True)
+    with hub_env.partial.open("wb") as f:
+        f.truncate(100 * 1024**2)  # 100 MiB from an earlier run (sparse: instant)
+    free = shutil._ntuple_diskusage(total=10 * 1024**3, used=0, free=250 * 1024**2)  # type: ignore[attr-defined]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
 
+    with pytest.raises(DiskFullError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert one_line(info.value) == (
+        f"{REPO}/{FILE} @ main: needs 300.0 MiB more (100.0 MiB already downloaded) in {hub_env.cache}, "
+        "only 250.0 MiB free"
+    )
+    assert info.value.fix == "free 50.0 MiB or set HF_HOME to a bigger disk"
+    assert fake_hub.requests("GET") == []
+    assert hub_env.partial.stat().st_size == 100 * 1024**2  # kept for when there is room
+
+
+class _DiskFillsUp:
+    """The partial file on a disk that fills up after `room` more bytes: the OS seam is the write's ENOSPC."""
+
+    def __init__(self, f: Any, room: int) -> None:
+        self._f = f
+        self._room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            self._f.write(data[: self._room])
+            self._room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _DiskFillsUp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
+def test_disk_filling_up_mid_download_keeps_what_fits(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake_hub.serve_file()
-
-    def http_get_until_disk_full(url: str, temp_file: io.BufferedWriter, **kwargs: Any) -> None:
-        temp_file.write(CONTENT[:1000])
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(file_download, "http_get", http_get_until_disk_full)
+    real_open = hub._open_partial
+    monkeypatch.setattr(hub, "_open_partial", lambda path: _DiskFillsUp(real_open(path), room=40_000))
 
     with pytest.raises(DiskFullError) as info:
         hub.fetch_model(REPO, FILE)
 
     assert one_line(info.value) == (
         f"{REPO}/{FILE} @ main: ran out of disk space in {hub_env.cache} while downloading (the file is 0.1 MiB);"
-        " nothing partial was kept"
+        " the 39.1 KiB downloaded so far are kept and the next run resumes from there"
     )
+    assert info.value.fix == "Free some space there (24.9 KiB more needed), or set HF_HOME to a bigger disk."
+    assert hub_env.leftovers() == partial_only(hub_env)
+    assert hub_env.partial.read_bytes() == CONTENT[:40_000]
+
+    monkeypatch.setattr(hub, "_open_partial", real_open)
+    fake_hub.seen.clear()
+    assert_resumed_from(hub_env, fake_hub, 40_000)
+
+
+def test_xet_file_goes_through_huggingface_hub_which_keeps_nothing(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With hf_xet usable, a Xet-backed file is huggingface_hub's to transfer: no resume across runs, and we say so.
+
+    The OS seam (ENOSPC) is inside hf_xet, so file_download.xet_get stands in for it.
+    """
+    from huggingface_hub import file_download
+
+    fake_hub.serve_file(xet=True)
+    monkeypatch.setattr(file_download, "is_xet_available", lambda: True)
+    monkeypatch.setenv("KCUDA_HUB_XET", "1")  # opt in: by default Xet files come over resumable HTTP
+    calls: list[Path] = []
+
+    def xet_get_until_disk_full(*, incomplete_path: Path, **kwargs: Any) -> None:
+        calls.append(incomplete_path)
+        incomplete_path.write_bytes(CONTENT[:1000])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file_download, "xet_get", xet_get_until_disk_full)
+
+    with pytest.raises(DiskFullError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert one_line(info.value).endswith("while downloading (the file is 0.1 MiB); nothing partial was kept")
+    assert len(calls) == 1
+    assert fake_hub.requests("GET") == []
     assert hub_env.leftovers() == []
+
+
+@pytest.mark.parametrize("xet_installed", [False, True])
+def test_xet_file_is_downloaded_resumably_by_default(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, xet_installed: bool
+) -> None:
+    """Unless KCUDA_HUB_XET=1, a Xet file comes over resumable HTTP (from /resolve, redirected), hf_xet or not."""
+    from huggingface_hub import file_download
+
+    hub_env.monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.delenv("KCUDA_HUB_XET", raising=False)
+    monkeypatch.setattr(file_download, "is_xet_available", lambda: xet_installed)
+    fail_half_way(hub_env, fake_hub, xet=True)
+
+    mf = hub.fetch_model(REPO, FILE)
+
+    assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
+    (resolve,) = fake_hub.requests("GET", f"/{REPO}/resolve/")
+    (cdn,) = fake_hub.requests("GET", "/cdn/")
+    assert resolve.headers["authorization"] == f"Bearer {SECRET}"  # the Hub gets the token...
+    assert "authorization" not in cdn.headers  # ...the storage it redirects to does not
+    assert cdn.headers["range"] == f"bytes={HALF}-"
+    assert hub_env.leftovers() == COMPLETE
 
 
 def test_progress_bar_goes_to_stderr_only(

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from kcuda_validate.errors import ExitCode, KcudaError
+from kcuda_validate.errors import ExitCode, Interrupted, KcudaError
 from kcuda_validate.logs import log_path, setup_logging
 
 log = logging.getLogger("kcuda_validate.cli")
@@ -36,11 +38,22 @@ def _say(message: str, fix: str | None = None, show_log: bool = True) -> None:
     sys.stderr.flush()
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _route_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so reports are still written and the worker is stopped."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def run_with_boundary(invoke: Callable[[], Any], args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     setup_logging()
     log.info("start: kcuda-validate %s", " ".join(argv))
     debug = _debug_requested(argv)
+    _route_sigterm()
     try:
         result = invoke()
     except click.exceptions.Exit as exc:
@@ -60,6 +73,9 @@ def run_with_boundary(invoke: Callable[[], Any], args: list[str] | None = None) 
     except KeyboardInterrupt:
         _say("interrupted", show_log=False)
         return int(ExitCode.INTERRUPTED)
+    except Interrupted as exc:
+        _say(f"interrupted by {signal.Signals(exc.signum).name}", show_log=False)
+        return int(ExitCode.TERMINATED if exc.signum == signal.SIGTERM else ExitCode.INTERRUPTED)
     except KcudaError as exc:
         log.info("error (%s): %s", exc.exit_code.reason, exc.message, exc_info=debug)
         if debug:

@@ -1,8 +1,8 @@
 """Get one GGUF file from the Hugging Face Hub, or from its local cache, with failures a user can act on.
 
 `load` needs a real model file; most users have none lying around, so we fetch a small default one.
-huggingface_hub does the heavy lifting (cache layout, locking, atomic moves, Xet/HTTP transfer); this
-module adds what a validation tool needs on top of it:
+huggingface_hub provides the cache layout, the HTTP client (proxies, headers, token), the lock and the Xet
+transfer; this module adds what a validation tool needs on top of it:
 
 * cache first: a file already complete in the cache for the requested revision is returned with no
   network access at all, so a second run works offline and starts at once;
@@ -11,6 +11,10 @@ module adds what a validation tool needs on top of it:
   hard deadline (DNS hangs are not covered by socket timeouts);
 * disk check: the size from that metadata call is compared with the free space where the cache lives
   before a single byte is downloaded;
+* resume across runs: huggingface_hub 2.x cannot (see `_download`), so plain-HTTP downloads are done here
+  (see `_download_resumable`): into a stable partial file in the cache, continued with a Range request by the
+  next run after Ctrl-C, a dropped network or a full disk, checked against the file's sha256 before it becomes
+  a blob; Xet-served files (hf_xet installed) still go through hf_hub_download and restart from zero;
 * one-line errors: every Hub failure becomes one of the project's `KcudaError`s naming the repo, file
   and revision, with a fix.
 
@@ -25,7 +29,10 @@ huggingface_hub is imported inside functions only: `kcuda-validate --help` must 
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
+import os
 import re
 import shutil
 import sys
@@ -34,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from kcuda_validate.errors import (
@@ -64,6 +71,10 @@ for this very request), which then wins.
 # when its daily registry cache (HF_HOME/.agent_harnesses.json) is missing or stale.
 _DEADLINE_GRACE_S = 1.0
 _STALE_PARTIAL_S = 600.0  # a temp file untouched this long belongs to a download that died (killed process)
+_RETRIES = 5  # in-process reconnections in a row without new bytes, as huggingface_hub's http_get
+_RETRY_WAIT_S = 1.0
+_PARTIAL_TAG = "kcuda"  # blobs/<etag>.kcuda-<8 hex of the filename>.incomplete: see _partial_path
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_LISTED = 5
 
 _OR_OFFLINE = "or set HF_HUB_OFFLINE=1 to use the cache, or pass --model-path / --synthetic"
@@ -113,9 +124,9 @@ def _lookup_cache(repo_id: str, filename: str, revision: str) -> tuple[Path, str
 
     The same walk as huggingface_hub's try_to_load_from_cache (refs/<rev> -> commit -> snapshots/<commit>/<file>),
     done here because importing huggingface_hub.file_download costs ~0.6 s (httpx) and a cache hit should not.
-    Completeness: huggingface_hub downloads into a temp file, renames it to blobs/<etag> only after the size check
-    passed, and links the snapshot to it last; so a snapshot entry that resolves to an existing file is complete,
-    and a dangling or missing one means "not cached".
+    Completeness: huggingface_hub and _download_resumable both download into a temp or partial file, rename it to
+    blobs/<etag> only after the checks passed, and link the snapshot to it last; so a snapshot entry that resolves
+    to an existing file is complete, and a dangling or missing one means "not cached".
     """
     _check_names(repo_id, filename, revision)
     storage = cache_dir() / _repo_folder(repo_id)
@@ -213,29 +224,33 @@ def fetch_model(
     timeout = _metadata_timeout()
     remote = _fetch_metadata(repo_id, filename, rev, token, timeout)
 
-    storage = cache_dir() / _repo_folder(repo_id)
-    blob = storage / "blobs" / remote.etag
-    pointer = storage / "snapshots" / remote.commit / filename
-    already_local = blob.is_file() or pointer.is_file()
-    if not already_local:
-        _remove_stale_partials(blob)
-        if remote.size:
-            _check_free_space(remote.size, label)
-
     show = progress and _stderr_is_terminal() and constants.HF_HUB_DISABLE_PROGRESS_BARS is not True
     bar_class, stop_bar = _rich_bar_class(label) if show else (_SilentBar, _nothing)
+    kept = _Kept()
     start = time.perf_counter()
     try:
-        local = _download(repo_id, filename, rev, token, timeout, bar_class)
+        if remote.xet:
+            local, downloaded = _download_xet(remote, repo_id, filename, rev, token, timeout, bar_class, label)
+        else:
+            local, downloaded = _download_resumable(remote, repo_id, filename, rev, token, bar_class, label, kept)
+    except KcudaError:
+        raise
     except Exception as err:
         mapped = _map_error(
-            err, repo_id=repo_id, filename=filename, rev=rev, timeout=timeout, downloading=True, size=remote.size
+            err,
+            repo_id=repo_id,
+            filename=filename,
+            rev=rev,
+            timeout=timeout,
+            downloading=True,
+            size=remote.size,
+            kept=None if remote.xet else kept.bytes,
         )
         if mapped is None:
             raise
         raise mapped from err
     finally:
-        # Also on KeyboardInterrupt: huggingface_hub has already deleted its temp file (see _download).
+        # Also on KeyboardInterrupt; what the transfer wrote so far stays in its partial file for the next run.
         stop_bar()
     elapsed = time.perf_counter() - start
 
@@ -248,20 +263,43 @@ def fetch_model(
         revision=rev,
         commit_hash=commit,
         size_bytes=path.stat().st_size,
-        source="cache" if already_local else "download",
-        download_s=None if already_local else elapsed,
+        source="download" if downloaded else "cache",
+        download_s=elapsed if downloaded else None,
     )
+
+
+def _download_xet(
+    remote: _Remote,
+    repo_id: str,
+    filename: str,
+    rev: str,
+    token: str | None,
+    timeout: float,
+    bar_class: type,
+    label: str,
+) -> tuple[str, bool]:
+    """A Xet-served file, through hf_hub_download (hf_xet does the transfer); (snapshot path, transferred)."""
+    storage = cache_dir() / _repo_folder(repo_id)
+    blob = storage / "blobs" / remote.etag
+    pointer = storage / "snapshots" / remote.commit / filename
+    already_local = blob.is_file() or pointer.is_file()
+    if not already_local:
+        _remove_stale_partials(blob)
+        if remote.size:
+            _check_free_space(remote.size, label)
+    return _download(repo_id, filename, rev, token, timeout, bar_class), not already_local
 
 
 def _download(repo_id: str, filename: str, rev: str, token: str | None, timeout: float, bar_class: type) -> str:
     """hf_hub_download into the standard cache, which also writes refs/<rev> for the next, offline, run.
 
-    It makes a second, short HEAD of its own (ours just succeeded), then downloads into
-    blobs/<etag>.<random>.incomplete and renames that to the blob only once complete and size-checked; on any
-    failure, KeyboardInterrupt included, it deletes the temp file (`finally` in `_download_to_tmp_and_move`).
-    A dropped connection is resumed in-process with a Range request from the last whole chunk written (up to 5
-    times in a row without progress); 2.x no longer resumes across runs, so nothing partial is worth keeping.
-    We never pass force_download, which would bypass the cache.
+    Used for Xet-served files only (see _download_resumable for the rest). What huggingface_hub 2.4.0 does
+    (file_download.py): it makes a second, short HEAD of its own (ours just succeeded), then
+    `_download_to_tmp_and_move` downloads into blobs/<etag>.<uuid4 hex[:8]>.incomplete, a name unique to this
+    call, and renames it to the blob once complete and size-checked; its `finally` deletes that temp file on any
+    failure, KeyboardInterrupt included. `http_get` resumes a dropped connection in-process only (Range from
+    the bytes written, up to 5 times in a row without progress); there is no resume_download or equivalent any
+    more, so nothing partial survives the process. We never pass force_download, which would bypass the cache.
     """
     from huggingface_hub import hf_hub_download
 
@@ -273,6 +311,279 @@ def _download(repo_id: str, filename: str, rev: str, token: str | None, timeout:
         etag_timeout=timeout,
         tqdm_class=bar_class,  # type: ignore[arg-type]  # any tqdm-like class works (see _SilentBar)
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resumable plain-HTTP download
+
+
+def _partial_path(storage: Path, etag: str, filename: str) -> Path:
+    """Where a plain-HTTP download of `filename` (content `etag`) accumulates, the same path in every run.
+
+    blobs/<etag>.kcuda-<8 hex of sha256(filename)>.incomplete:
+
+    * in blobs/, next to the blob it will become: the final rename stays in one directory (atomic), and
+      `hf cache rm` of the repo takes it along;
+    * `.incomplete`: huggingface_hub's cache scan (`scan_cache_dir`, `hf cache scan`) lists it as an incomplete
+      download, `hf cache prune` deletes it, and nothing else in the library looks at blobs/ except through
+      snapshots/. The library's own temp files are <etag>.<8 hex>.incomplete, unique per call ("kcuda-" is not
+      hex): neither side ever touches the other's;
+    * the etag (the content's hash) in the name: a partial is only ever continued with bytes of the same
+      content, whatever commit or CDN URL they come from; the filename hash tells our outdated partials of this
+      file (older etags, see _remove_stale_partials) from those of other files.
+    """
+    tag = hashlib.sha256(filename.encode()).hexdigest()[:8]
+    return storage / "blobs" / f"{etag}.{_PARTIAL_TAG}-{tag}.incomplete"
+
+
+def _download_resumable(
+    remote: _Remote,
+    repo_id: str,
+    filename: str,
+    rev: str,
+    token: str | None,
+    bar_class: type,
+    label: str,
+    kept: _Kept,
+) -> tuple[str, bool]:
+    """The file into the cache over plain HTTP, continuing what an earlier run left; (snapshot path, transferred).
+
+    The cache ends exactly as hf_hub_download leaves it (blobs/<etag>, snapshots/<commit>/<file> -> the blob,
+    refs/<rev>), written by its own helpers. The transfer runs under huggingface_hub's lock for this blob
+    (.locks/<repo folder>/<etag>.lock, the one hf_hub_download takes): a concurrent run, ours or any other
+    huggingface_hub user's, waits for it and then finds the blob. The blob appears only once the whole file is
+    there, size- and sha256-checked and synced to disk; the snapshot link only once the blob is there.
+    On failure `kept.bytes` tells how much the partial file keeps for the next run.
+    """
+    from huggingface_hub import file_download
+    from huggingface_hub.utils import WeakFileLock
+
+    cache = cache_dir()
+    storage = cache / _repo_folder(repo_id)
+    blob = storage / "blobs" / remote.etag
+    pointer = storage / "snapshots" / remote.commit / filename
+    if pointer.is_file():  # e.g. a tag seen for the first time, pointing at a commit we have
+        _record_ref(storage, rev, remote.commit)
+        return str(pointer), False
+
+    partial = _partial_path(storage, remote.etag, filename)
+    lock = cache / ".locks" / _repo_folder(repo_id) / f"{remote.etag}.lock"
+    for folder in (blob.parent, pointer.parent, lock.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    tag_cache = getattr(file_download, "_create_cachedir_tag", None)  # CACHEDIR.TAG, as hf_hub_download does
+    if tag_cache is not None:
+        tag_cache(cache)
+    _remove_stale_partials(blob, partial)
+
+    transferred = False
+    with WeakFileLock(lock):
+        if blob.is_file():  # finished by another process while we waited, or the same content under another name
+            partial.unlink(missing_ok=True)
+        else:
+            _fill_partial(remote, partial, token, bar_class, label, kept)
+            file_download._chmod_and_move(partial, blob)  # the library's permissions, then an atomic rename
+            transferred = True
+        if not pointer.is_file():
+            file_download._create_symlink(str(blob), str(pointer), new_blob=transferred)
+    _record_ref(storage, rev, remote.commit)
+    return str(pointer), transferred
+
+
+def _record_ref(storage: Path, rev: str, commit: str) -> None:
+    """refs/<rev> -> commit, for the next, offline, run; best effort (a read-only cache still serves the file)."""
+    from huggingface_hub import file_download
+
+    with contextlib.suppress(OSError):
+        file_download._cache_commit_hash_for_specific_revision(str(storage), rev, commit)
+
+
+class _Corrupt(Exception):
+    """The server sent something that cannot be the file; the partial file must go."""
+
+
+def _fill_partial(remote: _Remote, partial: Path, token: str | None, bar_class: type, label: str, kept: _Kept) -> None:
+    """Complete `partial` from the bytes it already holds, and check it; on failure keep what can be resumed.
+
+    The check: the size (the loop stops at it, and more is an error), then, when the etag is a sha256 (LFS files,
+    so every GGUF), the sha256 of the file as it is on disk after fsync, which is what becomes the blob (one
+    read of a file the page cache still holds: ~0.4 s for 500 MB). A mismatch after resuming may come from the
+    earlier run's bytes (a crash or power cut can leave garbage at the end of a file), so the partial is
+    discarded and the file fetched once more from byte 0 in the same call; a mismatch of bytes all fetched in
+    this call is an error, and nothing is kept.
+    """
+    host = urlsplit(remote.url).netloc or remote.url
+    bar: Any = None
+    try:
+        for attempt in (1, 2):
+            with _open_partial(partial) as f:
+                have = f.seek(0, os.SEEK_END)
+                if remote.size is not None and have > remote.size:
+                    have = f.truncate(0)  # longer than the file: not something to continue
+                if attempt == 1 and remote.size is not None:
+                    _check_free_space(remote.size - have, label, have)
+                if bar is None:
+                    bar = bar_class(total=remote.size, initial=have, desc=label, unit="B", unit_scale=True)
+                sink = _Sink(f, have, bar)
+                _stream_rest(remote, sink, token)
+                _sync(f)
+                if not _SHA256.fullmatch(remote.etag) or _sha256_of(f) == remote.etag:
+                    return
+            partial.unlink()
+            bar.update(-sink.have)
+            resumed = have > 0 and not sink.restarted
+            if not resumed or attempt == 2:
+                raise HubUnreachableError(
+                    f"the download of {label} from {host} does not match its sha256 ({remote.etag[:12]}…); "
+                    "the bad copy was deleted, nothing partial was kept",
+                    fix="Run again; if it keeps failing, a proxy or security software may be altering downloads "
+                    "(or pass --model-path / --synthetic).",
+                )
+    except _Corrupt as err:
+        partial.unlink(missing_ok=True)
+        raise HubUnreachableError(
+            f"{host} sent {err} while downloading {label}; nothing partial was kept",
+            fix="Run again; if it keeps failing, check HF_ENDPOINT and any proxy between you and the Hub.",
+        ) from None
+    except BaseException:
+        kept.bytes = _file_size(partial)
+        if not kept.bytes:
+            partial.unlink(missing_ok=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _stream_rest(remote: _Remote, sink: _Sink, token: str | None) -> None:
+    """GET the bytes the sink lacks (`Range: bytes=<have>-`) until it holds the whole file.
+
+    Same client and policy as huggingface_hub's http_get (file_download.py): its shared httpx client
+    (`http_stream_backoff` -> `get_session()`: proxies, CA bundle, user agent), its headers (`build_hf_headers`:
+    HF_TOKEN / the stored login, dropped for a CDN as hf_hub_download does), its timeout (HF_HUB_DOWNLOAD_TIMEOUT),
+    408/429 retried with backoff, other errors raised (`hf_raise_for_status`), and a dropped connection or a
+    timeout resumed after 1 s from the bytes written, up to 5 times in a row without new bytes. A 200 to a Range
+    request (the server ignored it) restarts the file from byte 0 with that body, as http_get does; a 416 or a
+    206 for another range gets the whole file asked for again.
+    """
+    import httpx2
+    from huggingface_hub import constants, file_download
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+
+    headers = build_hf_headers(token=token)
+    if not remote.send_token:
+        headers.pop("authorization", None)
+    headers["Accept-Encoding"] = "identity"  # byte offsets must be the file's, not those of a compressed body
+    size = remote.size
+    retries = _RETRIES
+    while size is None or sink.have < size:
+        request = dict(headers)
+        if sink.have:
+            request["Range"] = f"bytes={sink.have}-"
+        before = sink.have
+        try:
+            with http_stream_backoff(
+                "GET",
+                remote.url,
+                headers=request,
+                timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                retry_on_exceptions=(),
+                retry_on_status_codes=(408, 429),
+            ) as response:
+                if response.status_code == 416 and sink.have:  # the partial cannot be continued
+                    sink.restart()
+                    continue
+                hf_raise_for_status(response)
+                start = _first_byte(response)
+                if start != sink.have:
+                    if start == 0:  # Range ignored: the whole file follows
+                        sink.restart()
+                    elif sink.have:
+                        sink.restart()
+                        continue
+                    else:
+                        raise _Corrupt(f"HTTP {response.status_code} with no usable Content-Range")
+                if size is None:
+                    size = file_download._get_file_length_from_http_response(response)
+                for chunk in response.iter_bytes():
+                    if size is not None and sink.have + len(chunk) > size:
+                        raise _Corrupt(f"more than the {size} bytes the Hub announced")
+                    sink.write(chunk)
+                    retries = _RETRIES
+            if size is None:
+                return  # nothing announced the size: the end of the body is the end of the file
+            if sink.have < size and (response.status_code != 206 or sink.have == before):
+                # A complete response, yet short: not a dropped connection (that raises), another file.
+                raise _Corrupt(f"{sink.have} of the {size} bytes the Hub announced, then ended the transfer")
+            # (a short 206 that made progress: a server that caps ranges; ask for the rest)
+        except (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError):
+            if retries <= 0:
+                raise
+            retries -= 1
+            time.sleep(_RETRY_WAIT_S)
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-\d+/(?:\d+|\*)")
+
+
+def _first_byte(response: Any) -> int | None:
+    """The offset in the file of the response body's first byte: 0 for a 200, from Content-Range for a 206."""
+    if response.status_code == 200:
+        return 0
+    if response.status_code == 206:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+        return int(match.group(1)) if match else None
+    return None
+
+
+class _Sink:
+    """The partial file being filled from `have` on, and the progress bar that follows it."""
+
+    def __init__(self, f: BinaryIO, have: int, bar: Any) -> None:
+        self.f = f
+        self.have = have
+        self.bar = bar
+        self.restarted = False  # whether the bytes of an earlier run were thrown away
+        f.seek(have)
+
+    def write(self, chunk: bytes) -> None:
+        self.f.write(chunk)
+        self.have += len(chunk)
+        self.bar.update(len(chunk))
+
+    def restart(self) -> None:
+        """Back to an empty file (the server ignored our Range, or what we had cannot be continued)."""
+        self.f.seek(0)
+        self.f.truncate()
+        self.bar.update(-self.have)
+        self.have = 0
+        self.restarted = True
+
+
+def _sha256_of(f: BinaryIO) -> str:
+    f.seek(0)
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _open_partial(path: Path) -> BinaryIO:
+    """The partial file for reading and writing, as it is (created empty when missing)."""
+    return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+b")
+
+
+def _sync(f: BinaryIO) -> None:
+    """Flush and fsync: the blob this becomes must survive a power cut with the bytes that were checked."""
+    f.flush()
+    try:
+        os.fsync(f.fileno())
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):  # filesystems without fsync: go on
+            raise
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _metadata_timeout() -> float:
@@ -290,6 +601,16 @@ class _Remote:
     commit: str
     etag: str  # the blob's name in the cache (sha256 for LFS/Xet files)
     size: int | None
+    url: str = ""  # where to GET the bytes: the CDN location the Hub redirected to, or the /resolve URL itself
+    send_token: bool = True  # False for a CDN: the token is for the Hub only (as huggingface_hub decides)
+    xet: bool = False  # a Xet file and hf_xet is usable: huggingface_hub does the transfer
+
+
+@dataclass
+class _Kept:
+    """How many bytes a failed plain-HTTP transfer left in its partial file, for the error message."""
+
+    bytes: int = 0
 
 
 def _fetch_metadata(repo_id: str, filename: str, rev: str, token: str | None, timeout: float) -> _Remote:
@@ -331,7 +652,33 @@ def _fetch_metadata(repo_id: str, filename: str, rev: str, token: str | None, ti
             f"(no {missing} header)",
             fix="Check HF_ENDPOINT and any proxy or captive portal between you and the Hub, " + _OR_OFFLINE,
         )
-    return _Remote(commit=meta.commit_hash, etag=meta.etag, size=meta.size)
+    return _Remote(commit=meta.commit_hash, etag=meta.etag, size=meta.size, **_download_source(url, meta))
+
+
+def _download_source(url: str, meta: Any) -> dict[str, Any]:
+    """Where the bytes come from and whether the token goes there: hf_hub_download's rules, from the same HEAD.
+
+    `_get_metadata_or_catch_error` (file_download.py) downloads a non-Xet file from `meta.location` (the CDN
+    URL of the Hub's 302, saving a redirect) and drops the token unless that is the Hub's own host. A Xet file
+    without hf_xet is fetched from the /resolve URL, following the redirect (httpx drops the token cross-host).
+    """
+    from huggingface_hub import file_download
+
+    if meta.xet_file_data is not None:
+        # hf_xet transfers in parallel but cannot resume across runs; a model download that survives Ctrl-C
+        # matters more here, so Xet-backed files come over resumable HTTP unless KCUDA_HUB_XET=1 asks for hf_xet.
+        use_xet = os.environ.get("KCUDA_HUB_XET", "") not in ("", "0") and bool(file_download.is_xet_available())
+        return {"url": url, "send_token": True, "xet": use_xet}
+    location = meta.location or url
+    if location == url:
+        return {"url": url, "send_token": True, "xet": False}
+    try:
+        from huggingface_hub.utils._http import _is_same_or_hub_host
+
+        same = _is_same_or_hub_host(url, location)
+    except ImportError:  # older huggingface_hub: same origin only
+        same = urlsplit(url)[:2] == urlsplit(location)[:2]
+    return {"url": location, "send_token": same, "xet": False}
 
 
 class _NoAnswer(Exception):
@@ -377,8 +724,12 @@ def _map_error(
     token: str | None = None,
     downloading: bool = False,
     size: int | None = None,
+    kept: int | None = None,
 ) -> KcudaError | None:
-    """The project's error for a huggingface_hub / httpx / OS failure, or None when we do not understand it."""
+    """The project's error for a huggingface_hub / httpx / OS failure, or None when we do not understand it.
+
+    `kept`: bytes a failed resumable download left for the next run (None: a transfer that keeps nothing).
+    """
     import httpx2
     from huggingface_hub import constants
     from huggingface_hub.errors import (
@@ -396,12 +747,18 @@ def _map_error(
     host = _hub_host()
 
     if _is_disk_full(err):
-        return _disk_full_error(label, cache_dir(), None, size)
+        return _disk_full_error(label, cache_dir(), None, size, kept)
 
     if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
         # hf_hub_download's own HEAD failed (the Hub went away between our HEAD and its): report the cause.
         return _map_error(
-            err.__cause__, repo_id=repo_id, filename=filename, rev=rev, timeout=timeout, downloading=downloading
+            err.__cause__,
+            repo_id=repo_id,
+            filename=filename,
+            rev=rev,
+            timeout=timeout,
+            downloading=downloading,
+            kept=kept,
         )
 
     if isinstance(err, OfflineModeIsEnabled):
@@ -455,8 +812,8 @@ def _map_error(
         if downloading and answered_by != host:
             # The file's storage (CDN, Xet bridge) failed us after the Hub itself said yes: transient, not a verdict.
             return HubUnreachableError(
-                f"{answered_by} answered HTTP {status} while downloading {label}; nothing partial was kept",
-                fix="Run again in a minute; " + _UNREACHABLE_FIX,
+                f"{answered_by} answered HTTP {status} while downloading {label}; {_kept_note(kept)}",
+                fix=f"Run again in a minute{' to resume' if kept else ''}; " + _UNREACHABLE_FIX,
             )
         if status == 401:
             # Not gated and not "repo not found": the Hub rejected the credentials themselves.
@@ -489,8 +846,8 @@ def _map_error(
         reason = _transport_reason(err, timeout)
         if downloading:
             return HubUnreachableError(
-                f"connection lost while downloading {label} ({reason}); nothing partial was kept",
-                fix="Run again (the download restarts); " + _UNREACHABLE_FIX,
+                f"connection lost while downloading {label} ({reason}); {_kept_note(kept)}",
+                fix=f"Run again ({'it resumes' if kept else 'the download restarts'}); " + _UNREACHABLE_FIX,
             )
         fix = _UNREACHABLE_FIX
         if isinstance(err, httpx2.TimeoutException):
@@ -595,8 +952,11 @@ def _clip(text: str, limit: int = 200) -> str:
 # Disk
 
 
-def _check_free_space(size: int, label: str) -> None:
-    """Refuse to start a download that cannot fit: failing after 400 MB is slower and can fill the disk for others."""
+def _check_free_space(need: int, label: str, have: int = 0) -> None:
+    """Refuse to start a download that cannot fit: failing after 400 MB is slower and can fill the disk for others.
+
+    `need`: the bytes still to download; `have`: those a partial file already holds (they need no new space).
+    """
     where = cache_dir()
     probe = where
     while not probe.exists() and probe != probe.parent:
@@ -605,22 +965,30 @@ def _check_free_space(size: int, label: str) -> None:
         free = shutil.disk_usage(probe).free
     except OSError:
         return  # cannot tell; the download itself will report ENOSPC
-    if free < size:
-        raise _disk_full_error(label, where, (size, free))
+    if free < need:
+        raise _disk_full_error(label, where, (need, free), have=have)
 
 
 def _disk_full_error(
-    label: str, where: Path, need_free: tuple[int, int] | None, size: int | None = None
+    label: str,
+    where: Path,
+    need_free: tuple[int, int] | None,
+    size: int | None = None,
+    kept: int | None = None,
+    *,
+    have: int = 0,
 ) -> DiskFullError:
     if need_free is None:
         what = f" (the file is {_mib(size)})" if size else ""
+        more = f" ({_amount(size - kept)} more needed)" if size and kept else ""
         return DiskFullError(
-            f"{label}: ran out of disk space in {where} while downloading{what}; nothing partial was kept",
-            fix="Free some space there, or set HF_HOME to a bigger disk.",
+            f"{label}: ran out of disk space in {where} while downloading{what}; {_kept_note(kept)}",
+            fix=f"Free some space there{more}, or set HF_HOME to a bigger disk.",
         )
     need, free = need_free
+    already = f" more ({_amount(have)} already downloaded)" if have else ""
     return DiskFullError(
-        f"{label}: needs {_mib(need)} in {where}, only {_mib(free)} free",
+        f"{label}: needs {_mib(need)}{already} in {where}, only {_mib(free)} free",
         fix=f"free {_mib(need - free)} or set HF_HOME to a bigger disk",
     )
 
@@ -630,7 +998,7 @@ def _is_disk_full(err: BaseException) -> bool:
     for _ in range(8):
         if cur is None:
             return False
-        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if "No space left on device" in str(cur):  # hf_xet reports OS errors as text
             return True
@@ -638,14 +1006,24 @@ def _is_disk_full(err: BaseException) -> bool:
     return False
 
 
-def _remove_stale_partials(blob: Path) -> None:
-    """Delete temp files of this blob left by a killed process (SIGKILL skips huggingface_hub's cleanup).
+_LIBRARY_TEMP = re.compile(r"\.[0-9a-f]{8}\.incomplete")  # what follows <etag> in huggingface_hub's temp names
 
-    huggingface_hub 2.x names them <etag>.<random>.incomplete and never resumes from them; a live download
-    writes to its own every few seconds, so an old one is dead weight that would only eat the disk check.
+
+def _remove_stale_partials(blob: Path, ours: Path | None = None) -> None:
+    """Delete dead partial files of this blob, and of our file under an older etag, untouched for 10 minutes.
+
+    huggingface_hub 2.x names its temp files <etag>.<8 hex>.incomplete, deletes them itself unless the process
+    was killed (SIGKILL), and never resumes from them: an old one is dead weight that would only eat the disk
+    check. `ours` is this file's resumable partial (see _partial_path): kept, whatever its age; our partials of
+    the same repo file under another etag (the file changed on the Hub since) can never be resumed. A live
+    download writes to its file every few seconds, so the age test spares other processes' work in progress.
     """
     try:
-        candidates = list(blob.parent.glob(f"{blob.name}.*.incomplete"))
+        mine = len(blob.name)
+        candidates = [p for p in blob.parent.glob(f"{blob.name}.*") if _LIBRARY_TEMP.fullmatch(p.name[mine:])]
+        if ours is not None:
+            suffix = ours.name[mine:]
+            candidates += [p for p in blob.parent.glob(f"*{suffix}") if p.name != ours.name]
     except OSError:
         return
     now = time.time()
@@ -657,8 +1035,23 @@ def _remove_stale_partials(blob: Path) -> None:
             pass
 
 
+def _kept_note(kept: int | None) -> str:
+    if not kept:
+        return "nothing partial was kept"
+    return f"the {_amount(kept)} downloaded so far are kept and the next run resumes from there"
+
+
 def _mib(n: int) -> str:
     return f"{n / 1024**2:.1f} MiB"
+
+
+def _amount(n: int) -> str:
+    """A byte count for a message: MiB, or KiB / bytes when that would read 0.0 MiB."""
+    if n >= 1024**2:
+        return _mib(n)
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n} bytes"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -740,14 +1133,18 @@ def _rich_bar_class(label: str) -> tuple[type[_SilentBar], Callable[[], None]]:
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
+    from rich.table import Column
 
+    # One line whatever the width: the numbers keep their room, the bar shrinks and the label is cut short (…).
+    console = Console(stderr=True)
+    label_width = max(12, console.width - 14 - 10 - 7 - 6 - 4)  # the numbers, a 6-cell bar, the gaps
     display = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
+        TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=label_width)),
+        BarColumn(bar_width=None, table_column=Column(min_width=6, ratio=1)),
+        DownloadColumn(table_column=Column(no_wrap=True, min_width=14)),
+        TransferSpeedColumn(table_column=Column(no_wrap=True, min_width=10)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)),
+        console=console,
     )
     lock = threading.Lock()
     started = False

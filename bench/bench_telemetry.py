@@ -1,0 +1,111 @@
+"""What the NVML telemetry sampler costs generation: runs with and without it, alternated.
+
+In the tool the sampler runs in the parent process while the worker child generates, so it competes
+only for CPU time. This bench is harsher: sampler thread and decode loop share one process (and its
+GIL). Without a GPU, the sampler reads a stand-in NVML module whose calls return constants, so what is
+measured is the sampler's own Python and thread cost, not the driver's.
+
+Run: python3 -m uv run python bench/bench_telemetry.py [--model PATH]
+Goal: < 1% of generation tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _util import machine, real_model, table
+
+
+class StandInNvml:
+    """Answers the calls Nvml.sample makes, like a healthy driver would (no GPU here)."""
+
+    class NVMLError(Exception):
+        value = 999
+
+    NVML_TEMPERATURE_GPU = 0
+    NVML_CLOCK_SM = 1
+    NVML_CLOCK_MEM = 2
+
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> SimpleNamespace:
+        return SimpleNamespace(gpu=97, memory=80)
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:
+        return SimpleNamespace(total=24 << 30, free=20 << 30, used=4 << 30)
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        return 350_000
+
+    def nvmlDeviceGetTemperature(self, h: int, s: int) -> int:
+        return 65
+
+    def nvmlDeviceGetClockInfo(self, h: int, c: int) -> int:
+        return 2520
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> int:
+        return 123456789
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--pairs", type=int, default=6)
+    args = ap.parse_args()
+    model = args.model or real_model()
+
+    from kcuda_validate.gpu.nvml import Nvml
+    from kcuda_validate.llm.inference import Inferencer, InferOptions
+    from kcuda_validate.llm.loader import LoadOptions, ModelLoader
+    from kcuda_validate.telemetry import TelemetrySampler
+
+    loaded = ModelLoader(LoadOptions(n_ctx=1024, cpu_mode=True)).load(model)
+    inf = Inferencer(loaded)
+    opts = InferOptions(prompt="Tell me a long story.", max_tokens=args.tokens, ignore_eos=True, chat=False)
+    tokens = inf.tokenize(opts.prompt)
+    nvml = Nvml.open(StandInNvml())
+
+    def plain() -> float:
+        return inf.generate(tokens, opts).gen_tps_wall
+
+    samples_taken: list[int] = []
+
+    def sampled() -> float:
+        sampler = TelemetrySampler(nvml, 0).start()
+        tps = inf.generate(tokens, opts).gen_tps_wall
+        samples_taken.append(sampler.stop().samples)
+        return tps
+
+    plain()
+    sampled()
+    a, b = [], []
+    for _ in range(args.pairs):
+        a.append(plain())
+        b.append(sampled())
+    loaded.close()
+    ma, mb = statistics.median(a), statistics.median(b)
+    print(f"Machine: {machine()}\nModel: {model.name}, {args.tokens} tokens, {args.pairs} alternated pairs\n")
+    print(
+        table(
+            ["run", "median gen tok/s (wall)", "samples/run"],
+            [
+                ["without sampler", f"{ma:.2f}", "0"],
+                ["with 10 Hz sampler (same process)", f"{mb:.2f}", f"{statistics.median(samples_taken):.0f}"],
+            ],
+        )
+    )
+    print(f"\ncost: {(1 - mb / ma) * 100:+.2f}% of generation speed (goal < 1%)")
+
+
+if __name__ == "__main__":
+    main()
