@@ -8,6 +8,7 @@ The gguf package's reader maps every tensor into numpy and takes seconds on a
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import struct
 from collections import Counter
@@ -297,7 +298,7 @@ class _Truncated(Exception):
 class _Cursor:
     __slots__ = ("buf", "off", "size")
 
-    def __init__(self, buf: bytes) -> None:
+    def __init__(self, buf: bytes | mmap.mmap) -> None:
         self.buf = buf
         self.off = 0
         self.size = len(buf)
@@ -329,7 +330,16 @@ class _Cursor:
         # The vocabulary can hold 250k strings; this loop is the reader's hot path.
         buf, off, unpack = self.buf, self.off, _U64.unpack_from
         try:
-            for _ in itertools.repeat(None, count):
+            for _ in itertools.repeat(None, count >> 3):  # unrolled: loop overhead is most of the cost
+                off += 8 + unpack(buf, off)[0]
+                off += 8 + unpack(buf, off)[0]
+                off += 8 + unpack(buf, off)[0]
+                off += 8 + unpack(buf, off)[0]
+                off += 8 + unpack(buf, off)[0]
+                off += 8 + unpack(buf, off)[0]
+                off += 8 + unpack(buf, off)[0]
+                off += 8 + unpack(buf, off)[0]
+            for _ in itertools.repeat(None, count & 7):
                 off += 8 + unpack(buf, off)[0]
         except struct.error:
             raise _Truncated from None
@@ -377,19 +387,15 @@ def read_gguf(path: Path | str) -> GgufInfo:
                     f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')",
                     fix="Pass a .gguf model file (convert other formats with llama.cpp's convert_hf_to_gguf.py).",
                 )
-            # Read the header in growing chunks: most headers fit in a few MB.
-            chunk = min(file_size, 8 * 1024 * 1024)
-            while True:
-                fh.seek(0)
-                buf = fh.read(chunk)
+            # Map the file instead of reading it: the vocabulary alone can be several MB, and copying it
+            # costs more than walking it. Pages are only touched where the header actually is.
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 try:
-                    return _parse(path, buf, file_size)
+                    return _parse(path, mm, file_size)
                 except _Truncated:
-                    if chunk >= file_size or chunk >= _MAX_HEADER_BYTES:
-                        raise ModelInvalidError(
-                            f"{path}: GGUF header is truncated ({file_size} bytes)", fix=fix_redownload
-                        ) from None
-                    chunk = min(file_size, chunk * 4, _MAX_HEADER_BYTES)
+                    raise ModelInvalidError(
+                        f"{path}: GGUF header is truncated ({file_size} bytes)", fix=fix_redownload
+                    ) from None
     except FileNotFoundError:
         raise ModelInvalidError(f"{path}: no such file", fix="Check the path passed to --model-path.") from None
     except IsADirectoryError:
@@ -400,7 +406,7 @@ def read_gguf(path: Path | str) -> GgufInfo:
         raise ModelInvalidError(f"{path}: corrupt GGUF metadata ({exc})", fix=fix_redownload) from None
 
 
-def _parse(path: Path, buf: bytes, file_size: int) -> GgufInfo:
+def _parse(path: Path, buf: bytes | mmap.mmap, file_size: int) -> GgufInfo:
     cur = _Cursor(buf)
     cur.off = 4
     version = cur.u32()
