@@ -18,7 +18,7 @@ from typing import Any
 from kcuda_validate.checks import Check, Status, verdict
 from kcuda_validate.errors import ExitCode, UsageError
 from kcuda_validate.gpu.cudadrv import CudaDriverInfo, probe_cuda_driver
-from kcuda_validate.gpu.nvml import DriverInfo, GpuInfo, Nvml, NvmlInitError
+from kcuda_validate.gpu.nvml import DriverInfo, GpuInfo, Nvml, NvmlInitError, parse_visible_devices
 from kcuda_validate.gpu.platform import PlatformInfo, on_windows_mount, probe_platform
 from kcuda_validate.gpu.torchprobe import TorchInfo, probe_torch
 from kcuda_validate.llm.build import REBUILD_CMD, LlamaBuildInfo, arch_compatibility, probe_llama_build
@@ -105,27 +105,6 @@ class DetectReport:
 
 def _check(id: str, title: str, status: Status, summary: str, fix: str | None = None, code=ExitCode.OK, **ev):
     return Check(id, STAGE, title, status, summary, ev, fix, code)
-
-
-def parse_visible_devices(value: str | None, gpus: tuple[GpuInfo, ...]) -> tuple[int, ...] | None:
-    """NVML indices hidden by CUDA_VISIBLE_DEVICES (None when unset). Accepts indices and UUID prefixes."""
-    if value is None:
-        return None
-    tokens = [t.strip() for t in value.split(",") if t.strip()]
-    visible: list[int] = []
-    for token in tokens:
-        match = None
-        if token.lstrip("-").isdigit():
-            idx = int(token)
-            if idx < 0:
-                break  # CUDA stops at the first invalid entry
-            match = next((g.index for g in gpus if g.index == idx), None)
-        else:
-            match = next((g.index for g in gpus if g.uuid and g.uuid.startswith(token)), None)
-        if match is None:
-            break
-        visible.append(match)
-    return tuple(g.index for g in gpus if g.index not in visible)
 
 
 class GpuDetector:
@@ -824,12 +803,9 @@ class GpuDetector:
 
 
 def _dist_version(name: str) -> str | None:
-    import importlib.metadata
+    from kcuda_validate.versions import dist_version
 
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return dist_version(name)
 
 
 def _version_gt(a: str | None, b: str | None) -> bool:

@@ -79,12 +79,18 @@ class WorkerOutcome:
 class Worker:
     """One child process running kcuda_validate.worker. Start early, then `run()`."""
 
-    def __init__(self, env: dict[str, str] | None = None, tail: int = 40) -> None:
+    def __init__(self, env: dict[str, str] | None = None, tail: int = 40, pin: str | None = None) -> None:
+        """`pin`: the CUDA_VISIBLE_DEVICES the model stages will use ("" = no GPU), known before spawning so
+        the child can import llama.cpp at once; None = decided later by the request."""
         self._env = dict(os.environ if env is None else env)
+        if pin is not None:
+            self._env["CUDA_VISIBLE_DEVICES"] = pin
+            self._env["KCUDA_WORKER_PIN"] = "1"
         self._tail: deque[str] = deque(maxlen=tail)
         self.proc: subprocess.Popen[str] | None = None
         self._stderr_thread: threading.Thread | None = None
         self._buf = ""
+        self._done = False
 
     def start(self) -> Worker:
         """Spawn now so the child's imports overlap with the parent's own checks."""
@@ -155,10 +161,21 @@ class Worker:
         """Stop the child's whole process group: SIGTERM, then SIGKILL."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        if self._done:
+            return  # it os._exit()s right after "done"; _finish left a reaper for it
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+    def _reap(self) -> None:
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -205,6 +222,7 @@ class Worker:
                 elif kind == "error":
                     out.error = ev
                 elif kind == "done":
+                    self._done = True
                     break
         except TimeoutError:
             out.timeout_stage, out.timeout_s = out.stage, timeout_s
@@ -241,8 +259,13 @@ class Worker:
         with contextlib.suppress(OSError):
             if self.proc.stdin:
                 self.proc.stdin.close()
+        if self._done:
+            # Every result is in; the child is tearing down (unmapping the model takes ~0.1 s). Reap it in the
+            # background instead of waiting, and make sure it is gone within seconds.
+            threading.Thread(target=self._reap, daemon=True).start()
+            return 0
         try:
-            rc = self.proc.wait(timeout=30)
+            rc = self.proc.wait(timeout=30)  # the worker os._exit()s right after "done": quick
         except subprocess.TimeoutExpired:
             self.kill()
             rc = self.proc.returncode if self.proc.returncode is not None else -9

@@ -16,7 +16,14 @@ from typing import Any
 
 from kcuda_validate.checks import Check, Metric, Status, failed, passed, skipped, warned
 from kcuda_validate.errors import ExitCode, KcudaError, UsageError
-from kcuda_validate.gpu.nvml import GpuInfo, Nvml, NvmlInitError
+from kcuda_validate.gpu.nvml import (
+    GpuInfo,
+    Nvml,
+    NvmlInitError,
+    choose_gpu,
+    usable_gpus,
+    worker_pin,
+)
 from kcuda_validate.isolation import Interrupted, Worker, WorkerOutcome
 from kcuda_validate.llm.inference import InferenceResult, InferOptions
 from kcuda_validate.llm.llamalog import LogLine, parse_load_log
@@ -102,19 +109,21 @@ class Stages:
             )
             return False
         driver = nvml.driver()
-        from kcuda_validate.detect import parse_visible_devices
-
         gpus = tuple(nvml.gpu(i) for i in range(driver.device_count))
-        hidden = parse_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus) or ()
-        candidates = [g for g in gpus if g.index not in hidden and not g.lost and g.error is None]
-        if device is not None:
-            candidates = [g for g in gpus if g.index == device]
-            if not candidates:
-                nvml.close()
-                raise UsageError(
-                    f"--device {device}: no such GPU (found {len(gpus)})",
-                    fix="Pick an index from `kcuda-validate detect`, or --device cpu.",
-                )
+        if device is not None and device not in {g.index for g in gpus}:
+            nvml.close()
+            raise UsageError(
+                f"--device {device}: no such GPU (found {len(gpus)})",
+                fix="Pick an index from `kcuda-validate detect`, or --device cpu.",
+            )
+        chosen = choose_gpu(gpus, device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        candidates = [chosen] if chosen is not None else []
+        if not candidates:
+            nvml.close()
+            raise UsageError(
+                f"--device {device}: no such GPU (found {len(gpus)})",
+                fix="Pick an index from `kcuda-validate detect`, or --device cpu.",
+            )
         if not candidates:
             nvml.close()
             self.report.add(
@@ -626,7 +635,7 @@ class Stages:
         )
         request = self._request(cpu_run, resolved, info)
         request["cuda_visible_devices"] = ""
-        out = Worker().run(request, run.timeout_s)
+        out = Worker(pin="").run(request, run.timeout_s)
         if out.inferred is None:
             reason = out.error["message"] if out.error else (out.crash.signal if out.crash else "no result")
             r.add(
@@ -690,10 +699,15 @@ def _v(m: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def run_pipeline(report: Report, ui: Any, run: ModelRun, detect_options: Any = None) -> Report:
-    """load / infer / validate-all: each stage runs only if the previous one passed."""
-    # Start the worker now: its Python imports overlap with detection and model resolution.
-    worker = Worker().start()
+def run_pipeline(
+    report: Report, ui: Any, run: ModelRun, detect_options: Any = None, worker: Worker | None = None
+) -> Report:
+    """load / infer / validate-all: each stage runs only if the previous one passed.
+
+    `worker`: a worker the command started first thing (pinned to the GPU it will use), so its llama.cpp
+    import overlaps with detection and model resolution.
+    """
+    worker = worker or Worker(pin=early_pin(run)).start()
     stage = ["detect" if detect_options is not None else "model"]
     try:
         if detect_options is not None and not _detect(report, ui, detect_options):
@@ -784,18 +798,20 @@ def _model_stages(report: Report, ui: Any, run: ModelRun, worker: Worker) -> Non
             stages.gpu.close()
 
 
+def early_pin(run: ModelRun) -> str | None:
+    """The CUDA_VISIBLE_DEVICES the worker will get (see gpu.nvml.worker_pin)."""
+    return worker_pin(run.load.cpu_mode, run.device)
+
+
 def visible_gpu_indices() -> list[int] | None:
     """NVML indices of the GPUs CUDA can see; None when NVML is unavailable."""
-    from kcuda_validate.detect import parse_visible_devices
-
     try:
         nvml = Nvml.open()
     except NvmlInitError:
         return None
     with nvml:
         gpus = tuple(nvml.gpu(i) for i in range(nvml.driver().device_count))
-    hidden = parse_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus) or ()
-    return [g.index for g in gpus if g.index not in hidden and not g.lost and g.error is None]
+    return [g.index for g in usable_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))]
 
 
 def _all_devices(report: Report, ui: Any, run: ModelRun) -> None:
@@ -808,7 +824,8 @@ def _all_devices(report: Report, ui: Any, run: ModelRun) -> None:
     for idx in indices:
         sub = Report(report.command, report.argv)
         sub.device_mode = report.device_mode
-        _model_stages(sub, ui, dataclasses.replace(run, device=idx, all_devices=False), Worker().start())
+        one = dataclasses.replace(run, device=idx, all_devices=False)
+        _model_stages(sub, ui, one, Worker(pin=early_pin(one)).start())
         sub.finish()
         for c in sub.checks:
             report.add(dataclasses.replace(c, id=f"gpu{idx}.{c.id}", title=f"GPU {idx}: {c.title}"))

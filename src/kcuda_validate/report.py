@@ -8,7 +8,6 @@ described by specs/report.schema.json, which the tests validate against.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -23,6 +22,7 @@ from typing import Any
 from kcuda_validate import __version__
 from kcuda_validate.checks import Check, Metric, Status, verdict
 from kcuda_validate.errors import ExitCode
+from kcuda_validate.versions import dist_version
 
 SCHEMA_VERSION = "1.0"
 PACKAGES = ("llama-cpp-python", "torch", "nvidia-ml-py", "huggingface-hub", "gguf", "click", "rich")
@@ -30,13 +30,7 @@ PACKAGES = ("llama-cpp-python", "torch", "nvidia-ml-py", "huggingface-hub", "ggu
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions from package metadata: no heavy import needed."""
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {name: dist_version(name) for name in PACKAGES}
 
 
 def _now() -> str:

@@ -10,7 +10,6 @@ cannot report it.
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,7 +77,7 @@ class TelemetrySummary:
 
 def _mean(values: list[Any]) -> float | None:
     vals = [v for v in values if v is not None]
-    return statistics.fmean(vals) if vals else None
+    return _stats_mod().fmean(vals) if vals else None
 
 
 def _max(values: list[Any]) -> Any:
@@ -141,3 +140,9 @@ class TelemetrySampler:
         except Exception:
             log.debug("final telemetry sample failed", exc_info=True)
         return summarize(self._samples, self.interval)
+
+
+def _stats_mod():
+    import statistics
+
+    return statistics

@@ -69,7 +69,6 @@ def run(request: dict[str, Any], events: TextIO) -> int:
     _emit(events, "loaded", result=model.result.to_json(), log=[[ln.level, ln.text] for ln in capture.lines])
     infer = request.get("infer")
     if infer is None:
-        model.close()
         _emit(events, "done")
         return 0
     # Wait for the parent to start its telemetry sampler (and read NVML after the load) before measuring.
@@ -83,20 +82,24 @@ def run(request: dict[str, Any], events: TextIO) -> int:
     inferencer = Inferencer(model)
     result = inferencer.run(opts, on_text=lambda t: _emit(events, "text", text=t))
     _emit(events, "inferred", result=result.to_json())
-    model.close()
     _emit(events, "done")
     return 0
 
 
 def _preload() -> None:
-    """Import llama_cpp's heavy pure-Python dependencies while the parent is still detecting.
+    """Import llama_cpp while the parent is still detecting and reading the model header.
 
-    llama_cpp itself waits for the request: CUDA_VISIBLE_DEVICES must be set before CUDA starts.
+    The parent starts this process with CUDA_VISIBLE_DEVICES already pinned to the GPU it chose, so
+    importing now cannot pick the wrong device. Without a pin (KCUDA_WORKER_PIN unset) only the
+    pure-Python dependencies are imported and llama_cpp waits for the request.
     """
     import importlib
 
-    for name in ("numpy", "jinja2", "typing_extensions"):
-        with contextlib.suppress(ImportError):
+    names = ["numpy", "jinja2", "typing_extensions"]
+    if os.environ.get("KCUDA_WORKER_PIN") == "1":
+        names += ["llama_cpp", "kcuda_validate.llm.loader", "kcuda_validate.llm.inference"]
+    for name in names:
+        with contextlib.suppress(ImportError, OSError):
             importlib.import_module(name)
 
 
@@ -110,8 +113,20 @@ def main() -> int:
     if not line.strip():
         return 0  # the parent stopped before the model stages
     request = json.loads(line)
-    if request.get("cuda_visible_devices") is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = request["cuda_visible_devices"]
+    wanted = request.get("cuda_visible_devices")
+    if wanted is not None and os.environ.get("CUDA_VISIBLE_DEVICES") != wanted:
+        if "llama_cpp" in sys.modules:
+            _emit(
+                events,
+                "error",
+                message=f"worker was started for CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} "
+                f"but the request needs {wanted!r}",
+                fix=None,
+                exit_code=70,
+                kind="internal",
+            )
+            return 0
+        os.environ["CUDA_VISIBLE_DEVICES"] = wanted
     try:
         return run(request, events)
     except KcudaError as exc:
@@ -128,4 +143,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Skip interpreter teardown and llama.cpp's frees (~0.2 s): the parent already has every result, and the
+    # OS and the CUDA driver reclaim host memory and the GPU context at exit.
+    sys.stderr.flush()
+    os._exit(code)

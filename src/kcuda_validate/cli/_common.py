@@ -255,3 +255,14 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         thresholds=thresholds,
         all_devices=bool(kw.get("all_devices")),
     )
+
+
+def start_worker(kw: dict[str, Any]) -> Any:
+    """Spawn the model worker first thing, pinned to the GPU the run will use, so its llama.cpp import runs
+    while this process imports, detects and reads the model header."""
+    from kcuda_validate.gpu.nvml import worker_pin
+    from kcuda_validate.isolation import Worker
+
+    device = kw.get("device")
+    pin = None if kw.get("all_devices") else worker_pin(device == "cpu", device if isinstance(device, int) else None)
+    return Worker(pin=pin).start()

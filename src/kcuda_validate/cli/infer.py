@@ -13,6 +13,7 @@ from kcuda_validate.cli._common import (
     make_output,
     model_options,
     output_options,
+    start_worker,
     threshold_options,
 )
 
@@ -27,12 +28,16 @@ from kcuda_validate.cli._common import (
 @click.pass_context
 def infer(ctx: click.Context, **kw: Any) -> int:
     """Run a prompt and report tokens/s, time to first token and GPU telemetry, all measured."""
-    from kcuda_validate.pipeline import run_pipeline
-    from kcuda_validate.report import Report
+    worker = start_worker(kw)
+    try:
+        from kcuda_validate.pipeline import run_pipeline
+        from kcuda_validate.report import Report
 
-    ui = make_output(ctx, **kw)
-    run = build_run(kw, with_infer=True)
-    report = Report("infer")
-    run_pipeline(report, ui, run)
-    ui.result(report)
-    return int(report.exit_code)
+        ui = make_output(ctx, **kw)
+        run = build_run(kw, with_infer=True)
+        report = Report("infer")
+        run_pipeline(report, ui, run, worker=worker)
+        ui.result(report)
+        return int(report.exit_code)
+    finally:
+        worker.kill()

@@ -13,6 +13,7 @@ from kcuda_validate.cli._common import (
     make_output,
     model_options,
     output_options,
+    start_worker,
     threshold_options,
 )
 
@@ -30,24 +31,27 @@ from kcuda_validate.cli._common import (
 @click.pass_context
 def validate_all(ctx: click.Context, **kw: Any) -> int:
     """Run the whole check: GPU stack, model load with offload proof, measured inference."""
-    from kcuda_validate.cli.detect import _model_dir
-    from kcuda_validate.detect import DetectOptions
-    from kcuda_validate.pipeline import run_pipeline
-    from kcuda_validate.report import Report
+    worker = start_worker(kw)
+    try:
+        from kcuda_validate.cli.detect import _model_dir
+        from kcuda_validate.detect import DetectOptions
+        from kcuda_validate.pipeline import run_pipeline
+        from kcuda_validate.report import Report
 
-    ui = make_output(ctx, **kw)
-    run = build_run(kw, with_infer=True)
-    report = Report("validate-all")
-    cpu = run.load.cpu_mode
-    report.device_mode = "cpu" if cpu else "gpu"
-    detect_opts = DetectOptions(
-        device=run.device,
-        skip_torch=kw.get("skip_torch", False),
-        min_vram_gb=kw.get("min_vram_gb", 2.0),
-        min_compute=kw.get("min_compute", 6.1),
-        cpu_mode=cpu,
-        model_dir=_model_dir(),
-    )
-    run_pipeline(report, ui, run, detect_opts)
-    ui.result(report)
-    return int(report.exit_code)
+        ui = make_output(ctx, **kw)
+        run = build_run(kw, with_infer=True)
+        report = Report("validate-all")
+        report.device_mode = "cpu" if run.load.cpu_mode else "gpu"
+        detect_opts = DetectOptions(
+            device=run.device,
+            skip_torch=kw.get("skip_torch", False),
+            min_vram_gb=kw.get("min_vram_gb", 2.0),
+            min_compute=kw.get("min_compute", 6.1),
+            cpu_mode=run.load.cpu_mode,
+            model_dir=_model_dir(),
+        )
+        run_pipeline(report, ui, run, detect_opts, worker=worker)
+        ui.result(report)
+        return int(report.exit_code)
+    finally:
+        worker.kill()

@@ -318,3 +318,57 @@ class Nvml:
             sm_clock_mhz=q("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_SM),
             energy_mj=q("nvmlDeviceGetTotalEnergyConsumption", h),
         )
+
+
+def parse_visible_devices(value: str | None, gpus: tuple[GpuInfo, ...]) -> tuple[int, ...] | None:
+    """NVML indices hidden by CUDA_VISIBLE_DEVICES (None when unset). Accepts indices and UUID prefixes."""
+    if value is None:
+        return None
+    tokens = [t.strip() for t in value.split(",") if t.strip()]
+    visible: list[int] = []
+    for token in tokens:
+        match = None
+        if token.lstrip("-").isdigit():
+            idx = int(token)
+            if idx < 0:
+                break  # CUDA stops at the first invalid entry
+            match = next((g.index for g in gpus if g.index == idx), None)
+        else:
+            match = next((g.index for g in gpus if g.uuid and g.uuid.startswith(token)), None)
+        if match is None:
+            break
+        visible.append(match)
+    return tuple(g.index for g in gpus if g.index not in visible)
+
+
+def usable_gpus(gpus: tuple[GpuInfo, ...], cuda_visible_devices: str | None) -> list[GpuInfo]:
+    """GPUs CUDA can see and NVML can read: the candidates for a model run, in NVML order."""
+    hidden = parse_visible_devices(cuda_visible_devices, gpus) or ()
+    return [g for g in gpus if g.index not in hidden and not g.lost and g.error is None]
+
+
+def choose_gpu(gpus: tuple[GpuInfo, ...], device: int | None, cuda_visible_devices: str | None) -> GpuInfo | None:
+    """The GPU a run uses: --device N if given, else the first usable one. One rule for every caller."""
+    if device is not None:
+        return next((g for g in gpus if g.index == device), None)
+    usable = usable_gpus(gpus, cuda_visible_devices)
+    return usable[0] if usable else None
+
+
+def worker_pin(cpu_mode: bool, device: int | None) -> str | None:
+    """CUDA_VISIBLE_DEVICES for the model worker, decided up front so it can import llama.cpp at once.
+
+    "" for a CPU run (no GPU visible at all), the chosen GPU's UUID for a GPU run, None when NVML cannot say.
+    """
+    if cpu_mode:
+        return ""
+    import os
+
+    try:
+        nvml = Nvml.open()
+    except NvmlInitError:
+        return None
+    with nvml:
+        gpus = tuple(nvml.gpu(i) for i in range(nvml.driver().device_count))
+    chosen = choose_gpu(gpus, device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return chosen.uuid if chosen is not None and chosen.uuid else None

@@ -8,12 +8,13 @@ the library itself (`llama_print_system_info` and ggml's backend registry).
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
 import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kcuda_validate.versions import dist_version
 
 REBUILD_CMD = (
     'CMAKE_ARGS="-DGGML_CUDA=on" uv sync --reinstall-package llama-cpp-python  (needs the CUDA toolkit: nvcc on PATH)'
@@ -149,7 +150,7 @@ def raw_llama_build() -> tuple[str, bool, str, tuple[BackendDevice, ...]]:
     importing the llama_cpp package (numpy, jinja2...).
     """
     lib_dir = llama_lib_dir()
-    version = importlib.metadata.version("llama-cpp-python")
+    version = dist_version("llama-cpp-python") or "unknown"
     llama = _load(lib_dir, "llama")
     llama.llama_print_system_info.restype = ctypes.c_char_p
     llama.llama_supports_gpu_offload.restype = ctypes.c_bool

@@ -13,7 +13,6 @@ import codecs
 import ctypes
 import dataclasses
 import logging
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -145,8 +144,8 @@ def _stats(values: list[float | None]) -> tuple[float | None, float | None, tupl
     vals = [v for v in values if v is not None]
     if not vals:
         return None, None, ()
-    mean = statistics.fmean(vals)
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    mean = _stats_mod().fmean(vals)
+    std = _stats_mod().stdev(vals) if len(vals) > 1 else 0.0
     return mean, std, tuple(vals)
 
 
@@ -204,7 +203,7 @@ class InferenceResult:
         out.append(
             Metric(
                 "generated_tokens",
-                statistics.fmean(r.generated_tokens for r in runs) if runs else None,
+                _stats_mod().fmean(r.generated_tokens for r in runs) if runs else None,
                 "tokens",
                 "decode loop (sampled tokens, EOS excluded)",
             )
@@ -446,3 +445,9 @@ class Inferencer:
             divergence=divergence,
             options=opts,
         )
+
+
+def _stats_mod():
+    import statistics
+
+    return statistics
