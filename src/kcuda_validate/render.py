@@ -170,6 +170,50 @@ def runs_table(report: Any) -> Table | None:
     return table
 
 
+def gpu_table(report: Any) -> Table | None:
+    """-v on detect: every NVML field per GPU; n/a where the driver would not say (common on WSL2)."""
+    gpus = (report.sections.get("detect") or {}).get("gpus") or []
+    if not gpus:
+        return None
+    gib = 1024**3
+    table = Table(title="GPUs", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("")
+    for g in gpus:
+        table.add_column(f"GPU {g['index']}" + (" (hidden)" if g.get("hidden") else ""), overflow="fold")
+
+    def row(label: str, fn: Any) -> None:
+        table.add_row(label, *[fn(g) for g in gpus])
+
+    def both(a: Any, b: Any, fmt: str = "{}") -> str:
+        return f"{na(a, fmt)} / {na(b, fmt)}"
+
+    row("name", lambda g: na(g["name"]))
+    row("UUID", lambda g: na(g["uuid"]))
+    row("PCI bus", lambda g: na(g["pci_bus_id"]))
+    row("compute capability", lambda g: na(g["compute_capability"]))
+    row(
+        "VRAM total / free",
+        lambda g: both(
+            g["memory_total_bytes"] / gib if g["memory_total_bytes"] is not None else None,
+            g["memory_free_bytes"] / gib if g["memory_free_bytes"] is not None else None,
+            "{:.1f} GiB",
+        ),
+    )
+    row("temperature", lambda g: na(g["temperature_c"], "{} °C"))
+    row("power / limit", lambda g: both(g["power_w"], g["power_limit_w"], "{:.0f} W"))
+    row("persistence mode", lambda g: na(g["persistence_mode"]))
+    row("PCIe gen now / max", lambda g: both(g["pcie_gen_current"], g["pcie_gen_max"]))
+    row("PCIe width now / max", lambda g: both(g["pcie_width_current"], g["pcie_width_max"], "x{}"))
+    row("ECC / retired pages", lambda g: both(g["ecc_enabled"], g["retired_pages"]))
+    row("MIG", lambda g: na(g["mig_enabled"]))
+    row(
+        "peak bandwidth",
+        lambda g: na(g["peak_bandwidth_bytes_per_s"] / 1e9 if g["peak_bandwidth_bytes_per_s"] else None, "{:.0f} GB/s"),
+    )
+    row("status", lambda g: "LOST (fell off the bus)" if g["lost"] else (g["error"] or "ok"))
+    return table
+
+
 def evidence_lines(report: Any) -> list[Text]:
     """-vv: the evidence behind every check that did not pass."""
     import json
@@ -207,9 +251,9 @@ def render_report(report: Any, console: Console, verbose: int = 0, quiet: bool =
     if panel is not None:
         parts.append(panel)
     if verbose:
-        runs = runs_table(report)
-        if runs is not None:
-            parts.append(runs)
+        for extra in (gpu_table(report), runs_table(report)):
+            if extra is not None:
+                parts.append(extra)
     console.print(Group(*parts))
     if verbose >= 2:
         for line in evidence_lines(report):
