@@ -270,3 +270,12 @@ def render_report(report: Any, console: Console, verbose: int = 0, quiet: bool =
         for line in crash.get("log_tail", [])[-10:]:
             console.print(Text("  " + line), soft_wrap=True)
     console.print(verdict_line(report))
+    if report.exit_code == ExitCode.NO_GPU and report.command != "detect":
+        console.print(
+            Text(
+                "Without a GPU you can still check the rest of the pipeline, labelled as a CPU run: "
+                f"kcuda-validate {report.command} --device cpu --synthetic 64MiB",
+                style="dim",
+            ),
+            soft_wrap=True,
+        )
