@@ -82,14 +82,6 @@ class UsageError(KcudaError):
     exit_code = ExitCode.USAGE
 
 
-class NoGpuError(KcudaError):
-    exit_code = ExitCode.NO_GPU
-
-
-class GpuUnusableError(KcudaError):
-    exit_code = ExitCode.GPU_UNUSABLE
-
-
 class ModelInvalidError(KcudaError):
     """The model file is missing, unreadable, not GGUF, truncated or corrupt."""
 
@@ -114,18 +106,6 @@ class HubAuthError(KcudaError):
 
 class DiskFullError(KcudaError):
     exit_code = ExitCode.DISK_FULL
-
-
-class BelowThresholdError(KcudaError):
-    exit_code = ExitCode.BELOW_THRESHOLD
-
-
-class StageCrashedError(KcudaError):
-    exit_code = ExitCode.CRASHED
-
-
-class StageTimeoutError(KcudaError):
-    exit_code = ExitCode.TIMEOUT
 
 
 class Interrupted(Exception):

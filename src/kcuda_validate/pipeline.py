@@ -21,6 +21,7 @@ from kcuda_validate.gpu.nvml import (
     Nvml,
     NvmlInitError,
     choose_gpu,
+    read_gpus,
     usable_gpus,
     worker_pin,
 )
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 N_CTX_MIN = 64
 N_CTX_MAX = 1 << 20
-MAX_TOKENS_MAX = 65536
 # Perf counters time only llama_decode; the wall clock adds sampling and detokenising per token.
 PERF_WALL_TOLERANCE = 0.15
 
@@ -170,7 +170,11 @@ class Stages:
             self.report.add(check_from_error(exc, "model.source", "model", "Model source"))
             self.ui.error(exc.message, exc.fix)
             return None
-        self.report.sections["model_source"] = {"origin": resolved.origin, **resolved.detail}
+        self.report.sections["model_source"] = {
+            "origin": resolved.origin,
+            **resolved.detail,
+            "resolve_s": resolved.resolve_s,
+        }
         label = resolved.describe()
         if resolved.origin == "synthetic":
             label += " — synthetic weights: text is meaningless, speeds are real"
@@ -805,12 +809,9 @@ def early_pin(run: ModelRun) -> str | None:
 
 def visible_gpu_indices() -> list[int] | None:
     """NVML indices of the GPUs CUDA can see; None when NVML is unavailable."""
-    try:
-        nvml = Nvml.open()
-    except NvmlInitError:
+    gpus = read_gpus()
+    if gpus is None:
         return None
-    with nvml:
-        gpus = tuple(nvml.gpu(i) for i in range(nvml.driver().device_count))
     return [g.index for g in usable_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))]
 
 

@@ -91,11 +91,6 @@ class Output:
             self._stdout.flush()
             self._streamed = False
 
-    def note(self, message: str) -> None:
-        if self.opts.mode == "human" and self.opts.verbose:
-            self.end_progress()
-            self.err_console.print(message, markup=False, highlight=False)
-
     def error(self, message: str, fix: str | None = None) -> None:
         """One line on stderr naming the input; the fix and the log file on the next lines."""
         self.end_progress()

@@ -341,6 +341,16 @@ def parse_visible_devices(value: str | None, gpus: tuple[GpuInfo, ...]) -> tuple
     return tuple(g.index for g in gpus if g.index not in visible)
 
 
+def read_gpus() -> tuple[GpuInfo, ...] | None:
+    """Every GPU NVML sees, in one short session; None when NVML cannot start."""
+    try:
+        nvml = Nvml.open()
+    except NvmlInitError:
+        return None
+    with nvml:
+        return tuple(nvml.gpu(i) for i in range(nvml.driver().device_count))
+
+
 def usable_gpus(gpus: tuple[GpuInfo, ...], cuda_visible_devices: str | None) -> list[GpuInfo]:
     """GPUs CUDA can see and NVML can read: the candidates for a model run, in NVML order."""
     hidden = parse_visible_devices(cuda_visible_devices, gpus) or ()
@@ -364,11 +374,8 @@ def worker_pin(cpu_mode: bool, device: int | None) -> str | None:
         return ""
     import os
 
-    try:
-        nvml = Nvml.open()
-    except NvmlInitError:
+    gpus = read_gpus()
+    if gpus is None:
         return None
-    with nvml:
-        gpus = tuple(nvml.gpu(i) for i in range(nvml.driver().device_count))
     chosen = choose_gpu(gpus, device, os.environ.get("CUDA_VISIBLE_DEVICES"))
     return chosen.uuid if chosen is not None and chosen.uuid else None

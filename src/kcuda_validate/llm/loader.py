@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 STAGE = "load"
-# NVML's used-memory delta includes the CUDA context (~250-600 MiB) on top of llama.cpp's buffers.
-CONTEXT_ALLOWANCE = 1024 * MIB
 
 
 @dataclass(frozen=True)

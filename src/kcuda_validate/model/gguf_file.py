@@ -233,10 +233,6 @@ class GgufInfo:
         return v if v is not None else self.key_length
 
     @property
-    def sliding_window(self) -> int | None:
-        return self.arch_key("attention.sliding_window")
-
-    @property
     def tokenizer_model(self) -> str | None:
         return self.metadata.get("tokenizer.ggml.model")
 
