@@ -516,6 +516,11 @@ class GpuDetector:
                 f"https://download.pytorch.org/whl/{_cu_tag(drv_cuda)}`.",
             ),
             "no_device": ("PyTorch sees no CUDA device", "Check CUDA_VISIBLE_DEVICES and container GPU access."),
+            "crashed": (
+                f"PyTorch's CUDA check died: {info.message}",
+                "Usually a driver/library mismatch or a broken CUDA install: reboot, then reinstall the driver; "
+                "check `dmesg` for Xid errors.",
+            ),
             "kernel_failed": (
                 f"a CUDA kernel failed: {info.message}",
                 "Check `dmesg` for Xid errors; make sure torch's CUDA build supports this GPU's compute capability.",

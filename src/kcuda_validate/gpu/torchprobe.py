@@ -44,7 +44,7 @@ class TorchInfo:
     cuda_available: bool = False
     device_count: int = 0
     devices: tuple[TorchDevice, ...] = field(default_factory=tuple)
-    problem: str | None = None  # not_installed | cpu_build | no_driver | driver_too_old | no_device | kernel_failed
+    problem: str | None = None  # not_installed|cpu_build|no_driver|driver_too_old|no_device|kernel_failed|crashed
     message: str | None = None
     import_s: float | None = None
 
@@ -98,8 +98,40 @@ def _matmul_check(torch: ModuleType, index: int) -> TorchDevice:
         return TorchDevice(index, name, capability, False, None, f"{type(exc).__name__}: {first}".strip())
 
 
-def probe_torch(run_kernel: bool = True) -> TorchInfo:
-    """Import torch, ask it about CUDA, and run a checked matmul on each visible GPU."""
+def probe_torch(run_kernel: bool = True, isolated: bool = True, timeout_s: float = 180.0) -> TorchInfo:
+    """Import torch, ask it about CUDA, and run a checked matmul on each visible GPU.
+
+    `isolated`: do it in a short-lived child process. torch's CUDA initialisation can crash the process on a
+    broken driver, and its CUDA context would otherwise hold ~0.3-0.5 GiB of VRAM in this process for the
+    rest of the run (while validate-all loads the model). When a test has replaced the `import_torch` seam
+    the probe stays in-process, where the replacement lives.
+    """
+    if isolated and import_torch is _REAL_IMPORT_TORCH:
+        return _probe_in_child(run_kernel, timeout_s)
+    return _probe_here(run_kernel)
+
+
+def _probe_in_child(run_kernel: bool, timeout_s: float) -> TorchInfo:
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "kcuda_validate.gpu.torchprobe"] + ([] if run_kernel else ["--no-kernel"])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return TorchInfo(True, problem="crashed", message=f"PyTorch's CUDA check did not finish in {timeout_s:g} s")
+    if proc.returncode != 0 or not proc.stdout.strip():
+        how = signal.Signals(-proc.returncode).name if proc.returncode < 0 else f"exit status {proc.returncode}"
+        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        return TorchInfo(True, problem="crashed", message=f"PyTorch crashed initialising CUDA ({how}) {last}".strip())
+    d = json.loads(proc.stdout)
+    d["devices"] = tuple(TorchDevice(**x) for x in d["devices"])
+    return TorchInfo(**d)
+
+
+def _probe_here(run_kernel: bool) -> TorchInfo:
     start = time.perf_counter()
     try:
         torch = import_torch()
@@ -127,3 +159,25 @@ def probe_torch(run_kernel: bool = True) -> TorchInfo:
     if problem:
         message = "; ".join(f"cuda:{d.index}: {d.kernel_error}" for d in devices if d.kernel_ok is False)
     return TorchInfo(True, version, cuda_build, True, count, devices, problem, message, import_s)
+
+
+_REAL_IMPORT_TORCH = import_torch
+
+
+def _main() -> None:
+    """`python -m kcuda_validate.gpu.torchprobe`: the isolated probe, one JSON document on stdout."""
+    import dataclasses
+    import json
+    import os
+    import signal
+    import sys
+
+    if os.environ.get("KCUDA_TEST_FAULT") == "segv:torch":  # tests only: a crash in torch's CUDA init
+        os.kill(os.getpid(), signal.SIGSEGV)
+    info = _probe_here(run_kernel="--no-kernel" not in sys.argv[1:])
+    d = dataclasses.asdict(info)
+    print(json.dumps(d))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,38 @@
+"""The PyTorch probe runs in a child process: a crash in torch's CUDA initialisation is a diagnosis, not the end."""
+
+from __future__ import annotations
+
+import pytest
+
+import kcuda_validate.gpu.torchprobe as torchprobe
+from fakes.hardware import Installed
+from kcuda_validate.detect import DetectOptions, GpuDetector
+from kcuda_validate.errors import ExitCode
+
+
+@pytest.mark.slow
+def test_real_isolated_probe_on_this_machine() -> None:
+    info = torchprobe.probe_torch()
+    assert info.installed
+    assert info.cuda_build  # plain torch from PyPI is a CUDA build
+    assert info.problem == "no_driver"  # this machine has none; torch says so, in its own words
+    assert "Found no NVIDIA driver" in (info.message or "")
+
+
+def test_crash_in_the_child_becomes_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KCUDA_TEST_FAULT", "segv:torch")
+    info = torchprobe.probe_torch()
+    assert info.problem == "crashed"
+    assert "SIGSEGV" in (info.message or "")
+
+
+@pytest.mark.parametrize("scenario", ["healthy_one_gpu"], indirect=True)
+def test_detect_survives_a_torch_crash(scenario: Installed, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real torch seam (so the probe runs isolated) with a GPU present according to NVML.
+    monkeypatch.setattr(torchprobe, "import_torch", torchprobe._REAL_IMPORT_TORCH)
+    monkeypatch.setenv("KCUDA_TEST_FAULT", "segv:torch")
+    report = GpuDetector(DetectOptions()).run()
+    torch_check = next(c for c in report.checks if c.id == "torch.cuda")
+    assert torch_check.exit_code == ExitCode.GPU_UNUSABLE
+    assert torch_check.summary.startswith("PyTorch's CUDA check died: PyTorch crashed initialising CUDA (SIGSEGV)")
+    assert report.exit_code == ExitCode.GPU_UNUSABLE
