@@ -21,7 +21,7 @@ from kcuda_validate.gpu.cudadrv import CudaDriverInfo, probe_cuda_driver
 from kcuda_validate.gpu.nvml import DriverInfo, GpuInfo, Nvml, NvmlInitError, parse_visible_devices
 from kcuda_validate.gpu.platform import PlatformInfo, on_windows_mount, probe_platform
 from kcuda_validate.gpu.torchprobe import TorchInfo, probe_torch
-from kcuda_validate.llm.build import REBUILD_CMD, LlamaBuildInfo, arch_compatibility, probe_llama_build
+from kcuda_validate.llm.build import REBUILD_CMD, LlamaBuildInfo, LlamaBuildProbe, arch_compatibility
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class GpuDetector:
 
     def run(self) -> DetectReport:
         start = time.perf_counter()
+        llama_probe = LlamaBuildProbe()  # a child process: runs while the other layers are checked
         checks: list[Check] = []
         plat = probe_platform(self.opts.root)
         checks += self._platform_checks(plat)
@@ -133,7 +134,7 @@ class GpuDetector:
 
         cuda = self._cuda_checks(checks, have_driver=driver is not None)
         torch = self._torch_checks(checks, driver, selected, hidden)
-        llama = probe_llama_build()
+        llama = llama_probe.result()
         checks += self._llama_checks(llama, selected, hidden)
         checks += self._minimum_checks(selected, hidden)
         env = self._env_evidence()

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,16 +169,89 @@ def raw_llama_build() -> tuple[str, bool, str, tuple[BackendDevice, ...]]:
     return version, offload, text, devices
 
 
-def probe_llama_build() -> LlamaBuildInfo:
-    try:
-        version, offload, text, devices = raw_llama_build()
-    except ImportError as exc:
-        return LlamaBuildInfo(installed=False, error=str(exc))
-    except OSError as exc:  # the shared library failed to load (e.g. missing libcudart)
-        return LlamaBuildInfo(installed=True, error=f"libllama failed to load: {exc}")
+def _info(version: str, offload: bool, text: str, devices: tuple[BackendDevice, ...]) -> LlamaBuildInfo:
     backends, archs = parse_system_info(text)
     for dev in devices:
         family = re.sub(r"\d+$", "", dev.name)
         if dev.type in ("gpu", "igpu") and family and family not in backends:
             backends = (*backends, family)
     return LlamaBuildInfo(True, version, offload, text.strip(), backends, archs, devices)
+
+
+def _probe_here() -> LlamaBuildInfo:
+    try:
+        version, offload, text, devices = raw_llama_build()
+    except ImportError as exc:
+        return LlamaBuildInfo(installed=False, error=str(exc))
+    except OSError as exc:  # the shared library failed to load (e.g. missing libcudart)
+        return LlamaBuildInfo(installed=True, error=f"libllama failed to load: {exc}")
+    return _info(version, offload, text, devices)
+
+
+class LlamaBuildProbe:
+    """The build probe in a short-lived child process, started early and collected when needed.
+
+    Loading libllama starts every compiled backend: with CUDA that initialises the driver, and asking a
+    device for its memory creates a CUDA context (~0.3 GiB of VRAM) that would stay in this process while
+    validate-all loads the model; a broken CUDA runtime can also crash the loader. A replaced
+    `raw_llama_build` seam (tests) is called in-process instead.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        if raw_llama_build is _REAL_RAW_LLAMA_BUILD:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "kcuda_validate.llm.build"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+
+    def result(self, timeout_s: float = 60.0) -> LlamaBuildInfo:
+        if self._proc is None:
+            return _probe_here()
+        try:
+            out, err = self._proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            return LlamaBuildInfo(installed=True, error=f"loading libllama did not finish in {timeout_s:g} s")
+        rc = self._proc.returncode
+        if rc != 0 or not out.strip():
+            how = signal.Signals(-rc).name if rc < 0 else f"exit status {rc}"
+            last = (err.strip().splitlines() or [""])[-1]
+            return LlamaBuildInfo(installed=True, error=f"libllama crashed while loading ({how}) {last}".strip())
+        d = json.loads(out)
+        if "import_error" in d:
+            return LlamaBuildInfo(installed=False, error=d["import_error"])
+        if "os_error" in d:
+            return LlamaBuildInfo(installed=True, error=f"libllama failed to load: {d['os_error']}")
+        devices = tuple(BackendDevice(**x) for x in d["devices"])
+        return _info(d["version"], d["offload"], d["text"], devices)
+
+
+def probe_llama_build(isolated: bool = True) -> LlamaBuildInfo:
+    """What the installed llama-cpp-python can do (see LlamaBuildProbe for why it runs in a child)."""
+    return LlamaBuildProbe().result() if isolated else _probe_here()
+
+
+_REAL_RAW_LLAMA_BUILD = raw_llama_build
+
+
+def _main() -> None:
+    """`python -m kcuda_validate.llm.build`: the isolated probe, one JSON document on stdout."""
+    if os.environ.get("KCUDA_TEST_FAULT") == "segv:llama":  # tests only: a crash while loading libllama
+        os.kill(os.getpid(), signal.SIGSEGV)
+    try:
+        version, offload, text, devices = raw_llama_build()
+    except ImportError as exc:
+        print(json.dumps({"import_error": str(exc)}))
+        return
+    except OSError as exc:
+        print(json.dumps({"os_error": str(exc)}))
+        return
+    print(json.dumps({"version": version, "offload": offload, "text": text, "devices": [d.__dict__ for d in devices]}))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,4 +1,4 @@
-"""The PyTorch probe runs in a child process: a crash in torch's CUDA initialisation is a diagnosis, not the end."""
+"""The PyTorch and llama.cpp build probes run in child processes: a crash there is a diagnosis, not the end."""
 
 from __future__ import annotations
 
@@ -36,3 +36,21 @@ def test_detect_survives_a_torch_crash(scenario: Installed, monkeypatch: pytest.
     assert torch_check.exit_code == ExitCode.GPU_UNUSABLE
     assert torch_check.summary.startswith("PyTorch's CUDA check died: PyTorch crashed initialising CUDA (SIGSEGV)")
     assert report.exit_code == ExitCode.GPU_UNUSABLE
+
+
+def test_llama_build_probe_survives_a_crash_in_libllama(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kcuda_validate.llm.build import probe_llama_build
+
+    monkeypatch.setenv("KCUDA_TEST_FAULT", "segv:llama")
+    info = probe_llama_build()
+    assert info.error is not None
+    assert info.error.startswith("libllama crashed while loading (SIGSEGV)")
+
+
+def test_real_isolated_llama_probe_on_this_machine() -> None:
+    from kcuda_validate.llm.build import probe_llama_build
+
+    isolated, here = probe_llama_build(), probe_llama_build(isolated=False)
+    assert isolated == here  # the child reports exactly what an in-process probe sees
+    assert isolated.backends == ("CPU",)
+    assert isolated.supports_gpu_offload is False
