@@ -93,7 +93,7 @@ def test_telemetry_sampler_reads_at_most_10_hz_and_integrates_the_energy_counter
         sampler = TelemetrySampler(nvml, 0, hz=50).start()  # asks for 50 Hz, gets 10
         time.sleep(0.55)
         summary = sampler.stop()
-    assert 5 <= summary.samples <= 8
+    assert 2 <= summary.samples <= 8  # never more than 10 Hz (+ one closing read); fewer if the box is busy
     assert summary.interval_s == pytest.approx(0.1)
     assert summary.energy_j == pytest.approx(100 * summary.duration_s, rel=0.2)
     assert summary.vram_peak_bytes == gpu.memory_used
