@@ -161,7 +161,7 @@ def test_absurd_context_on_cpu_fails_in_milliseconds(info: GgufInfo, monkeypatch
     assert "available host memory: short by" in check.summary
     assert "KV 17,582" in check.summary  # 1,000,192 cells x 18 layers x 1 KiB
     assert (check.fix or "").startswith("Would fit: --n-ctx 32768")  # the model's whole trained context fits
-    assert elapsed < 0.25, elapsed
+    assert elapsed < 2.0, elapsed  # the point: refused at once, not after llama.cpp spends 20 s (speed is in bench/)
 
 
 def test_fit_skips_without_a_budget(info: GgufInfo) -> None:

@@ -397,7 +397,7 @@ def test_cached_file_is_served_offline(hub_env: HubEnv) -> None:
     )
     assert mf.path.read_bytes() == CONTENT
     assert hub.cache_dir() == hub_env.cache
-    assert elapsed < 0.5
+    assert elapsed < 2.0  # served without the network; the speed itself is a benchmark matter
 
 
 def test_cached_file_is_served_online_without_asking_the_hub(hub_env: HubEnv, fake_hub: FakeHub) -> None:
