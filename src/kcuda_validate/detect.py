@@ -532,6 +532,8 @@ class GpuDetector:
             if problem == "no_device" and newer:
                 problem = "driver_too_old"
             summary, fix = problem_text[problem]
+            # llama.cpp does not need PyTorch: say how to validate the inference path without it.
+            fix += " (If you only need llama.cpp inference, rerun with --skip-torch.)"
             checks.append(_check("torch.cuda", title, Status.FAIL, summary, fix, ExitCode.GPU_UNUSABLE, **ev))
             return info
         visible = [g for g in gpus if g.index not in hidden and not g.lost]
