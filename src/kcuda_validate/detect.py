@@ -504,7 +504,8 @@ class GpuDetector:
             "cpu_build": (
                 f"torch {info.version} is a CPU-only build (Torch not compiled with CUDA enabled)",
                 "Install a CUDA build matching the driver, e.g. "
-                f"`uv pip install --reinstall torch --index-url https://download.pytorch.org/whl/{_cu_tag(drv_cuda)}`.",
+                f"`uv pip install --reinstall torch --index-url https://download.pytorch.org/whl/{_cu_tag(drv_cuda)}`, "
+                "then run with `uv run --no-sync ...` so uv keeps it.",
             ),
             "no_driver": (
                 "PyTorch found no NVIDIA driver",
@@ -514,7 +515,8 @@ class GpuDetector:
                 f"torch is built for CUDA {info.cuda_build} but the driver supports only CUDA {drv_cuda or '?'}",
                 f"Update the NVIDIA driver to one supporting CUDA {info.cuda_build}, or install torch built for "
                 f"CUDA ≤ {drv_cuda}: `uv pip install --reinstall torch --index-url "
-                f"https://download.pytorch.org/whl/{_cu_tag(drv_cuda)}`.",
+                f"https://download.pytorch.org/whl/{_cu_tag(drv_cuda)}`, then run with `uv run --no-sync ...` so "
+                "uv keeps it.",
             ),
             "no_device": ("PyTorch sees no CUDA device", "Check CUDA_VISIBLE_DEVICES and container GPU access."),
             "crashed": (
