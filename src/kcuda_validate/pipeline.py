@@ -321,25 +321,10 @@ class Stages:
             )
         )
         r.add_metrics([Metric("load_time", res.get("load_s"), "s", "wall clock around llama.cpp model+context load")])
-        offload_status = verdict.status
-        if (
-            verdict.status == Status.FAIL
-            and not run.thresholds.require_full_offload
-            and verdict.exit_code == ExitCode.CHECK_FAILED
-        ):
-            offload_status = Status.WARN
-        r.add(
-            Check(
-                "load.offload",
-                "load",
-                "GPU offload" if not run.load.cpu_mode else "GPU offload (CPU run)",
-                offload_status,
-                verdict.line,
-                verdict.to_json() | {"buffers": evidence.to_json()},
-                verdict.fix,
-                verdict.exit_code if offload_status == Status.FAIL else ExitCode.OK,
-            )
+        offload = verdict.check(
+            evidence, run.load.cpu_mode, run.thresholds.require_full_offload, duration_s=res.get("load_s")
         )
+        r.add(offload)
         if verdict.vram_delta_bytes is not None:
             r.add_metrics(
                 [Metric("vram_load_delta", verdict.vram_delta_bytes, "bytes", "NVML used memory after − before load")]
@@ -347,7 +332,7 @@ class Stages:
         r.add_metrics(
             [Metric("gpu_buffers", verdict.gpu_buffer_bytes, "bytes", "llama.cpp log: model+KV+compute on GPU")]
         )
-        if offload_status == Status.FAIL:
+        if offload.status == Status.FAIL:
             r.stopped_at = "load"
             return False
         if self._terminal(out):

@@ -60,6 +60,25 @@ class OffloadVerdict:
     fix: str | None = None
     exit_code: ExitCode = ExitCode.OK
 
+    def check(
+        self, evidence: LoadEvidence, cpu_mode: bool, require_full: bool = True, duration_s: float | None = None
+    ) -> Check:
+        """The load.offload check. With require_full=False a partial offload warns instead of failing."""
+        status = self.status
+        if status == Status.FAIL and not require_full and self.exit_code == ExitCode.CHECK_FAILED:
+            status = Status.WARN
+        return Check(
+            "load.offload",
+            STAGE,
+            "GPU offload (CPU run)" if cpu_mode else "GPU offload",
+            status,
+            self.line,
+            self.to_json() | {"llama_log": evidence.to_json()},
+            self.fix,
+            self.exit_code if status == Status.FAIL else ExitCode.OK,
+            duration_s,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "status": self.status.value,
@@ -87,20 +106,7 @@ class LoadResult:
     log_tail: tuple[str, ...] = field(default_factory=tuple)
 
     def checks(self) -> list[Check]:
-        v = self.offload
-        return [
-            Check(
-                "load.offload",
-                STAGE,
-                "GPU offload" if not self.options.cpu_mode else "GPU offload (CPU run)",
-                v.status,
-                v.line,
-                v.to_json() | {"llama_log": self.evidence.to_json()},
-                v.fix,
-                v.exit_code,
-                self.load_s,
-            )
-        ]
+        return [self.offload.check(self.evidence, self.options.cpu_mode, duration_s=self.load_s)]
 
     def to_json(self) -> dict[str, Any]:
         return {
