@@ -84,6 +84,12 @@ def verdict(checks: Iterable[Check]) -> ExitCode:
     return worst([c.exit_code for c in checks if c.status == Status.FAIL])
 
 
+def mean_of(values: Iterable[float | int | None]) -> float | None:
+    """Mean of the values that were measured; None when none were (never a made-up zero)."""
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 @dataclass(frozen=True)
 class Metric:
     """A measured number. `method` says how it was obtained; `estimate` flags derived figures."""

@@ -22,6 +22,7 @@ from kcuda_validate.gpu.nvml import DriverInfo, GpuInfo, Nvml, NvmlInitError, pa
 from kcuda_validate.gpu.platform import PlatformInfo, on_windows_mount, probe_platform
 from kcuda_validate.gpu.torchprobe import TorchInfo, probe_torch
 from kcuda_validate.llm.build import REBUILD_CMD, LlamaBuildInfo, LlamaBuildProbe, arch_compatibility
+from kcuda_validate.versions import dist_version
 
 log = logging.getLogger(__name__)
 
@@ -481,7 +482,7 @@ class GpuDetector:
             return None
         if self.opts.cpu_mode:
             # A CPU run needs nothing from torch; its version comes from metadata without the import cost.
-            version = _dist_version("torch")
+            version = dist_version("torch")
             checks.append(
                 _check(
                     "torch.cuda",
@@ -810,12 +811,6 @@ class GpuDetector:
         else:
             out.append(_check("env.hub", "Hugging Face Hub access", Status.PASS, summary, offline=False, token=token))
         return out
-
-
-def _dist_version(name: str) -> str | None:
-    from kcuda_validate.versions import dist_version
-
-    return dist_version(name)
 
 
 def _version_gt(a: str | None, b: str | None) -> bool:

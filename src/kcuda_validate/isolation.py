@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kcuda_validate.errors import Interrupted
@@ -73,7 +73,6 @@ class WorkerOutcome:
     interrupted: int | None = None  # signal number
     stage: str = "start"
     log_tail: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Worker:

@@ -14,7 +14,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from kcuda_validate.checks import Check, Metric, Status, failed, passed, skipped, warned
+from kcuda_validate.checks import Check, Metric, Status, failed, mean_of, passed, skipped, warned
 from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.gpu.nvml import (
     GpuInfo,
@@ -215,10 +215,8 @@ class Stages:
             )
 
     def fit(self, info: GgufInfo, load: LoadOptions) -> bool:
-        try:
-            from kcuda_validate.model.fit import estimate_fit
-        except ImportError:  # pragma: no cover - fit.py is part of the package
-            return True
+        from kcuda_validate.model.fit import estimate_fit
+
         free = self.gpu.info.memory_free if self.gpu is not None else None
         check = estimate_fit(info, load, free, cpu_mode=load.cpu_mode)
         self.report.add(check)
@@ -639,7 +637,7 @@ class Stages:
             return
         cpu = InferenceResult.from_json(out.inferred)
         gpu = InferenceResult.from_json(gpu_inf)
-        cpu_tps = statistics_mean([x.gen_tps_perf for x in cpu.runs])
+        cpu_tps = mean_of([x.gen_tps_perf for x in cpu.runs])
         gpu_tps = r.metric("gen_tps").value if r.metric("gen_tps") else None
         speedup = gpu_tps / cpu_tps if gpu_tps and cpu_tps else None
         r.add_metrics(
@@ -674,11 +672,6 @@ class Stages:
         )
         summary = f"GPU {_v(gpu_tps)} vs CPU {_v(cpu_tps)} tok/s = {_v(speedup)}× faster; {agree}"
         r.add(passed("infer.compare_cpu", "infer", "GPU vs CPU", summary, **r.sections["compare_cpu"]))
-
-
-def statistics_mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
 
 
 def _v(m: Any, digits: int = 1) -> str:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kcuda_validate.checks import Metric
+from kcuda_validate.checks import Metric, mean_of
 from kcuda_validate.gpu.nvml import Nvml, Sample
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,6 @@ class TelemetrySummary:
         }
 
 
-def _mean(values: list[Any]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return _stats_mod().fmean(vals) if vals else None
-
-
 def _max(values: list[Any]) -> Any:
     vals = [v for v in values if v is not None]
     return max(vals) if vals else None
@@ -94,13 +89,13 @@ def summarize(samples: list[Sample], interval_s: float) -> TelemetrySummary:
         samples=len(samples),
         duration_s=samples[-1].t - samples[0].t,
         interval_s=interval_s,
-        util_mean=_mean([s.utilization_gpu for s in samples]),
+        util_mean=mean_of([s.utilization_gpu for s in samples]),
         util_max=_max([s.utilization_gpu for s in samples]),
         vram_peak_bytes=_max([s.memory_used for s in samples]),
-        power_mean_w=_mean([s.power_w for s in samples]),
+        power_mean_w=mean_of([s.power_w for s in samples]),
         power_max_w=_max([s.power_w for s in samples]),
         temp_max_c=_max([s.temperature_c for s in samples]),
-        sm_clock_mean_mhz=_mean([s.sm_clock_mhz for s in samples]),
+        sm_clock_mean_mhz=mean_of([s.sm_clock_mhz for s in samples]),
         energy_j=energy,
         raw=tuple(samples),
     )
@@ -140,9 +135,3 @@ class TelemetrySampler:
         except Exception:
             log.debug("final telemetry sample failed", exc_info=True)
         return summarize(self._samples, self.interval)
-
-
-def _stats_mod():
-    import statistics
-
-    return statistics

@@ -70,8 +70,6 @@ def make_output(ctx: click.Context, **kw: Any) -> Output:
         junit_path=kw.get("junit_path") or base.junit_path,
         debug=bool(kw.get("debug") if kw.get("debug") is not None else base.debug),
     )
-    root = ctx.find_root()
-    root.obj = (root.obj or {}) | {"output_resolved": opts}
     return Output(opts)
 
 

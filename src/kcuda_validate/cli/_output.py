@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,7 +26,6 @@ class OutputOptions:
     junit_path: Path | None = None
     debug: bool = False
     width: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:

@@ -8,7 +8,7 @@ back as None and renders as n/a instead of crashing the run.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -155,7 +155,6 @@ class Sample:
     temperature_c: int | None = None
     sm_clock_mhz: int | None = None
     energy_mj: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def format_cuda_version(value: int | None) -> str | None:

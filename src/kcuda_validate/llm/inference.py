@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kcuda_validate.checks import Metric
+from kcuda_validate.checks import Metric, mean_of
 from kcuda_validate.errors import UsageError
 from kcuda_validate.llm.loader import LoadedModel
 
@@ -144,8 +144,10 @@ def _stats(values: list[float | None]) -> tuple[float | None, float | None, tupl
     vals = [v for v in values if v is not None]
     if not vals:
         return None, None, ()
-    mean = _stats_mod().fmean(vals)
-    std = _stats_mod().stdev(vals) if len(vals) > 1 else 0.0
+    import statistics  # off the start-up path: it pulls in fractions and decimal
+
+    mean = statistics.fmean(vals)
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return mean, std, tuple(vals)
 
 
@@ -203,7 +205,7 @@ class InferenceResult:
         out.append(
             Metric(
                 "generated_tokens",
-                _stats_mod().fmean(r.generated_tokens for r in runs) if runs else None,
+                mean_of(r.generated_tokens for r in runs),
                 "tokens",
                 "decode loop (sampled tokens, EOS excluded)",
             )
@@ -445,9 +447,3 @@ class Inferencer:
             divergence=divergence,
             options=opts,
         )
-
-
-def _stats_mod():
-    import statistics
-
-    return statistics
