@@ -34,10 +34,17 @@ def _guess(argv: list[str]) -> tuple[bool, int | None] | None:
     return (False, int(device)) if device.strip().isdigit() else None
 
 
-def take_early_worker() -> Any:
+def take_early_worker(cpu_mode: bool, device: int | None) -> Any:
+    """The worker started from argv, if the command's parsed options match the guess it was started for."""
     global _early
-    worker, _early = _early, None
-    return worker
+    early, _early = _early, None
+    if early is None:
+        return None
+    guess, worker = early
+    if guess == (cpu_mode, device):
+        return worker
+    worker.kill()
+    return None
 
 
 def main() -> None:
@@ -48,7 +55,7 @@ def main() -> None:
             from kcuda_validate.gpu.nvml import worker_pin
             from kcuda_validate.isolation import Worker
 
-            _early = Worker(pin=worker_pin(*guess)).start()
+            _early = (guess, Worker(pin=worker_pin(*guess)).start())
         except Exception:  # noqa: BLE001 - an optimisation only; the command starts its own worker
             _early = None
     try:
@@ -57,4 +64,4 @@ def main() -> None:
         cli_main()
     finally:
         if _early is not None:  # the command never took it (usage error, --help...)
-            _early.kill()
+            _early[1].kill()

@@ -82,7 +82,6 @@ class Worker:
         """`pin`: the CUDA_VISIBLE_DEVICES the model stages will use ("" = no GPU), known before spawning so
         the child can import llama.cpp at once; None = decided later by the request."""
         self._env = dict(os.environ if env is None else env)
-        self.pin = pin
         if pin is not None:
             self._env["CUDA_VISIBLE_DEVICES"] = pin
             self._env["KCUDA_WORKER_PIN"] = "1"

@@ -258,16 +258,16 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
 def start_worker(kw: dict[str, Any]) -> Any:
     """Spawn the model worker first thing, pinned to the GPU the run will use, so its llama.cpp import runs
     while this process imports, detects and reads the model header. Reuses the one the entry point started
-    before click was even imported, when its guess of the pin was right."""
+    before click was even imported, when it was started for the same options."""
     from kcuda_validate import entry
     from kcuda_validate.gpu.nvml import worker_pin
     from kcuda_validate.isolation import Worker
 
     device = kw.get("device")
-    pin = None if kw.get("all_devices") else worker_pin(device == "cpu", device if isinstance(device, int) else None)
-    early = entry.take_early_worker()
-    if early is not None:
-        if early.pin == pin:
-            return early
-        early.kill()
-    return Worker(pin=pin).start()
+    cpu_mode, index = device == "cpu", device if isinstance(device, int) else None
+    if kw.get("all_devices"):  # each GPU gets its own worker later; the entry point made no guess
+        return Worker().start()
+    early = entry.take_early_worker(cpu_mode, index)
+    if early is not None:  # started for these same options: same pin, no second NVML read
+        return early
+    return Worker(pin=worker_pin(cpu_mode, index)).start()
