@@ -20,28 +20,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _bare_loop import bare_loop
 from _util import VENV_BIN, bench_env, machine, real_model, table
 
 PROMPT = "Write a short story about a GPU that learned to dream."
-
-
-def bare_loop(lc, ctx, vocab, tokens: list[int], n: int) -> float:
-    """The minimum: clear, decode the prompt, then greedy decode n-1 tokens. Returns generation tok/s."""
-    mem = lc.llama_get_memory(ctx)
-    lc.llama_memory_clear(mem, True)
-    smpl = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    lc.llama_sampler_chain_add(smpl, lc.llama_sampler_init_greedy())
-    arr = (lc.llama_token * len(tokens))(*tokens)
-    lc.llama_decode(ctx, lc.llama_batch_get_one(arr, len(tokens)))
-    tok = lc.llama_sampler_sample(smpl, ctx, -1)
-    t_first = time.perf_counter()
-    for _ in range(n - 1):
-        one = (lc.llama_token * 1)(tok)
-        lc.llama_decode(ctx, lc.llama_batch_get_one(one, 1))
-        tok = lc.llama_sampler_sample(smpl, ctx, -1)
-    t_end = time.perf_counter()
-    lc.llama_sampler_free(smpl)
-    return (n - 1) / (t_end - t_first)
 
 
 def main() -> None:
@@ -53,8 +35,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     model = args.model or real_model()
-
-    import llama_cpp as lc
 
     from kcuda_validate.llm.inference import Inferencer, InferOptions
     from kcuda_validate.llm.loader import LoadOptions, ModelLoader, default_threads
@@ -81,7 +61,7 @@ def main() -> None:
             "total_ratio": run.total_s / (after - before),
         }
 
-    bare = lambda: bare_loop(lc, inf.ctx, inf.vocab, tokens, args.tokens)  # noqa: E731
+    bare = lambda: bare_loop(inf.ctx, tokens, args.tokens)  # noqa: E731
     tool()
     bare()  # warm-up
     tool_runs, bare_runs = [], []
