@@ -159,3 +159,24 @@ def test_interrupt_while_getting_the_model_leaves_no_partial_file_and_a_report(
     assert f"interrupted by {signal.Signals(signum).name}" in err
     leftovers = [p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("pinned", ["1", ""])
+def test_worker_never_imports_numpy_before_llama_cpp(pinned: str) -> None:
+    """On an H100 box, numpy 2.5 loaded before a CUDA build of llama.cpp made the first model load segfault."""
+    probe = """
+import sys
+started = []  # import start order: a finder that only records
+class Record:
+    def find_spec(self, name, path=None, target=None):
+        started.append(name)
+sys.meta_path.insert(0, Record())
+from kcuda_validate import worker
+worker._preload()
+lc = started.index("llama_cpp") if "llama_cpp" in started else None
+np = started.index("numpy") if "numpy" in started else None
+print(np is None or (lc is not None and lc < np), lc is not None)
+"""
+    env = {**os.environ, "KCUDA_WORKER_PIN": pinned}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["True", "True" if pinned else "False"]

@@ -92,12 +92,15 @@ def _preload() -> None:
     The parent starts this process with CUDA_VISIBLE_DEVICES already pinned to the GPU it chose, so
     importing now cannot pick the wrong device. Without a pin (KCUDA_WORKER_PIN unset) only the
     pure-Python dependencies are imported and llama_cpp waits for the request.
+
+    numpy is never imported ahead of llama_cpp: with numpy 2.5's wheel loaded first, a CUDA build of
+    llama.cpp segfaulted in the CUDA runtime's start-up at the first model load (seen on an H100 box).
     """
     import importlib
 
-    names = ["numpy", "jinja2", "typing_extensions"]
+    names = ["jinja2", "typing_extensions"]
     if os.environ.get("KCUDA_WORKER_PIN") == "1":
-        names += ["llama_cpp", "kcuda_validate.llm.loader", "kcuda_validate.llm.inference"]
+        names = ["llama_cpp", *names, "kcuda_validate.llm.loader", "kcuda_validate.llm.inference"]
     for name in names:
         with contextlib.suppress(ImportError, OSError):
             importlib.import_module(name)
