@@ -69,6 +69,26 @@ def test_unexpected_exception_is_exit_70_with_one_line(monkeypatch: pytest.Monke
     assert "--debug" in result.stderr
 
 
+def test_missing_dependency_names_the_module_and_the_reinstall(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    """Seen on a GPU box with huggingface-hub 1.x: an import failure is a broken install, not "report the bug"."""
+    import kcuda_validate.pipeline as pipeline
+
+    def needs_a_missing_package(*a: object, **k: object) -> None:
+        import kcuda_validate_no_such_dependency  # noqa: F401
+
+    monkeypatch.setattr(pipeline, "read_gguf", needs_a_missing_package)
+    result = CliRunner().invoke(cli, ["load", "--device", "cpu", "--model-path", str(tiny_model)])
+    assert result.exit_code == ExitCode.INTERNAL
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        "Error: a dependency is missing or incompatible: No module named 'kcuda_validate_no_such_dependency'"
+    )
+    assert "uv sync" in lines[1]
+    assert "Traceback" not in result.stderr
+
+
 def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
     import kcuda_validate.pipeline as pipeline
 

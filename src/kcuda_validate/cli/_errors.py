@@ -84,6 +84,17 @@ def run_with_boundary(invoke: Callable[[], Any], args: list[str] | None = None) 
         return int(exc.exit_code)
     except BrokenPipeError:
         return 0
+    except ImportError as exc:
+        # A broken or mismatched install (e.g. huggingface-hub 1.x under code written for 2.x), not a bug here.
+        log.exception("dependency import failed")
+        if debug:
+            raise
+        _say(
+            f"a dependency is missing or incompatible: {exc}",
+            "Reinstall the tool's locked dependencies (`uv sync`, or `pip install --force-reinstall kcuda-validate`);"
+            " `kcuda-validate --version` lists what is installed.",
+        )
+        return int(ExitCode.INTERNAL)
     except Exception as exc:
         log.exception("internal error")
         if debug or "PYTEST_CURRENT_TEST" in os.environ:

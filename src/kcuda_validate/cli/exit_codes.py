@@ -21,7 +21,10 @@ MEANING = {
     ExitCode.HUB_UNREACHABLE: "the Hugging Face Hub is unreachable",
     ExitCode.HUB_AUTH: "gated or private repo: log in (401) or request access (403)",
     ExitCode.DISK_FULL: "not enough disk space for the model",
-    ExitCode.INTERNAL: "internal error (a bug: please report it with the log file)",
+    ExitCode.INTERNAL: (
+        "internal error (a bug: please report it with the log file), or a dependency that is missing or "
+        "incompatible (the message names it; reinstall the locked dependencies)"
+    ),
     ExitCode.TIMEOUT: "a stage timed out (--timeout)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C / SIGINT)",
     ExitCode.TERMINATED: "terminated (SIGTERM)",
