@@ -475,28 +475,42 @@ class Stages:
                         divergence_token=result.divergence,
                     )
                 )
-        # Perf counters vs wall clock: both measured, they must agree.
-        if gen is not None and gen_wall is not None and gen.value and gen_wall.value:
-            ratio = gen_wall.value / gen.value
-            ev = {"perf_tps": gen.value, "wall_tps": gen_wall.value, "ratio": ratio, "tolerance": PERF_WALL_TOLERANCE}
-            if abs(1 - ratio) <= PERF_WALL_TOLERANCE:
-                r.add(
-                    passed(
-                        "infer.timing_agreement",
-                        "infer",
-                        "Perf counters vs wall clock",
-                        f"wall clock is {ratio:.1%} of llama.cpp's own timing (tolerance ±{PERF_WALL_TOLERANCE:.0%})",
-                        **ev,
-                    )
-                )
+        # Perf counters vs wall clock: the same decode window timed twice must agree. The end-to-end wall speed
+        # also pays for sampling and streaming, which llama.cpp's decode counter (like llama-bench) leaves out;
+        # that cost is reported per token, not hidden: on a 262k-token vocabulary and a fast GPU it is large.
+        perf_ms, wall_ms = r.metric("decode_ms_per_token"), r.metric("decode_ms_per_token_wall")
+        if perf_ms is not None and wall_ms is not None and perf_ms.value and wall_ms.value:
+            ratio = perf_ms.value / wall_ms.value
+            sample, other = r.metric("sample_ms_per_token"), r.metric("other_ms_per_token")
+            ev = {
+                "perf_decode_ms": perf_ms.value,
+                "wall_decode_ms": wall_ms.value,
+                "ratio": ratio,
+                "tolerance": PERF_WALL_TOLERANCE,
+                "sample_ms": sample.value if sample else None,
+                "other_ms": other.value if other else None,
+            }
+            split = (
+                f"; per token also sampling {_v(sample, 2)} ms, other {_v(other, 2)} ms"
+                if sample is not None and other is not None
+                else ""
+            )
+            agree = abs(1 - ratio) <= PERF_WALL_TOLERANCE
+            summary = (
+                f"decode {wall_ms.value:.2f} ms/token by wall clock vs {perf_ms.value:.2f} by llama.cpp "
+                f"({'within' if agree else 'outside'} ±{PERF_WALL_TOLERANCE:.0%}){split}"
+            )
+            if agree:
+                r.add(passed("infer.timing_agreement", "infer", "Perf counters vs wall clock", summary, **ev))
             else:
                 r.add(
                     warned(
                         "infer.timing_agreement",
                         "infer",
                         "Perf counters vs wall clock",
-                        f"wall clock is {ratio:.1%} of llama.cpp's own timing (outside ±{PERF_WALL_TOLERANCE:.0%})",
-                        "Per-token overhead outside llama_decode is high (busy CPU?); rerun on an idle machine.",
+                        summary,
+                        "The two clocks disagree on the same decode window (busy CPU or a throttling GPU?); "
+                        "rerun on an idle machine.",
                         **ev,
                     )
                 )

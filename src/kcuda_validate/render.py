@@ -96,6 +96,13 @@ def inference_panel(report: Any) -> Panel | None:
         f"{fmt_metric(_m(report, 'gen_tps'))} tok/s (llama.cpp perf counters) · "
         f"{fmt_metric(_m(report, 'gen_tps_wall'))} tok/s (wall clock)",
     )
+    dec, smp, oth = (_m(report, n) for n in ("decode_ms_per_token", "sample_ms_per_token", "other_ms_per_token"))
+    if dec is not None and dec.value is not None:
+        rows.add_row(
+            "Per token",
+            f"decode {fmt_metric(dec, '{:.2f}', False)} ms · sampling {fmt_metric(smp, '{:.2f}', False)} ms · "
+            f"other {fmt_metric(oth, '{:.2f}', False)} ms",
+        )
     rows.add_row(
         "Prompt",
         f"{fmt_metric(_m(report, 'prompt_tps'))} tok/s (perf) · {fmt_metric(_m(report, 'prompt_tps_wall'))} tok/s "

@@ -75,11 +75,17 @@ def test_seeded_sampling_is_reproducible(inferencer: Inferencer) -> None:
 def test_perf_counters_agree_with_the_wall_clock(inferencer: Inferencer) -> None:
     result = inferencer.run(InferOptions(prompt="Tell me about GPUs.", max_tokens=32, repeat=2, ignore_eos=True))
     for run in result.runs:
-        # Wall clock covers decode + sampling + detokenising; perf counters only decode: the tool states the
-        # tolerance it holds them to (PERF_WALL_TOLERANCE) and the real loop stays inside it.
-        assert 1 - PERF_WALL_TOLERANCE <= run.gen_tps_wall / run.gen_tps_perf <= 1.02
-        assert 1 - PERF_WALL_TOLERANCE <= run.prompt_tps_wall / run.prompt_tps_perf <= 1.02
+        # The same decode window, timed by llama.cpp (t_eval) and by our clock, agrees within the stated tolerance.
+        assert abs(1 - run.decode_ms_perf / run.decode_ms_wall) <= PERF_WALL_TOLERANCE
+        assert abs(1 - run.prompt_tps_wall / run.prompt_tps_perf) <= PERF_WALL_TOLERANCE
+        # End to end, each token also pays for sampling and streaming; the three parts add up to the wall clock.
+        assert run.sample_ms > 0 and run.other_ms >= 0
+        parts = run.decode_ms_wall + run.sample_ms + run.other_ms
+        assert parts == pytest.approx(run.gen_s / (run.generated_tokens - 1) * 1000)
+        # Here (CPU, ~20 ms per token) that extra cost is small; on an H100 it was 40% (see docs/benchmarks.md).
+        assert run.gen_tps_wall / run.gen_tps_perf >= 1 - PERF_WALL_TOLERANCE
     names = {m.name: m for m in result.metrics()}
+    assert names["sample_ms_per_token"].unit == "ms" and names["decode_ms_per_token_wall"].samples
     assert names["gen_tps"].samples and names["gen_tps"].unit == "tokens/s"
     assert "llama_perf_context" in names["gen_tps"].method
     assert names["ttft_cold_ms"].value is not None

@@ -77,6 +77,32 @@ class RunMeasure:
     stop_reason: str
     token_ids: tuple[int, ...] = field(repr=False)
     text: str = field(repr=False, default="")
+    # Per generated token after the first: wall time in llama_decode + llama_synchronize, and in the sampler.
+    decode_s: float = 0.0
+    sample_s: float = 0.0
+
+    @property
+    def n_decodes(self) -> int:
+        return max(self.generated_tokens - 1, 0)
+
+    def per_token_ms(self, seconds: float) -> float | None:
+        return seconds / self.n_decodes * 1000 if self.n_decodes and self.gen_s > 0 else None
+
+    @property
+    def decode_ms_wall(self) -> float | None:
+        return self.per_token_ms(self.decode_s)
+
+    @property
+    def sample_ms(self) -> float | None:
+        return self.per_token_ms(self.sample_s)
+
+    @property
+    def other_ms(self) -> float | None:
+        return self.per_token_ms(max(self.gen_s - self.decode_s - self.sample_s, 0.0))
+
+    @property
+    def decode_ms_perf(self) -> float | None:
+        return self.perf_gen_ms / self.perf_gen_n if self.perf_gen_n else None
 
     @property
     def gen_tps_wall(self) -> float | None:
@@ -115,6 +141,8 @@ class RunMeasure:
                 "t_eval_ms": self.perf_gen_ms,
                 "n_eval": self.perf_gen_n,
             },
+            "decode_s": self.decode_s,
+            "sample_s": self.sample_s,
             "stop_reason": self.stop_reason,
             "token_ids": list(self.token_ids),
             "text": self.text,
@@ -137,6 +165,8 @@ class RunMeasure:
             stop_reason=d["stop_reason"],
             token_ids=tuple(d.get("token_ids", ())),
             text=d.get("text", ""),
+            decode_s=d.get("decode_s", 0.0),
+            sample_s=d.get("sample_s", 0.0),
         )
 
 
@@ -181,6 +211,30 @@ class InferenceResult:
             "tokens/s",
             "wall clock: (generated - 1) / (last token time - first token time)",
             [r.gen_tps_wall for r in runs],
+        )
+        add(
+            "decode_ms_per_token",
+            "ms",
+            "llama_perf_context: t_eval / n_eval (decode and GPU work, as llama-bench counts it)",
+            [r.decode_ms_perf for r in runs],
+        )
+        add(
+            "decode_ms_per_token_wall",
+            "ms",
+            "wall clock around llama_decode + llama_synchronize, per generated token",
+            [r.decode_ms_wall for r in runs],
+        )
+        add(
+            "sample_ms_per_token",
+            "ms",
+            "wall clock around llama_sampler_sample (logits to token, on the CPU), per generated token",
+            [r.sample_ms for r in runs],
+        )
+        add(
+            "other_ms_per_token",
+            "ms",
+            "wall clock per generated token outside decode and sampling (detokenize, stream)",
+            [r.other_ms for r in runs],
         )
         add("prompt_tps", "tokens/s", "llama_perf_context: n_p_eval / t_p_eval", [r.prompt_tps_perf for r in runs])
         add("prompt_tps_wall", "tokens/s", "wall clock around the prompt decode", [r.prompt_tps_wall for r in runs])
@@ -339,6 +393,9 @@ class Inferencer:
             rc = lc.llama_decode(self.ctx, lc.llama_batch_get_one(arr, len(chunk)))
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
+        # A GPU decode returns once queued; waiting here keeps the prompt time honest (llama.cpp's own
+        # counter also stops at this synchronisation).
+        lc.llama_synchronize(self.ctx)
 
     def generate(
         self, tokens: list[int], opts: InferOptions, on_text: Callable[[str], None] | None = None
@@ -358,6 +415,7 @@ class Inferencer:
             tok = lc.llama_sampler_sample(sampler, self.ctx, -1)
             t_first = time.perf_counter()
             t_last = t_first
+            decode_s = sample_s = 0.0
             while True:
                 if lc.llama_vocab_is_eog(self.vocab, tok) and not opts.ignore_eos:
                     stop = "eos"
@@ -372,10 +430,17 @@ class Inferencer:
                 if len(out_ids) >= opts.max_tokens:
                     break
                 arr = (lc.llama_token * 1)(tok)
+                t_d = time.perf_counter()
                 rc = lc.llama_decode(self.ctx, lc.llama_batch_get_one(arr, 1))
                 if rc != 0:
                     raise RuntimeError(f"llama_decode returned {rc}")
+                # The same window llama.cpp's t_eval covers: from the decode call to the end of the GPU work.
+                lc.llama_synchronize(self.ctx)
+                t_s = time.perf_counter()
                 tok = lc.llama_sampler_sample(sampler, self.ctx, -1)
+                t_e = time.perf_counter()
+                decode_s += t_s - t_d
+                sample_s += t_e - t_s
             t_end = time.perf_counter()
             tail = stream.close()
             if tail:
@@ -392,6 +457,8 @@ class Inferencer:
             prompt_s=t_prompt - t0,
             gen_s=t_last - t_first,
             total_s=t_end - t0,
+            decode_s=decode_s,
+            sample_s=sample_s,
             perf_prompt_ms=float(perf.t_p_eval_ms),
             perf_prompt_n=int(perf.n_p_eval),
             perf_gen_ms=float(perf.t_eval_ms),
