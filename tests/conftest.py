@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -47,6 +48,17 @@ def real_model() -> Path:
 
     target = Path(os.environ.get("KCUDA_TEST_MODEL_DIR", Path.home() / ".cache" / "kcuda-validate-tests"))
     return assemble(target / "gemma-3-270m-q4_k_m.gguf")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Load llama.cpp before anything imports numpy.
+
+    Seen on an H100 box: numpy 2.5 loaded before a CUDA build of llama.cpp made its first model load
+    segfault inside the CUDA runtime's start-up. The tool's worker imports llama_cpp first; the tests that
+    load models in this process must too.
+    """
+    with contextlib.suppress(ImportError):
+        import llama_cpp  # noqa: F401
 
 
 def have_real_gpu() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from fakes.hardware import install
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
+from machine import driver_present
 
 COMMANDS = ["detect", "load", "infer", "validate-all", "exit-codes"]
 
@@ -49,8 +52,10 @@ def test_version_names_the_stack() -> None:
     text = result.output
     for pkg in ("llama-cpp-python", "torch", "nvidia-ml-py", "huggingface-hub"):
         assert pkg in text
-    # This machine has no driver: the version output says so instead of failing.
-    assert "nvidia driver not found (library not found)" in text
+    if driver_present():
+        assert re.search(r"nvidia driver \d+\.\d+", text), text
+    else:  # no driver: the version output says so instead of failing
+        assert "nvidia driver not found (library not found)" in text
 
 
 def test_exit_codes_command_matches_enum() -> None:
@@ -136,7 +141,10 @@ def test_n_ctx_beyond_the_model_is_refused_at_once(tiny_model: Path) -> None:
     assert result.stderr.startswith("Error: --n-ctx 1000000: out of range for")
 
 
-def test_gpu_run_without_driver_exits_3_and_suggests_cpu(tiny_model: Path) -> None:
+def test_gpu_run_without_driver_exits_3_and_suggests_cpu(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    install("no_driver", monkeypatch, tmp_path)  # on every machine, GPU boxes included
     result = invoke("load", "--model-path", str(tiny_model))
     assert result.exit_code == ExitCode.NO_GPU
     assert "no usable NVIDIA GPU" in result.stdout

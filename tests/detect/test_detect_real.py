@@ -6,7 +6,6 @@ machine whose libnvidia-ml.so.1 loads: there the real path is the GPU tests' bus
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -19,17 +18,9 @@ from click.testing import CliRunner
 
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
+from machine import driver_present
 
-
-def _driver_present() -> bool:
-    try:
-        ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(_driver_present(), reason="an NVIDIA driver is installed: not the no-driver path")
+pytestmark = pytest.mark.skipif(driver_present(), reason="an NVIDIA driver is installed: not the no-driver path")
 
 NO_DRIVER = "No NVIDIA driver: libnvidia-ml.so.1 was not found"
 

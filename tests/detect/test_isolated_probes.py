@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import kcuda_validate.gpu.torchprobe as torchprobe
 from fakes.hardware import Installed
 from kcuda_validate.detect import DetectOptions, GpuDetector
 from kcuda_validate.errors import ExitCode
+from machine import driver_present
 
 
 @pytest.mark.slow
@@ -15,8 +18,13 @@ def test_real_isolated_probe_on_this_machine() -> None:
     info = torchprobe.probe_torch()
     assert info.installed
     assert info.cuda_build  # plain torch from PyPI is a CUDA build
-    assert info.problem == "no_driver"  # this machine has none; torch says so, in its own words
-    assert "Found no NVIDIA driver" in (info.message or "")
+    if not driver_present():
+        assert info.problem == "no_driver"  # torch says so, in its own words
+        assert "Found no NVIDIA driver" in (info.message or "")
+    else:  # a GPU box: the child initialised CUDA and ran its kernel
+        assert info.problem is None, info.message
+        assert info.cuda_available and info.device_count >= 1
+        assert all(d.kernel_ok for d in info.devices)
 
 
 def test_crash_in_the_child_becomes_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,5 +60,15 @@ def test_real_isolated_llama_probe_on_this_machine() -> None:
 
     isolated, here = probe_llama_build(), probe_llama_build(isolated=False)
     assert isolated == here  # the child reports exactly what an in-process probe sees
-    assert isolated.backends == ("CPU",)
-    assert isolated.supports_gpu_offload is False
+    if driver_present() and cuda_build():  # a GPU box with a CUDA build
+        assert isolated.backends == ("CUDA", "CPU")
+        assert isolated.supports_gpu_offload is True
+    else:
+        assert isolated.backends == ("CPU",)
+        assert isolated.supports_gpu_offload is False
+
+
+def cuda_build() -> bool:
+    import llama_cpp
+
+    return any((Path(llama_cpp.__file__).parent / "lib").glob("libggml-cuda*"))

@@ -15,6 +15,7 @@ from kcuda_validate.errors import ExitCode
 from kcuda_validate.llm.build import REBUILD_CMD, probe_llama_build
 from kcuda_validate.llm.loader import LoadOptions, LoadResult, ModelLoader
 from kcuda_validate.model.gguf_file import read_gguf
+from machine import HOST_ONLY, inprocess_llama_has_gpu
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
@@ -29,6 +30,8 @@ def _load(model: Path, options: LoadOptions) -> tuple[LoadResult, list[str]]:
 
 @pytest.fixture(scope="module")
 def cpu_run(real_model: Path) -> tuple[LoadResult, list[str]]:
+    if inprocess_llama_has_gpu():
+        pytest.skip(HOST_ONLY)
     return _load(real_model, LoadOptions(cpu_mode=True, n_ctx=512))
 
 

@@ -18,6 +18,7 @@ from kcuda_validate.llm.llamalog import LoadEvidence
 from kcuda_validate.llm.loader import LoadOptions, ModelLoader
 from kcuda_validate.model import fit
 from kcuda_validate.model.gguf_file import GgufInfo, TensorInfo, read_gguf
+from machine import HOST_ONLY, inprocess_llama_has_gpu
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -30,6 +31,8 @@ def info(real_model: Path) -> GgufInfo:
 
 @pytest.fixture(scope="module")
 def real(real_model: Path) -> dict[int, LoadEvidence]:
+    if inprocess_llama_has_gpu():
+        pytest.skip(HOST_ONLY)
     out = {}
     for n_ctx in (512, 2048):
         with ModelLoader(LoadOptions(cpu_mode=True, n_ctx=n_ctx)).load(real_model) as loaded:
