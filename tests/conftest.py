@@ -12,6 +12,25 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 
+def _load_llama_cpp_before_numpy() -> None:
+    """Load llama.cpp before anything imports numpy.
+
+    Seen on an H100 box: numpy 2.5 loaded before a CUDA build of llama.cpp made its first model load
+    segfault inside the CUDA runtime's start-up. The tool's worker imports llama_cpp first; the tests that
+    load models in this process must too. This runs when this root conftest is imported, not in
+    pytest_configure: pytest imports the conftests on the command line's paths before configuring, and
+    tests/detect/conftest.py imports numpy (through tests/fakes/hardware.py), so `pytest tests/detect`
+    would otherwise load numpy first. Only the libraries are loaded; no backend starts, so CUDA is not
+    initialised here. Costs ~0.3 s of start-up for a small selection (import llama_cpp pulls in numpy);
+    nothing for the whole suite, whose collection imports llama_cpp anyway.
+    """
+    with contextlib.suppress(ImportError, OSError, RuntimeError):  # RuntimeError: libllama failed to load
+        import llama_cpp  # noqa: F401
+
+
+_load_llama_cpp_before_numpy()
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No test touches the user's log dir, Hub cache or GPU selection; the Hub is never contacted."""
@@ -48,17 +67,6 @@ def real_model() -> Path:
 
     target = Path(os.environ.get("KCUDA_TEST_MODEL_DIR", Path.home() / ".cache" / "kcuda-validate-tests"))
     return assemble(target / "gemma-3-270m-q4_k_m.gguf")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Load llama.cpp before anything imports numpy.
-
-    Seen on an H100 box: numpy 2.5 loaded before a CUDA build of llama.cpp made its first model load
-    segfault inside the CUDA runtime's start-up. The tool's worker imports llama_cpp first; the tests that
-    load models in this process must too.
-    """
-    with contextlib.suppress(ImportError):
-        import llama_cpp  # noqa: F401
 
 
 def have_real_gpu() -> bool:

@@ -200,7 +200,8 @@ def test_no_ansi_when_piped(tiny_model: Path) -> None:
     exe = Path(sys.executable).parent / "kcuda-validate"
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
     proc = subprocess.run([str(exe), "detect", "--skip-torch"], capture_output=True, text=True, timeout=60, env=env)
-    assert proc.returncode == ExitCode.NO_GPU
+    # A real run on this machine: no driver -> exit 3; on a GPU box (checked on an H100) detect passes.
+    assert proc.returncode == (ExitCode.OK if driver_present() else ExitCode.NO_GPU), proc.stdout
     assert "\x1b[" not in proc.stdout + proc.stderr
 
 

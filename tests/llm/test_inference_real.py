@@ -82,8 +82,8 @@ def test_perf_counters_agree_with_the_wall_clock(inferencer: Inferencer) -> None
         assert run.sample_ms > 0 and run.other_ms >= 0
         parts = run.decode_ms_wall + run.sample_ms + run.other_ms
         assert parts == pytest.approx(run.gen_s / (run.generated_tokens - 1) * 1000)
-        # Here (CPU, ~20 ms per token) that extra cost is small; on an H100 it was 40% (see docs/benchmarks.md).
-        assert run.gen_tps_wall / run.gen_tps_perf >= 1 - PERF_WALL_TOLERANCE
+        # How large that extra cost is depends on the machine (on an H100 sampling Gemma's 262k-token vocabulary
+        # took as long as the decode itself: docs/benchmarks.md), so the end-to-end ratio is reported, not held.
     names = {m.name: m for m in result.metrics()}
     assert names["sample_ms_per_token"].unit == "ms" and names["decode_ms_per_token_wall"].samples
     assert names["gen_tps"].samples and names["gen_tps"].unit == "tokens/s"
