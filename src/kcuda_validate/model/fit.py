@@ -20,7 +20,10 @@ from kcuda_validate.errors import ExitCode
 from kcuda_validate.model.gguf_file import GgufInfo
 
 MIB = 1024 * 1024
-CUDA_CONTEXT = 400 * MIB  # what the CUDA runtime and cuBLAS take before llama.cpp allocates anything
+# What the CUDA runtime and cuBLAS take beyond llama.cpp's own buffers: NVML's used-memory delta over a load minus
+# the buffers llama.cpp logged was 528-533 MiB over five loads on an H100 80GB (driver 580, CUDA 13.0; docs/benchmarks.md §6).
+# Smaller GPUs need less; over-estimating by ~100 MiB is the safe side of a fit check.
+CUDA_CONTEXT = 530 * MIB
 # Typical bits per weight of common quantizations, for "what would fit" advice.
 BPW = {"Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.7, "Q4_K_M": 4.85, "Q4_0": 4.55, "Q3_K_M": 3.9, "Q2_K": 3.35}
 
