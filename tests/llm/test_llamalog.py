@@ -1,7 +1,9 @@
 """llama.cpp's load log as evidence: parsing recorded logs, capturing callback chunks, and the offload verdict.
 
-The CPU logs were captured from this project's CPU-only llama-cpp-python build loading Gemma-3-270M; the CUDA ones
-are synthesized from llama.cpp's format strings (see tests/data/llama_logs/README.md). All tests here are pure.
+The CPU logs were captured from this project's CPU-only llama-cpp-python build loading Gemma-3-270M; the `cuda_h100_*`
+ones were captured from a CUDA build on an NVIDIA H100 80GB HBM3 (Gemma-3-270M at --gpu-layers -1/4/0, and the tool's
+synthetic 64 MiB model); the `*.from_source.log` ones (two GPUs, OOM, an RTX 4090) are synthesized from llama.cpp's
+format strings (see tests/data/llama_logs/README.md). All tests here are pure.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ PARTIAL = "cuda_rtx4090_partial_ngl10.from_source.log"
 TWO_GPUS = "cuda_two_gpus_split.from_source.log"
 OOM = "cuda_rtx4090_oom.from_source.log"
 RTX4090 = "NVIDIA GeForce RTX 4090"
+# Real captures on an H100 (CUDA build, n_ctx 512); the verdicts quoted in the tests are what the tool printed there.
+H100_LOG = "cuda_h100_gemma3_270m_ngl-1.log"
+H100_LOG_NGL4 = "cuda_h100_gemma3_270m_ngl4.log"
+H100_LOG_NGL0 = "cuda_h100_gemma3_270m_ngl0.log"
+H100_SYNTH = "cuda_h100_synthetic_64mib_ngl-1.log"
+H100 = "NVIDIA H100 80GB HBM3"
 
 
 def read_log(name: str) -> list[LogLine]:
@@ -81,31 +89,138 @@ def test_cpu_only_build_ignores_gpu_layers() -> None:
     assert evidence(CPU_LOG).to_json() == evidence(CPU_LOG_NGL0).to_json()
 
 
-def test_full_cuda_offload() -> None:
-    ev = evidence(FULL)
-    assert ev.devices == ({"name": "CUDA0", "description": RTX4090, "id": "0000:01:00.0", "free_mib": 23582},)
-    assert (ev.offloaded, ev.offloadable) == (25, 25)
-    assert ev.layer_devices == {i: "CUDA0" for i in range(25)}
-    assert ev.model_buffers == {"CUDA0": mib(355.84), "CPU_Mapped": mib(137.94)}
-    assert ev.kv_buffers == {"CUDA0": mib(48.0)}
-    assert ev.compute_buffers == {"CUDA0": mib(300.25), "CUDA_Host": mib(9.75)}
-    assert ev.output_buffers == {"CUDA_Host": mib(0.58)}
+@pytest.mark.parametrize(
+    ("name", "device", "layers", "model", "kv", "compute", "output"),
+    [
+        pytest.param(
+            FULL,
+            {"name": "CUDA0", "description": RTX4090, "id": "0000:01:00.0", "free_mib": 23582},
+            25,
+            {"CUDA0": 355.84, "CPU_Mapped": 137.94},
+            {"CUDA0": 48.0},
+            {"CUDA0": 300.25, "CUDA_Host": 9.75},
+            {"CUDA_Host": 0.58},
+            id="rtx4090-from-source",
+        ),
+        pytest.param(
+            H100_LOG,
+            {"name": "CUDA0", "description": H100, "id": "0000:00:06.0", "free_mib": 80552},
+            19,  # 18 blocks + the output layer
+            {"CPU_Mapped": 170.00, "CUDA0": 235.20},
+            {"CUDA0": 1.50 + 7.50},  # non-SWA (3 layers) + SWA (15 layers) caches, both on CUDA0
+            # ~llama_context's "CUDA0 compute buffer size is 513.2500 MiB, matches expectation" is not counted again
+            {"CUDA0": 513.25, "CUDA_Host": 6.51},
+            {"CUDA_Host": 1.00},
+            id="h100-gemma3-real",
+        ),
+        pytest.param(
+            H100_SYNTH,
+            {"name": "CUDA0", "description": H100, "id": "0000:00:06.0", "free_mib": 80552},
+            8,  # 7 blocks + the output layer
+            {"CPU_Mapped": 10.01, "CUDA0": 54.00},
+            {"CUDA0": 2.62},
+            {"CUDA0": 26.62, "CUDA_Host": 4.76},
+            {"CUDA_Host": 0.05},
+            id="h100-synthetic-real",
+        ),
+    ],
+)
+def test_full_cuda_offload(
+    name: str,
+    device: dict[str, object],
+    layers: int,
+    model: dict[str, float],
+    kv: dict[str, float],
+    compute: dict[str, float],
+    output: dict[str, float],
+) -> None:
+    ev = evidence(name)
+    assert ev.devices == (device,)
+    assert (ev.offloaded, ev.offloadable) == (layers, layers)
+    assert ev.layer_devices == {i: "CUDA0" for i in range(layers)}
+    assert ev.model_buffers == {k: mib(v) for k, v in model.items()}
+    assert ev.kv_buffers == {k: mib(v) for k, v in kv.items()}
+    assert ev.compute_buffers == {k: mib(v) for k, v in compute.items()}
+    assert ev.output_buffers == {k: mib(v) for k, v in output.items()}
     assert ev.gpu_families == ("CUDA0",)
-    assert ev.bytes_on("CUDA0") == mib(355.84) + mib(48.0) + mib(300.25)
+    assert ev.bytes_on("CUDA0") == mib(model["CUDA0"]) + mib(kv["CUDA0"]) + mib(compute["CUDA0"])
     # Token embeddings (CPU_Mapped) and the pinned CUDA_Host buffers are host memory.
-    assert ev.bytes_on("CPU") == mib(137.94) + mib(9.75) + mib(0.58)
+    assert ev.bytes_on("CPU") == mib(model["CPU_Mapped"]) + mib(compute["CUDA_Host"]) + mib(output["CUDA_Host"])
     assert ev.errors == ()
 
 
-def test_partial_offload_splits_layers_between_cpu_and_cuda0() -> None:
-    ev = evidence(PARTIAL)
-    assert (ev.offloaded, ev.offloadable) == (10, 25)
-    assert ev.layer_devices == {i: ("CPU" if i < 15 else "CUDA0") for i in range(25)}
-    assert (ev.layers_on("CPU"), ev.layers_on("CUDA0")) == (15, 10)
-    assert ev.model_buffers == {"CUDA0": mib(219.66), "CPU_Mapped": mib(274.13)}
-    assert ev.kv_buffers == {"CPU": mib(30.0), "CUDA0": mib(18.0)}
+@pytest.mark.parametrize(
+    ("name", "free_mib", "first_load"),
+    [(H100_LOG, 80552, True), (H100_LOG_NGL4, 80550, False), (H100_LOG_NGL0, 80550, False), (H100_SYNTH, 80552, True)],
+    ids=["gemma3-ngl-1", "gemma3-ngl4", "gemma3-ngl0", "synthetic-ngl-1"],
+)
+def test_real_h100_logs_name_the_backend_device(name: str, free_mib: int, first_load: bool) -> None:
+    lines = read_log(name)
+    ev = parse_load_log(lines)
+    assert ev.devices == ({"name": "CUDA0", "description": H100, "id": "0000:00:06.0", "free_mib": free_mib},)
     assert ev.gpu_families == ("CUDA0",)
-    assert ev.bytes_on("CUDA0") == mib(219.66) + mib(18.0) + mib(300.25)
+    assert ev.errors == ()
+    # ggml initialises the CUDA backend once per process: only the first load of the capture run lists the devices;
+    # later loads name the GPU by the `using device` line alone.
+    texts = [ln.text for ln in lines]
+    init = [
+        "ggml_cuda_init: found 1 CUDA devices (Total VRAM: 81079 MiB):",
+        f"  Device 0: {H100}, compute capability 9.0, VMM: yes, VRAM: 81079 MiB",
+    ]
+    assert (texts[:2] == init) is first_load
+    assert f"llama_prepare_model_devices: using device CUDA0 ({H100}) (0000:00:06.0) - {free_mib} MiB free" in texts
+
+
+@pytest.mark.parametrize(
+    ("name", "on_gpu", "total", "model", "kv", "vram"),
+    [
+        pytest.param(
+            PARTIAL,
+            10,
+            25,
+            {"CUDA0": 219.66, "CPU_Mapped": 274.13},
+            {"CPU": 30.0, "CUDA0": 18.0},
+            mib(219.66) + mib(18.0) + mib(300.25),
+            id="rtx4090-ngl10-from-source",
+        ),
+        pytest.param(
+            H100_LOG_NGL4,
+            4,  # 3 blocks + the output layer
+            19,
+            {"CPU_Mapped": 223.73, "CUDA0": 181.44},
+            {"CPU": 1.00 + 6.50, "CUDA0": 0.50 + 1.00},  # non-SWA + SWA caches, each split CPU/CUDA0
+            mib(181.44) + mib(0.50) + mib(1.00) + mib(513.25),
+            id="h100-gemma3-ngl4-real",
+        ),
+    ],
+)
+def test_partial_offload_splits_layers_between_cpu_and_cuda0(
+    name: str, on_gpu: int, total: int, model: dict[str, float], kv: dict[str, float], vram: int
+) -> None:
+    ev = evidence(name)
+    on_cpu = total - on_gpu
+    assert (ev.offloaded, ev.offloadable) == (on_gpu, total)
+    # llama.cpp offloads the last layers: the first ones (from layer 0) stay on the CPU
+    assert ev.layer_devices == {i: ("CPU" if i < on_cpu else "CUDA0") for i in range(total)}
+    assert (ev.layers_on("CPU"), ev.layers_on("CUDA0")) == (on_cpu, on_gpu)
+    assert ev.model_buffers == {k: mib(v) for k, v in model.items()}
+    assert ev.kv_buffers == {k: mib(v) for k, v in kv.items()}
+    assert ev.gpu_families == ("CUDA0",)
+    assert ev.bytes_on("CUDA0") == vram
+
+
+def test_real_cuda_build_honours_gpu_layers_0_but_still_reserves_a_gpu_compute_buffer() -> None:
+    """Unlike the CPU-only build, the CUDA build obeys --gpu-layers 0; the weights stay in host memory, yet the
+    scheduler still reserves a CUDA0 compute buffer (bigger than at full offload) for offloading batch ops."""
+    ev = evidence(H100_LOG_NGL0)
+    assert (ev.offloaded, ev.offloadable) == (0, 19)
+    assert ev.layer_devices == {i: "CPU" for i in range(19)}
+    assert ev.model_buffers == {"CPU_Mapped": mib(235.16)}  # no CPU_REPACK buffer in the CUDA build
+    assert ev.kv_buffers == {"CPU": mib(1.50) + mib(7.50)}
+    assert ev.output_buffers == {"CPU": mib(1.00)}
+    assert ev.compute_buffers == {"CUDA0": mib(685.53), "CUDA_Host": mib(6.51)}
+    assert ev.bytes_on("CUDA0") == mib(685.53)
+    assert ev.to_json() != evidence(H100_LOG).to_json()
 
 
 def test_two_gpu_split() -> None:
@@ -188,15 +303,22 @@ def fed(chunks: list[tuple[int, str]]) -> list[tuple[int, str]]:
     return [(ln.level, ln.text) for ln in cap.lines]
 
 
-def test_replaying_the_real_chunks_gives_the_recorded_lines() -> None:
-    chunks = [tuple(json.loads(x)) for x in (DATA / "cpu_gemma3_270m_ngl-1.chunks.jsonl").read_text().splitlines()]
-    assert sum(1 for level, _ in chunks if level == 5) > 20  # the progress dots arrive as continuation chunks
+@pytest.mark.parametrize(
+    ("log_name", "n_dots"),
+    [(CPU_LOG, 29), (H100_LOG, 19), (H100_SYNTH, 39)],
+    ids=["cpu-gemma3", "h100-gemma3", "h100-synthetic"],
+)
+def test_replaying_the_real_chunks_gives_the_recorded_lines(log_name: str, n_dots: int) -> None:
+    chunks_file = DATA / log_name.replace(".log", ".chunks.jsonl")
+    chunks = [tuple(json.loads(x)) for x in chunks_file.read_text(encoding="utf-8").splitlines()]
+    # the progress dots arrive as continuation chunks, one "." each and a final "\n"
+    assert [t for level, t in chunks if level == 5] == ["."] * n_dots + ["\n"]
     lines = fed(chunks)
-    assert lines == [(ln.level, ln.text) for ln in read_log(CPU_LOG)]
+    assert lines == [(ln.level, ln.text) for ln in read_log(log_name)]
     texts = [t for _, t in lines]
     # The dots end as a line of their own and never prefix the next message.
     dots = [t for t in texts if t.startswith(".")]
-    assert len(dots) == 1 and set(dots[0]) == {"."}
+    assert dots == ["." * n_dots]
     assert (2, dots[0]) in lines
     assert "llama_context: constructing llama_context" in texts
     assert all(t.startswith("repack: ") for t in texts if "repack tensor" in t)
@@ -258,18 +380,27 @@ def test_tail_mark_and_since() -> None:
 # judge_offload: evidence -> verdict
 
 
-def test_full_offload_passes_with_one_trustworthy_line() -> None:
-    ev = evidence(FULL)
-    v = judge_offload(ev, LoadOptions(gpu_layers=-1), 24, None)
+@pytest.mark.parametrize(
+    ("name", "n_layer", "gpu_name", "line"),
+    [
+        (FULL, 24, RTX4090, "25/25 layers on CUDA0 (NVIDIA GeForce RTX 4090), 704 MiB VRAM"),
+        # the verdicts the tool printed on the H100
+        (H100_LOG, 18, H100, "19/19 layers on CUDA0 (NVIDIA H100 80GB HBM3), 757 MiB VRAM"),
+        (H100_SYNTH, 7, H100, "8/8 layers on CUDA0 (NVIDIA H100 80GB HBM3), 83 MiB VRAM"),
+    ],
+    ids=["rtx4090-from-source", "h100-gemma3-real", "h100-synthetic-real"],
+)
+def test_full_offload_passes_with_one_trustworthy_line(name: str, n_layer: int, gpu_name: str, line: str) -> None:
+    ev = evidence(name)
+    v = judge_offload(ev, LoadOptions(gpu_layers=-1), n_layer, None)
     assert v.status == Status.PASS and v.exit_code == ExitCode.OK
     vram = ev.bytes_on("CUDA0") / MIB
-    assert (
-        v.line
-        == f"25/25 layers on CUDA0 ({RTX4090}), {vram:.0f} MiB VRAM"
-        == "25/25 layers on CUDA0 (NVIDIA GeForce RTX 4090), 704 MiB VRAM"
-    )
-    assert (v.layers_on_gpu, v.layers_total, v.device, v.device_name) == (25, 25, "CUDA0", RTX4090)
+    total = n_layer + 1
+    assert v.line == f"{total}/{total} layers on CUDA0 ({gpu_name}), {vram:.0f} MiB VRAM" == line
+    assert (v.layers_on_gpu, v.layers_total, v.device, v.device_name) == (total, total, "CUDA0", gpu_name)
     assert v.gpu_buffer_bytes == ev.bytes_on("CUDA0")
+    # capture.py loads without the GGUF's block count: the "offloaded N/M" line alone gives the same verdict
+    assert judge_offload(ev, LoadOptions(gpu_layers=-1, n_ctx=512), None, None).line == line
 
 
 def test_full_offload_with_a_consistent_nvml_delta() -> None:
@@ -290,22 +421,68 @@ def test_real_cpu_only_build_fails_with_no_offload_evidence() -> None:
         assert v.gpu_buffer_bytes == 0 and v.layers_total == 19
 
 
-def test_partial_offload_when_all_layers_were_requested_fails() -> None:
-    v = judge_offload(evidence(PARTIAL), LoadOptions(gpu_layers=-1), 24, None)
+@pytest.mark.parametrize(
+    ("name", "n_layer", "head"),
+    [(PARTIAL, 24, f"10/25 layers on CUDA0 ({RTX4090}), "), (H100_LOG_NGL4, 18, f"4/19 layers on CUDA0 ({H100}), ")],
+    ids=["rtx4090-ngl10-from-source", "h100-gemma3-ngl4-real"],
+)
+def test_partial_offload_when_all_layers_were_requested_fails(name: str, n_layer: int, head: str) -> None:
+    v = judge_offload(evidence(name), LoadOptions(gpu_layers=-1), n_layer, None)
     assert v.status == Status.FAIL and v.exit_code == ExitCode.CHECK_FAILED
-    assert v.line.startswith(f"10/25 layers on CUDA0 ({RTX4090}), ")
+    assert v.line.startswith(head)
     assert v.line.endswith("; 15 layer(s) stayed on the CPU")
     assert "--n-ctx" in (v.fix or "")
 
 
-def test_partial_offload_that_was_requested_passes() -> None:
-    ev = evidence(PARTIAL)
-    v = judge_offload(ev, LoadOptions(gpu_layers=10), 24, None)
-    assert v.status == Status.PASS
+@pytest.mark.parametrize(
+    ("name", "gpu_layers", "n_layer", "gpu_name", "line"),
+    [
+        (
+            PARTIAL,
+            10,
+            24,
+            RTX4090,
+            "10/25 layers on CUDA0 (NVIDIA GeForce RTX 4090), 538 MiB VRAM "
+            "(partial offload requested: --gpu-layers 10)",
+        ),
+        # the verdict the tool printed on the H100
+        (
+            H100_LOG_NGL4,
+            4,
+            18,
+            H100,
+            "4/19 layers on CUDA0 (NVIDIA H100 80GB HBM3), 696 MiB VRAM (partial offload requested: --gpu-layers 4)",
+        ),
+    ],
+    ids=["rtx4090-ngl10-from-source", "h100-gemma3-ngl4-real"],
+)
+def test_partial_offload_that_was_requested_passes(
+    name: str, gpu_layers: int, n_layer: int, gpu_name: str, line: str
+) -> None:
+    ev = evidence(name)
+    v = judge_offload(ev, LoadOptions(gpu_layers=gpu_layers), n_layer, None)
+    assert v.status == Status.PASS and v.exit_code == ExitCode.OK
     vram = ev.bytes_on("CUDA0") / MIB
-    assert v.line == f"10/25 layers on CUDA0 ({RTX4090}), {vram:.0f} MiB VRAM" + (
-        " (partial offload requested: --gpu-layers 10)"
+    total = n_layer + 1
+    assert v.line == f"{gpu_layers}/{total} layers on CUDA0 ({gpu_name}), {vram:.0f} MiB VRAM" + (
+        f" (partial offload requested: --gpu-layers {gpu_layers})"
     )
+    assert v.line == line
+    assert (v.layers_on_gpu, v.layers_total, v.device_name) == (gpu_layers, total, gpu_name)
+    # as a check it passes even when a full offload is required: the partial offload was asked for
+    assert v.check(ev, cpu_mode=False).status == Status.PASS
+
+
+def test_real_h100_gpu_layers_0_is_judged_not_on_the_gpu() -> None:
+    """The tool printed this on the H100 for --gpu-layers 0: no layer on the GPU is a failure, whatever was asked."""
+    ev = evidence(H100_LOG_NGL0)
+    v = judge_offload(ev, LoadOptions(gpu_layers=0), 18, None)
+    assert v.status == Status.FAIL and v.exit_code == ExitCode.GPU_UNUSABLE
+    assert v.line == "0/19 layers on a GPU: llama.cpp kept the model in host memory"
+    assert (v.layers_on_gpu, v.layers_total, v.device, v.device_name) == (0, 19, "CUDA0", H100)
+    # the CUDA0 compute buffer is still reported as GPU memory in use, though no weights went there
+    assert v.gpu_buffer_bytes == mib(685.53)
+    assert REBUILD_CMD in (v.fix or "")
 
 
 def test_nvml_delta_much_smaller_than_the_buffers_warns() -> None:
