@@ -229,3 +229,13 @@ def test_two_runs_at_once_share_the_synthetic_cache_safely(tmp_path: Path) -> No
     assert len(paths) == 1
     files = sorted(p.name for p in (tmp_path / "cache" / "synthetic").iterdir() if not p.name.startswith("."))
     assert files == ["synthetic-llama-24MiB-Q8_0-s0.gguf"]
+
+
+def test_gpu_layers_0_on_a_gpu_run_is_a_usage_error(tiny_model: Path) -> None:
+    """On the H100, --gpu-layers 0 still reserved a GPU compute buffer while proving nothing about offload."""
+    result = invoke("load", "--model-path", str(tiny_model), "--gpu-layers", "0")
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.splitlines()[:2] == [
+        "Error: --gpu-layers 0: offloads nothing, so the GPU cannot be validated",
+        "Fix: Use --device cpu for a CPU run, or --gpu-layers -1 (all) or N > 0.",
+    ]

@@ -208,6 +208,13 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         synthetic_type=(kw.get("synthetic_type") or "Q8_0").upper(),
     )
     spec.validate()
+    if not cpu and kw.get("gpu_layers") == 0:
+        # Seen on an H100: with 0 layers llama.cpp still puts a compute buffer on the GPU, yet nothing about
+        # GPU offload can be proven; a CPU run is what was meant, and it should say so.
+        raise UsageError(
+            "--gpu-layers 0: offloads nothing, so the GPU cannot be validated",
+            fix="Use --device cpu for a CPU run, or --gpu-layers -1 (all) or N > 0.",
+        )
     load = LoadOptions(
         gpu_layers=0 if cpu else kw.get("gpu_layers", -1),
         n_ctx=kw.get("n_ctx", DEFAULT_N_CTX),

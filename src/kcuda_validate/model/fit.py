@@ -20,8 +20,9 @@ from kcuda_validate.errors import ExitCode
 from kcuda_validate.model.gguf_file import GgufInfo
 
 MIB = 1024 * 1024
-# What the CUDA runtime and cuBLAS take beyond llama.cpp's own buffers: NVML's used-memory delta over a load minus
-# the buffers llama.cpp logged was 528-533 MiB over five loads on an H100 80GB (driver 580, CUDA 13.0; docs/benchmarks.md §6).
+# What the CUDA runtime and cuBLAS take beyond llama.cpp's own buffers: NVML's used-memory delta over a load
+# minus the buffers llama.cpp logged was 528-533 MiB over five loads on an H100 80GB (driver 580, CUDA 13.0;
+# docs/benchmarks.md §6).
 # Smaller GPUs need less; over-estimating by ~100 MiB is the safe side of a fit check.
 CUDA_CONTEXT = 530 * MIB
 # Typical bits per weight of common quantizations, for "what would fit" advice.
