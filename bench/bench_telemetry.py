@@ -6,7 +6,11 @@ GIL). Without a GPU, the sampler reads a stand-in NVML module whose calls return
 measured is the sampler's own Python and thread cost, not the driver's. With --gpu, the model is offloaded
 to GPU 0 and the sampler reads the real driver.
 
-Run: python3 -m uv run python bench/bench_telemetry.py [--model PATH] [--gpu]
+With --tool (GPU only), the arrangement the tool really uses is measured instead: whole
+`kcuda-validate infer --json` commands, sampler in the parent and decode in the worker, alternated with
+`--no-telemetry`; the figure compared is the tool's own gen tok/s (llama.cpp perf counters and wall clock).
+
+Run: python3 -m uv run python bench/bench_telemetry.py [--model PATH] [--gpu | --tool]
 Goal: < 1% of generation tokens/s.
 """
 
@@ -20,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _util import machine, real_model, table
+from _util import bench_env, machine, real_model, table, tool_cmd
 
 
 class StandInNvml:
@@ -63,8 +67,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--gpu", action="store_true", help="offload to GPU 0 and sample the real driver")
+    ap.add_argument("--tool", action="store_true", help="whole infer commands with and without --no-telemetry")
     args = ap.parse_args()
     model = args.model or real_model()
+    if args.tool:
+        tool_mode(model, args.tokens, args.pairs)
+        return
 
     from kcuda_validate.gpu.nvml import Nvml
     from kcuda_validate.llm.inference import Inferencer, InferOptions
@@ -110,6 +118,35 @@ def main() -> None:
         )
     )
     print(f"\ncost: {(1 - mb / ma) * 100:+.2f}% of generation speed (goal < 1%)")
+
+
+def tool_mode(model: Path, tokens: int, pairs: int) -> None:
+    import json
+    import subprocess
+
+    def once(*extra: str) -> tuple[float, float, int]:
+        cmd = [*tool_cmd(), "--json", "infer", "--model-path", str(model), "--raw", "--max-tokens", str(tokens)]
+        proc = subprocess.run([*cmd, "--repeat", "3", *extra], capture_output=True, text=True, env=bench_env())
+        doc = json.loads(proc.stdout)
+        if doc["exit_code"] != 0 or doc["device_mode"] != "gpu":
+            raise SystemExit(f"infer did not pass on a GPU (exit {doc['exit_code']}): --tool needs a GPU box")
+        m = doc["metrics"]
+        return m["gen_tps"]["value"], m["gen_tps_wall"]["value"], doc["sections"].get("telemetry", {}).get("samples", 0)
+
+    once()
+    off, on = [], []
+    for _ in range(pairs):
+        off.append(once("--no-telemetry"))
+        on.append(once())
+    med = lambda runs, i: statistics.median(r[i] for r in runs)  # noqa: E731
+    print(f"Machine: {machine()}\nModel: {model.name}, {tokens} tokens x 3 runs per command, {pairs} pairs\n")
+    rows = [
+        ["infer --no-telemetry", f"{med(off, 0):.1f}", f"{med(off, 1):.1f}", "0"],
+        ["infer (10 Hz sampler in the parent)", f"{med(on, 0):.1f}", f"{med(on, 1):.1f}", f"{med(on, 2):.0f}"],
+    ]
+    print(table(["command", "gen tok/s (perf)", "gen tok/s (wall)", "samples"], rows))
+    for i, what in ((0, "perf counters"), (1, "wall clock")):
+        print(f"cost ({what}): {(1 - med(on, i) / med(off, i)) * 100:+.2f}% of generation speed (goal < 1%)")
 
 
 if __name__ == "__main__":

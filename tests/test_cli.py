@@ -239,3 +239,12 @@ def test_gpu_layers_0_on_a_gpu_run_is_a_usage_error(tiny_model: Path) -> None:
         "Error: --gpu-layers 0: offloads nothing, so the GPU cannot be validated",
         "Fix: Use --device cpu for a CPU run, or --gpu-layers -1 (all) or N > 0.",
     ]
+
+
+def test_no_telemetry_reaches_the_pipeline() -> None:
+    """The GPU effect (no NVML figures) is tested in tests/test_gpu.py; here: the flag is parsed and passed on."""
+    from kcuda_validate.cli._common import build_run
+
+    base = {"model_path": "m.gguf", "max_tokens": 8, "repeat": 1, "synthetic_type": "Q8_0"}
+    assert build_run(base, with_infer=True).telemetry is True
+    assert build_run({**base, "no_telemetry": True}, with_infer=True).telemetry is False

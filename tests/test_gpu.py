@@ -46,3 +46,11 @@ def test_partial_offload_is_reported_as_partial(real_model: Path) -> None:
     offload = doc["sections"]["load"]["offload"]
     assert offload["layers_on_gpu"] == 4
     assert doc["exit_code"] == 0
+
+
+def test_no_telemetry_leaves_the_nvml_figures_out(real_model: Path) -> None:
+    doc = run_json("infer", "--model-path", str(real_model), "--max-tokens", "16", "--repeat", "2", "--no-telemetry")
+    assert doc["exit_code"] == 0, [c for c in doc["checks"] if c["status"] == "fail"]
+    assert "telemetry" not in doc["sections"]
+    assert "gpu_util_mean" not in doc["metrics"] and "energy_per_token" not in doc["metrics"]
+    assert doc["metrics"]["gen_tps"]["value"] > 0

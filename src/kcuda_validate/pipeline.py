@@ -59,6 +59,7 @@ class ModelRun:
     device: int | None = None
     timeout_s: float | None = 600.0
     compare_cpu: bool = False
+    telemetry: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
     all_devices: bool = False
 
@@ -237,7 +238,7 @@ class Stages:
             self.ui.progress("Generating…")
 
         def before_infer() -> None:
-            if self.gpu is not None and not run.load.cpu_mode:
+            if self.gpu is not None and not run.load.cpu_mode and run.telemetry:
                 from kcuda_validate.telemetry import TelemetrySampler
 
                 sampler_box["s"] = TelemetrySampler(self.gpu.nvml, self.gpu.info.index).start()

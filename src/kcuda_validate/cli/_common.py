@@ -167,6 +167,11 @@ def infer_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--raw", is_flag=True, help="Do not apply the model's chat template."),
         click.option("--compare-cpu", is_flag=True, help="Also run the prompt with 0 GPU layers; report the speedup."),
+        click.option(
+            "--no-telemetry",
+            is_flag=True,
+            help="Do not sample NVML during inference (no utilisation, power, energy or VRAM-peak figures).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -257,6 +262,7 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         device=kw.get("device") if isinstance(kw.get("device"), int) else None,
         timeout_s=kw.get("timeout", DEFAULT_TIMEOUT),
         compare_cpu=bool(kw.get("compare_cpu")),
+        telemetry=not kw.get("no_telemetry", False),
         thresholds=thresholds,
         all_devices=bool(kw.get("all_devices")),
     )
