@@ -284,3 +284,32 @@ def start_worker(kw: dict[str, Any]) -> Any:
     if early is not None:  # started for these same options: same pin, no second NVML read
         return early
     return Worker(pin=worker_pin(cpu_mode, index)).start()
+
+
+def run_model_command(
+    ctx: click.Context,
+    kw: dict[str, Any],
+    command: str,
+    with_infer: bool,
+    detect_options: Callable[[Any], Any] | None = None,
+) -> int:
+    """The body `load`, `infer` and `validate-all` share: worker first, then the pipeline, then the verdict.
+
+    `detect_options(run)` gives validate-all's detect stage its options once the run is known."""
+    worker = start_worker(kw)
+    try:
+        from kcuda_validate.pipeline import run_pipeline
+        from kcuda_validate.report import Report
+
+        ui = make_output(ctx, **kw)
+        run = build_run(kw, with_infer=with_infer)
+        report = Report(command)
+        detect = None
+        if detect_options is not None:
+            report.device_mode = "cpu" if run.load.cpu_mode else "gpu"
+            detect = detect_options(run)
+        run_pipeline(report, ui, run, detect, worker=worker)
+        ui.result(report)
+        return int(report.exit_code)
+    finally:
+        worker.kill()

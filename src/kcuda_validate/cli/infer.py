@@ -7,13 +7,11 @@ from typing import Any
 import click
 
 from kcuda_validate.cli._common import (
-    build_run,
     infer_options,
     load_options,
-    make_output,
     model_options,
     output_options,
-    start_worker,
+    run_model_command,
     threshold_options,
 )
 
@@ -28,16 +26,4 @@ from kcuda_validate.cli._common import (
 @click.pass_context
 def infer(ctx: click.Context, **kw: Any) -> int:
     """Run a prompt and report tokens/s, time to first token and GPU telemetry, all measured."""
-    worker = start_worker(kw)
-    try:
-        from kcuda_validate.pipeline import run_pipeline
-        from kcuda_validate.report import Report
-
-        ui = make_output(ctx, **kw)
-        run = build_run(kw, with_infer=True)
-        report = Report("infer")
-        run_pipeline(report, ui, run, worker=worker)
-        ui.result(report)
-        return int(report.exit_code)
-    finally:
-        worker.kill()
+    return run_model_command(ctx, kw, "infer", with_infer=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from kcuda_validate.cli._common import build_run, load_options, make_output, model_options, output_options, start_worker
+from kcuda_validate.cli._common import load_options, model_options, output_options, run_model_command
 
 
 @click.command("load")
@@ -19,16 +19,4 @@ def load(ctx: click.Context, **kw: Any) -> int:
 
     Without a model option the default model (Qwen2.5-0.5B-Instruct Q4_K_M) is fetched from the Hub.
     """
-    worker = start_worker(kw)
-    try:
-        from kcuda_validate.pipeline import run_pipeline
-        from kcuda_validate.report import Report
-
-        ui = make_output(ctx, **kw)
-        run = build_run(kw, with_infer=False)
-        report = Report("load")
-        run_pipeline(report, ui, run, worker=worker)
-        ui.result(report)
-        return int(report.exit_code)
-    finally:
-        worker.kill()
+    return run_model_command(ctx, kw, "load", with_infer=False)

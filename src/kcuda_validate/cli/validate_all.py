@@ -7,13 +7,11 @@ from typing import Any
 import click
 
 from kcuda_validate.cli._common import (
-    build_run,
     infer_options,
     load_options,
-    make_output,
     model_options,
     output_options,
-    start_worker,
+    run_model_command,
     threshold_options,
 )
 
@@ -31,18 +29,12 @@ from kcuda_validate.cli._common import (
 @click.pass_context
 def validate_all(ctx: click.Context, **kw: Any) -> int:
     """Run the whole check: GPU stack, model load with offload proof, measured inference."""
-    worker = start_worker(kw)
-    try:
+
+    def detect_options(run: Any) -> Any:
         from kcuda_validate.cli.detect import _model_dir
         from kcuda_validate.detect import DetectOptions
-        from kcuda_validate.pipeline import run_pipeline
-        from kcuda_validate.report import Report
 
-        ui = make_output(ctx, **kw)
-        run = build_run(kw, with_infer=True)
-        report = Report("validate-all")
-        report.device_mode = "cpu" if run.load.cpu_mode else "gpu"
-        detect_opts = DetectOptions(
+        return DetectOptions(
             device=run.device,
             skip_torch=kw.get("skip_torch", False),
             min_vram_gb=kw.get("min_vram_gb", 2.0),
@@ -50,8 +42,5 @@ def validate_all(ctx: click.Context, **kw: Any) -> int:
             cpu_mode=run.load.cpu_mode,
             model_dir=_model_dir(),
         )
-        run_pipeline(report, ui, run, detect_opts, worker=worker)
-        ui.result(report)
-        return int(report.exit_code)
-    finally:
-        worker.kill()
+
+    return run_model_command(ctx, kw, "validate-all", with_infer=True, detect_options=detect_options)
