@@ -248,3 +248,52 @@ def test_no_telemetry_reaches_the_pipeline() -> None:
     base = {"model_path": "m.gguf", "max_tokens": 8, "repeat": 1, "synthetic_type": "Q8_0"}
     assert build_run(base, with_infer=True).telemetry is True
     assert build_run({**base, "no_telemetry": True}, with_infer=True).telemetry is False
+
+
+@pytest.mark.parametrize("option", ["--report", "--junit-xml"])
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_report_destination_is_refused_before_the_run(
+    tiny_model: Path, tmp_path: Path, option: str, where: str
+) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a directory")
+    dest = blocker / "sub" / "r.out" if where == "under_a_file" else Path("/proc/kcuda-validate-test/r.out")
+    result = invoke("infer", "--device", "cpu", "--model-path", str(tiny_model), "--max-tokens", "4", option, str(dest))
+    assert result.exit_code == ExitCode.USAGE, result.output
+    if where == "under_a_file":
+        assert result.stderr.splitlines()[0] == f"Error: {option} {dest}: {blocker} is not a directory"
+    else:
+        assert result.stderr.splitlines()[0].startswith(f"Error: {option} {dest}: cannot write in /proc (")
+    assert result.stderr.splitlines()[1].startswith("Fix: Pass a path in a directory you can write to")
+    assert result.stdout == ""  # refused up front: no model was loaded, nothing was generated
+    assert "Traceback" not in result.stderr
+
+
+def test_report_parent_directories_are_created_at_the_end(tiny_model: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "ci" / "artifacts" / "report.json"
+    result = invoke("load", "--device", "cpu", "--model-path", str(tiny_model), "--report", str(dest))
+    assert result.exit_code == 0, result.output
+    assert json.loads(dest.read_text())["command"] == "load"
+    assert [p.name for p in dest.parent.iterdir()] == ["report.json"]  # no temp files left
+
+
+def test_a_report_that_cannot_be_written_at_the_end_still_leaves_the_result(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up during a long run: the result is still printed, then the write failure is the error."""
+    import errno
+
+    import kcuda_validate.report as report_mod
+
+    def disk_full(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(report_mod, "write_atomic", disk_full)
+    dest = tmp_path / "r.json"
+    result = invoke("--json", "load", "--device", "cpu", "--model-path", str(tiny_model), "--report", str(dest))
+    assert json.loads(result.stdout)["passed"] is True
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.splitlines()[0] == (
+        f"Error: --report {dest}: the report could not be written (No space left on device); the result above stands"
+    )
+    assert not dest.exists()

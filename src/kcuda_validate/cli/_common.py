@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kcuda_validate.cli._output import Output, OutputOptions
+from kcuda_validate.cli._output import Output, OutputOptions, check_writable
 
 DEFAULT_N_CTX = 4096
 DEFAULT_TIMEOUT = 600.0
@@ -70,6 +70,10 @@ def make_output(ctx: click.Context, **kw: Any) -> Output:
         junit_path=kw.get("junit_path") or base.junit_path,
         debug=bool(kw.get("debug") if kw.get("debug") is not None else base.debug),
     )
+    if opts.report_path is not None:
+        check_writable(opts.report_path, "--report")
+    if opts.junit_path is not None:
+        check_writable(opts.junit_path, "--junit-xml")
     return Output(opts)
 
 

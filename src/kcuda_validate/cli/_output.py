@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -104,23 +105,62 @@ class Output:
         self._stderr.flush()
 
     def result(self, report: Any) -> None:
-        """Print the final result in the chosen mode and write any requested report files."""
-        from kcuda_validate.report import write_atomic
+        """Print the final result in the chosen mode, then write any requested report files.
 
+        Printing comes first so that a report file that cannot be written (the disk filled up during a
+        long run) still leaves the user the result; the write failure is then the error."""
         self.end_progress()
         self.end_stream()
         doc = report.to_json()
-        if self.opts.report_path is not None:
-            write_atomic(self.opts.report_path, json.dumps(doc, indent=2, default=str) + "\n")
-        if self.opts.junit_path is not None:
-            write_atomic(self.opts.junit_path, report.to_junit_xml())
         if self.opts.mode == "json":
             self._stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
             self._stdout.flush()
-            return
-        from kcuda_validate.render import render_report
+        else:
+            from kcuda_validate.render import render_report
 
-        render_report(report, self.console, verbose=self.opts.verbose, quiet=self.opts.quiet)
+            render_report(report, self.console, verbose=self.opts.verbose, quiet=self.opts.quiet)
+        if self.opts.report_path is not None:
+            _write_report(self.opts.report_path, "--report", json.dumps(doc, indent=2, default=str) + "\n", report)
+        if self.opts.junit_path is not None:
+            _write_report(self.opts.junit_path, "--junit-xml", report.to_junit_xml(), report)
+
+
+WRITABLE_FIX = "Pass a path in a directory you can write to, or leave the option out."
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse a report destination that cannot be written before the run, not after minutes of it.
+
+    Missing parent directories are created at the end (only then: an interrupted run leaves nothing
+    behind), so the probe is a temporary file in the nearest directory that exists now."""
+    from kcuda_validate.errors import UsageError
+
+    where = Path(path).absolute().parent
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir():
+        raise UsageError(f"{option} {path}: {where} is not a directory", fix=WRITABLE_FIX)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kcuda-validate-probe.", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write in {where} ({exc.strerror or exc})", fix=WRITABLE_FIX) from exc
+
+
+def _write_report(path: Path, option: str, text: str, report: Any) -> None:
+    """A failed write is an error; the run's own failure, if any, keeps its more specific exit code."""
+    from kcuda_validate.errors import ExitCode, KcudaError
+    from kcuda_validate.report import write_atomic
+
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        raise KcudaError(
+            f"{option} {path}: the report could not be written ({exc.strerror or exc}); the result above stands",
+            fix=WRITABLE_FIX,
+            exit_code=report.exit_code if report.exit_code != ExitCode.OK else ExitCode.USAGE,
+        ) from exc
 
 
 def _make_console(stream: TextIO, width: int | None) -> Any:
