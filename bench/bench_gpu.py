@@ -22,7 +22,9 @@ SAVED: list[dict] = []
 
 def run(source: list[str], repeat: int, tokens: int) -> dict:
     cmd = [*tool_cmd(), "infer", "--json", "--compare-cpu", "--repeat", str(repeat)]
-    cmd += ["--max-tokens", str(tokens), "--raw", "--prompt", "Describe the history of computing in detail.", *source]
+    cmd += ["--max-tokens", str(tokens), "--raw", *source]
+    if "--prompt-tokens" not in source:  # a synthetic prompt replaces the text prompt
+        cmd += ["--prompt", "Describe the history of computing in detail."]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env())
     try:
         doc = json.loads(proc.stdout)

@@ -81,6 +81,10 @@ def test_exit_codes_command_matches_enum() -> None:
             "Error: --model-path and --synthetic: choose one model source",
         ),
         (["infer", "--compare-cpu", "--device", "cpu"], "Error: --compare-cpu: needs a GPU run"),
+        (
+            ["infer", "hello", "--prompt-tokens", "10", "--device", "cpu"],
+            "Error: --prompt-tokens 10: replaces the prompt with synthetic tokens, so a prompt cannot be given too",
+        ),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:

@@ -238,6 +238,12 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         prompt = opt if opt is not None else arg
         if prompt is not None and not prompt.strip():
             raise UsageError("prompt: the prompt is empty", fix="Pass some text, e.g. kcuda-validate infer 'Hello'.")
+        if prompt is not None and kw.get("prompt_tokens"):
+            raise UsageError(
+                f"--prompt-tokens {kw['prompt_tokens']}: replaces the prompt with synthetic tokens, so a prompt"
+                " cannot be given too",
+                fix="Pass either a prompt or --prompt-tokens N.",
+            )
         infer = InferOptions(
             prompt=prompt if prompt is not None else DEFAULT_PROMPT,
             max_tokens=kw.get("max_tokens", 128),
