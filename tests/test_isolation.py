@@ -116,8 +116,11 @@ def test_interrupt_stops_the_worker_and_writes_a_partial_report(
     doc = json.loads(report.read_text())
     assert doc["interrupted"] is True
     assert doc["exit_code"] == code
-    assert any(c["id"] == "load.interrupted" for c in doc["checks"])
+    check = next(c for c in doc["checks"] if c["id"] == "load.interrupted")
+    name = signal.Signals(signum).name
+    assert check["summary"] == f"interrupted by {name} during load; the worker process was stopped"
     assert _procs_with_marker(marker) == []
+    assert report.stat().st_mode & 0o777 == 0o666 & ~_umask()  # a normal file, not mkstemp's 0600
 
 
 def test_worker_exit_without_result_is_reported(
@@ -180,3 +183,9 @@ print(np is None or (lc is not None and lc < np), lc is not None)
     env = {**os.environ, "KCUDA_WORKER_PIN": pinned}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
     assert out.split() == ["True", "True" if pinned else "False"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -377,7 +377,7 @@ class Stages:
                     f"{out.stage}.interrupted",
                     out.stage,
                     f"{out.stage.capitalize()} stage",
-                    f"interrupted by {sig} during {out.stage}; the worker was stopped and the GPU freed",
+                    f"interrupted by {sig} during {out.stage}; the worker process was stopped",
                     None,
                     r.exit_override,
                 )
