@@ -56,7 +56,15 @@ class TelemetrySummary:
             ),
         ]
         jpt = self.energy_j / generated_tokens if self.energy_j is not None and generated_tokens else None
-        out.append(Metric("energy_per_token", jpt, "J/token", "energy / tokens generated during sampling window"))
+        out.append(
+            Metric(
+                "energy_per_token",
+                jpt,
+                "J/token",
+                "energy across the inference window (warm-up and measured runs, their prompt processing included)"
+                " / tokens generated in it",
+            )
+        )
         return out
 
     def to_json(self) -> dict[str, Any]:
