@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Every check and benchmark that needs a real NVIDIA GPU, in one go, each output kept in one folder:
+# what docs/benchmarks.md §6 and its telemetry section were made from, for your own GPU box.
+#
+#   bash bench/gpu_session.sh [OUT_DIR]          (default: /tmp/kcuda-gpu-session-<time>)
+#
+# Needs the CUDA build of llama-cpp-python (README, "GPU setup"). It stops at once, exit 3 or 4, where
+# `detect` fails: nothing is measured on a machine that cannot offload. PYTHON overrides the interpreter
+# (default: the locked environment through uv); KCUDA_TEST_MODEL names an assembled Gemma-3-270M GGUF
+# where the PyPI parts are not installed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -n "${PYTHON:-}" ]]; then
+    read -r -a PY <<<"$PYTHON"
+else
+    PY=(python3 -m uv run --locked python)
+fi
+OUT=${1:-/tmp/kcuda-gpu-session-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+failed=0
+
+step() {
+    local name=$1
+    shift
+    echo "== $name"
+    "$@" >"$OUT/$name.txt" 2>&1
+    local rc=$?
+    echo "exit $rc" >>"$OUT/$name.txt"
+    tail -n 3 "$OUT/$name.txt"
+    [[ $rc -eq 0 ]] || failed=1
+}
+
+"${PY[@]}" -m kcuda_validate detect --skip-torch -v >"$OUT/detect.txt" 2>&1
+rc=$?
+if [[ $rc -ne 0 ]]; then
+    tail -n 4 "$OUT/detect.txt"
+    echo "detect exited $rc: this machine cannot offload to a GPU yet, so nothing was measured ($OUT/detect.txt)"
+    exit "$rc"
+fi
+
+"${PY[@]}" -c 'import sys; sys.path.insert(0, "bench"); from _util import machine; print(machine())' >"$OUT/machine.txt"
+cat "$OUT/machine.txt"
+# llama_cpp is imported before pytest: a CUDA build crashed on an H100 when numpy (pulled in by some
+# pytest plugins) was loaded first.
+step pytest_gpu "${PY[@]}" -c 'import llama_cpp, sys, pytest; sys.exit(pytest.main(["-m", "gpu", "-v", "tests/test_gpu.py"]))'
+step validate_all "${PY[@]}" -m kcuda_validate validate-all --synthetic 64MiB --compare-cpu --report "$OUT/validate_all.json"
+step bench_gpu "${PY[@]}" bench/bench_gpu.py --save "$OUT/bench_gpu.json"
+step telemetry_tool "${PY[@]}" bench/bench_telemetry.py --tool
+step telemetry_same_process "${PY[@]}" bench/bench_telemetry.py --gpu
+
+echo "results: $OUT"
+exit "$failed"
