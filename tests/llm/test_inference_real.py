@@ -126,3 +126,44 @@ def test_incomplete_trailing_bytes_become_replacement_not_garbage() -> None:
     stream = TextStream()
     assert stream.push(b"ok \xe6\x97") == "ok "
     assert stream.close() == "\ufffd"
+
+
+def test_a_run_that_stops_at_eos_times_the_same_decodes_as_llama_cpp(tiny_model: Path) -> None:
+    """The decode that produces the EOS token is counted by llama.cpp (n_eval) and must be by us too.
+
+    Before decodes were counted, a short answer ending at EOS inflated the wall-clock ms per decode by
+    N/(N-1) and could fail the perf-vs-wall check on its own. The tiny random model samples EOS within a
+    few hundred tokens at a high temperature; the first short such run is taken."""
+    model = ModelLoader(LoadOptions(n_ctx=1024, cpu_mode=True)).load(tiny_model)
+    try:
+        inf = Inferencer(model)
+        run = None
+        for seed in range(40):
+            opts = InferOptions(
+                prompt="Hello",
+                max_tokens=900,
+                repeat=1,
+                warmup=False,
+                chat=False,
+                temperature=5.0,
+                top_k=100_000,
+                top_p=1.0,
+                seed=seed,
+            )
+            candidate = inf.run(opts).runs[0]
+            if candidate.stop_reason == "eos" and 4 <= candidate.generated_tokens <= 120:
+                run = candidate
+                break
+        assert run is not None, "no seed stopped at EOS within 120 tokens"
+        assert run.decode_calls == run.perf_gen_n == run.generated_tokens  # one more than the tokens after the first
+        assert abs(1 - run.decode_ms_perf / run.decode_ms_wall) <= PERF_WALL_TOLERANCE
+        assert run.other_ms >= 0
+        assert run.gen_tps_wall == pytest.approx((run.generated_tokens - 1) / run.gen_s)
+    finally:
+        model.close()
+
+
+def test_a_run_that_stops_at_max_tokens_counts_one_decode_per_token_after_the_first(inferencer: Inferencer) -> None:
+    run = inferencer.run(InferOptions(prompt="Once upon a time", max_tokens=12, repeat=1, ignore_eos=True)).runs[0]
+    assert run.stop_reason == "length"
+    assert run.decode_calls == run.perf_gen_n == run.generated_tokens - 1 == 11

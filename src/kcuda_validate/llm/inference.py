@@ -77,28 +77,31 @@ class RunMeasure:
     stop_reason: str
     token_ids: tuple[int, ...] = field(repr=False)
     text: str = field(repr=False, default="")
-    # Per generated token after the first: wall time in llama_decode + llama_synchronize, and in the sampler.
+    # Every single-token decode after the prompt: wall time in llama_decode + llama_synchronize, and in the
+    # sampler, and how many there were. A run that stops at EOS decodes once more than it emits tokens after
+    # the first (the decode that produced the EOS), just as llama.cpp's n_eval counts it.
     decode_s: float = 0.0
     sample_s: float = 0.0
+    decode_calls: int = 0
 
-    @property
-    def n_decodes(self) -> int:
-        return max(self.generated_tokens - 1, 0)
-
-    def per_token_ms(self, seconds: float) -> float | None:
-        return seconds / self.n_decodes * 1000 if self.n_decodes and self.gen_s > 0 else None
+    def _per_call_ms(self, seconds: float) -> float | None:
+        return seconds / self.decode_calls * 1000 if self.decode_calls else None
 
     @property
     def decode_ms_wall(self) -> float | None:
-        return self.per_token_ms(self.decode_s)
+        return self._per_call_ms(self.decode_s)
 
     @property
     def sample_ms(self) -> float | None:
-        return self.per_token_ms(self.sample_s)
+        return self._per_call_ms(self.sample_s)
 
     @property
     def other_ms(self) -> float | None:
-        return self.per_token_ms(max(self.gen_s - self.decode_s - self.sample_s, 0.0))
+        """What each emitted token costs beyond decode and sampling (streaming, UTF-8, the callback)."""
+        if self.generated_tokens < 2 or self.gen_s <= 0 or not self.decode_calls:
+            return None
+        per_token = self.gen_s / (self.generated_tokens - 1) * 1000
+        return max(per_token - (self.decode_ms_wall or 0.0) - (self.sample_ms or 0.0), 0.0)
 
     @property
     def decode_ms_perf(self) -> float | None:
@@ -143,6 +146,7 @@ class RunMeasure:
             },
             "decode_s": self.decode_s,
             "sample_s": self.sample_s,
+            "decode_calls": self.decode_calls,
             "stop_reason": self.stop_reason,
             "token_ids": list(self.token_ids),
             "text": self.text,
@@ -167,6 +171,7 @@ class RunMeasure:
             text=d.get("text", ""),
             decode_s=d.get("decode_s", 0.0),
             sample_s=d.get("sample_s", 0.0),
+            decode_calls=d.get("decode_calls", 0),
         )
 
 
@@ -416,6 +421,7 @@ class Inferencer:
             t_first = time.perf_counter()
             t_last = t_first
             decode_s = sample_s = 0.0
+            decode_calls = 0
             while True:
                 if lc.llama_vocab_is_eog(self.vocab, tok) and not opts.ignore_eos:
                     stop = "eos"
@@ -441,6 +447,7 @@ class Inferencer:
                 t_e = time.perf_counter()
                 decode_s += t_s - t_d
                 sample_s += t_e - t_s
+                decode_calls += 1
             t_end = time.perf_counter()
             tail = stream.close()
             if tail:
@@ -459,6 +466,7 @@ class Inferencer:
             total_s=t_end - t0,
             decode_s=decode_s,
             sample_s=sample_s,
+            decode_calls=decode_calls,
             perf_prompt_ms=float(perf.t_p_eval_ms),
             perf_prompt_n=int(perf.n_p_eval),
             perf_gen_ms=float(perf.t_eval_ms),
