@@ -52,6 +52,23 @@ def test_speedup_threshold_without_a_cpu_comparison_cannot_pass(tiny_model: Path
     assert code == ExitCode.BELOW_THRESHOLD
     check = next(c for c in doc["checks"] if c["id"] == "threshold.min_speedup")
     assert "was not measured" in check["summary"]
+    assert check["fix"].startswith("Add --compare-cpu")
+
+
+def test_without_a_warm_up_the_cold_run_is_not_counted_as_warm(tiny_model: Path) -> None:
+    base = ["infer", "--device", "cpu", "--model-path", str(tiny_model), "--max-tokens", "4", "--no-warmup"]
+    code, doc = run_json(*base, "--repeat", "3")
+    assert code == 0
+    runs = doc["sections"]["inference"]["runs"]
+    assert doc["metrics"]["ttft_cold_ms"]["value"] == pytest.approx(runs[0]["ttft_s"] * 1000)
+    assert doc["metrics"]["ttft_warm_ms"]["samples"] == pytest.approx([r["ttft_s"] * 1000 for r in runs[1:]])
+
+    code, doc = run_json(*base, "--repeat", "1", "--max-ttft-ms", "1000")
+    assert code == ExitCode.BELOW_THRESHOLD  # one cold run: there is no warm figure to hold to the limit
+    assert doc["metrics"]["ttft_warm_ms"]["value"] is None
+    check = next(c for c in doc["checks"] if c["id"] == "threshold.max_ttft_ms")
+    assert check["summary"] == "warm time to first token was not measured, so --max-ttft-ms 1000 cannot be met"
+    assert check["fix"].startswith("Keep the warm-up, or pass --repeat 2 or more")
 
 
 def test_unexpected_exception_is_exit_70_with_one_line(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:

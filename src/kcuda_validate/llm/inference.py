@@ -226,13 +226,13 @@ class InferenceResult:
         add(
             "decode_ms_per_token_wall",
             "ms",
-            "wall clock around llama_decode + llama_synchronize, per generated token",
+            "wall clock around llama_decode + llama_synchronize, per single-token decode",
             [r.decode_ms_wall for r in runs],
         )
         add(
             "sample_ms_per_token",
             "ms",
-            "wall clock around llama_sampler_sample (logits to token, on the CPU), per generated token",
+            "wall clock around llama_sampler_sample (logits to token, on the CPU), per single-token decode",
             [r.sample_ms for r in runs],
         )
         add(
@@ -243,11 +243,13 @@ class InferenceResult:
         )
         add("prompt_tps", "tokens/s", "llama_perf_context: n_p_eval / t_p_eval", [r.prompt_tps_perf for r in runs])
         add("prompt_tps_wall", "tokens/s", "wall clock around the prompt decode", [r.prompt_tps_wall for r in runs])
+        # Without a warm-up the first measured run is the cold one: it is not averaged into the warm figure.
+        warm = runs if self.warmup is not None else runs[1:]
         add(
             "ttft_warm_ms",
             "ms",
-            "wall clock from request to first sampled token, measured runs (warm)",
-            [r.ttft_s * 1000 for r in runs],
+            "wall clock from request to first sampled token, measured runs after the first run (warm)",
+            [r.ttft_s * 1000 for r in warm],
         )
         cold = self.warmup or (runs[0] if runs else None)
         if cold is not None:
