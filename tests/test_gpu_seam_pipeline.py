@@ -18,6 +18,7 @@ from fakes.hardware import SCENARIOS, FakePynvml, install
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.gpu.nvml import Nvml
+from kcuda_validate.pipeline import token_agreement
 from kcuda_validate.telemetry import TelemetrySampler, summarize
 
 
@@ -121,3 +122,38 @@ def test_summary_of_nothing_is_empty_not_invented() -> None:
     s = summarize([], 0.1)
     assert s.samples == 0
     assert all(m.value is None for m in s.metrics(generated_tokens=10))
+
+
+@pytest.mark.parametrize(
+    ("gpu", "cpu", "temperature", "expected"),
+    [
+        ((1, 2, 3), (1, 2, 3), 0.0, (True, None, "outputs identical token for token (3 tokens)")),
+        (
+            (1, 2, 3),
+            (1, 9, 3),
+            0.0,
+            (False, 1, "outputs diverge at token 1 (normal: GPU and CPU kernels round differently)"),
+        ),
+        (
+            (1, 2),
+            (1, 2, 3),
+            0.0,
+            (False, 2, "outputs diverge at token 2 (normal: GPU and CPU kernels round differently)"),
+        ),
+        (
+            (1, 2, 3),
+            (1, 2, 3),
+            0.8,
+            (
+                None,
+                None,
+                "outputs not compared token for token"
+                " (the GPU run sampled at --temperature 0.8; the CPU run is greedy)",
+            ),
+        ),
+    ],
+)
+def test_gpu_and_cpu_outputs_are_compared_only_when_both_are_greedy(
+    gpu: tuple[int, ...], cpu: tuple[int, ...], temperature: float, expected: tuple
+) -> None:
+    assert token_agreement(gpu, cpu, temperature) == expected

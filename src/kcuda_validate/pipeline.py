@@ -676,13 +676,7 @@ class Stages:
         )
         gpu_ids = (gpu.warmup or gpu.runs[0]).token_ids
         cpu_ids = (cpu.warmup or cpu.runs[0]).token_ids
-        same = gpu_ids == cpu_ids
-        diverge = None
-        if not same:
-            diverge = next(
-                (i for i, (a, b) in enumerate(zip(gpu_ids, cpu_ids, strict=False)) if a != b),
-                min(len(gpu_ids), len(cpu_ids)),
-            )
+        same, diverge, agree = token_agreement(gpu_ids, cpu_ids, run.infer.temperature)
         r.sections["compare_cpu"] = {
             "cpu_gen_tps": cpu_tps,
             "speedup": speedup,
@@ -691,13 +685,32 @@ class Stages:
             "cpu_text": cpu.text,
             "greedy": run.infer.temperature == 0,
         }
-        agree = (
-            "outputs identical token for token"
-            if same
-            else f"outputs diverge at token {diverge} (normal: GPU and CPU kernels round differently)"
-        )
         summary = f"GPU {_v(gpu_tps)} vs CPU {_v(cpu_tps)} tok/s = {_v(speedup)}× faster; {agree}"
         r.add(passed("infer.compare_cpu", "infer", "GPU vs CPU", summary, **r.sections["compare_cpu"]))
+
+
+def token_agreement(
+    gpu_ids: tuple[int, ...], cpu_ids: tuple[int, ...], gpu_temperature: float
+) -> tuple[bool | None, int | None, str]:
+    """(identical, first differing token, summary) for the GPU run against the greedy CPU run.
+
+    Only a greedy GPU run can be compared token for token: a sampled one differs by design."""
+    if gpu_temperature > 0:
+        return (
+            None,
+            None,
+            (
+                f"outputs not compared token for token (the GPU run sampled at --temperature {gpu_temperature:g}; "
+                "the CPU run is greedy)"
+            ),
+        )
+    if gpu_ids == cpu_ids:
+        return True, None, f"outputs identical token for token ({len(gpu_ids)} tokens)"
+    diverge = next(
+        (i for i, (a, b) in enumerate(zip(gpu_ids, cpu_ids, strict=False)) if a != b),
+        min(len(gpu_ids), len(cpu_ids)),
+    )
+    return False, diverge, f"outputs diverge at token {diverge} (normal: GPU and CPU kernels round differently)"
 
 
 def _v(m: Any, digits: int = 1) -> str:
