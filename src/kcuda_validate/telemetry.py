@@ -39,7 +39,10 @@ class TelemetrySummary:
     raw: tuple[Sample, ...] = field(default=(), repr=False)
 
     def metrics(self, generated_tokens: int | None) -> list[Metric]:
-        how = f"NVML sampled at {1 / self.interval_s:.0f} Hz during inference ({self.samples} samples)"
+        how = (
+            f"NVML sampled at {1 / self.interval_s:.0f} Hz during inference ({self.samples} samples);"
+            " whole GPU, every process on it"
+        )
         out = [
             Metric("gpu_util_mean", self.util_mean, "%", how),
             Metric("gpu_util_max", self.util_max, "%", how),
@@ -52,7 +55,7 @@ class TelemetrySummary:
                 "energy",
                 self.energy_j,
                 "J",
-                "NVML total energy counter, difference across inference",
+                "NVML total energy counter, difference across inference; whole GPU, every process on it",
             ),
         ]
         jpt = self.energy_j / generated_tokens if self.energy_j is not None and generated_tokens else None
