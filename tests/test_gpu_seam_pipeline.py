@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fakes.hardware import SCENARIOS, FakePynvml, install
+from fakes.hardware import MIB, RTX_4090, SCENARIOS, FakeProcess, FakePynvml, install
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.gpu.nvml import Nvml
@@ -157,3 +157,65 @@ def test_gpu_and_cpu_outputs_are_compared_only_when_both_are_greedy(
     gpu: tuple[int, ...], cpu: tuple[int, ...], temperature: float, expected: tuple
 ) -> None:
     assert token_agreement(gpu, cpu, temperature) == expected
+
+
+def _processes_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, scenario: object) -> dict:
+    install(scenario, monkeypatch, tmp_path)
+    _, doc = run_json("load", "--model-path", str(tiny_model))  # the load itself fails: a CPU build of llama.cpp
+    return next(c for c in doc["checks"] if c["id"] == "gpu.processes")
+
+
+def _with_processes(*procs: FakeProcess, unsupported: frozenset[str] = frozenset()) -> object:
+    gpu = dataclasses.replace(RTX_4090, processes=procs, unsupported=RTX_4090.unsupported | unsupported)
+    return dataclasses.replace(SCENARIOS["healthy_one_gpu"], gpus=(gpu,))
+
+
+def test_other_processes_on_the_gpu_are_named_as_a_warning(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    busy = _with_processes(
+        FakeProcess(4242, 2048 * MIB, "/usr/bin/python3"),
+        FakeProcess(77, None, None),  # in another namespace
+    )
+    check = _processes_check(monkeypatch, tmp_path, tiny_model, busy)
+    assert check["status"] == "warn"
+    assert check["summary"] == (
+        "2 other processes are using GPU 0: pid 4242 (python3, 2,048 MiB), pid 77 (name n/a, VRAM n/a); "
+        "the speed, VRAM and energy figures include their work"
+    )
+    assert check["fix"].startswith("Stop them for clean figures")
+    assert check["evidence"]["processes"] == [
+        {"pid": 4242, "name": "python3", "used_memory_bytes": 2048 * MIB},
+        {"pid": 77, "name": None, "used_memory_bytes": None},
+    ]
+
+
+def test_many_other_processes_are_summarised(tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    busy = _with_processes(*(FakeProcess(100 + i, 100 * MIB, f"job{i}") for i in range(5)))
+    check = _processes_check(monkeypatch, tmp_path, tiny_model, busy)
+    assert check["summary"].startswith("5 other processes are using GPU 0: pid 100 (job0, 100 MiB), ")
+    assert "pid 102 (job2, 100 MiB) and 2 more;" in check["summary"]
+    assert len(check["evidence"]["processes"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("scenario", "status", "summary"),
+    [
+        (_with_processes(), "pass", "no other process is using GPU 0"),
+        (
+            _with_processes(unsupported=frozenset({"nvmlDeviceGetComputeRunningProcesses"})),
+            "skip",
+            "the driver cannot list the processes using GPU 0",
+        ),
+        (
+            "wsl2_unsupported_fields",  # WSL2 lists no processes at all: an empty list proves nothing there
+            "skip",
+            "WSL2's driver does not list GPU processes: make sure nothing else runs",
+        ),
+    ],
+)
+def test_an_idle_gpu_passes_and_an_unlistable_one_is_not_called_idle(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scenario: object, status: str, summary: str
+) -> None:
+    check = _processes_check(monkeypatch, tmp_path, tiny_model, scenario)
+    assert (check["status"], check["summary"]) == (status, summary)

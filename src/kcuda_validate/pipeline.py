@@ -85,6 +85,37 @@ class GpuContext:
         self.nvml.close()
 
 
+def other_gpu_processes(nvml: Nvml, index: int) -> Check:
+    """Other work on the GPU shares its bandwidth, VRAM and power: the figures measured then include it.
+
+    Checked once, before the model loads (this run holds no CUDA context yet, so every process listed is
+    another's). WSL2's driver lists no processes at all, so there an empty list proves nothing."""
+    from kcuda_validate.gpu.platform import probe_platform
+
+    title = "Other GPU processes"
+    if probe_platform().is_wsl2:
+        return skipped(
+            "gpu.processes", "gpu", title, "WSL2's driver does not list GPU processes: make sure nothing else runs"
+        )
+    procs = nvml.compute_processes(index)
+    if procs is None:
+        return skipped("gpu.processes", "gpu", title, f"the driver cannot list the processes using GPU {index}")
+    if not procs:
+        return passed("gpu.processes", "gpu", title, f"no other process is using GPU {index}", processes=[])
+    n = len(procs)
+    return warned(
+        "gpu.processes",
+        "gpu",
+        title,
+        f"{n} other process{'es are' if n > 1 else ' is'} using GPU {index}: "
+        + ", ".join(p.describe() for p in procs[:3])
+        + (f" and {n - 3} more" if n > 3 else "")
+        + "; the speed, VRAM and energy figures include their work",
+        "Stop them for clean figures (`nvidia-smi` lists them), or accept the figures as those of a shared GPU.",
+        processes=[p.to_json() for p in procs],
+    )
+
+
 def check_from_error(exc: KcudaError, id: str, stage: str, title: str) -> Check:
     return Check(id, stage, title, Status.FAIL, exc.message, {"error": type(exc).__name__}, exc.fix, exc.exit_code)
 
@@ -163,6 +194,7 @@ class Stages:
                 uuid=gpu.uuid,
             )
         )
+        self.report.add(other_gpu_processes(nvml, gpu.index))
         return True
 
     # -- model ---------------------------------------------------------------------------------------------

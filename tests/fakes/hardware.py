@@ -55,6 +55,16 @@ WSL2_UNSUPPORTED = frozenset(
 
 
 @dataclass(frozen=True)
+class FakeProcess:
+    """pynvml's c_nvmlProcessInfo_t (pid, usedGpuMemory: None where the driver will not say), plus the name
+    nvmlSystemGetProcessName gives (None: it raises NOT_FOUND, as for a process it cannot name)."""
+
+    pid: int
+    usedGpuMemory: int | None  # pynvml's attribute name
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class FakeGpu:
     """One GPU as NVML would describe it. Units as NVML returns them (bytes, mW, MHz, mJ)."""
 
@@ -85,6 +95,7 @@ class FakeGpu:
     unsupported: frozenset[str] = frozenset()  # pynvml function names that raise NVMLError_NotSupported
     lost: bool = False  # every call for this GPU raises NVMLError_GpuIsLost
     handle_error: int | None = None  # nvmlDeviceGetHandleByIndex raises this NVML_ERROR_* code
+    processes: tuple[FakeProcess, ...] = ()  # other processes with a CUDA context on this GPU
 
     @property
     def memory_free(self) -> int:
@@ -291,6 +302,18 @@ class FakePynvml:
 
     def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeHandle) -> int:
         return self._gpu("nvmlDeviceGetTotalEnergyConsumption", h).energy_mj
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: FakeHandle) -> list[FakeProcess]:
+        return list(self._gpu("nvmlDeviceGetComputeRunningProcesses", h).processes)
+
+    def nvmlSystemGetProcessName(self, pid: int) -> bytes:
+        self.calls.append("nvmlSystemGetProcessName")
+        self._need_init()
+        for gpu in self.gpus:
+            for p in gpu.processes:
+                if p.pid == pid and p.name is not None:
+                    return p.name.encode()
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
 
 
 # --------------------------------------------------------------------------------------------------

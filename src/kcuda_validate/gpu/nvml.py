@@ -163,6 +163,22 @@ def format_cuda_version(value: int | None) -> str | None:
     return f"{value // 1000}.{(value % 1000) // 10}"
 
 
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process holding a CUDA context on a GPU, as the driver lists it (pids are the host's)."""
+
+    pid: int
+    name: str | None  # from the driver, so right even across container namespaces; None where it will not say
+    used_memory: int | None  # bytes; None where the driver will not say
+
+    def describe(self) -> str:
+        mem = f"{self.used_memory / 1024**2:,.0f} MiB" if self.used_memory is not None else "VRAM n/a"
+        return f"pid {self.pid} ({self.name or 'name n/a'}, {mem})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "name": self.name, "used_memory_bytes": self.used_memory}
+
+
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -297,6 +313,19 @@ class Nvml:
             max_memory_clock_mhz=q("nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_MEM),
             max_sm_clock_mhz=q("nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_SM),
         )
+
+    def compute_processes(self, index: int) -> tuple[GpuProcess, ...] | None:
+        """Processes with a CUDA context on the GPU; None when the driver cannot list them."""
+        h = self.handle(index)
+        procs = self.query("nvmlDeviceGetComputeRunningProcesses", h) if h is not None else None
+        if procs is None:
+            return None
+        out = []
+        for p in procs:
+            pid = int(getattr(p, "pid", 0) or 0)
+            name = self.query("nvmlSystemGetProcessName", pid)
+            out.append(GpuProcess(pid, name.rsplit("/", 1)[-1] if name else None, getattr(p, "usedGpuMemory", None)))
+        return tuple(out)
 
     def memory_used(self, index: int) -> int | None:
         mem = self.query("nvmlDeviceGetMemoryInfo", self.handle(index))
