@@ -201,7 +201,7 @@ def test_many_other_processes_are_summarised(tiny_model: Path, monkeypatch: pyte
 @pytest.mark.parametrize(
     ("scenario", "status", "summary"),
     [
-        (_with_processes(), "pass", "no other process is using GPU 0"),
+        (_with_processes(), "pass", "the driver lists no other process on GPU 0"),
         (
             _with_processes(unsupported=frozenset({"nvmlDeviceGetComputeRunningProcesses"})),
             "skip",

@@ -89,7 +89,8 @@ def other_gpu_processes(nvml: Nvml, index: int) -> Check:
     """Other work on the GPU shares its bandwidth, VRAM and power: the figures measured then include it.
 
     Checked once, before the model loads (this run holds no CUDA context yet, so every process listed is
-    another's). WSL2's driver lists no processes at all, so there an empty list proves nothing."""
+    another's). WSL2's driver lists no processes at all, so there an empty list proves nothing; inside a
+    container the driver may list only that container's processes, hence "lists", not "there are"."""
     from kcuda_validate.gpu.platform import probe_platform
 
     title = "Other GPU processes"
@@ -101,7 +102,7 @@ def other_gpu_processes(nvml: Nvml, index: int) -> Check:
     if procs is None:
         return skipped("gpu.processes", "gpu", title, f"the driver cannot list the processes using GPU {index}")
     if not procs:
-        return passed("gpu.processes", "gpu", title, f"no other process is using GPU {index}", processes=[])
+        return passed("gpu.processes", "gpu", title, f"the driver lists no other process on GPU {index}", processes=[])
     n = len(procs)
     return warned(
         "gpu.processes",
