@@ -71,3 +71,38 @@ def test_concurrent_writers_never_interleave_or_lose_lines(tmp_path: Path) -> No
             assert key not in seen, f"duplicate {key}"
             seen.add(key)
     assert len(seen) == 4 * 1500
+
+
+def test_the_log_records_every_verdict_and_figure_of_a_run(tiny_model: Path, isolated_env: Path) -> None:
+    """A run can be read back from the log alone: each check, each measured figure and the exit code."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["--json", "infer", "--device", "cpu", "--model-path", str(tiny_model), "--max-tokens", "6"]
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    text = (isolated_env / "logs" / "kcuda-validate.log").read_text()
+    for check in doc["checks"]:
+        assert f"check {check['status'].upper()} {check['id']}: {check['summary']}" in text
+    gen = doc["metrics"]["gen_tps"]
+    assert f"metric gen_tps = {gen['value']:.6g} ± {gen['stddev']:.4g} tokens/s (llama_perf_context" in text
+    assert "result: infer exit 0 (ok), device_mode cpu, stopped_at None" in text
+
+
+def test_a_failing_check_is_logged_with_its_fix(tmp_path: Path, isolated_env: Path) -> None:
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    bad = tmp_path / "model.gguf"
+    bad.write_text("<html>404</html>")
+    result = CliRunner().invoke(cli, ["load", "--device", "cpu", "--model-path", str(bad)])
+    assert result.exit_code == 5
+    text = (isolated_env / "logs" / "kcuda-validate.log").read_text()
+    assert re.search(r"check FAIL model\.gguf: .*not a GGUF file.* \| fix: Pass a \.gguf model file", text), text
+    assert "result: load exit 5 (model_invalid), device_mode cpu, stopped_at model" in text

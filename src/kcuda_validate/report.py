@@ -68,6 +68,31 @@ class Report:
                 m = Metric(prefix + m.name, m.value, m.unit, m.method, m.estimate, m.samples, m.stddev)
             self.metrics.append(m)
 
+    def log(self, logger: Any) -> None:
+        """Record the verdicts and figures in the log file, so a run can be read later without its report."""
+        if self.gpu:
+            logger.info("gpu: %s (%s)", self.gpu.get("name"), ", ".join(f"{k} {v}" for k, v in self.driver.items()))
+        for c in self.checks:
+            fix = f" | fix: {c.fix}" if c.fix and c.status in (Status.FAIL, Status.WARN) else ""
+            logger.info("check %s %s: %s%s", c.status.value.upper(), c.id, c.summary, fix)
+        for m in self.metrics:
+            if m.value is None:
+                continue
+            spread = f" ± {m.stddev:.4g}" if m.stddev else ""
+            n = f", {len(m.samples)} samples" if m.samples else ""
+            est = ", estimate" if m.estimate else ""
+            value = f"{m.value:.6g}" if isinstance(m.value, float) else str(m.value)
+            logger.info("metric %s = %s%s %s (%s%s%s)", m.name, value, spread, m.unit, m.method, n, est)
+        code = self.exit_code
+        logger.info(
+            "result: %s exit %d (%s), device_mode %s, stopped_at %s",
+            self.command,
+            int(code),
+            code.reason,
+            self.device_mode,
+            self.stopped_at,
+        )
+
     def metric(self, name: str) -> Metric | None:
         return next((m for m in self.metrics if m.name == name), None)
 

@@ -8,6 +8,7 @@ parse stdout. Colour follows the terminal: none when piped or NO_COLOR is set.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -112,6 +113,7 @@ class Output:
         self.end_progress()
         self.end_stream()
         doc = report.to_json()
+        report.log(logging.getLogger("kcuda_validate.report"))
         if self.opts.mode == "json":
             self._stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
             self._stdout.flush()
