@@ -45,13 +45,16 @@ def na(value: Any, fmt: str = "{}", unit: str = "") -> str:
     return fmt.format(value) + unit
 
 
-def fmt_metric(m: Metric | None, fmt: str = "{:.1f}", spread: bool = True) -> str:
+def fmt_metric(m: Metric | None, fmt: str | None = None, spread: bool = True, unit: str = "") -> str:
+    """Value (± spread) and unit; a bare "n/a" when not measured. Rates in the thousands lose the decimal."""
     if m is None or m.value is None:
         return "n/a"
+    if fmt is None:
+        fmt = "{:,.0f}" if abs(m.value) >= 1000 else "{:.1f}"
     text = fmt.format(m.value)
     if spread and m.stddev is not None and len(m.samples) > 1:
         text += " ± " + fmt.format(m.stddev)
-    return text
+    return text + unit
 
 
 def checks_table(checks: list[Check], title: str | None = None) -> Table:
@@ -93,24 +96,25 @@ def inference_panel(report: Any) -> Panel | None:
     n_runs = len((_m(report, "gen_tps") or Metric("", None, "", "")).samples)
     rows.add_row(
         "Generation",
-        f"{fmt_metric(_m(report, 'gen_tps'))} tok/s (llama.cpp perf counters) · "
-        f"{fmt_metric(_m(report, 'gen_tps_wall'))} tok/s (wall clock)",
+        f"{fmt_metric(_m(report, 'gen_tps'), unit=' tok/s')} (llama.cpp perf counters) · "
+        f"{fmt_metric(_m(report, 'gen_tps_wall'), unit=' tok/s')} (wall clock)",
     )
     dec, smp, oth = (_m(report, n) for n in ("decode_ms_per_token", "sample_ms_per_token", "other_ms_per_token"))
     if dec is not None and dec.value is not None:
         rows.add_row(
             "Per token",
-            f"decode {fmt_metric(dec, '{:.2f}', False)} ms · sampling {fmt_metric(smp, '{:.2f}', False)} ms · "
-            f"other {fmt_metric(oth, '{:.2f}', False)} ms",
+            f"decode {fmt_metric(dec, '{:.2f}', False, ' ms')} · sampling {fmt_metric(smp, '{:.2f}', False, ' ms')}"
+            f" · other {fmt_metric(oth, '{:.2f}', False, ' ms')}",
         )
     rows.add_row(
         "Prompt",
-        f"{fmt_metric(_m(report, 'prompt_tps'))} tok/s (perf) · {fmt_metric(_m(report, 'prompt_tps_wall'))} tok/s "
-        f"(wall)",
+        f"{fmt_metric(_m(report, 'prompt_tps'), unit=' tok/s')} (perf) · "
+        f"{fmt_metric(_m(report, 'prompt_tps_wall'), unit=' tok/s')} (wall)",
     )
     rows.add_row(
         "TTFT",
-        f"cold {fmt_metric(_m(report, 'ttft_cold_ms'))} ms · warm {fmt_metric(_m(report, 'ttft_warm_ms'))} ms",
+        f"cold {fmt_metric(_m(report, 'ttft_cold_ms'), unit=' ms')} · "
+        f"warm {fmt_metric(_m(report, 'ttft_warm_ms'), unit=' ms')}",
     )
     pt, gt = _m(report, "prompt_tokens"), _m(report, "generated_tokens")
     rows.add_row(
@@ -120,27 +124,28 @@ def inference_panel(report: Any) -> Panel | None:
     )
     if report.device_mode == "gpu":
         vram = _m(report, "vram_peak")
-        rows.add_row("VRAM peak", na(vram.value / 1024**2 if vram and vram.value else None, "{:.0f}", " MiB"))
+        peak = na(vram.value / 1024**2 if vram and vram.value else None, "{:,.0f}", " MiB")
+        rows.add_row("VRAM peak", peak + (" (whole GPU, every process on it)" if peak != "n/a" else ""))
         rows.add_row(
             "GPU util",
-            f"mean {fmt_metric(_m(report, 'gpu_util_mean'), '{:.0f}', False)} % · "
-            f"max {fmt_metric(_m(report, 'gpu_util_max'), '{:.0f}', False)} %",
+            f"mean {fmt_metric(_m(report, 'gpu_util_mean'), '{:.0f}', False, ' %')} · "
+            f"max {fmt_metric(_m(report, 'gpu_util_max'), '{:.0f}', False, ' %')}",
         )
         rows.add_row(
             "Power",
-            f"mean {fmt_metric(_m(report, 'power_mean'), '{:.0f}', False)} W · "
-            f"energy {fmt_metric(_m(report, 'energy_per_token'), '{:.3f}', False)} J/token",
+            f"mean {fmt_metric(_m(report, 'power_mean'), '{:.0f}', False, ' W')} · "
+            f"energy {fmt_metric(_m(report, 'energy_per_token'), '{:.3f}', False, ' J/token')}",
         )
         bw = _m(report, "bandwidth_pct_of_peak")
         bw_abs = _m(report, "bandwidth_achieved")
-        rows.add_row(
-            "Bandwidth",
-            f"{na(bw_abs.value / 1e9 if bw_abs and bw_abs.value else None, '{:.0f}', ' GB/s')} = "
-            f"{fmt_metric(bw, '{:.0f}', False)} % of peak (estimate)",
-        )
+        achieved = na(bw_abs.value / 1e9 if bw_abs and bw_abs.value else None, "{:.0f}", " GB/s")
+        if bw is not None and bw.value is not None:
+            rows.add_row("Bandwidth", f"{achieved} = {fmt_metric(bw, '{:.0f}', False, ' %')} of peak (estimate)")
+        else:
+            rows.add_row("Bandwidth", f"{achieved} (estimate; the GPU's peak is n/a)")
     speed = _m(report, "speedup_vs_cpu")
     if speed is not None:
-        rows.add_row("vs CPU", f"{fmt_metric(speed, '{:.1f}', False)}× faster generation")
+        rows.add_row("vs CPU", f"{fmt_metric(speed, '{:.1f}', False, '×')} faster generation")
     title = "Inference (CPU run)" if report.device_mode == "cpu" else "Inference"
     return Panel(rows, title=title, title_align="left", expand=False)
 

@@ -1,0 +1,129 @@
+"""The inference panel, rendered from report figures, compared with golden files.
+
+The figures are typed in (GPU runs cannot happen here): the H100 ones are those measured in
+docs/benchmarks.md §6, the WSL2 ones show what a driver that reports no telemetry looks like. What is
+tested is the rendering: units, spreads, n/a for every missing figure, labels. Regenerate after an
+intended change with KCUDA_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kcuda_validate.checks import Metric, Status, passed, skipped
+from kcuda_validate.render import inference_panel
+from kcuda_validate.report import Report
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "panel"
+UPDATE = os.environ.get("KCUDA_UPDATE_GOLDEN", "") not in ("", "0")
+MIB = 1024**2
+
+
+def _base(device_mode: str, offload: str, status: Status = Status.PASS) -> Report:
+    report = Report("infer", argv=[])
+    report.device_mode = device_mode
+    check = passed if status == Status.PASS else skipped
+    report.add(check("load.offload", "load", "GPU offload", offload))
+    report.add_metrics(
+        [
+            Metric("gen_tps", 895.5, "tokens/s", "perf", samples=(888.0, 895.0, 903.5), stddev=7.3),
+            Metric("gen_tps_wall", 512.4, "tokens/s", "wall", samples=(510.0, 512.0, 515.2), stddev=2.6),
+            Metric("decode_ms_per_token", 1.12, "ms", "perf", samples=(1.1, 1.12, 1.14), stddev=0.02),
+            Metric("sample_ms_per_token", 0.81, "ms", "wall", samples=(0.8, 0.81, 0.82), stddev=0.01),
+            Metric("other_ms_per_token", 0.02, "ms", "wall", samples=(0.02, 0.02, 0.02), stddev=0.0),
+            Metric("prompt_tps", 41549.0, "tokens/s", "perf", samples=(40000.0, 41549.0, 43098.0), stddev=1709.0),
+            Metric("prompt_tps_wall", 40112.0, "tokens/s", "wall", samples=(39000.0, 40112.0, 41224.0), stddev=1500.0),
+            Metric("ttft_cold_ms", 48.2, "ms", "wall"),
+            Metric("ttft_warm_ms", 5.7, "ms", "wall", samples=(4.6, 5.7, 6.8), stddev=1.1),
+            Metric("prompt_tokens", 12, "tokens", "tokenizer"),
+            Metric("generated_tokens", 128, "tokens", "decode loop"),
+        ]
+    )
+    return report
+
+
+def h100() -> Report:
+    report = _base("gpu", "19/19 layers on CUDA0 (NVIDIA H100 80GB HBM3), 820 MiB VRAM (NVML +1351 MiB)")
+    report.add_metrics(
+        [
+            Metric("vram_peak", 2145 * MIB, "bytes", "NVML"),
+            Metric("gpu_util_mean", 61.0, "%", "NVML"),
+            Metric("gpu_util_max", 72.0, "%", "NVML"),
+            Metric("power_mean", 279.4, "W", "NVML"),
+            Metric("energy_per_token", 0.312, "J/token", "NVML"),
+            Metric("bandwidth_achieved", 2.38e11, "bytes/s", "gen_tps × bytes_per_token", estimate=True),
+            Metric("bandwidth_pct_of_peak", 7.1, "%", "achieved / peak", estimate=True),
+            Metric("speedup_vs_cpu", 4.8, "×", "gen_tps / cpu_gen_tps"),
+        ]
+    )
+    return report
+
+
+def wsl2_no_telemetry() -> Report:
+    """A WSL2 laptop: NVML reports memory but no utilisation, power or energy; no CPU comparison asked for."""
+    report = _base("gpu", "29/29 layers on CUDA0 (NVIDIA GeForce RTX 3060 Laptop GPU), 1,312 MiB VRAM")
+    report.add_metrics(
+        [
+            Metric("vram_peak", 3071 * MIB, "bytes", "NVML"),
+            Metric("gpu_util_mean", None, "%", "NVML"),
+            Metric("gpu_util_max", None, "%", "NVML"),
+            Metric("power_mean", None, "W", "NVML"),
+            Metric("energy_per_token", None, "J/token", "NVML"),
+            Metric("bandwidth_achieved", 1.9e11, "bytes/s", "gen_tps × bytes_per_token", estimate=True),
+            Metric("bandwidth_pct_of_peak", 52.8, "%", "achieved / peak", estimate=True),
+        ]
+    )
+    return report
+
+
+def cpu_run() -> Report:
+    return _base("cpu", "CPU run: 0/19 layers offloaded (by request), 248 MiB of weights in host memory", Status.SKIP)
+
+
+@pytest.mark.parametrize("name", ["h100", "wsl2_no_telemetry", "cpu_run"])
+def test_inference_panel_golden(name: str) -> None:
+    report = {"h100": h100, "wsl2_no_telemetry": wsl2_no_telemetry, "cpu_run": cpu_run}[name]()
+    console = Console(width=100, no_color=True, color_system=None, force_terminal=False, record=True)
+    console.print(inference_panel(report))
+    got = "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+    path = GOLDEN / f"{name}.txt"
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(got, encoding="utf-8")
+    assert path.exists(), f"no golden file {path}: run with KCUDA_UPDATE_GOLDEN=1 to create it"
+    assert got == path.read_text(encoding="utf-8"), f"output differs from {path} (KCUDA_UPDATE_GOLDEN=1 updates it)"
+
+
+def test_missing_telemetry_is_na_never_zero() -> None:
+    console = Console(width=100, no_color=True, color_system=None, force_terminal=False, record=True)
+    console.print(inference_panel(wsl2_no_telemetry()))
+    text = console.export_text()
+    assert "mean n/a · max n/a" in text  # no unit after n/a
+    assert "mean n/a · energy n/a" in text
+    assert "vs CPU" not in text  # not measured, so not shown
+
+
+def test_a_cpu_run_panel_shows_no_gpu_figures() -> None:
+    console = Console(width=100, no_color=True, color_system=None, force_terminal=False, record=True)
+    console.print(inference_panel(cpu_run()))
+    text = console.export_text()
+    assert "Inference (CPU run)" in text
+    for gpu_only in ("VRAM peak", "GPU util", "Power", "Bandwidth"):
+        assert gpu_only not in text
+
+
+def test_bandwidth_without_a_known_peak_says_so() -> None:
+    report = _base("gpu", "29/29 layers on CUDA0")
+    report.add_metrics(
+        [
+            Metric("bandwidth_achieved", 1.9e11, "bytes/s", "gen_tps × bytes_per_token", estimate=True),
+            Metric("bandwidth_pct_of_peak", None, "%", "achieved / peak", estimate=True),
+        ]
+    )
+    console = Console(width=100, no_color=True, color_system=None, force_terminal=False, record=True)
+    console.print(inference_panel(report))
+    assert "Bandwidth   190 GB/s (estimate; the GPU's peak is n/a)" in console.export_text()
