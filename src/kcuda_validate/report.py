@@ -175,6 +175,10 @@ class Report:
             ("nvidia_driver", self.driver.get("driver_version") or "none"),
         ):
             ET.SubElement(props, "property", name=key, value=value)
+        for m in self.metrics:  # the measured figures, for CI dashboards that read JUnit properties
+            if m.value is not None:
+                value = f"{m.value:.6g}" if isinstance(m.value, float) else str(m.value)
+                ET.SubElement(props, "property", name=f"metric.{m.name}", value=f"{value} {m.unit}")
         for c in self.checks:
             case = ET.SubElement(
                 suite,
