@@ -8,18 +8,14 @@ intended change with KCUDA_UPDATE_GOLDEN=1 and review the diff.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from rich.console import Console
 
+from goldens import GOLDEN, assert_golden
 from kcuda_validate.checks import Metric, Status, passed, skipped
 from kcuda_validate.render import inference_panel
 from kcuda_validate.report import Report
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "panel"
-UPDATE = os.environ.get("KCUDA_UPDATE_GOLDEN", "") not in ("", "0")
 MIB = 1024**2
 
 
@@ -90,12 +86,7 @@ def test_inference_panel_golden(name: str) -> None:
     console = Console(width=100, no_color=True, color_system=None, force_terminal=False, record=True)
     console.print(inference_panel(report))
     got = "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
-    path = GOLDEN / f"{name}.txt"
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(got, encoding="utf-8")
-    assert path.exists(), f"no golden file {path}: run with KCUDA_UPDATE_GOLDEN=1 to create it"
-    assert got == path.read_text(encoding="utf-8"), f"output differs from {path} (KCUDA_UPDATE_GOLDEN=1 updates it)"
+    assert_golden(GOLDEN / "panel" / f"{name}.txt", got)
 
 
 def test_missing_telemetry_is_na_never_zero() -> None:

@@ -11,7 +11,6 @@ and review the diff of tests/golden/ like any other code change.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from fakes.hardware import SCENARIOS, Installed
+from goldens import GOLDEN as GOLDEN_ROOT
+from goldens import assert_golden
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
 
 ALL = sorted(SCENARIOS)
-GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "detect"
-UPDATE = os.environ.get("KCUDA_UPDATE_GOLDEN", "") not in ("", "0")
+GOLDEN = GOLDEN_ROOT / "detect"
 CHECK_KEYS = {"id", "stage", "title", "status", "summary", "evidence", "fix", "exit_code", "duration_s"}
 
 
@@ -49,12 +49,7 @@ def test_golden_output(scenario: Installed, tmp_path: Path) -> None:
     assert result.exit_code == scenario.scenario.exit_code, result.output
     assert result.stderr == ""  # not a terminal: no progress line; stderr is for errors only
     got = normalise(result.stdout, tmp_path)
-    path = GOLDEN / f"{scenario.name}.txt"
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(got, encoding="utf-8")
-    assert path.exists(), f"no golden file {path}: run with KCUDA_UPDATE_GOLDEN=1 to create it"
-    assert got == path.read_text(encoding="utf-8"), f"output differs from {path} (KCUDA_UPDATE_GOLDEN=1 updates it)"
+    assert_golden(GOLDEN / f"{scenario.name}.txt", got)
 
 
 def test_no_stale_golden_files() -> None:
