@@ -81,8 +81,7 @@ class Report:
             spread = f" ± {m.stddev:.4g}" if m.stddev else ""
             n = f", {len(m.samples)} samples" if m.samples else ""
             est = ", estimate" if m.estimate else ""
-            value = f"{m.value:.6g}" if isinstance(m.value, float) else str(m.value)
-            logger.info("metric %s = %s%s %s (%s%s%s)", m.name, value, spread, m.unit, m.method, n, est)
+            logger.info("metric %s = %s%s %s (%s%s%s)", m.name, _value_text(m), spread, m.unit, m.method, n, est)
         code = self.exit_code
         logger.info(
             "result: %s exit %d (%s), device_mode %s, stopped_at %s",
@@ -177,8 +176,7 @@ class Report:
             ET.SubElement(props, "property", name=key, value=value)
         for m in self.metrics:  # the measured figures, for CI dashboards that read JUnit properties
             if m.value is not None:
-                value = f"{m.value:.6g}" if isinstance(m.value, float) else str(m.value)
-                ET.SubElement(props, "property", name=f"metric.{m.name}", value=f"{value} {m.unit}")
+                ET.SubElement(props, "property", name=f"metric.{m.name}", value=f"{_value_text(m)} {m.unit}")
         for c in self.checks:
             case = ET.SubElement(
                 suite,
@@ -197,6 +195,11 @@ class Report:
             out.text = f"[{c.status.value}] {c.summary}" + (f"\nFix: {c.fix}" if c.fix else "")
         ET.indent(suite)
         return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def _value_text(m: Metric) -> str:
+    """A figure for the log and JUnit: six significant digits for floats, integers as they are."""
+    return f"{m.value:.6g}" if isinstance(m.value, float) else str(m.value)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -112,17 +112,17 @@ class Output:
         long run) still leaves the user the result; the write failure is then the error."""
         self.end_progress()
         self.end_stream()
-        doc = report.to_json()
+        doc_text = json.dumps(report.to_json(), indent=2, default=str) + "\n"
         report.log(logging.getLogger("kcuda_validate.report"))
         if self.opts.mode == "json":
-            self._stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+            self._stdout.write(doc_text)
             self._stdout.flush()
         else:
             from kcuda_validate.render import render_report
 
             render_report(report, self.console, verbose=self.opts.verbose, quiet=self.opts.quiet)
         if self.opts.report_path is not None:
-            _write_report(self.opts.report_path, "--report", json.dumps(doc, indent=2, default=str) + "\n", report)
+            _write_report(self.opts.report_path, "--report", doc_text, report)
         if self.opts.junit_path is not None:
             _write_report(self.opts.junit_path, "--junit-xml", report.to_junit_xml(), report)
 
