@@ -246,6 +246,13 @@ def verdict_line(report: Any) -> Text:
             return Text("PASSED (CPU run): the pipeline works on the CPU; no GPU was validated.", style="bold yellow")
         if report.command == "detect":
             return Text("PASSED: this machine's GPU stack is ready.", style="bold green")
+        if report.command == "setup":
+            outcome = report.sections.get("setup", {}).get("outcome")
+            if outcome == "dry_run":
+                return Text("DRY RUN: nothing was changed.", style="bold")
+            if outcome == "built":
+                return Text("PASSED: the engine was built and cached (not installed: no GPU here).", style="bold green")
+            return Text("PASSED: the CUDA engine is installed and loads.", style="bold green")
         return Text(f"PASSED: {report.command} ran on the GPU.", style="bold green")
     where = f" at {report.stopped_at}" if report.stopped_at else ""
     return Text(f"FAILED{where}: {EXIT_TEXT.get(code, code.reason)} (exit {int(code)})", style="bold red")

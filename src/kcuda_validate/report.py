@@ -121,7 +121,9 @@ class Report:
             "argv": self.argv,
             "device_mode": self.device_mode,
             "passed": code == ExitCode.OK,
-            "gpu_validated": code == ExitCode.OK and self.device_mode == "gpu" and self.command != "detect",
+            "gpu_validated": code == ExitCode.OK
+            and self.device_mode == "gpu"
+            and self.command not in ("detect", "setup"),
             "exit_code": int(code),
             "exit_reason": code.reason,
             "stopped_at": self.stopped_at,

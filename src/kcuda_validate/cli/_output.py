@@ -92,6 +92,19 @@ class Output:
             self._stdout.flush()
             self._streamed = False
 
+    def note(self, text: str, stdout: bool = False) -> None:
+        """Plain lines for a person (human mode only): the plan on stderr, or on stdout when it is the result."""
+        if self.opts.mode != "human":
+            return
+        self.end_progress()
+        stream = self._stdout if stdout else self._stderr
+        stream.write(text.rstrip("\n") + "\n")
+        stream.flush()
+
+    def build_bar(self) -> BuildBar:
+        """A progress bar with an ETA for a long build (ninja's [n/N]); quiet unless on a terminal."""
+        return BuildBar(self)
+
     def error(self, message: str, fix: str | None = None) -> None:
         """One line on stderr naming the input; the fix and the log file on the next lines."""
         self.end_progress()
@@ -180,3 +193,46 @@ def _make_console(stream: TextIO, width: int | None) -> Any:
         soft_wrap=False,
         force_terminal=None if is_tty else False,
     )
+
+
+class BuildBar:
+    """rich's progress bar on stderr for a terminal; elsewhere a line every 10 % so CI logs show life."""
+
+    def __init__(self, out: Output) -> None:
+        self._out = out
+        self._progress: Any = None
+        self._task: Any = None
+        self._last_decile = -1
+
+    def update(self, p: Any) -> None:
+        if self._out.opts.mode != "human":
+            return
+        if not self._out._stderr.isatty():
+            decile = p.done * 10 // max(1, p.total)
+            if decile != self._last_decile:
+                self._last_decile = decile
+                self._out._stderr.write(f"build: [{p.done}/{p.total}] {p.line[:100]}\n")
+                self._out._stderr.flush()
+            return
+        if self._progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._out.end_progress()
+            self._progress = Progress(
+                TextColumn("building"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                console=self._out.err_console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=p.total)
+        name = p.line.rsplit("/", 1)[-1][:48]
+        self._progress.update(self._task, completed=p.done, total=p.total, description=name)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,185 @@
+"""`kcuda-validate setup`: make the tool's llama-cpp-python a CUDA build for the GPUs of this machine."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kcuda_validate.cli._common import make_output, output_options
+
+
+class ArchList(click.ParamType):
+    """`--arch 89,90` or `--arch 8.9,9.0`: compute capabilities as CMake spells them."""
+
+    name = "ARCH[,ARCH...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, tuple):
+            return value
+        out: list[int] = []
+        for token in str(value).replace(";", ",").split(","):
+            t = token.strip().lower().removeprefix("sm_").removesuffix("-real").removesuffix("-virtual")
+            if not t:
+                continue
+            if "." in t:
+                major, _, minor = t.partition(".")
+                t = major + minor
+            if not t.isdigit() or not 50 <= int(t) <= 139:
+                self.fail(f"{token.strip()!r} is not a compute capability (e.g. 89 or 8.9)", param, ctx)
+            out.append(int(t))
+        if not out:
+            self.fail("no architecture given", param, ctx)
+        return tuple(sorted(set(out)))
+
+
+def setup_options(f: Any) -> Any:
+    """The options `setup` and `validate-all --setup` share."""
+    opts = [
+        click.option(
+            "--toolkit",
+            type=click.Choice(["auto", "system", "pypi"]),
+            default="auto",
+            show_default=True,
+            help="CUDA toolkit: a system one that fits the driver, else the package index's (auto), or force one.",
+        ),
+        click.option(
+            "--arch",
+            "archs",
+            type=ArchList(),
+            help="Build for these compute capabilities (e.g. 80,90) instead of this machine's GPUs.",
+        ),
+        click.option(
+            "--cuda",
+            "cuda",
+            metavar="X.Y",
+            help="Newest CUDA the target driver supports (default: this machine's driver).",
+        ),
+        click.option(
+            "--jobs", type=click.IntRange(min=1), help="Parallel compile jobs (default: cores, capped by memory)."
+        ),
+        click.option("--force", is_flag=True, help="Rebuild even when a matching build is installed or cached."),
+        click.option(
+            "--sdist",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Build this llama-cpp-python sdist (offline machines) instead of downloading the locked one.",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def setup_options_from(kw: dict[str, Any]) -> Any:
+    from kcuda_validate.engine.plan import SetupOptions
+
+    return SetupOptions(
+        toolkit=kw.get("toolkit") or "auto",
+        archs=kw.get("archs"),
+        cuda=kw.get("cuda"),
+        jobs=kw.get("jobs"),
+        force=bool(kw.get("force")),
+        sdist=kw.get("sdist"),
+    )
+
+
+def plan_lines(plan: Any) -> list[str]:
+    """The plan as a person reads it (and as --dry-run prints it)."""
+    from kcuda_validate.engine import toolkit as tk
+    from kcuda_validate.engine.setup import gpu_names
+
+    facts = plan.facts
+    gib = 1024**3
+    lines = [f"GPUs: {gpu_names(plan)}"]
+    if facts is not None:
+        drv = f"{facts.driver_version} (CUDA {facts.driver_cuda})" if facts.driver_version else "none"
+        lines.append(f"Driver: {drv}")
+    if plan.archs:
+        lines.append("Architectures: " + ", ".join(f"sm_{a}" for a in plan.archs))
+    if plan.cuda_range:
+        lo, hi = plan.cuda_range
+        lines.append(f"Usable CUDA: {tk.cuda_text(lo)} to {tk.cuda_text(hi)}")
+    lines.append(f"Action: {plan.action.replace('_', ' ')} ({plan.reason})")
+    if plan.toolkit_source == "system" and plan.toolkit is not None:
+        lines.append(f"Toolkit: system CUDA {plan.toolkit.version} at {plan.toolkit.prefix} ({plan.toolkit.found_by})")
+    elif plan.toolkit_source == "pypi" and plan.cuda:
+        lines.append(f"Toolkit: CUDA {tk.cuda_text(plan.cuda)} from the package index, into the tool's cache")
+    for r in plan.rejected:
+        lines.append(f"  not used: {r}")
+    if plan.packages:
+        lines.append("Packages: " + " ".join(plan.packages))
+    if plan.runtime_packages:
+        lines.append("Runtime packages (into this environment): " + " ".join(plan.runtime_packages))
+    if plan.cmake_args:
+        lines.append("CMAKE_ARGS: " + " ".join(plan.cmake_args))
+    if plan.action in ("build", "build_only", "install_cached"):
+        lines.append(f"Disk needed: about {plan.disk_needed / gib:.1f} GiB in {facts.cache_dir if facts else '?'}")
+    if plan.action in ("build", "build_only"):
+        est = plan.estimate_s
+        lines.append(
+            f"Jobs: {plan.jobs}; time: about {est / 60:.0f} min (estimate from a measured build)"
+            if est
+            else f"Jobs: {plan.jobs}"
+        )
+    if plan.steps:
+        lines.append("Steps:")
+        lines.extend(f"  {i}. {s}" for i, s in enumerate(plan.steps, 1))
+    lines.extend(f"Note: {n}" for n in plan.notes)
+    return lines
+
+
+def run_setup_step(ui: Any, kw: dict[str, Any], dry_run: bool = False) -> Any:
+    """Plan, then (unless a dry run) carry it out with progress on stderr. Returns the SetupResult."""
+    from kcuda_validate.engine.plan import gather_facts, make_plan
+    from kcuda_validate.engine.setup import SetupResult, run_setup
+
+    opts = setup_options_from(kw)
+    ui.progress("Reading the GPUs, toolkits and the installed engine…")
+    plan = make_plan(gather_facts(opts), opts)
+    if dry_run:
+        return SetupResult(
+            plan,
+            "dry_run" if plan.action != "refused" else "refused",
+            error=plan.problems[0].message if plan.problems else None,
+            fix=plan.problems[0].fix if plan.problems else None,
+        )
+    if plan.action in ("build", "build_only", "install_cached"):
+        ui.note("\n".join(plan_lines(plan)))
+    bar = ui.build_bar()
+    try:
+        return run_setup(plan, opts, on_step=ui.progress, on_progress=bar.update)
+    finally:
+        bar.close()
+
+
+@click.command("setup")
+@click.option("--dry-run", is_flag=True, help="Print the plan (GPUs, toolkit, packages, commands, disk, time) only.")
+@click.option("--wheel-dir", type=click.Path(path_type=Path, file_okay=False), help="Also copy the built wheel here.")
+@setup_options
+@output_options
+@click.pass_context
+def setup(ctx: click.Context, dry_run: bool, wheel_dir: Path | None, **kw: Any) -> int:
+    """Build (or reuse) a CUDA llama-cpp-python for this machine's GPUs and install it, verified, into this
+    environment. Needs only the NVIDIA driver: a CUDA toolkit comes from the package index when none fits."""
+    from kcuda_validate.engine.setup import setup_checks
+    from kcuda_validate.report import Report
+
+    ui = make_output(ctx, **kw)
+    report = Report("setup")
+    result = run_setup_step(ui, kw, dry_run=dry_run)
+    report.add(*setup_checks(result))
+    report.sections["setup"] = result.to_json()
+    facts = result.plan.facts
+    if facts is not None and facts.driver_version:
+        report.driver = {"driver_version": facts.driver_version, "cuda_version": facts.driver_cuda}
+    if wheel_dir is not None and result.wheel is not None:
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(result.wheel, wheel_dir / result.wheel.name)
+    if dry_run and ui.human:
+        ui.note("\n".join(plan_lines(result.plan)), stdout=True)
+    ui.result(report)
+    if result.next_command and ui.human and result.outcome in ("installed", "nothing"):
+        ui.note(f"Next: {result.next_command}")
+    return int(report.exit_code)

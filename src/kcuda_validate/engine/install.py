@@ -1,0 +1,407 @@
+"""The engine cache and the install that never leaves the environment without a working engine.
+
+A built wheel is kept under the cache, one folder per key (llama-cpp-python version, CUDA version,
+architectures), so a re-run, a second environment or a fresh clone installs it in seconds. Installing
+goes: verify the wheel in a scratch directory (a fresh process loads it), keep the current build as a
+wheel, swap with uv while Ctrl-C and SIGTERM wait, verify again, and roll back if that fails.
+
+uv keeps the swapped-in build: an installed distribution of the locked version without a PEP 610
+`direct_url.json` satisfies `uv run` and `uv sync` (they compare name and version for registry
+packages), so the record of the local file uv writes is removed. `uv sync --reinstall`, a new version
+in uv.lock or a new .venv bring back the CPU build; `setup` then reinstalls the cached wheel.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kcuda_validate.errors import DiskFullError, KcudaError
+
+DIST = "llama-cpp-python"
+STAMP = "llama_cpp/lib/kcuda_engine.json"  # added to every wheel setup builds: what it was built for
+
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """$KCUDA_CACHE_DIR/engine, else the XDG cache: engines are rebuildable, so they are cache, not state."""
+    env = os.environ if environ is None else environ
+    if env.get("KCUDA_CACHE_DIR"):
+        return Path(env["KCUDA_CACHE_DIR"]) / "engine"
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kcuda-validate" / "engine"
+
+
+def cached_keys(cache: Path) -> tuple[str, ...]:
+    wheels = cache / "wheels"
+    if not wheels.is_dir():
+        return ()
+    return tuple(sorted(d.name for d in wheels.iterdir() if d.is_dir() and any(d.glob("*.whl"))))
+
+
+def cached_wheel(cache: Path, key: str) -> Path | None:
+    found = sorted((cache / "wheels" / key).glob("*.whl"))
+    return found[0] if found else None
+
+
+@contextlib.contextmanager
+def cache_lock(cache: Path) -> Iterator[None]:
+    """One setup at a time per cache: a second one waits instead of building the same thing twice."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --- the locked version and its source ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockedLlama:
+    version: str
+    sdist_url: str | None
+    sha256: str | None
+
+
+def _find_lock() -> Path | None:
+    here = Path(__file__).resolve()
+    for parent in [Path.cwd(), *here.parents]:
+        candidate = parent / "uv.lock"
+        if candidate.is_file() and (parent / "pyproject.toml").is_file():
+            text = (parent / "pyproject.toml").read_text(encoding="utf-8", errors="replace")
+            if 'name = "kcuda-validate"' in text:
+                return candidate
+    return None
+
+
+def locked_llama() -> LockedLlama:
+    """The llama-cpp-python version (and sdist) of this tool's uv.lock, else the installed version."""
+    import tomllib
+
+    lock = _find_lock()
+    if lock is not None:
+        data = tomllib.loads(lock.read_text(encoding="utf-8"))
+        for pkg in data.get("package", []):
+            if pkg.get("name") == DIST:
+                sdist = pkg.get("sdist") or {}
+                digest = str(sdist.get("hash", ""))
+                return LockedLlama(pkg["version"], sdist.get("url"), digest.split(":", 1)[1] if ":" in digest else None)
+    from kcuda_validate.versions import dist_version
+
+    return LockedLlama(dist_version(DIST) or "0.3.36", None, None)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_sdist(cache: Path, locked: LockedLlama, given: Path | None, timeout_s: float = 60.0) -> Path:
+    """The sdist to build: --sdist, else the cached one, else a download checked against the lock's sha256."""
+    if given is not None:
+        if not given.is_file():
+            raise KcudaError(f"--sdist {given}: no such file", fix="Pass the llama-cpp-python .tar.gz to build.")
+        return given
+    target = cache / "sdists" / f"llama_cpp_python-{locked.version}.tar.gz"
+    if target.is_file() and (locked.sha256 is None or _sha256(target) == locked.sha256):
+        return target
+    url, digest = locked.sdist_url, locked.sha256
+    import urllib.request
+
+    if url is None:
+        meta_url = f"https://pypi.org/pypi/{DIST}/{locked.version}/json"
+        try:
+            with urllib.request.urlopen(meta_url, timeout=timeout_s) as resp:
+                meta = json.load(resp)
+        except OSError as exc:
+            raise KcudaError(
+                f"llama-cpp-python {locked.version}: the package index cannot be reached ({exc})",
+                fix="Connect to the network, or pass the sdist with --sdist FILE.",
+            ) from exc
+        for f in meta.get("urls", []):
+            if f.get("packagetype") == "sdist":
+                url, digest = f["url"], f["digests"]["sha256"]
+        if url is None:
+            raise KcudaError(f"llama-cpp-python {locked.version}: no sdist on the index", fix="Pass --sdist FILE.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".download.", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            shutil.copyfileobj(resp, out, 1 << 20)
+        if digest is not None and _sha256(tmp) != digest:
+            raise KcudaError(
+                f"llama-cpp-python {locked.version} sdist: sha256 does not match the lock",
+                fix="Run setup again; if it repeats, the download is being tampered with or corrupted.",
+            )
+        os.replace(tmp, target)
+    except OSError as exc:
+        if getattr(exc, "errno", None) == 28:
+            raise DiskFullError(f"{target.parent}: disk full while downloading the sdist", fix=DISK_FIX) from exc
+        raise KcudaError(
+            f"llama-cpp-python {locked.version} sdist: download failed ({exc})",
+            fix="Check the network, or pass the sdist with --sdist FILE.",
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+DISK_FIX = "Free some space, or point KCUDA_CACHE_DIR at a disk with more room."
+
+
+# --- wheels ---------------------------------------------------------------------------------------------
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def add_stamp(wheel: Path, stamp: Mapping[str, Any]) -> None:
+    """Write what the wheel was built for into it (and its RECORD), so an installed engine says so itself."""
+    data = (json.dumps(dict(stamp), indent=2, sort_keys=True) + "\n").encode()
+    tmp = wheel.with_suffix(".tmp")
+    with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
+        record_name = next(n for n in zin.namelist() if n.endswith(".dist-info/RECORD"))
+        for item in zin.infolist():
+            if item.filename in (record_name, STAMP):
+                continue
+            zout.writestr(item, zin.read(item.filename))
+        zout.writestr(STAMP, data)
+        record = zin.read(record_name).decode()
+        lines = [ln for ln in record.splitlines() if ln and not ln.startswith(STAMP + ",")]
+        lines.insert(len(lines) - 1, f"{STAMP},{_record_hash(data)},{len(data)}")
+        zout.writestr(record_name, "\n".join(lines) + "\n")
+    os.replace(tmp, wheel)
+
+
+def read_stamp(site: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((site / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _dist_info(site: Path) -> Path | None:
+    found = sorted(site.glob("llama_cpp_python-*.dist-info"))
+    return found[0] if found else None
+
+
+def repack_installed(site: Path, dest_dir: Path) -> Path | None:
+    """The installed llama-cpp-python as a wheel again (from its RECORD): the build to roll back to."""
+    info = _dist_info(site)
+    if info is None:
+        return None
+    wheel_meta = (info / "WHEEL").read_text()
+    tag = next((ln.split(":", 1)[1].strip() for ln in wheel_meta.splitlines() if ln.startswith("Tag:")), None)
+    if tag is None:
+        return None
+    rows = list(csv.reader(io.StringIO((info / "RECORD").read_text())))
+    skip = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "uv_cache.json", "uv_build.json"}
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    out = dest_dir / f"{info.name[: -len('.dist-info')]}-{tag}.whl"
+    tmp = out.with_suffix(".tmp")
+    record: list[str] = []
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for row in rows:
+            if not row:
+                continue
+            rel = row[0]
+            if rel.startswith("..") or os.path.isabs(rel) or (Path(rel).name in skip and rel.startswith(info.name)):
+                continue
+            path = site / rel
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            z.writestr(rel, data)
+            record.append(f"{rel},{_record_hash(data)},{len(data)}")
+        record.append(f"{info.name}/RECORD,,")
+        z.writestr(f"{info.name}/RECORD", "\n".join(record) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def forget_source(site: Path) -> None:
+    """Remove uv's record that the engine came from a local file, so `uv run`/`uv sync` keep it (see top)."""
+    info = _dist_info(site)
+    if info is None:
+        return
+    removed = []
+    for name in ("direct_url.json", "uv_cache.json"):
+        p = info / name
+        if p.exists():
+            p.unlink()
+            removed.append(f"{info.name}/{name}")
+    record = info / "RECORD"
+    if removed and record.exists():
+        lines = [ln for ln in record.read_text().splitlines() if ln.split(",", 1)[0] not in removed]
+        record.write_text("\n".join(lines) + "\n")
+
+
+# --- verification ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    summary: str
+    version: str | None = None
+    has_cuda: bool = False
+    offload: bool = False
+    archs: tuple[int, ...] = ()  # as 90, 89...
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "summary": self.summary,
+            "version": self.version,
+            "has_cuda": self.has_cuda,
+            "offload": self.offload,
+            "archs": list(self.archs),
+            "error": self.error,
+        }
+
+
+def probe(pythonpath: Path | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
+    """The `detect` build probe in a fresh process, optionally with `pythonpath` first on sys.path."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kcuda_validate.llm.build"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"os_error": f"loading libllama did not finish in {timeout_s:g} s"}
+    if proc.returncode != 0 or not proc.stdout.strip():
+        how = signal.Signals(-proc.returncode).name if proc.returncode < 0 else f"exit status {proc.returncode}"
+        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        return {"os_error": f"libllama crashed while loading ({how}) {last}".strip()}
+    return json.loads(proc.stdout)
+
+
+def judge(raw: Mapping[str, Any], archs: Sequence[int], gpu_ccs: Sequence[tuple[int, int]]) -> Verification:
+    """Does this probe show the engine we built: CUDA, offload when there is a GPU, every wanted arch?"""
+    from kcuda_validate.engine.plan import covers
+    from kcuda_validate.llm.build import parse_system_info
+
+    if "import_error" in raw:
+        return Verification(False, f"llama_cpp does not import: {raw['import_error']}", error=raw["import_error"])
+    if "os_error" in raw:
+        return Verification(False, f"libllama does not load: {raw['os_error']}", error=raw["os_error"])
+    backends, found = parse_system_info(raw.get("text", ""))
+    built = tuple(a // 10 for a in found)
+    ok_cuda = "CUDA" in backends
+    offload = bool(raw.get("offload"))
+    base: dict[str, Any] = {
+        "version": raw.get("version"),
+        "has_cuda": ok_cuda,
+        "offload": offload,
+        "archs": built,
+    }
+    if not ok_cuda:
+        return Verification(False, "the library has no CUDA backend", **base)
+    missing = [a for a in archs if a not in built]
+    if missing:
+        return Verification(False, "compiled archs " + ", ".join(map(str, built)) + f" lack {missing}", **base)
+    uncovered = [cc for cc in gpu_ccs if not covers(built, cc)]
+    if uncovered:
+        return Verification(False, f"no code for compute capability {uncovered[0][0]}.{uncovered[0][1]}", **base)
+    names = ", ".join(f"sm_{a}" for a in built)
+    if gpu_ccs and not offload:
+        return Verification(False, f"CUDA backend for {names}, but llama.cpp reports no GPU offload", **base)
+    where = "GPU offload supported" if gpu_ccs else "no GPU here, so offload is not proven"
+    return Verification(True, f"CUDA backend for {names}; {where}", **base)
+
+
+# --- install, swap, roll back -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the swap is complete (they are delivered right after)."""
+    mask = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def run_uv(
+    uv: Sequence[str], args: Sequence[str], log: Any, timeout_s: float = 900.0
+) -> subprocess.CompletedProcess[str]:
+    """uv in its own session (a terminal's Ctrl-C reaches us, not it), output to the build log."""
+    cmd = [*uv, *args]
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, start_new_session=True)
+    log.write(proc.stdout + proc.stderr)
+    log.flush()
+    return proc
+
+
+def uv_failure(proc: subprocess.CompletedProcess[str], what: str, log_file: Path) -> KcudaError:
+    text = proc.stdout + proc.stderr
+    last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), f"exit {proc.returncode}")
+    if "No space left on device" in text:
+        return DiskFullError(f"{what}: disk full ({last})", fix=DISK_FIX + f" Build log: {log_file}")
+    return KcudaError(f"{what}: {last}", fix=f"See the log {log_file}; check the network to the package index.")
+
+
+def stage(uv: Sequence[str], wheel: Path, scratch: Path, site: Path, log: Any, log_file: Path) -> Path:
+    """Unpack the wheel into a scratch directory beside nothing else, where a fresh process can load it.
+
+    Its RPATH finds the CUDA runtime at `$ORIGIN/../../nvidia`, so the scratch directory links to the
+    environment's nvidia/ folder."""
+    target = scratch / "stage"
+    proc = run_uv(
+        uv, ["pip", "install", "--python", sys.executable, "--no-deps", "--target", str(target), str(wheel)], log
+    )
+    if proc.returncode != 0:
+        raise uv_failure(proc, "unpacking the new build", log_file)
+    if (site / "nvidia").is_dir() and not (target / "nvidia").exists():
+        (target / "nvidia").symlink_to(site / "nvidia")
+    return target
+
+
+def swap_in(uv: Sequence[str], wheel: Path, site: Path, log: Any, log_file: Path) -> None:
+    """Replace the environment's llama-cpp-python with `wheel` (only its own files; nothing else moves)."""
+    proc = run_uv(uv, ["pip", "install", "--python", sys.executable, "--no-deps", "--reinstall", str(wheel)], log)
+    if proc.returncode != 0:
+        raise uv_failure(proc, "installing the new build", log_file)
+    forget_source(site)
+
+
+def install_runtime(uv: Sequence[str], requirements: Sequence[str], log: Any, log_file: Path) -> None:
+    if not requirements:
+        return
+    proc = run_uv(uv, ["pip", "install", "--python", sys.executable, *requirements], log)
+    if proc.returncode != 0:
+        raise uv_failure(proc, "installing the CUDA runtime libraries", log_file)

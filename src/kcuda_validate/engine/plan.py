@@ -1,0 +1,696 @@
+"""What `setup` will do on this machine, decided from the hardware before anything is changed.
+
+`gather_facts` reads the machine (NVML, toolkits, compiler, disk, memory, the installed build, the
+cache); `make_plan` is a pure function of those facts and the options, so every hardware scenario is
+tested by calling it with facts, and `--dry-run` prints exactly the plan a real run follows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kcuda_validate.engine import toolkit as tk
+from kcuda_validate.errors import ExitCode
+
+GIB = 1024**3
+
+# Measured on this project's build of llama-cpp-python 0.3.36 for one architecture (docs/benchmarks.md §7):
+# compiler CPU time, the largest compiler process, and the build tree.
+CORE_SECONDS_PER_ARCH = 2900.0
+CORE_SECONDS_FIXED = 420.0  # the CPU part and the non-template CUDA files
+PEAK_BYTES_PER_JOB = int(2.5 * GIB)
+BUILD_TREE_BYTES = int(1.5 * GIB)
+WHEEL_BYTES_PER_ARCH = 60 * 1024**2
+SDIST_BYTES = 77 * 1024**2
+PYPI_TOOLKIT_BYTES = {12: int(1.6 * GIB), 13: int(0.45 * GIB)}  # unpacked; CUDA 12 brings its own cuBLAS
+
+
+@dataclass(frozen=True)
+class SetupOptions:
+    toolkit: str = "auto"  # auto | system | pypi
+    archs: tuple[int, ...] | None = None  # compute capabilities as 89, 90...; None = this machine's GPUs
+    cuda: str | None = None  # the newest CUDA the target driver supports, when there is no driver here
+    jobs: int | None = None
+    force: bool = False  # rebuild even when a cached or installed build matches
+    sdist: Path | None = None
+
+
+@dataclass(frozen=True)
+class GpuTarget:
+    index: int
+    name: str | None
+    cc: tuple[int, int] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "compute_capability": None if self.cc is None else cc_text(self.cc),
+        }
+
+
+@dataclass(frozen=True)
+class InstalledEngine:
+    """The llama-cpp-python in this environment, as the build probe (a fresh process) saw it."""
+
+    version: str | None
+    has_cuda: bool = False
+    offload: bool = False
+    archs: tuple[int, ...] = ()  # ggml's ARCHS: 900 for sm_90
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "has_cuda": self.has_cuda,
+            "offload": self.offload,
+            "archs": [a // 10 for a in self.archs],
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    gpus: tuple[GpuTarget, ...]
+    driver_version: str | None
+    driver_cuda: str | None
+    nvml_error: str | None
+    wsl2: bool
+    system_toolkits: tuple[tk.SystemToolkit, ...]
+    compiler: tk.HostCompiler | None
+    env_cuda_runtime: str | None  # the environment's nvidia-cuda-runtime (PyTorch's CUDA), e.g. "13.2"
+    env_cublas_majors: tuple[int, ...]  # CUDA majors whose cuBLAS the environment already has
+    llama_version: str
+    installed: InstalledEngine
+    cached: tuple[str, ...]  # keys of the wheels in the cache
+    cache_dir: Path
+    disk_free: int | None
+    cpus: int
+    mem_available: int | None
+    uv: tuple[str, ...] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gpus": [g.to_json() for g in self.gpus],
+            "driver_version": self.driver_version,
+            "driver_cuda": self.driver_cuda,
+            "nvml_error": self.nvml_error,
+            "wsl2": self.wsl2,
+            "system_toolkits": [t.to_json() for t in self.system_toolkits],
+            "host_compiler": None if self.compiler is None else self.compiler.to_json(),
+            "env_cuda_runtime": self.env_cuda_runtime,
+            "llama_cpp_python": self.llama_version,
+            "installed": self.installed.to_json(),
+            "cached": list(self.cached),
+            "cache_dir": str(self.cache_dir),
+            "disk_free_bytes": self.disk_free,
+            "cpus": self.cpus,
+            "mem_available_bytes": self.mem_available,
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    message: str
+    fix: str
+    exit_code: ExitCode
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "message": self.message, "fix": self.fix, "exit_code": int(self.exit_code)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """`action`: nothing | install_cached | build | build_only (no GPU here to install for) | refused."""
+
+    action: str
+    reason: str
+    archs: tuple[int, ...] = ()
+    cuda: tuple[int, int] | None = None
+    cuda_range: tuple[tuple[int, int], tuple[int, int]] | None = None
+    toolkit_source: str | None = None  # system | pypi
+    toolkit: tk.SystemToolkit | None = None
+    packages: tuple[str, ...] = ()  # toolkit wheels, into the cache
+    runtime_packages: tuple[str, ...] = ()  # into the environment (CUDA 12 engines)
+    key: str | None = None
+    jobs: int = 1
+    disk_needed: int = 0
+    estimate_s: float | None = None
+    cmake_args: tuple[str, ...] = ()
+    steps: tuple[str, ...] = ()
+    rejected: tuple[str, ...] = ()  # why each other toolkit was not chosen
+    notes: tuple[str, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    facts: MachineFacts | None = field(default=None, compare=False)
+
+    @property
+    def install(self) -> bool:
+        return self.action in ("install_cached", "build")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "archs": [cc_text((a // 10, a % 10)) for a in self.archs],
+            "cuda": None if self.cuda is None else tk.cuda_text(self.cuda),
+            "cuda_range": None if self.cuda_range is None else [tk.cuda_text(v) for v in self.cuda_range],
+            "toolkit": {
+                "source": self.toolkit_source,
+                "prefix": None if self.toolkit is None else str(self.toolkit.prefix),
+                "packages": list(self.packages),
+            },
+            "runtime_packages": list(self.runtime_packages),
+            "key": self.key,
+            "jobs": self.jobs,
+            "disk_needed_bytes": self.disk_needed,
+            "estimate_s": self.estimate_s,
+            "cmake_args": list(self.cmake_args),
+            "steps": list(self.steps),
+            "rejected": list(self.rejected),
+            "notes": list(self.notes),
+            "problems": [p.to_json() for p in self.problems],
+            "facts": None if self.facts is None else self.facts.to_json(),
+        }
+
+
+def cc_text(cc: tuple[int, int]) -> str:
+    return f"{cc[0]}.{cc[1]}"
+
+
+def arch_of(cc: tuple[int, int]) -> int:
+    """(8, 9) -> 89, the spelling of CMAKE_CUDA_ARCHITECTURES."""
+    return cc[0] * 10 + cc[1]
+
+
+def cache_key(llama_version: str, cuda: tuple[int, int], archs: tuple[int, ...]) -> str:
+    """One cached wheel per llama-cpp-python version, CUDA version and set of architectures."""
+    return f"llama-cpp-python-{llama_version}-cuda{tk.cuda_text(cuda)}-sm{'-sm'.join(str(a) for a in archs)}"
+
+
+def parse_key(key: str) -> tuple[str, tuple[int, int], tuple[int, ...]] | None:
+    import re
+
+    m = re.fullmatch(r"llama-cpp-python-(.+)-cuda(\d+)\.(\d+)-sm(\d+(?:-sm\d+)*)", key)
+    if not m:
+        return None
+    return m.group(1), (int(m.group(2)), int(m.group(3))), tuple(int(a) for a in m.group(4).split("-sm"))
+
+
+def covers(archs: tuple[int, ...], cc: tuple[int, int]) -> bool:
+    """Native code for `archs` runs on `cc`: same major, equal or lower minor."""
+    return any(a // 10 == cc[0] and a % 10 <= cc[1] for a in archs)
+
+
+def invocation(environ: Mapping[str, str]) -> str:
+    """How the user runs this tool, for fix texts: under `uv run` from a checkout, or installed."""
+    return "python3 -m uv run kcuda-validate" if environ.get("UV_RUN_RECURSION_DEPTH") else "kcuda-validate"
+
+
+def _refuse(reason: str, problem: Problem, facts: MachineFacts, **kw: Any) -> Plan:
+    return Plan(action="refused", reason=reason, problems=(problem,), facts=facts, **kw)
+
+
+def _estimate(n_archs: int, jobs: int) -> float:
+    """Compiler CPU time over the jobs that run at once; the CUDA template files dominate."""
+    return (CORE_SECONDS_FIXED + CORE_SECONDS_PER_ARCH * n_archs) / max(1, jobs)
+
+
+def choose_jobs(cpus: int, mem_available: int | None, requested: int | None) -> int:
+    """All cores, but never more compilers than memory holds: one CUDA template file takes gigabytes."""
+    if requested:
+        return requested
+    by_memory = cpus if mem_available is None else max(1, mem_available // PEAK_BYTES_PER_JOB)
+    return max(1, min(cpus, by_memory))
+
+
+def torch_note(facts: MachineFacts) -> str | None:
+    """PyTorch built for a newer CUDA than the driver: say which build matches (llama.cpp does not need it)."""
+    drv, env = tk.cuda_tuple(facts.driver_cuda), tk.cuda_tuple(facts.env_cuda_runtime)
+    if drv is None or env is None or env <= drv:
+        return None
+    published = [(12, 6), (12, 8), (12, 9), (13, 0), (13, 2)]
+    best = max((p for p in published if p <= drv), default=None)
+    if best is None:
+        return (
+            f"PyTorch here is built for CUDA {tk.cuda_text(env)}, newer than the driver's {facts.driver_cuda}, and "
+            "no PyTorch build matches this driver: update the NVIDIA driver (the engine does not need PyTorch)."
+        )
+    tag = f"cu{best[0]}{best[1]}"
+    return (
+        f"PyTorch here is built for CUDA {tk.cuda_text(env)}, newer than the driver's {facts.driver_cuda}; the "
+        f"matching build is PyTorch's {tag} wheel: `uv pip install --python {sys.executable} --reinstall torch "
+        f"--index-url https://download.pytorch.org/whl/{tag}`, then run with `uv run --no-sync`. The engine "
+        "does not need PyTorch."
+    )
+
+
+def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
+    """The plan for these facts. Pure: no I/O, so each hardware scenario is a unit test."""
+    notes = [n for n in (torch_note(facts),) if n]
+    if facts.wsl2:
+        notes.append("WSL2: the engine uses the Windows driver's libcuda from /usr/lib/wsl/lib at run time.")
+    unknown = [g for g in facts.gpus if g.cc is None]
+    if opts.archs:
+        archs = tuple(sorted(set(opts.archs)))
+    elif unknown and not opts.archs:
+        return _refuse(
+            "the driver does not report a compute capability",
+            Problem(
+                "setup.archs",
+                f"GPU {unknown[0].index} ({unknown[0].name or 'unnamed'}): NVML reports no compute capability",
+                "Pass it with --arch, e.g. --arch 89 for an RTX 4090 (see `nvidia-smi --query-gpu=compute_cap "
+                "--format=csv`).",
+                ExitCode.GPU_UNUSABLE,
+            ),
+            facts,
+        )
+    else:
+        archs = tuple(sorted({arch_of(g.cc) for g in facts.gpus if g.cc is not None}))
+    if not archs:
+        why = facts.nvml_error or "the driver lists no GPU"
+        return _refuse(
+            "no NVIDIA GPU to build for",
+            Problem(
+                "setup.gpus",
+                f"no NVIDIA GPU visible ({why}): nothing to build for",
+                "Install the NVIDIA driver (`kcuda-validate detect` says how), or pass --arch (and --cuda) to build "
+                "an engine for another machine.",
+                ExitCode.NO_GPU,
+            ),
+            facts,
+            notes=tuple(notes),
+        )
+    here = bool(facts.gpus)
+    uncovered = [g for g in facts.gpus if g.cc is not None and not covers(archs, g.cc)]
+    if here and uncovered and opts.archs:
+        notes.append(
+            "--arch "
+            + ",".join(str(a) for a in archs)
+            + " does not cover GPU "
+            + ", ".join(f"{g.index} (sm_{arch_of(g.cc)})" for g in uncovered if g.cc)
+            + ": the build is kept in the cache but not installed here."
+        )
+    install_here = here and not uncovered
+
+    # The CUDA versions that both run on the driver and can target every architecture.
+    ccs = [(a // 10, a % 10) for a in archs]
+    lo = max(tk.min_cuda_for_arch(cc) for cc in ccs)
+    lo = max(lo, (12, 0))  # the oldest toolkit the package index carries, and llama.cpp's practical floor
+    ceilings = [c for c in (tk.max_cuda_for_arch(cc) for cc in ccs) if c is not None]
+    driver = tk.cuda_tuple(facts.driver_cuda)
+    wanted = tk.cuda_tuple(opts.cuda)
+    if opts.cuda and wanted is None:
+        return _refuse(
+            "bad --cuda",
+            Problem(
+                "setup.cuda",
+                f"--cuda {opts.cuda}: not a CUDA version",
+                "Pass it as MAJOR.MINOR, e.g. --cuda 12.8.",
+                ExitCode.USAGE,
+            ),
+            facts,
+        )
+    if driver is not None:
+        ceilings.append(driver)
+    if wanted is not None:
+        ceilings.append(wanted)
+    if driver is None and wanted is None:
+        fallback = [tk.cuda_tuple(t.version) for t in facts.system_toolkits] + [tk.cuda_tuple(facts.env_cuda_runtime)]
+        ceilings.append(max((v for v in fallback if v), default=(13, 0)))
+    hi = min(ceilings)
+    names = ", ".join(f"sm_{a}" for a in archs)
+    if lo > hi:
+        limit = (
+            f"the driver's CUDA {facts.driver_cuda}" if driver is not None and hi == driver else f"CUDA {hi[0]}.{hi[1]}"
+        )
+        return _refuse(
+            "no CUDA version fits",
+            Problem(
+                "setup.cuda",
+                f"{names} needs CUDA ≥ {tk.cuda_text(lo)}, but {limit} is the newest usable here",
+                "Update the NVIDIA driver to one that supports CUDA "
+                f"{tk.cuda_text(lo)} or later (`nvidia-smi` shows the CUDA version it supports).",
+                ExitCode.GPU_UNUSABLE,
+            ),
+            facts,
+            archs=archs,
+            cuda_range=(lo, hi),
+            notes=tuple(notes),
+        )
+
+    # Already there? A build of the same version that has CUDA and covers every GPU.
+    inst = facts.installed
+    inst_archs = tuple(a // 10 for a in inst.archs)
+    if (
+        not opts.force
+        and install_here
+        and inst.version == facts.llama_version
+        and inst.has_cuda
+        and inst.error is None
+        and all(g.cc is not None and covers(inst_archs, g.cc) for g in facts.gpus)
+    ):
+        return Plan(
+            action="nothing",
+            reason=f"llama-cpp-python {inst.version} is already a CUDA build for "
+            + ", ".join(f"sm_{a}" for a in inst_archs),
+            archs=archs,
+            cuda_range=(lo, hi),
+            notes=tuple(notes),
+            facts=facts,
+        )
+
+    jobs = choose_jobs(facts.cpus, facts.mem_available, opts.jobs)
+    common: dict[str, Any] = {"archs": archs, "cuda_range": (lo, hi), "jobs": jobs, "facts": facts}
+
+    # A cached wheel for these archs whose CUDA fits: installing it takes seconds and needs no toolkit.
+    if not opts.force and install_here:
+        fits = []
+        for key in facts.cached:
+            parsed = parse_key(key)
+            if parsed and parsed[0] == facts.llama_version and parsed[2] == archs and lo <= parsed[1] <= hi:
+                fits.append((parsed[1], key))
+        if fits:
+            cuda, key = max(fits)
+            runtime = tk.runtime_requirements(cuda)
+            return Plan(
+                action="install_cached",
+                reason=f"a wheel built earlier for {names} with CUDA {tk.cuda_text(cuda)} is in the cache",
+                cuda=cuda,
+                key=key,
+                runtime_packages=runtime,
+                disk_needed=WHEEL_BYTES_PER_ARCH * len(archs) * 2,
+                estimate_s=5.0,
+                steps=_steps("install_cached", key, runtime, (), None, facts),
+                notes=tuple(notes),
+                **common,
+            )
+
+    if facts.compiler is None:
+        return _refuse(
+            "no C++ compiler",
+            Problem(
+                "setup.compiler",
+                "no C++ compiler found (tried $CUDAHOSTCXX, $CXX, c++, g++, clang++)",
+                "Install one, e.g. `sudo apt install g++` on Debian/Ubuntu or `sudo dnf install gcc-c++` on Fedora, "
+                "then run setup again.",
+                ExitCode.GPU_UNUSABLE,
+            ),
+            facts,
+            **{k: v for k, v in common.items() if k != "facts"},
+            notes=tuple(notes),
+        )
+    cxx = facts.compiler
+
+    def compiler_ok(v: tuple[int, int]) -> bool:
+        top = tk.host_compiler_max(v, cxx.kind)
+        return top is None or cxx.major <= top
+
+    rejected: list[str] = []
+    system: tk.SystemToolkit | None = None
+    for t in facts.system_toolkits:
+        v = tk.cuda_tuple(t.version)
+        where = f"system CUDA {t.version} ({t.prefix})"
+        if v is None:
+            continue
+        if v > hi:
+            what = f"the driver's CUDA {facts.driver_cuda}" if driver is not None and hi == driver else "the limit"
+            rejected.append(
+                f"{where}: newer than {what}, so the engine would fail with 'CUDA driver version is insufficient'"
+            )
+        elif v < lo:
+            rejected.append(f"{where}: too old for {names} (needs ≥ {tk.cuda_text(lo)})")
+        elif not compiler_ok(v):
+            rejected.append(
+                f"{where}: nvcc {t.version} does not support {cxx.kind} {cxx.version} "
+                f"(newest: {cxx.kind} {tk.host_compiler_max(v, cxx.kind)})"
+            )
+        elif not t.has_cudart:
+            rejected.append(f"{where}: incomplete, no cuda_runtime.h/libcudart")
+        elif not t.has_cublas and v[0] not in facts.env_cublas_majors:
+            rejected.append(f"{where}: has no cuBLAS, and this environment has none for CUDA {v[0]}")
+        elif system is None:
+            system = t
+
+    pypi: tuple[int, int] | None = None
+    env_rt = tk.cuda_tuple(facts.env_cuda_runtime)
+    for major in sorted(tk.PYPI_MINORS, reverse=True):
+        top = hi
+        if major >= 13 and env_rt is not None and env_rt[0] == major:
+            top = min(top, env_rt)  # a CUDA-13 engine runs on the environment's libcudart.so.13: never newer
+        options = [(major, m) for m in tk.PYPI_MINORS[major] if lo <= (major, m) <= top and compiler_ok((major, m))]
+        if options:
+            pypi = max(options)
+            break
+
+    choice = opts.toolkit
+    if choice == "system" and system is None:
+        found = "; ".join(rejected) or "no nvcc on PATH, in $CUDA_HOME or in /usr/local/cuda*"
+        return _refuse(
+            "no usable system toolkit",
+            Problem(
+                "setup.toolkit",
+                f"--toolkit system: {found}",
+                "Use the packaged toolkit (`--toolkit pypi`, the default when no system one fits).",
+                ExitCode.GPU_UNUSABLE,
+            ),
+            facts,
+            rejected=tuple(rejected),
+            notes=tuple(notes),
+            **{k: v for k, v in common.items() if k != "facts"},
+        )
+    source = "system" if (choice == "system" or (choice == "auto" and system is not None)) else "pypi"
+    if source == "pypi" and pypi is None:
+        why = f"CUDA {tk.cuda_text(lo)}–{tk.cuda_text(hi)}"
+        if not any(compiler_ok((mj, mn)) for mj in tk.PYPI_MINORS for mn in tk.PYPI_MINORS[mj]):
+            why += f" with {cxx.kind} {cxx.version}"
+        return _refuse(
+            "no packaged toolkit fits",
+            Problem(
+                "setup.toolkit",
+                f"no packaged CUDA toolkit fits ({why}) for {names}",
+                "Install a host compiler nvcc supports (e.g. g++-12) and set CUDAHOSTCXX to it, or update the "
+                "NVIDIA driver.",
+                ExitCode.GPU_UNUSABLE,
+            ),
+            facts,
+            rejected=tuple(rejected),
+            notes=tuple(notes),
+            **{k: v for k, v in common.items() if k != "facts"},
+        )
+    if source == "system":
+        assert system is not None
+        cuda = tk.cuda_tuple(system.version)
+        assert cuda is not None
+        packages: tuple[str, ...] = ()
+        if pypi is not None and choice == "auto":
+            rejected.append(f"packaged CUDA {tk.cuda_text(pypi)}: not needed, a system toolkit fits")
+    else:
+        assert pypi is not None
+        cuda = pypi
+        packages = tk.pypi_requirements(cuda, with_cublas=cuda[0] not in facts.env_cublas_majors)
+        if system is not None:
+            rejected.append(f"system CUDA {system.version} ({system.prefix}): passed over for --toolkit pypi")
+    runtime = tk.runtime_requirements(cuda)
+    key = cache_key(facts.llama_version, cuda, archs)
+    cmake = cmake_args(archs, cuda)
+    disk = SDIST_BYTES + BUILD_TREE_BYTES + WHEEL_BYTES_PER_ARCH * len(archs) * 3
+    if source == "pypi":
+        disk += PYPI_TOOLKIT_BYTES.get(cuda[0], PYPI_TOOLKIT_BYTES[13])
+    action = "build" if install_here else "build_only"
+    reason = (
+        f"no CUDA build for {names} is installed or cached"
+        if install_here
+        else f"no GPU here that {names} covers: the wheel is built and cached, not installed"
+    )
+    if opts.force:
+        reason = "--force: rebuild"
+    plan = Plan(
+        action=action,
+        reason=reason,
+        cuda=cuda,
+        toolkit_source=source,
+        toolkit=system if source == "system" else None,
+        packages=packages,
+        runtime_packages=runtime,
+        key=key,
+        disk_needed=disk,
+        estimate_s=_estimate(len(archs), jobs),
+        cmake_args=cmake,
+        steps=_steps(action, key, runtime, packages, system if source == "system" else None, facts),
+        rejected=tuple(rejected),
+        notes=tuple(notes),
+        **common,
+    )
+    if facts.disk_free is not None and facts.disk_free < disk:
+        return _with_problem(
+            plan,
+            Problem(
+                "setup.disk",
+                f"the build needs about {disk / GIB:.1f} GiB in {facts.cache_dir}, "
+                f"only {facts.disk_free / GIB:.1f} GiB free",
+                "Free some space, or point KCUDA_CACHE_DIR at a disk with more room.",
+                ExitCode.DISK_FULL,
+            ),
+        )
+    if facts.uv is None:
+        return _with_problem(
+            plan,
+            Problem(
+                "setup.uv",
+                "uv not found (setup installs and builds with it)",
+                "Install it: `python3 -m pip install uv`.",
+                ExitCode.GPU_UNUSABLE,
+            ),
+        )
+    return plan
+
+
+def _with_problem(plan: Plan, problem: Problem) -> Plan:
+    import dataclasses
+
+    return dataclasses.replace(plan, action="refused", reason=problem.message, problems=(*plan.problems, problem))
+
+
+def cmake_args(archs: tuple[int, ...], cuda: tuple[int, int]) -> tuple[str, ...]:
+    """The engine's CMake options: portable CPU code, CUDA for exactly these archs, runtime libraries found
+    inside the environment it is installed in (single quotes keep `$ORIGIN` through CMAKE_ARGS and ninja)."""
+    rpath = ":".join(p.replace("$", "\\$") for p in tk.runtime_rpath(cuda[0]))
+    return (
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_CUDA=on",
+        "-DCMAKE_CUDA_ARCHITECTURES="
+        + ";".join(f"{a}-real" for a in archs[:-1])
+        + (";" if len(archs) > 1 else "")
+        + f"{archs[-1]}",
+        f"-DCMAKE_SHARED_LINKER_FLAGS=-Wl,-rpath,{rpath}",
+    )
+
+
+def _steps(
+    action: str,
+    key: str,
+    runtime: tuple[str, ...],
+    packages: tuple[str, ...],
+    system: tk.SystemToolkit | None,
+    facts: MachineFacts,
+) -> tuple[str, ...]:
+    cache = facts.cache_dir
+    py = sys.executable
+    out: list[str] = []
+    if runtime:
+        out.append(f"uv pip install --python {py} " + " ".join(f"'{r}'" for r in runtime) + "   (CUDA 12 runtime)")
+    if action == "install_cached":
+        out.append(f"verify {cache}/wheels/{key}/*.whl in a scratch directory (a fresh process loads it)")
+        out.append(f"uv pip install --python {py} --no-deps --reinstall {cache}/wheels/{key}/*.whl")
+        out.append("verify again in a fresh process; roll back to the previous build if it fails")
+        return tuple(out)
+    if packages:
+        out.append(f"uv pip install --target {cache}/toolkits/<cuda> " + " ".join(f"'{p}'" for p in packages))
+        where = f"{cache}/toolkits/<cuda>"
+    else:
+        assert system is not None
+        where = str(system.prefix)
+    out.append(f"assemble a toolkit root from {where} (+ this environment's cuBLAS where needed)")
+    out.append(f"fetch the llama-cpp-python {facts.llama_version} sdist (sha256 from uv.lock or PyPI)")
+    out.append("uv build --wheel <sdist>   (CMAKE_ARGS as listed, CMAKE_BUILD_PARALLEL_LEVEL=jobs)")
+    out.append(f"keep the wheel in {cache}/wheels/{key}/")
+    if action == "build":
+        out.append("verify in a scratch directory, install with uv (--no-deps --reinstall), verify again")
+    return tuple(out)
+
+
+# --- facts ----------------------------------------------------------------------------------------
+
+
+def _mem_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def read_gpus() -> tuple[tuple[GpuTarget, ...], str | None, str | None, str | None]:
+    """(GPUs, driver version, driver CUDA version, why NVML could not say) through the one NVML helper."""
+    from kcuda_validate.gpu.nvml import Nvml, NvmlInitError, parse_visible_devices
+
+    try:
+        nvml = Nvml.open()
+    except NvmlInitError as exc:
+        return (), None, None, f"{exc.kind.replace('_', ' ')}: {exc}"
+    with nvml:
+        d = nvml.driver()
+        gpus = tuple(nvml.gpu(i) for i in range(d.device_count))
+    hidden = parse_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus) or ()
+    usable = [g for g in gpus if not g.lost and g.error is None and g.index not in hidden]
+    why = None if usable else ("every GPU is hidden, lost or unreadable" if gpus else "the driver lists no GPU")
+    targets = tuple(GpuTarget(g.index, g.name, g.compute_capability) for g in usable)
+    return targets, d.driver_version, d.cuda_version, why
+
+
+def installed_engine() -> InstalledEngine:
+    """The environment's llama-cpp-python as a fresh process sees it (the same probe `detect` uses)."""
+    from kcuda_validate.llm.build import probe_llama_build
+
+    info = probe_llama_build()
+    return InstalledEngine(
+        version=info.version,
+        has_cuda=info.has_cuda,
+        offload=info.supports_gpu_offload,
+        archs=info.cuda_archs,
+        error=info.error,
+    )
+
+
+def gather_facts(opts: SetupOptions, environ: Mapping[str, str] | None = None) -> MachineFacts:
+    """Read the machine. The NVML and llama.cpp reads go through the same seams `detect` uses."""
+    from kcuda_validate.engine.install import cache_dir, cached_keys, locked_llama
+    from kcuda_validate.gpu.platform import probe_platform
+
+    env = dict(os.environ if environ is None else environ)
+    gpus, driver_version, driver_cuda, why = read_gpus()
+    cache = cache_dir(env)
+    probe_dir = cache
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        free: int | None = shutil.disk_usage(probe_dir).free
+    except OSError:
+        free = None
+    site = tk.site_packages()
+    uv = tk.uv_command(env)
+    return MachineFacts(
+        gpus=gpus,
+        driver_version=driver_version,
+        driver_cuda=driver_cuda,
+        nvml_error=why,
+        wsl2=probe_platform().is_wsl2,
+        system_toolkits=tk.find_system_toolkits(env),
+        compiler=tk.find_host_compiler(env),
+        env_cuda_runtime=tk.env_cuda_runtime_version(site),
+        env_cublas_majors=tuple(m for m in (12, 13) if tk.env_cuda_layer(m, site) is not None),
+        llama_version=locked_llama().version,
+        installed=installed_engine(),
+        cached=cached_keys(cache),
+        cache_dir=cache,
+        disk_free=free,
+        cpus=_cpus(),
+        mem_available=_mem_available(),
+        uv=None if uv is None else tuple(uv),
+    )

@@ -1,0 +1,337 @@
+"""`setup` as a service: carry out a plan, return what happened; `setup_checks` judges it.
+
+Nothing here prints. Steps and build progress reach the CLI through callbacks; the result is frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kcuda_validate.checks import Check, Status
+from kcuda_validate.engine import install as inst
+from kcuda_validate.engine import toolkit as tk
+from kcuda_validate.engine.build import BuildProgress, build_env, run_build
+from kcuda_validate.engine.plan import Plan, SetupOptions, cc_text, invocation
+from kcuda_validate.errors import ExitCode, Interrupted, KcudaError
+
+log = logging.getLogger(__name__)
+STAGE = "setup"
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    """outcome: nothing | installed | built (cached, not installed) | dry_run | refused | failed | interrupted."""
+
+    plan: Plan
+    outcome: str
+    wheel: Path | None = None
+    wheel_bytes: int | None = None
+    build_seconds: float | None = None
+    install_seconds: float | None = None
+    verification: inst.Verification | None = None
+    rolled_back: bool = False
+    error: str | None = None
+    fix: str | None = None
+    exit_code: ExitCode = ExitCode.OK
+    log_file: Path | None = None
+    next_command: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "plan": self.plan.to_json(),
+            "wheel": None if self.wheel is None else str(self.wheel),
+            "wheel_bytes": self.wheel_bytes,
+            "build_seconds": self.build_seconds,
+            "install_seconds": self.install_seconds,
+            "verification": None if self.verification is None else self.verification.to_json(),
+            "rolled_back": self.rolled_back,
+            "error": self.error,
+            "fix": self.fix,
+            "build_log": None if self.log_file is None else str(self.log_file),
+            "next": self.next_command,
+        }
+
+
+StepFn = Callable[[str], None]
+ProgressFn = Callable[[BuildProgress], None]
+
+
+def _nothing(_: Any) -> None:
+    return None
+
+
+def _build_log(key: str) -> Path:
+    from kcuda_validate.logs import default_log_dir
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return default_log_dir() / "builds" / f"{key}-{stamp}.log"
+
+
+def _toolkit_layers(plan: Plan, cache: Path, uv: list[str], log_fh: Any, log_file: Path, step: StepFn) -> list[Path]:
+    """The prefixes to merge: the system toolkit or the packaged one (installed once into the cache), then
+    the environment's own CUDA libraries of the same major, which only fill what the first lacks (cuBLAS)."""
+    assert plan.cuda is not None
+    layers: list[Path] = []
+    if plan.toolkit_source == "system":
+        assert plan.toolkit is not None
+        layers.append(plan.toolkit.prefix)
+    else:
+        target = cache / "toolkits" / f"cuda-{tk.cuda_text(plan.cuda)}"
+        done = target / ".complete"
+        if not done.exists() or done.read_text() != "\n".join(plan.packages):
+            step(f"Installing the CUDA {tk.cuda_text(plan.cuda)} toolkit from the package index into the cache…")
+            tmp = Path(tempfile.mkdtemp(prefix=".toolkit.", dir=cache / "tmp"))
+            proc = inst.run_uv(uv, ["pip", "install", "--target", str(tmp), *plan.packages], log_fh)
+            if proc.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise inst.uv_failure(proc, f"installing the CUDA {tk.cuda_text(plan.cuda)} toolkit", log_file)
+            (tmp / ".complete").write_text("\n".join(plan.packages))
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+        layers.extend(tk.packaged_layers(target))
+    env_layer = tk.env_cuda_layer(plan.cuda[0])
+    if env_layer is not None:
+        layers.append(env_layer)
+    return layers
+
+
+def run_setup(
+    plan: Plan,
+    opts: SetupOptions,
+    on_step: StepFn = _nothing,
+    on_progress: ProgressFn = _nothing,
+    environ: Mapping[str, str] | None = None,
+) -> SetupResult:
+    """Carry out `plan`. The environment's engine changes only after the new one was built and loaded."""
+    env = dict(os.environ if environ is None else environ)
+    facts = plan.facts
+    assert facts is not None
+    nxt = f"{invocation(env)} validate-all"
+    if plan.action == "refused":
+        p = plan.problems[0]
+        return SetupResult(plan, "refused", error=p.message, fix=p.fix, exit_code=p.exit_code)
+    if plan.action == "nothing":
+        return SetupResult(plan, "nothing", next_command=nxt)
+    assert plan.key is not None and facts.uv is not None
+    uv = list(facts.uv)
+    cache = facts.cache_dir
+    log_file = _build_log(plan.key)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    site = tk.site_packages()
+    gpu_ccs = [g.cc for g in facts.gpus if g.cc is not None]
+    build_s: float | None = None
+    t_install: float | None = None
+    with inst.cache_lock(cache):
+        (cache / "tmp").mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="setup.", dir=cache / "tmp"))
+        old_term = signal.getsignal(signal.SIGTERM)
+        try:
+            with open(log_file, "a", encoding="utf-8", errors="replace") as log_fh:
+                if plan.action == "install_cached":
+                    wheel = inst.cached_wheel(cache, plan.key)
+                    if wheel is None:
+                        raise KcudaError(f"the cached wheel {plan.key} vanished", fix="Run setup again to rebuild it.")
+                else:
+                    layers = _toolkit_layers(plan, cache, uv, log_fh, log_file, on_step)
+                    on_step("Assembling the toolkit…")
+                    cxx = facts.compiler.path if facts.compiler else None
+                    root = tk.assemble_root(scratch / "cuda", layers, cxx)
+                    on_step(f"Fetching llama-cpp-python {facts.llama_version}…")
+                    sdist = inst.fetch_sdist(cache, inst.locked_llama(), opts.sdist)
+                    on_step(
+                        f"Building llama-cpp-python {facts.llama_version} for "
+                        + ", ".join(f"sm_{a}" for a in plan.archs)
+                        + f" with {plan.jobs} jobs…"
+                    )
+                    log_fh.flush()
+                    out = scratch / "out"
+                    out.mkdir()
+                    result = run_build(
+                        uv, sdist, out, build_env(root, plan.cmake_args, plan.jobs, cxx, env), log_file, on_progress
+                    )
+                    build_s = result.seconds
+                    inst.add_stamp(
+                        result.wheel,
+                        {
+                            "key": plan.key,
+                            "llama_cpp_python": facts.llama_version,
+                            "cuda": tk.cuda_text(plan.cuda) if plan.cuda else None,
+                            "archs": list(plan.archs),
+                            "toolkit": plan.toolkit_source,
+                            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                            "build_seconds": round(result.seconds, 1),
+                            "jobs": plan.jobs,
+                        },
+                    )
+                    keep = cache / "wheels" / plan.key
+                    tmp_keep = Path(tempfile.mkdtemp(prefix=f".{plan.key}.", dir=cache / "tmp"))
+                    shutil.move(str(result.wheel), tmp_keep / result.wheel.name)
+                    if keep.exists():
+                        shutil.rmtree(keep)
+                    keep.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp_keep, keep)
+                    wheel = keep / result.wheel.name
+                size = wheel.stat().st_size
+                on_step("Verifying the new build in a scratch directory…")
+                t0 = time.monotonic()
+                staged = inst.stage(uv, wheel, scratch, site, log_fh, log_file)
+                first = inst.judge(inst.probe(staged), plan.archs, gpu_ccs)
+                if plan.action == "build_only":
+                    return SetupResult(plan, "built", wheel, size, build_s, verification=first, log_file=log_file)
+                if not first.ok:
+                    return SetupResult(
+                        plan,
+                        "failed",
+                        wheel,
+                        size,
+                        build_s,
+                        verification=first,
+                        error=f"the new build does not work here: {first.summary}; the previous engine is unchanged",
+                        fix=f"See {log_file}; `{invocation(env)} setup --force` rebuilds it.",
+                        exit_code=ExitCode.GPU_UNUSABLE,
+                        log_file=log_file,
+                    )
+                on_step("Installing…")
+                inst.install_runtime(uv, plan.runtime_packages, log_fh, log_file)
+                backup = inst.repack_installed(site, scratch / "backup")
+                rolled_back = False
+                with inst.signals_deferred():
+                    inst.swap_in(uv, wheel, site, log_fh, log_file)
+                    final = inst.judge(inst.probe(), plan.archs, gpu_ccs)
+                    if not final.ok and backup is not None:
+                        inst.swap_in(uv, backup, site, log_fh, log_file)
+                        rolled_back = True
+                t_install = time.monotonic() - t0
+                if not final.ok:
+                    return SetupResult(
+                        plan,
+                        "failed",
+                        wheel,
+                        size,
+                        build_s,
+                        t_install,
+                        final,
+                        rolled_back,
+                        error=f"the installed build failed its check: {final.summary}"
+                        + ("; the previous engine was put back" if rolled_back else ""),
+                        fix=f"See {log_file}.",
+                        exit_code=ExitCode.GPU_UNUSABLE,
+                        log_file=log_file,
+                    )
+                return SetupResult(
+                    plan, "installed", wheel, size, build_s, t_install, final, log_file=log_file, next_command=nxt
+                )
+        except (KeyboardInterrupt, Interrupted) as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            code = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
+            return SetupResult(
+                plan,
+                "interrupted",
+                build_seconds=build_s,
+                error="setup interrupted: nothing was installed, the previous engine is in place",
+                fix=f"Run `{invocation(env)} setup` again (a finished toolkit download is kept).",
+                exit_code=code,
+                log_file=log_file,
+            )
+        except KcudaError as exc:
+            return SetupResult(
+                plan,
+                "failed",
+                build_seconds=build_s,
+                error=exc.message,
+                fix=exc.fix,
+                exit_code=exc.exit_code if exc.exit_code != ExitCode.CHECK_FAILED else ExitCode.GPU_UNUSABLE,
+                log_file=log_file,
+            )
+        except OSError as exc:
+            if exc.errno == 28:
+                return SetupResult(
+                    plan,
+                    "failed",
+                    error=f"disk full in {cache}: {exc}",
+                    fix=inst.DISK_FIX,
+                    exit_code=ExitCode.DISK_FULL,
+                    log_file=log_file,
+                )
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _archs(plan: Plan) -> str:
+    return ", ".join(f"sm_{a}" for a in plan.archs) or "none"
+
+
+def setup_checks(result: SetupResult, no_gpu_is_skip: bool = False) -> list[Check]:
+    """The result as one check (pure). `no_gpu_is_skip`: validate-all's step, where detect then says why."""
+    plan = result.plan
+    ev: dict[str, Any] = {"plan": plan.to_json()}
+    title = "CUDA engine (llama-cpp-python)"
+    if result.outcome == "refused":
+        p = plan.problems[0]
+        status = Status.SKIP if no_gpu_is_skip and p.exit_code == ExitCode.NO_GPU else Status.FAIL
+        return [Check("setup.engine", STAGE, title, status, p.message, ev, p.fix, p.exit_code)]
+    if result.outcome == "nothing":
+        return [Check("setup.engine", STAGE, title, Status.PASS, plan.reason + "; nothing to do", ev)]
+    if result.outcome == "dry_run":
+        return [
+            Check(
+                "setup.engine",
+                STAGE,
+                title,
+                Status.SKIP,
+                f"dry run: would {plan.action.replace('_', ' ')} ({plan.reason})",
+                ev,
+            )
+        ]
+    ev |= result.to_json()
+    if result.outcome in ("failed", "interrupted"):
+        return [
+            Check(
+                "setup.engine",
+                STAGE,
+                title,
+                Status.FAIL,
+                result.error or "setup failed",
+                ev,
+                result.fix,
+                result.exit_code,
+            )
+        ]
+    v = result.verification
+    cuda = tk.cuda_text(plan.cuda) if plan.cuda else "?"
+    how = (
+        f"built in {result.build_seconds:.0f} s with {plan.jobs} jobs"
+        if result.build_seconds is not None
+        else "from the cache"
+    )
+    if result.outcome == "built":
+        summary = f"wheel for {_archs(plan)} (CUDA {cuda}) {how}, kept in the cache; not installed: no GPU here"
+        if v is not None and not v.ok:
+            summary += f" (loading it here: {v.summary})"
+        return [Check("setup.engine", STAGE, title, Status.PASS, summary, ev)]
+    assert v is not None
+    secs = f"{result.install_seconds:.1f} s" if result.install_seconds is not None else "n/a"
+    summary = f"CUDA {cuda} build for {_archs(plan)} installed ({how}; install and checks {secs}): {v.summary}"
+    return [Check("setup.engine", STAGE, title, Status.PASS, summary, ev)]
+
+
+def gpu_names(plan: Plan) -> str:
+    facts = plan.facts
+    if facts is None or not facts.gpus:
+        return "none"
+    return ", ".join(f"{g.index}: {g.name or '?'} (cc {cc_text(g.cc) if g.cc else 'n/a'})" for g in facts.gpus)
