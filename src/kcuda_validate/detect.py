@@ -21,7 +21,7 @@ from kcuda_validate.gpu.cudadrv import CudaDriverInfo, probe_cuda_driver
 from kcuda_validate.gpu.nvml import DriverInfo, GpuInfo, Nvml, NvmlInitError, parse_visible_devices
 from kcuda_validate.gpu.platform import PlatformInfo, on_windows_mount, probe_platform
 from kcuda_validate.gpu.torchprobe import TorchInfo, probe_torch
-from kcuda_validate.llm.build import REBUILD_CMD, LlamaBuildInfo, LlamaBuildProbe, arch_compatibility
+from kcuda_validate.llm.build import LlamaBuildInfo, LlamaBuildProbe, arch_compatibility, invocation, setup_fix
 from kcuda_validate.versions import dist_version
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class GpuDetector:
     def __init__(self, options: DetectOptions, environ: Mapping[str, str] | None = None) -> None:
         self.opts = options
         self.env = dict(os.environ if environ is None else environ)
+        self._invocation = invocation(self.env)  # for fix texts: `python3 -m uv run kcuda-validate` in a checkout
 
     def run(self) -> DetectReport:
         start = time.perf_counter()
@@ -594,7 +595,9 @@ class GpuDetector:
                     title,
                     Status.FAIL,
                     llama.error or "llama-cpp-python is not installed",
-                    "Reinstall: " + REBUILD_CMD,
+                    setup_fix(self._invocation, "installs a llama-cpp-python build that loads here")
+                    if llama.installed
+                    else f"Reinstall the tool's dependencies (`uv sync`), then run `{self._invocation} setup`.",
                     ExitCode.GPU_UNUSABLE,
                     **ev,
                 )
@@ -622,7 +625,7 @@ class GpuDetector:
                     title,
                     status,
                     summary + ("" if visible else "; no GPU to offload to"),
-                    "Rebuild with CUDA: " + REBUILD_CMD if visible else None,
+                    setup_fix(self._invocation) if visible else None,
                     ExitCode.GPU_UNUSABLE,
                     **ev,
                 )
@@ -652,9 +655,10 @@ class GpuDetector:
                             f"CUDA archs for GPU {g.index}",
                             Status.WARN,
                             why,
-                            f'Rebuild for this GPU: CMAKE_ARGS="-DGGML_CUDA=on '
-                            f'-DCMAKE_CUDA_ARCHITECTURES={g.compute_capability[0]}{g.compute_capability[1]}" '
-                            "uv sync --reinstall-package llama-cpp-python",
+                            setup_fix(
+                                self._invocation,
+                                f"rebuilds llama-cpp-python for sm_{g.compute_capability[0]}{g.compute_capability[1]}",
+                            ),
                             **ev,
                         )
                     )
@@ -665,9 +669,10 @@ class GpuDetector:
                             f"CUDA archs for GPU {g.index}",
                             Status.FAIL,
                             why,
-                            f'Rebuild for this GPU: CMAKE_ARGS="-DGGML_CUDA=on '
-                            f'-DCMAKE_CUDA_ARCHITECTURES={g.compute_capability[0]}{g.compute_capability[1]}" '
-                            "uv sync --reinstall-package llama-cpp-python",
+                            setup_fix(
+                                self._invocation,
+                                f"rebuilds llama-cpp-python for sm_{g.compute_capability[0]}{g.compute_capability[1]}",
+                            ),
                             ExitCode.GPU_UNUSABLE,
                             **ev,
                         )

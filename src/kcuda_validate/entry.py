@@ -15,8 +15,9 @@ _early: Any = None
 
 
 def _guess(argv: list[str]) -> tuple[bool, int | None] | None:
-    """(cpu_mode, device index) when argv runs a model command, else None."""
-    if any(a in ("-h", "--help", "--version", "--all-devices") for a in argv):
+    """(cpu_mode, device index) when argv runs a model command, else None (also with --setup, which may
+    replace the llama.cpp build the worker would import)."""
+    if any(a in ("-h", "--help", "--version", "--all-devices", "--setup") for a in argv):
         return None
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in MODEL_COMMANDS:

@@ -739,6 +739,34 @@ A100_80GB = FakeGpu(
     max_sm_clock_mhz=1410,
     max_mem_clock_mhz=1593,
 )
+H100_80GB = FakeGpu(
+    name="NVIDIA H100 80GB HBM3",
+    uuid="GPU-8c3e5a71-2f90-4d6b-b1e8-5a7c9d0f2e43",
+    pci_bus_id="00000000:19:00.0",
+    compute_capability=(9, 0),
+    memory_total=81_559 * MIB,
+    memory_used=0,
+    power_limit_mw=700_000,
+    persistence=1,
+    pcie_gen=(5, 5),
+    memory_bus_width=5120,
+    max_sm_clock_mhz=1980,
+    max_mem_clock_mhz=2619,
+)
+TESLA_P100 = FakeGpu(
+    name="Tesla P100-PCIE-16GB",
+    uuid="GPU-1e7b4d92-0c35-6a8f-d2e1-9f4a3b7c5d60",
+    pci_bus_id="00000000:03:00.0",
+    compute_capability=(6, 0),
+    memory_total=16_280 * MIB,
+    memory_used=0,
+    power_limit_mw=250_000,
+    pcie_gen=(3, 3),
+    memory_bus_width=4096,
+    max_sm_clock_mhz=1328,
+    max_mem_clock_mhz=715,
+    unsupported=frozenset({"nvmlDeviceGetMigMode"}),
+)
 # Answers only for identity: every measured field is NotSupported (some vGPU profiles, very old drivers).
 BARE_GPU = FakeGpu(
     name="GRID T4-2Q",

@@ -305,15 +305,39 @@ def run_model_command(
 ) -> int:
     """The body `load`, `infer` and `validate-all` share: worker first, then the pipeline, then the verdict.
 
-    `detect_options(run)` gives validate-all's detect stage its options once the run is known."""
+    `detect_options(run)` gives validate-all's detect stage its options once the run is known. With
+    `--setup` (validate-all), the CUDA engine is made ready first, before any worker imports llama.cpp."""
+    from kcuda_validate.report import Report
+
+    setup_checks: list[Any] = []
+    setup_section: dict[str, Any] | None = None
+    if kw.get("setup"):
+        from kcuda_validate.checks import Status
+        from kcuda_validate.cli.setup import run_setup_step
+        from kcuda_validate.engine.setup import setup_checks as judge_setup
+
+        ui = make_output(ctx, **kw)
+        build_run(kw, with_infer=with_infer)  # usage errors first, before minutes of building
+        result = run_setup_step(ui, {})
+        setup_checks = judge_setup(result, no_gpu_is_skip=True)
+        setup_section = result.to_json()
+        if any(c.status == Status.FAIL for c in setup_checks):
+            report = Report(command)
+            report.add(*setup_checks)
+            report.sections["setup"] = setup_section
+            report.stopped_at = "setup"
+            ui.result(report)
+            return int(report.exit_code)
     worker = start_worker(kw)
     try:
         from kcuda_validate.pipeline import run_pipeline
-        from kcuda_validate.report import Report
 
         ui = make_output(ctx, **kw)
         run = build_run(kw, with_infer=with_infer)
         report = Report(command)
+        if setup_section is not None:
+            report.add(*setup_checks)
+            report.sections["setup"] = setup_section
         detect = None
         if detect_options is not None:
             report.device_mode = "cpu" if run.load.cpu_mode else "gpu"

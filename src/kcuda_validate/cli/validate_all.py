@@ -18,6 +18,11 @@ from kcuda_validate.cli._common import (
 
 @click.command("validate-all")
 @click.argument("prompt", required=False)
+@click.option(
+    "--setup",
+    is_flag=True,
+    help="First make the CUDA engine ready (`kcuda-validate setup`: from the cache in seconds, else a build).",
+)
 @click.option("--skip-torch", is_flag=True, help="Skip the PyTorch checks.")
 @click.option("--min-vram-gb", type=click.FloatRange(min=0), default=2.0, show_default=True, help="Minimum VRAM.")
 @click.option("--min-compute", type=click.FloatRange(min=0), default=6.1, show_default=True, help="Minimum CC.")

@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -284,14 +283,14 @@ class Verification:
         }
 
 
-def probe(pythonpath: Path | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
-    """The `detect` build probe in a fresh process, optionally with `pythonpath` first on sys.path."""
+def probe(python: str, pythonpath: Path | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
+    """The `detect` build probe in a fresh process of `python`, optionally with `pythonpath` first on sys.path."""
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "kcuda_validate.llm.build"],
+            [python, "-m", "kcuda_validate.llm.build"],
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -375,15 +374,13 @@ def uv_failure(proc: subprocess.CompletedProcess[str], what: str, log_file: Path
     return KcudaError(f"{what}: {last}", fix=f"See the log {log_file}; check the network to the package index.")
 
 
-def stage(uv: Sequence[str], wheel: Path, scratch: Path, site: Path, log: Any, log_file: Path) -> Path:
+def stage(uv: Sequence[str], python: str, wheel: Path, scratch: Path, site: Path, log: Any, log_file: Path) -> Path:
     """Unpack the wheel into a scratch directory beside nothing else, where a fresh process can load it.
 
     Its RPATH finds the CUDA runtime at `$ORIGIN/../../nvidia`, so the scratch directory links to the
     environment's nvidia/ folder."""
     target = scratch / "stage"
-    proc = run_uv(
-        uv, ["pip", "install", "--python", sys.executable, "--no-deps", "--target", str(target), str(wheel)], log
-    )
+    proc = run_uv(uv, ["pip", "install", "--python", python, "--no-deps", "--target", str(target), str(wheel)], log)
     if proc.returncode != 0:
         raise uv_failure(proc, "unpacking the new build", log_file)
     if (site / "nvidia").is_dir() and not (target / "nvidia").exists():
@@ -391,17 +388,17 @@ def stage(uv: Sequence[str], wheel: Path, scratch: Path, site: Path, log: Any, l
     return target
 
 
-def swap_in(uv: Sequence[str], wheel: Path, site: Path, log: Any, log_file: Path) -> None:
+def swap_in(uv: Sequence[str], python: str, wheel: Path, site: Path, log: Any, log_file: Path) -> None:
     """Replace the environment's llama-cpp-python with `wheel` (only its own files; nothing else moves)."""
-    proc = run_uv(uv, ["pip", "install", "--python", sys.executable, "--no-deps", "--reinstall", str(wheel)], log)
+    proc = run_uv(uv, ["pip", "install", "--python", python, "--no-deps", "--reinstall", str(wheel)], log)
     if proc.returncode != 0:
         raise uv_failure(proc, "installing the new build", log_file)
     forget_source(site)
 
 
-def install_runtime(uv: Sequence[str], requirements: Sequence[str], log: Any, log_file: Path) -> None:
+def install_runtime(uv: Sequence[str], python: str, requirements: Sequence[str], log: Any, log_file: Path) -> None:
     if not requirements:
         return
-    proc = run_uv(uv, ["pip", "install", "--python", sys.executable, *requirements], log)
+    proc = run_uv(uv, ["pip", "install", "--python", python, *requirements], log)
     if proc.returncode != 0:
         raise uv_failure(proc, "installing the CUDA runtime libraries", log_file)

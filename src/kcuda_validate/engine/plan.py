@@ -208,11 +208,6 @@ def covers(archs: tuple[int, ...], cc: tuple[int, int]) -> bool:
     return any(a // 10 == cc[0] and a % 10 <= cc[1] for a in archs)
 
 
-def invocation(environ: Mapping[str, str]) -> str:
-    """How the user runs this tool, for fix texts: under `uv run` from a checkout, or installed."""
-    return "python3 -m uv run kcuda-validate" if environ.get("UV_RUN_RECURSION_DEPTH") else "kcuda-validate"
-
-
 def _refuse(reason: str, problem: Problem, facts: MachineFacts, **kw: Any) -> Plan:
     return Plan(action="refused", reason=reason, problems=(problem,), facts=facts, **kw)
 

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -21,8 +22,9 @@ from kcuda_validate.checks import Check, Status
 from kcuda_validate.engine import install as inst
 from kcuda_validate.engine import toolkit as tk
 from kcuda_validate.engine.build import BuildProgress, build_env, run_build
-from kcuda_validate.engine.plan import Plan, SetupOptions, cc_text, invocation
+from kcuda_validate.engine.plan import Plan, SetupOptions, cc_text
 from kcuda_validate.errors import ExitCode, Interrupted, KcudaError
+from kcuda_validate.llm.build import invocation
 
 log = logging.getLogger(__name__)
 STAGE = "setup"
@@ -64,6 +66,7 @@ class SetupResult:
 
 
 StepFn = Callable[[str], None]
+Verifier = Callable[[Path | None], inst.Verification]
 ProgressFn = Callable[[BuildProgress], None]
 
 
@@ -114,8 +117,13 @@ def run_setup(
     on_step: StepFn = _nothing,
     on_progress: ProgressFn = _nothing,
     environ: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+    site: Path | None = None,
+    verify: Verifier | None = None,
 ) -> SetupResult:
-    """Carry out `plan`. The environment's engine changes only after the new one was built and loaded."""
+    """Carry out `plan` for the environment of `python` (its `site`-packages). Its engine changes only after
+    the new one was built and loaded. `verify(staged_dir_or_None)` judges a build in a fresh process; the
+    default is detect's build probe against the plan's architectures and this machine's GPUs."""
     env = dict(os.environ if environ is None else environ)
     facts = plan.facts
     assert facts is not None
@@ -130,8 +138,13 @@ def run_setup(
     cache = facts.cache_dir
     log_file = _build_log(plan.key)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    site = tk.site_packages()
+    site = site or tk.site_packages()
     gpu_ccs = [g.cc for g in facts.gpus if g.cc is not None]
+    if verify is None:
+
+        def verify(staged: Path | None) -> inst.Verification:
+            return inst.judge(inst.probe(python, staged), plan.archs, gpu_ccs)
+
     build_s: float | None = None
     t_install: float | None = None
     with inst.cache_lock(cache):
@@ -187,8 +200,8 @@ def run_setup(
                 size = wheel.stat().st_size
                 on_step("Verifying the new build in a scratch directory…")
                 t0 = time.monotonic()
-                staged = inst.stage(uv, wheel, scratch, site, log_fh, log_file)
-                first = inst.judge(inst.probe(staged), plan.archs, gpu_ccs)
+                staged = inst.stage(uv, python, wheel, scratch, site, log_fh, log_file)
+                first = verify(staged)
                 if plan.action == "build_only":
                     return SetupResult(plan, "built", wheel, size, build_s, verification=first, log_file=log_file)
                 if not first.ok:
@@ -205,14 +218,14 @@ def run_setup(
                         log_file=log_file,
                     )
                 on_step("Installing…")
-                inst.install_runtime(uv, plan.runtime_packages, log_fh, log_file)
+                inst.install_runtime(uv, python, plan.runtime_packages, log_fh, log_file)
                 backup = inst.repack_installed(site, scratch / "backup")
                 rolled_back = False
                 with inst.signals_deferred():
-                    inst.swap_in(uv, wheel, site, log_fh, log_file)
-                    final = inst.judge(inst.probe(), plan.archs, gpu_ccs)
+                    inst.swap_in(uv, python, wheel, site, log_fh, log_file)
+                    final = verify(None)
                     if not final.ok and backup is not None:
-                        inst.swap_in(uv, backup, site, log_fh, log_file)
+                        inst.swap_in(uv, python, backup, site, log_fh, log_file)
                         rolled_back = True
                 t_install = time.monotonic() - t0
                 if not final.ok:

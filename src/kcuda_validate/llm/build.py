@@ -15,15 +15,26 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kcuda_validate.versions import dist_version
 
-REBUILD_CMD = (
-    'CMAKE_ARGS="-DGGML_CUDA=on" uv sync --reinstall-package llama-cpp-python  (needs the CUDA toolkit: nvcc on PATH)'
-)
+
+def invocation(environ: Mapping[str, str] | None = None) -> str:
+    """How the user runs this tool, for fix texts: under `uv run` from a checkout, or installed."""
+    env = os.environ if environ is None else environ
+    return "python3 -m uv run kcuda-validate" if env.get("UV_RUN_RECURSION_DEPTH") else "kcuda-validate"
+
+
+def setup_fix(invocation: str, what: str = "builds llama-cpp-python with CUDA for this machine's GPUs") -> str:
+    """The one command that repairs a missing or CPU-only engine: `setup` needs only the NVIDIA driver."""
+    return (
+        f"Run `{invocation} setup`: it {what} (a CUDA toolkit comes from the package index if none fits) and "
+        f"installs it only once it loads; or `{invocation} validate-all --setup` to set up and validate in one go."
+    )
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.errors import ExitCode, KcudaError
-from kcuda_validate.llm.build import REBUILD_CMD
+from kcuda_validate.llm.build import invocation, setup_fix
 from kcuda_validate.llm.llamalog import (
     LlamaLogCapture,
     LoadEvidence,
@@ -173,7 +173,7 @@ def judge_offload(
             None,
             0,
             vram_delta,
-            "Rebuild llama-cpp-python with CUDA: " + REBUILD_CMD,
+            setup_fix(invocation()),
             ExitCode.GPU_UNUSABLE,
         )
     wanted = total if options.gpu_layers < 0 or total is None else min(options.gpu_layers, total)
@@ -197,7 +197,7 @@ def judge_offload(
             desc,
             gpu_bytes,
             vram_delta,
-            "Pass --gpu-layers -1 and check that this build can offload: " + REBUILD_CMD,
+            "Pass --gpu-layers -1 and check that this build can offload; if it cannot, " + setup_fix(invocation()),
             ExitCode.GPU_UNUSABLE,
         )
     if wanted is not None and on_gpu < wanted:
