@@ -38,7 +38,15 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("NO_COLOR", "1")
-    for var in ("CUDA_VISIBLE_DEVICES", "HF_TOKEN", "HF_HUB_CACHE", "KCUDA_DEBUG", "KCUDA_TEST_FAULT", "HF_ENDPOINT"):
+    for var in (
+        "CUDA_VISIBLE_DEVICES",
+        "HF_TOKEN",
+        "HF_HUB_CACHE",
+        "KCUDA_DEBUG",
+        "KCUDA_TEST_FAULT",
+        "HF_ENDPOINT",
+        "UV_RUN_RECURSION_DEPTH",  # `uv run pytest` sets it; fix texts then name `python3 -m uv run`
+    ):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
 

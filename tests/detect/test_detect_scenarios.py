@@ -30,7 +30,7 @@ from kcuda_validate.detect import DetectOptions, DetectReport, GpuDetector, pars
 from kcuda_validate.errors import ExitCode, UsageError
 from kcuda_validate.gpu.nvml import GpuInfo, GpuLostError, Nvml, NvmlInitError
 from kcuda_validate.gpu.platform import mount_fstype, on_windows_mount, probe_platform
-from kcuda_validate.llm.build import REBUILD_CMD
+from kcuda_validate.llm.build import setup_fix
 
 ALL = sorted(SCENARIOS)
 
@@ -191,12 +191,12 @@ EXPECT: dict[str, Expect] = {
     "llama_cpu_only_with_gpu": expect(
         failing=("llama.build",),
         summary=(("llama.build", "llama-cpp-python 0.3.36 is a CPU-only build (CPU)"),),
-        fix=(("llama.build", 'CMAKE_ARGS="-DGGML_CUDA=on"'), ("llama.build", REBUILD_CMD)),
+        fix=(("llama.build", "Run `kcuda-validate setup`"), ("llama.build", setup_fix("kcuda-validate"))),
     ),
     "llama_not_installed": expect(
         failing=("llama.build",),
         summary=(("llama.build", "llama-cpp-python is not installed"),),
-        fix=(("llama.build", REBUILD_CMD),),
+        fix=(("llama.build", "Reinstall the tool's dependencies (`uv sync`), then run `kcuda-validate setup`."),),
     ),
     "llama_missing_cudart": expect(
         failing=("llama.build",),
@@ -205,7 +205,7 @@ EXPECT: dict[str, Expect] = {
     "arch_mismatch": expect(
         failing=("llama.archs.0",),
         summary=(("llama.archs.0", "built for 9.0; nothing runs on a 8.6 GPU"),),
-        fix=(("llama.archs.0", 'CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=86"'),),
+        fix=(("llama.archs.0", "Run `kcuda-validate setup`: it rebuilds llama-cpp-python for sm_86"),),
     ),
     "below_minimums": expect(
         failing=("min.0",),

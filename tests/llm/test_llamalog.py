@@ -15,7 +15,7 @@ import pytest
 
 from kcuda_validate.checks import Status
 from kcuda_validate.errors import ExitCode
-from kcuda_validate.llm.build import REBUILD_CMD
+from kcuda_validate.llm.build import setup_fix
 from kcuda_validate.llm.llamalog import (
     LlamaLogCapture,
     LoadEvidence,
@@ -417,7 +417,7 @@ def test_real_cpu_only_build_fails_with_no_offload_evidence() -> None:
         assert v.status == Status.FAIL
         assert v.line.startswith("no offload evidence")
         assert v.exit_code == ExitCode.GPU_UNUSABLE == 4
-        assert REBUILD_CMD in (v.fix or "")
+        assert setup_fix("kcuda-validate") in (v.fix or "")
         assert v.gpu_buffer_bytes == 0 and v.layers_total == 19
 
 
@@ -482,7 +482,7 @@ def test_real_h100_gpu_layers_0_is_judged_not_on_the_gpu() -> None:
     assert (v.layers_on_gpu, v.layers_total, v.device, v.device_name) == (0, 19, "CUDA0", H100)
     # the CUDA0 compute buffer is still reported as GPU memory in use, though no weights went there
     assert v.gpu_buffer_bytes == mib(685.53)
-    assert REBUILD_CMD in (v.fix or "")
+    assert setup_fix("kcuda-validate") in (v.fix or "")
 
 
 def test_nvml_delta_much_smaller_than_the_buffers_warns() -> None:
