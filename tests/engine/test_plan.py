@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
 from fakes.hardware import (
     A100_80GB,
     H100_80GB,
@@ -18,7 +19,6 @@ from fakes.hardware import (
     Scenario,
     install,
 )
-
 from kcuda_validate.engine.plan import GIB, MachineFacts, SetupOptions, cache_key, gather_facts, make_plan
 from kcuda_validate.engine.toolkit import HostCompiler, SystemToolkit
 from kcuda_validate.errors import ExitCode
