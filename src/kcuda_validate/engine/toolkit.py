@@ -332,12 +332,29 @@ def assemble_root(root: Path, layers: Sequence[Path], cxx: str | None) -> Path:
     (root / "lib").symlink_to("lib64")
     (root / "targets/x86_64-linux/include").symlink_to("../../include")
     (root / "targets/x86_64-linux/lib").symlink_to("../../lib64")
-    stub = lib64 / "stubs" / "libcuda.so"
     if cxx:
+        header = root / "include" / "cuda.h"
+        names = driver_symbols(header.read_text(errors="replace")) if header.is_file() else ()
+        source = root / "lib64" / "stubs" / "libcuda_stub.c"
+        source.write_text("".join(f"void {n}(void) {{}}\n" for n in names))
         subprocess.run(
-            [cxx, "-shared", "-o", str(stub), "-Wl,-soname,libcuda.so.1", "-x", "c++", "/dev/null"],
+            [cxx, "-shared", "-o", str(source.with_name("libcuda.so")), "-Wl,-soname,libcuda.so.1"]
+            + ["-x", "c", str(source)],
             check=True,
             capture_output=True,
             timeout=60,
         )
     return root
+
+
+_DRIVER_CALL = re.compile(r"\b(cu[A-Z]\w*)\s*\(")
+_DRIVER_ALIAS = re.compile(r"^\s*#\s*define\s+cu[A-Z]\w*\s+(cu[A-Z]\w*)\s*$", re.MULTILINE)
+
+
+def driver_symbols(cuda_h: str) -> tuple[str, ...]:
+    """Every driver-API entry point `cuda.h` names, versioned aliases (`cuMemAlloc_v2`) included.
+
+    The link stub must define them: an empty stub is dropped by `--as-needed` (the default on Debian and
+    Ubuntu), and the engine then has no NEEDED libcuda.so.1 and fails to load on a GPU with
+    "undefined symbol: cuMemCreate"."""
+    return tuple(sorted(set(_DRIVER_CALL.findall(cuda_h)) | set(_DRIVER_ALIAS.findall(cuda_h))))

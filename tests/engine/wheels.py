@@ -1,0 +1,40 @@
+"""Small real wheels named llama-cpp-python 0.3.36, for install, replace and rollback tests.
+
+Each one is a valid wheel (METADATA, WHEEL, RECORD with hashes) whose `llama_cpp` package says which
+build it is, so a fresh process can tell what is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zipfile
+from pathlib import Path
+
+NAME = "llama_cpp_python"
+VERSION = "0.3.36"
+
+
+def _hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def make_wheel(directory: Path, engine: str, version: str = VERSION, extra: dict[str, str] | None = None) -> Path:
+    """A wheel whose `import llama_cpp; llama_cpp.ENGINE` is `engine`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    info = f"{NAME}-{version}.dist-info"
+    files = {
+        "llama_cpp/__init__.py": f"ENGINE = {engine!r}\n",
+        "llama_cpp/lib/README": f"{engine} build\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: llama-cpp-python\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: kcuda-tests\nRoot-Is-Purelib: false\nTag: py3-none-any\n",
+        **(extra or {}),
+    }
+    path = directory / f"{NAME}-{version}-py3-none-any.whl"
+    record = [f"{name},{_hash(text.encode())},{len(text.encode())}" for name, text in files.items()]
+    record.append(f"{info}/RECORD,,")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+        z.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return path
