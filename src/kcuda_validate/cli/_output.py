@@ -211,7 +211,7 @@ class BuildBar:
             decile = p.done * 10 // max(1, p.total)
             if decile != self._last_decile:
                 self._last_decile = decile
-                self._out._stderr.write(f"build: [{p.done}/{p.total}] {p.line[:100]}\n")
+                self._out._stderr.write(f"build: [{p.done}/{p.total}] {p.target}\n")
                 self._out._stderr.flush()
             return
         if self._progress is None:
@@ -229,8 +229,7 @@ class BuildBar:
             )
             self._progress.start()
             self._task = self._progress.add_task("", total=p.total)
-        name = p.line.rsplit("/", 1)[-1][:48]
-        self._progress.update(self._task, completed=p.done, total=p.total, description=name)
+        self._progress.update(self._task, completed=p.done, total=p.total, description=p.target)
 
     def close(self) -> None:
         if self._progress is not None:

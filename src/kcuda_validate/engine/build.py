@@ -29,6 +29,14 @@ class BuildProgress:
     total: int
     line: str  # what ninja is doing now, e.g. "Building CUDA object .../fattn-mma-f16.cu.o"
 
+    @property
+    def target(self) -> str:
+        """The file being made, short: verbose builds print whole compiler command lines."""
+        m = re.search(r"\s-o\s+(\S+)", self.line)
+        words = [w for w in self.line.split() if any(c.isalnum() for c in w)]
+        last = m.group(1) if m else words[-1] if words else ""
+        return last.rstrip("/").rsplit("/", 1)[-1][:60]
+
 
 def parse_progress(line: str) -> BuildProgress | None:
     """ninja's status line `[12/157] Building CUDA object ...`; None for any other output."""
@@ -78,7 +86,10 @@ _FAILURES: tuple[tuple[re.Pattern[str], Failure], ...] = (
         ),
     ),
     (
-        re.compile(r"No CMAKE_CXX_COMPILER could be found|CMAKE_CXX_COMPILER not set|C\+\+ compiler.*not found"),
+        re.compile(
+            r"No CMAKE_CXX_COMPILER could be found|CMAKE_CXX_COMPILER not set|C\+\+ compiler.*not found|"
+            r"is not a full path to an existing compiler tool"
+        ),
         Failure(
             "no C++ compiler",
             "Install one, e.g. `sudo apt install g++` on Debian/Ubuntu or `sudo dnf install gcc-c++`, then run "
@@ -105,7 +116,9 @@ _FAILURES: tuple[tuple[re.Pattern[str], Failure], ...] = (
     ),
 )
 
-_ERROR_LINE = re.compile(r"(^|\s)(error|fatal error|FAILED)\b[: ]", re.IGNORECASE)
+_ERROR_LINE = re.compile(r"(^|\s)(error|fatal error|fatal|FAILED)\s*[: ]", re.IGNORECASE)
+# uv's own summary of a failed backend ("error: Failed to build `...`", "Caused by: ...") says nothing new.
+_UV_SUMMARY = re.compile(r"^\s*(error: Failed to build|Caused by:|hint:|╰─▶|×)")
 
 
 def classify_failure(log_text: str) -> Failure:
@@ -113,7 +126,8 @@ def classify_failure(log_text: str) -> Failure:
     for pattern, failure in _FAILURES:
         if pattern.search(log_text):
             return failure
-    first = next((ln.strip() for ln in log_text.splitlines() if _ERROR_LINE.search(ln)), None)
+    lines = [ln for ln in log_text.splitlines() if not _UV_SUMMARY.match(ln)]
+    first = next((ln.strip() for ln in lines if _ERROR_LINE.search(ln)), None)
     detail = f": {first[:200]}" if first else ""
     return Failure(f"the build failed{detail}", "Read the build log named below; report it with the log if unclear.")
 
