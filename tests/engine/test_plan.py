@@ -239,8 +239,8 @@ def test_a_host_compiler_too_new_for_every_fitting_cuda_is_refused(monkeypatch, 
 
 
 def test_jobs_are_capped_by_memory_not_only_cores(monkeypatch, tmp_path):
-    facts = facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path, cpus=16, mem_available=8 * GIB)
-    assert make_plan(facts, SetupOptions()).jobs == 3
+    facts = facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path, cpus=16, mem_available=5 * GIB)
+    assert make_plan(facts, SetupOptions()).jobs == 5
     assert make_plan(facts, SetupOptions(jobs=1)).jobs == 1
 
 
