@@ -1,0 +1,129 @@
+"""Installing an engine into a real environment with the real uv: the swap, uv keeping it afterwards, and the
+rollback wheel, all with small real wheels named llama-cpp-python 0.3.36 (tests/engine/wheels.py).
+
+The uv test is the one that decides the design: after `setup`, a plain `uv run` must not put the locked
+CPU build back. It builds a real uv project locked against a local index ("old", the CPU build), swaps
+"new" in the way setup does, and asks a fresh `uv run` process which build it imports."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from wheels import make_wheel
+
+from kcuda_validate.engine import install as inst
+
+
+def _uv() -> list[str]:
+    uv = os.environ.get("UV") or shutil.which("uv")
+    if uv:
+        return [uv]
+    try:
+        import uv as uv_module
+
+        return [uv_module.find_uv_bin()]
+    except ImportError:
+        pytest.skip("no uv here")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A uv project that depends on llama-cpp-python 0.3.36 from a local index holding only the "old" build."""
+    index = tmp_path / "index"
+    make_wheel(index, "old")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [project]
+            name = "proj"
+            version = "0"
+            requires-python = ">=3.11"
+            dependencies = ["llama-cpp-python==0.3.36"]
+
+            [tool.uv]
+            package = false
+            find-links = ["{index}"]
+            """
+        )
+    )
+    env = _env(tmp_path)
+    for args in (["lock"], ["sync", "--locked"]):
+        done = subprocess.run(
+            [*_uv(), *args, "--python", sys.executable], cwd=proj, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    return proj
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_PROJECT"))}
+    env.update(UV_OFFLINE="1", UV_CACHE_DIR=str(tmp_path / "uv-cache"), UV_NO_PROGRESS="1")
+    env.pop("UV_RUN_RECURSION_DEPTH", None)
+    return env
+
+
+def _engine_via_uv_run(proj: Path, tmp_path: Path) -> str:
+    done = subprocess.run(
+        [*_uv(), "run", "python", "-c", "import llama_cpp; print(llama_cpp.ENGINE)"],
+        cwd=proj,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _site(proj: Path) -> Path:
+    (site,) = (proj / ".venv" / "lib").glob("python3*/site-packages")
+    return site
+
+
+def _python(proj: Path) -> str:
+    return str(proj / ".venv" / "bin" / "python")
+
+
+def test_uv_run_keeps_the_engine_setup_swapped_in(project: Path, tmp_path: Path) -> None:
+    assert _engine_via_uv_run(project, tmp_path) == "old"
+    new = make_wheel(tmp_path / "built", "new")
+    inst.swap_in(_uv(), _python(project), new, _site(project), io.StringIO(), tmp_path / "log")
+    info = next(_site(project).glob("llama_cpp_python-*.dist-info"))
+    assert not (info / "direct_url.json").exists()
+    assert "direct_url.json" not in (info / "RECORD").read_text()
+    assert _engine_via_uv_run(project, tmp_path) == "new"
+    done = subprocess.run([*_uv(), "sync", "--locked"], cwd=project, env=_env(tmp_path), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert _engine_via_uv_run(project, tmp_path) == "new"
+
+
+def test_without_forgetting_the_source_uv_run_puts_the_locked_build_back(project: Path, tmp_path: Path) -> None:
+    """Why setup removes direct_url.json: this is what happens if it does not."""
+    new = make_wheel(tmp_path / "built", "new")
+    log = io.StringIO()
+    done = inst.run_uv(
+        _uv(), ["pip", "install", "--python", _python(project), "--no-deps", "--reinstall", str(new)], log
+    )
+    assert done.returncode == 0, done.stderr
+    assert _engine_via_uv_run(project, tmp_path) == "old"
+
+
+def test_the_repacked_install_is_a_wheel_that_puts_the_previous_build_back(project: Path, tmp_path: Path) -> None:
+    site = _site(project)
+    backup = inst.repack_installed(site, tmp_path / "backup")
+    assert backup is not None and backup.suffix == ".whl"
+    new = make_wheel(tmp_path / "built", "new")
+    inst.swap_in(_uv(), _python(project), new, site, io.StringIO(), tmp_path / "log")
+    assert _engine_via_uv_run(project, tmp_path) == "new"
+    inst.swap_in(_uv(), _python(project), backup, site, io.StringIO(), tmp_path / "log")
+    assert _engine_via_uv_run(project, tmp_path) == "old"
+    check = subprocess.run([*_uv(), "pip", "check", "--python", _python(project)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
