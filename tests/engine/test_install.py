@@ -127,3 +127,89 @@ def test_the_repacked_install_is_a_wheel_that_puts_the_previous_build_back(proje
     assert _engine_via_uv_run(project, tmp_path) == "old"
     check = subprocess.run([*_uv(), "pip", "check", "--python", _python(project)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# --- the whole install flow: a cached engine, a real environment, a real fresh-process check -------------
+
+
+def _fresh_engine(python: str, pythonpath: Path | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    code = "import llama_cpp; print(llama_cpp.ENGINE)"
+    return subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _cached_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from test_plan import RTX4090_DRIVER_560, facts_for
+
+    from kcuda_validate.engine.plan import SetupOptions, cache_key, make_plan
+
+    key = cache_key("0.3.36", (12, 4), (89,))
+    make_wheel(tmp_path / "cache" / "engine" / "wheels" / key, "new")
+    facts = facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path, cached=(key,), compiler=None, uv=tuple(_uv()))
+    plan = make_plan(facts, SetupOptions())
+    assert (plan.action, plan.key) == ("install_cached", key)
+    return plan
+
+
+def _run(plan, project: Path, verify):  # type: ignore[no-untyped-def]
+    from kcuda_validate.engine.plan import SetupOptions
+    from kcuda_validate.engine.setup import run_setup
+
+    return run_setup(plan, SetupOptions(), python=_python(project), site=_site(project), verify=verify)
+
+
+def test_a_cached_engine_is_checked_then_installed_and_uv_keeps_it(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _cached_plan(monkeypatch, tmp_path)
+    seen: list[str] = []
+
+    def verify(staged: Path | None) -> inst.Verification:
+        engine = _fresh_engine(_python(project), staged)
+        seen.append(f"{'staged' if staged else 'installed'}:{engine}")
+        return inst.Verification(engine == "new", f"imports the {engine} build")
+
+    result = _run(plan, project, verify)
+    assert (result.outcome, result.exit_code, result.rolled_back) == ("installed", 0, False)
+    assert seen == ["staged:new", "installed:new"]
+    assert _engine_via_uv_run(project, tmp_path) == "new"
+    assert not list((tmp_path / "cache" / "engine" / "tmp").iterdir()), "scratch left behind"
+
+
+def test_an_installed_build_that_fails_its_check_is_rolled_back(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _cached_plan(monkeypatch, tmp_path)
+
+    def verify(staged: Path | None) -> inst.Verification:
+        engine = _fresh_engine(_python(project), staged)
+        return inst.Verification(staged is not None, f"imports the {engine} build")
+
+    result = _run(plan, project, verify)
+    assert (result.outcome, result.rolled_back) == ("failed", True)
+    assert (
+        result.error == "the installed build failed its check: imports the new build; the previous engine was put back"
+    )
+    assert _fresh_engine(_python(project), None) == "old"
+    assert _engine_via_uv_run(project, tmp_path) == "old"
+
+
+def test_a_build_that_fails_in_the_scratch_directory_never_touches_the_environment(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _cached_plan(monkeypatch, tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in (_site(project) / "llama_cpp").iterdir()}
+
+    def verify(staged: Path | None) -> inst.Verification:
+        assert staged is not None, "an unverified build was installed"
+        return inst.Verification(False, "libllama does not load: undefined symbol: cuMemCreate")
+
+    result = _run(plan, project, verify)
+    assert result.outcome == "failed"
+    assert result.error == (
+        "the new build does not work here: libllama does not load: undefined symbol: cuMemCreate; "
+        "the previous engine is unchanged"
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in (_site(project) / "llama_cpp").iterdir()} == before
