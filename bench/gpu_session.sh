@@ -4,7 +4,8 @@
 #
 #   bash bench/gpu_session.sh [OUT_DIR]          (default: /tmp/kcuda-gpu-session-<time>)
 #
-# Needs the CUDA build of llama-cpp-python (README, "GPU setup"). It stops at once, exit 3 or 4, where
+# It first runs `kcuda-validate setup` (the CUDA engine for this GPU; SETUP_ARGS adds options, e.g.
+# "--sdist /path/llama_cpp_python-0.3.36.tar.gz" on a machine without network). It stops at once, exit 3 or 4, where
 # `detect` fails: nothing is measured on a machine that cannot offload. PYTHON overrides the interpreter
 # (default: the locked environment through uv); KCUDA_TEST_MODEL names an assembled Gemma-3-270M GGUF
 # where the PyPI parts are not installed.
@@ -30,6 +31,15 @@ step() {
     tail -n 3 "$OUT/$name.txt"
     [[ $rc -eq 0 ]] || failed=1
 }
+
+read -r -a SETUP <<<"${SETUP_ARGS:-}"
+/usr/bin/time -v "${PY[@]}" -m kcuda_validate setup "${SETUP[@]}" >"$OUT/setup.txt" 2>&1
+rc=$?
+tail -n 4 "$OUT/setup.txt"
+if [[ $rc -ne 0 ]]; then
+    echo "setup exited $rc: no CUDA engine, so nothing was measured ($OUT/setup.txt)"
+    exit "$rc"
+fi
 
 "${PY[@]}" -m kcuda_validate detect --skip-torch -v >"$OUT/detect.txt" 2>&1
 rc=$?
