@@ -96,7 +96,8 @@ def test_interrupt_stops_the_worker_and_writes_a_partial_report(
     tiny_model: Path, tmp_path: Path, marker: str, signum: int, code: int
 ) -> None:
     report = tmp_path / "report.json"
-    env = os.environ | {"KCUDA_TEST_FAULT": "hang:load"}
+    ready = tmp_path / "worker-at-load"
+    env = os.environ | {"KCUDA_TEST_FAULT": "hang:load", "KCUDA_TEST_FAULT_READY": str(ready)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "kcuda_validate", "validate-all", "--device", "cpu"]
         + ["--model-path", str(tiny_model), "--report", str(report), "--timeout", "120"],
@@ -105,11 +106,11 @@ def test_interrupt_stops_the_worker_and_writes_a_partial_report(
         text=True,
         env=env,
     )
-    # Wait until the worker is hanging in its load stage.
+    # Wait until the worker is hanging in its load stage (a fixed sleep raced on a busy machine).
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(_procs_with_marker(marker)) < 2:
-        time.sleep(0.2)
-    time.sleep(1.0)
+    while time.monotonic() < deadline and not ready.exists():
+        time.sleep(0.05)
+    assert ready.exists(), "the worker never reached its load stage"
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err

@@ -104,7 +104,9 @@ class DetectReport:
         }
 
 
-def _check(id: str, title: str, status: Status, summary: str, fix: str | None = None, code=ExitCode.OK, **ev):
+def _check(
+    id: str, title: str, status: Status, summary: str, fix: str | None = None, code: ExitCode = ExitCode.OK, **ev: Any
+) -> Check:
     return Check(id, STAGE, title, status, summary, ev, fix, code)
 
 
@@ -300,7 +302,7 @@ class GpuDetector:
             return None, exc.kind, ()
         with nvml:
             driver = nvml.driver()
-            ev = {
+            ev: dict[str, Any] = {
                 "driver_version": driver.driver_version,
                 "cuda_version": driver.cuda_version,
                 "device_count": driver.device_count,
@@ -687,7 +689,7 @@ class GpuDetector:
         for g in gpus:
             if g.lost or g.error is not None or g.index in hidden:
                 continue
-            ev = {
+            ev: dict[str, Any] = {
                 "memory_total_bytes": g.memory_total,
                 "min_vram_gb": self.opts.min_vram_gb,
                 "compute_capability": g.compute_capability_str,
@@ -764,7 +766,7 @@ class GpuDetector:
         cvd = self.env.get("CUDA_VISIBLE_DEVICES")
         if cvd is not None and gpus:
             names = [f"{g.index} ({g.name})" for g in gpus if g.index in hidden]
-            ev = {"CUDA_VISIBLE_DEVICES": cvd, "hidden": [g.index for g in gpus if g.index in hidden]}
+            ev: dict[str, Any] = {"CUDA_VISIBLE_DEVICES": cvd, "hidden": [g.index for g in gpus if g.index in hidden]}
             if len(hidden) == len(gpus):
                 out.append(
                     _check(

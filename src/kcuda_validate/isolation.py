@@ -280,7 +280,7 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 def _install_signal_handlers() -> dict[int, Any]:
     if threading.current_thread() is not threading.main_thread():
         return {}
-    old = {}
+    old: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         old[sig] = signal.signal(sig, _raise_interrupted)
     return old

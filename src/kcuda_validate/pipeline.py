@@ -697,7 +697,8 @@ class Stages:
         cpu = InferenceResult.from_json(out.inferred)
         gpu = InferenceResult.from_json(gpu_inf)
         cpu_tps = mean_of([x.gen_tps_perf for x in cpu.runs])
-        gpu_tps = r.metric("gen_tps").value if r.metric("gen_tps") else None
+        gen = r.metric("gen_tps")
+        gpu_tps = gen.value if gen is not None else None
         speedup = gpu_tps / cpu_tps if gpu_tps and cpu_tps else None
         r.add_metrics(
             [

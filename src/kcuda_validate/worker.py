@@ -39,6 +39,9 @@ def _fault(stage: str) -> None:
         return
     sys.stderr.write(f"llama.cpp: injected fault {kind} at {stage}\n")
     sys.stderr.flush()
+    ready = os.environ.get("KCUDA_TEST_FAULT_READY")
+    if ready:  # lets a test signal the worker once it is really at the fault, however loaded the machine is
+        Path(ready).touch()
     if kind == "segv":
         os.kill(os.getpid(), signal.SIGSEGV)
     elif kind == "abort":

@@ -483,8 +483,9 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
         )
     if source == "system":
         assert system is not None
-        cuda = tk.cuda_tuple(system.version)
-        assert cuda is not None
+        system_cuda = tk.cuda_tuple(system.version)
+        assert system_cuda is not None
+        cuda = system_cuda
         packages: tuple[str, ...] = ()
         if pypi is not None and choice == "auto":
             rejected.append(f"packaged CUDA {tk.cuda_text(pypi)}: not needed, a system toolkit fits")

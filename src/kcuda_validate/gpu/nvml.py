@@ -203,7 +203,8 @@ class Nvml:
             lib.nvmlInit()
         except lib.NVMLError as exc:
             code = getattr(exc, "value", None)
-            raise NvmlInitError(_INIT_KINDS.get(code, "other"), str(exc)) from exc
+            kind = _INIT_KINDS.get(code, "other") if isinstance(code, int) else "other"
+            raise NvmlInitError(kind, str(exc)) from exc
         except OSError as exc:
             raise NvmlInitError("library_not_found", str(exc)) from exc
         return cls(lib)
@@ -292,7 +293,7 @@ class Nvml:
             name=q("nvmlDeviceGetName", h),
             uuid=q("nvmlDeviceGetUUID", h),
             pci_bus_id=_text(getattr(pci, "busId", None)) if pci is not None else None,
-            compute_capability=tuple(cc) if cc is not None else None,  # type: ignore[arg-type]
+            compute_capability=tuple(cc) if cc is not None else None,
             memory_total=getattr(mem, "total", None),
             memory_free=getattr(mem, "free", None),
             memory_used=getattr(mem, "used", None),

@@ -155,10 +155,10 @@ def _probe_here(run_kernel: bool) -> TorchInfo:
         return TorchInfo(True, version, cuda_build, False, 0, problem=problem, message=message, import_s=import_s)
     count = int(torch.cuda.device_count())
     devices = tuple(_matmul_check(torch, i) for i in range(count)) if run_kernel else ()
-    problem = "kernel_failed" if any(d.kernel_ok is False for d in devices) else None
-    if problem:
+    failed = "kernel_failed" if any(d.kernel_ok is False for d in devices) else None
+    if failed:
         message = "; ".join(f"cuda:{d.index}: {d.kernel_error}" for d in devices if d.kernel_ok is False)
-    return TorchInfo(True, version, cuda_build, True, count, devices, problem, message, import_s)
+    return TorchInfo(True, version, cuda_build, True, count, devices, failed, message, import_s)
 
 
 _REAL_IMPORT_TORCH = import_torch

@@ -182,7 +182,7 @@ class GgufInfo:
         ft = self.file_type
         if ft is not None and ft in FILE_TYPES:
             return FILE_TYPES[ft]
-        counts = Counter()
+        counts: Counter[str] = Counter()
         for t in self.tensors:
             counts[t.type_name] += t.nbytes
         return counts.most_common(1)[0][0] if counts else "unknown"

@@ -309,7 +309,7 @@ def _download(repo_id: str, filename: str, rev: str, token: str | None, timeout:
         revision=rev,
         token=token,
         etag_timeout=timeout,
-        tqdm_class=bar_class,  # type: ignore[arg-type]  # any tqdm-like class works (see _SilentBar)
+        tqdm_class=bar_class,  # any tqdm-like class works (see _SilentBar)
     )
 
 
@@ -561,7 +561,7 @@ class _Sink:
 
 def _sha256_of(f: BinaryIO) -> str:
     f.seek(0)
-    return hashlib.file_digest(f, "sha256").hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]  # BinaryIO has readinto
 
 
 def _open_partial(path: Path) -> BinaryIO:
@@ -1165,7 +1165,7 @@ def _rich_bar_class(label: str) -> tuple[type[_SilentBar], Callable[[], None]]:
         def __init__(self, *args: Any, total: float | None = None, initial: float = 0, **kwargs: Any) -> None:
             super().__init__(total=total, initial=initial)
             start()
-            self._task = display.add_task(escape(label), total=total, completed=initial)
+            self._task = display.add_task(escape(label), total=total, completed=int(initial))
 
         @property
         def total(self) -> float | None:
