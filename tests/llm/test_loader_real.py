@@ -12,7 +12,7 @@ import pytest
 
 from kcuda_validate.checks import Status
 from kcuda_validate.errors import ExitCode
-from kcuda_validate.llm.build import probe_llama_build, setup_fix
+from kcuda_validate.llm.build import invocation, probe_llama_build, setup_fix
 from kcuda_validate.llm.loader import LoadOptions, LoadResult, ModelLoader
 from kcuda_validate.model.gguf_file import read_gguf
 from machine import HOST_ONLY, inprocess_llama_has_gpu
@@ -80,7 +80,7 @@ def test_gpu_request_on_a_cpu_only_build_fails(gpu_run_on_cpu_build: tuple[LoadR
     assert v.status == Status.FAIL
     assert v.line.startswith("no offload evidence")
     assert v.exit_code == ExitCode.GPU_UNUSABLE
-    assert setup_fix("kcuda-validate") in (v.fix or "")
+    assert setup_fix(invocation()) in (v.fix or "")  # `python3 -m uv run kcuda-validate` under uv run
     check = result.checks()[0]
     assert (check.status, check.exit_code) == (Status.FAIL, ExitCode.GPU_UNUSABLE)
     assert check.evidence["llama_log"]["layer_devices"]["18"] == "CPU"
