@@ -29,13 +29,38 @@ def test_default_location_is_per_user_state_dir(monkeypatch: pytest.MonkeyPatch,
     assert logs.default_log_dir() == Path.home() / ".local" / "state" / "kcuda-validate"
 
 
-def test_unwritable_log_dir_does_not_break_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_log_dir_does_not_break_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("KCUDA_LOG_DIR", str(blocker / "logs"))
     assert logs.setup_logging() is None
     assert logs.log_path() is None
     logging.getLogger("kcuda_validate").info("still fine")
+    logging.getLogger("kcuda_validate").warning("not printed raw by logging's last resort either")
+    assert capsys.readouterr().err == (
+        f"Warning: cannot write the log in {blocker / 'logs'} (Not a directory); this run continues without a log"
+        " (set KCUDA_LOG_DIR to change where)\n"
+    )
+
+
+def test_any_bytes_and_no_secret_reach_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """argv and paths carry undecodable bytes as surrogates; URLs may carry credentials; neither breaks or leaks."""
+    monkeypatch.setenv("KCUDA_LOG_DIR", str(tmp_path))
+    path = logs.setup_logging()
+    assert path is not None
+    log = logging.getLogger("kcuda_validate.test")
+    log.info("start: kcuda-validate infer %s", "\udcff\udcfe")
+    try:
+        raise ConnectionError("GET http://user:pw-secret@127.0.0.1:9/x?token=tok-secret failed")
+    except ConnectionError:
+        log.exception("request to %s", "http://user:pw-secret@127.0.0.1:9")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0].endswith(" INFO kcuda_validate.test: start: kcuda-validate infer \\xff\\xfe")
+    assert lines[1].endswith(" ERROR kcuda_validate.test: request to http://***@127.0.0.1:9")
+    assert lines[-1] == "ConnectionError: GET http://***@127.0.0.1:9/x?token=*** failed"
+    assert "pw-secret" not in "\n".join(lines) and "tok-secret" not in "\n".join(lines)
 
 
 def _writer(directory: str, worker: int, n: int) -> None:

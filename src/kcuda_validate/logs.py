@@ -3,6 +3,11 @@
 Several runs may write at once (a setup script and a user, parallel CI jobs),
 so rotation happens under an advisory file lock and a handle re-opens the
 file when another process has rotated it away.
+
+Every record goes through `safetext.safe` (undecodable bytes from argv or paths spelled out, credentials
+masked), so no argument can make logging fail or leak a secret. A log that cannot be written (a directory
+the user cannot write to, a full disk) never stops the run: one warning line on stderr says so, once per
+process, and the run continues unlogged.
 """
 
 from __future__ import annotations
@@ -11,13 +16,17 @@ import fcntl
 import logging
 import logging.handlers
 import os
+import sys
 from pathlib import Path
+
+from kcuda_validate.safetext import safe
 
 LOG_FILE_NAME = "kcuda-validate.log"
 MAX_BYTES = 5 * 1024 * 1024
 BACKUP_COUNT = 5
 
 _log_path: Path | None = None
+_warned = False
 
 
 def default_log_dir() -> Path:
@@ -29,14 +38,56 @@ def default_log_dir() -> Path:
     return Path(state) / "kcuda-validate"
 
 
+def _warn_once(what: str, err: BaseException | None) -> None:
+    """The one stderr line about a log that cannot be written (later failures stay quiet)."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    reason = ""
+    if isinstance(err, OSError):
+        reason = f" ({err.strerror or err})"
+    elif err is not None:
+        reason = f" ({type(err).__name__}: {err})"
+    try:
+        sys.stderr.write(
+            safe(f"Warning: {what}{reason}; this run continues without a log (set KCUDA_LOG_DIR to change where)")
+            + "\n"
+        )
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # no usable stderr either: nothing more to be done
+        pass
+
+
+class SafeFormatter(logging.Formatter):
+    """The house format, with the whole record (message, arguments, traceback) passed through `safe`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe(super().format(record))
+
+
 class LockedRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """RotatingFileHandler that is safe when several processes share one file."""
 
     def __init__(self, filename: Path, max_bytes: int, backup_count: int) -> None:
-        super().__init__(filename, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True)
+        # errors=backslashreplace: a backstop should a formatter other than SafeFormatter be set.
+        super().__init__(
+            filename,
+            maxBytes=max_bytes,
+            backupCount=backup_count,
+            encoding="utf-8",
+            delay=True,
+            errors="backslashreplace",
+        )
         self._lock_path = str(filename) + ".lock"
+        self._broken = False
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self._broken:
+            return
         try:
             with open(self._lock_path, "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
@@ -49,6 +100,19 @@ class LockedRotatingFileHandler(logging.handlers.RotatingFileHandler):
                     fcntl.flock(lock, fcntl.LOCK_UN)
         except OSError:
             self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A file that cannot be written: instead of logging's traceback per record, one warning line, then this
+        handler is off. Anything else (a bad format string: a bug) keeps logging's own report."""
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            super().handleError(record)
+            return
+        global _log_path
+        self._broken = True
+        if _log_path is not None and str(_log_path) == self.baseFilename:
+            _log_path = None  # error messages stop pointing at a log that no longer records the run
+        _warn_once(f"cannot write the log file {self.baseFilename}", err)
 
     def _reopen_if_rotated(self) -> None:
         if self.stream is None:
@@ -64,8 +128,11 @@ class LockedRotatingFileHandler(logging.handlers.RotatingFileHandler):
 
 
 def setup_logging(level: str | None = None) -> Path | None:
-    """Attach the rotating file handler to the package logger; return the file, or None if unwritable."""
-    global _log_path
+    """Attach the rotating file handler to the package logger; return the file, or None if unwritable.
+
+    Called once per run: a log that cannot be written is then reported once (again) for this run."""
+    global _log_path, _warned
+    _warned = False
     level_name = (level or os.environ.get("KCUDA_LOG_LEVEL") or "INFO").upper()
     numeric = logging.getLevelName(level_name)
     if not isinstance(numeric, int):
@@ -85,12 +152,16 @@ def setup_logging(level: str | None = None) -> Path | None:
         # Fail now, not at the first record, if the directory is not writable.
         with open(path, "a", encoding="utf-8"):
             pass
-    except OSError:
+    except OSError as err:
         _log_path = None
+        # A NullHandler keeps logging's last-resort handler from printing warnings raw on stderr.
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        _warn_once(f"cannot write the log in {directory}", err)
         return None
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
-    )
+    for stale in [h for h in logger.handlers if isinstance(h, logging.NullHandler)]:
+        logger.removeHandler(stale)
+    handler.setFormatter(SafeFormatter())
     logger.addHandler(handler)
     _log_path = path
     return path

@@ -1,0 +1,153 @@
+"""Text on its way out of the tool: survives arbitrary bytes, and carries no credentials.
+
+Every sink uses these helpers — the log formatter, the JSON writer, the report files, the terminal (the
+error lines and the rich renderers): one place decides what leaves the process.
+
+* `printable`: argv, paths and the environment reach Python as str with the undecodable bytes smuggled in as
+  lone surrogates (PEP 383 "surrogateescape"). Such a str cannot be encoded as UTF-8, so a log handler,
+  `json.dumps(..., ensure_ascii=False)` or a UTF-8 terminal would raise. Each such byte is shown as `\\xNN`
+  (the byte the user typed), any other lone surrogate as `\\uDXXX`. Valid text is returned unchanged.
+* `redact`: credentials in URLs — the userinfo of `scheme://user:secret@host` (as in
+  `HF_ENDPOINT=http://user:token@host`) and the value of token-looking query parameters (`?token=`,
+  `access_token`, `X-Amz-Signature`, ...) — Hugging Face tokens (`hf_...`), `Bearer` values, and the
+  literal value of `HF_TOKEN` / `HUGGING_FACE_HUB_TOKEN` if one is set, each become `***`.
+* `safe` = both; `safe_json` applies `safe` to every string of a JSON-able document and turns the floats
+  JSON cannot carry (NaN, ±infinity) into null.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any, TextIO, cast
+
+MASK = "***"
+
+# scheme://userinfo@ : the userinfo is everything between "//" and the last "@" before the host ends.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]+)@")
+# A bare netloc with a password, as some messages print it: user:secret@host (no scheme).
+_NETLOC_USERINFO = re.compile(r"(?<![\w.%~+:/@-])(?P<userinfo>[\w.%~+-]+:[^/?#@\s]+)@(?=[\w.-]*\w)")
+_SECRET_PARAMS = (
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth",
+    "authorization",
+    "api_key",
+    "apikey",
+    "key",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "signature",
+    "sig",
+    "x-amz-signature",
+    "x-amz-security-token",
+    "x-amz-credential",
+    "x-goog-signature",
+    "x-goog-credential",
+    "policy",
+    "key-pair-id",
+)
+_QUERY_SECRET = re.compile(
+    r"(?P<name>[?&;](?:" + "|".join(re.escape(p) for p in _SECRET_PARAMS) + r")=)(?P<value>[^&;#\s'\"]+)",
+    re.IGNORECASE,
+)
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{16,}\b")
+_BEARER = re.compile(r"(?P<name>\bBearer\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})", re.IGNORECASE)
+_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+_MIN_LITERAL = 8  # a shorter "token" would mask ordinary words
+
+
+def printable(text: str) -> str:
+    """`text` with every lone surrogate spelled out (`\\xNN` for a surrogateescape'd byte): always encodable."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return text
+    out: list[str] = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials it may carry (see the module docstring) replaced by ***."""
+    for name in _TOKEN_ENV:
+        value = os.environ.get(name, "").strip()
+        if len(value) >= _MIN_LITERAL and value in text:
+            text = text.replace(value, MASK)
+    if "@" in text:
+        text = _URL_USERINFO.sub(lambda m: m["scheme"] + MASK + "@", text)
+        text = _NETLOC_USERINFO.sub(MASK + "@", text)
+    if "=" in text:
+        text = _QUERY_SECRET.sub(lambda m: m["name"] + MASK, text)
+    if "hf_" in text:
+        text = _HF_TOKEN.sub("hf_" + MASK, text)
+    if "earer" in text:
+        text = _BEARER.sub(lambda m: m["name"] + MASK, text)
+    return text
+
+
+def safe(text: str) -> str:
+    """What may leave the process: printable, and without credentials."""
+    return redact(printable(text))
+
+
+def safe_json(value: Any) -> Any:
+    """A copy of a JSON-able document that `json.dumps(..., allow_nan=False)` can write and that holds no secret.
+
+    Strings (keys too) go through `safe`; NaN and infinities, which JSON has no spelling for, become None.
+    Anything else (a Path, an enum) is turned into its `str` first, as `json.dumps(default=str)` would."""
+    if isinstance(value, str):
+        return safe(value)
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {safe(k) if isinstance(k, str) else k: safe_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [safe_json(v) for v in value]
+    return safe(str(value))
+
+
+class SafeStream:
+    """A text stream whose writes go through `safe`; everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    @property
+    def wrapped(self) -> Any:
+        return self._stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(safe(text))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def safe_stream(stream: TextIO) -> TextIO:
+    """`stream` behind a SafeStream, typed as the text stream it stands in for."""
+    return cast(TextIO, SafeStream(stream))
