@@ -5,6 +5,12 @@ killed with everything it started. A native crash becomes a `WorkerCrash`
 naming the stage, the signal and the last llama.cpp lines; a timeout kills
 the group; Ctrl-C or SIGTERM stops the child, frees the GPU, and surfaces as
 `interrupted` so the caller can still write its reports.
+
+The child dies with this process however it ends (SIGKILL included): it holds
+the read end of a "lifeline" pipe whose write end only this process has, and
+watches for its EOF; on Linux it also sets PR_SET_PDEATHSIG (see worker.py).
+A SIGINT this process was started ignoring (a background job, `nohup`) stays
+ignored during the worker stages; SIGTERM always stops the run.
 """
 
 from __future__ import annotations
@@ -90,20 +96,37 @@ class Worker:
         self._stderr_thread: threading.Thread | None = None
         self._buf = ""
         self._done = False
+        self._lifeline: int | None = None
+        self._lifeline_lock = threading.Lock()
 
     def start(self) -> Worker:
         """Spawn now so the child's imports overlap with the parent's own checks."""
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kcuda_validate.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            env=self._env,
-            start_new_session=True,
-        )
+        # The lifeline: os.pipe() fds are not inheritable, so only this child gets the read end (pass_fds)
+        # and no other child of this process holds the write end open after this process is gone.
+        read_end, write_end = os.pipe()
+        env = self._env | {"KCUDA_WORKER_LIFELINE": str(read_end), "KCUDA_WORKER_PARENT": str(os.getpid())}
+        if threading.current_thread() is threading.main_thread():
+            # PR_SET_PDEATHSIG fires when the forking *thread* ends: only safe from the main thread.
+            env["KCUDA_WORKER_PDEATHSIG"] = "1"
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kcuda_validate.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                env=env,
+                start_new_session=True,
+                pass_fds=(read_end,),
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._lifeline = write_end
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_thread.start()
         return self
@@ -156,12 +179,22 @@ class Worker:
         finally:
             sel.close()
 
+    def _close_lifeline(self) -> None:
+        """Only once the child is gone (or must go): the child kills itself at the lifeline's EOF."""
+        with self._lifeline_lock:
+            fd, self._lifeline = self._lifeline, None
+        if fd is not None:
+            os.close(fd)
+
     def kill(self) -> None:
         """Stop the child's whole process group: SIGTERM, then SIGKILL."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        if self._done:
+        if self._done and self.proc.poll() is None:
             return  # it os._exit()s right after "done"; _finish left a reaper for it
+        if self.proc.poll() is not None:
+            self._close_lifeline()
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
@@ -170,6 +203,8 @@ class Worker:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
+        finally:
+            self._close_lifeline()
 
     def _reap(self) -> None:
         assert self.proc is not None
@@ -179,6 +214,8 @@ class Worker:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
+        finally:
+            self._close_lifeline()
 
     def run(
         self,
@@ -268,6 +305,7 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.kill()
             rc = self.proc.returncode if self.proc.returncode is not None else -9
+        self._close_lifeline()
         if self._stderr_thread is not None:
             self._stderr_thread.join(timeout=2)
         return rc

@@ -1,0 +1,77 @@
+"""Processes as /proc sees them: who is alive, whose child, which signals a process ignores."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first); None when the pid is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping: neither gone nor a zombie waiting to be reaped (a dead process holds no core)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def parent_of(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields is not None else None
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime, in clock ticks."""
+    fields = _stat(pid)
+    return int(fields[11]) + int(fields[12]) if fields is not None else 0
+
+
+def with_marker(marker: str) -> list[int]:
+    """Live processes whose environment carries `marker` (the test sets it; children inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes() and alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def children_with_marker(parent: int, marker: str) -> list[int]:
+    return [pid for pid in with_marker(marker) if parent_of(pid) == parent]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    """Poll `predicate()` until it is true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+
+
+def ignores(pid: int, signum: int) -> bool:
+    """Whether the process has `signum` ignored (SigIgn in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    raise AssertionError(f"no SigIgn line for pid {pid}")
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler installed for `signum` (SigCgt)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    raise AssertionError(f"no SigCgt line for pid {pid}")
