@@ -81,7 +81,8 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option(
             "--model-path",
-            type=click.Path(path_type=Path, dir_okay=True, exists=False),
+            # Checked by the model stage, not by click (exit 5, not 2): see model.source.check_model_file.
+            type=click.Path(path_type=Path, dir_okay=True, exists=False, readable=False),
             help="A local GGUF file.",
         ),
         click.option("--repo-id", help="Hugging Face repo, e.g. Qwen/Qwen2.5-0.5B-Instruct-GGUF."),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kcuda_validate.errors import UsageError
+from kcuda_validate.errors import ModelInvalidError, UsageError
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ def resolve_model(spec: ModelSpec, progress: bool = True) -> ResolvedModel:
     spec.validate()
     start = time.perf_counter()
     if spec.model_path is not None:
+        check_model_file(spec.model_path)
         return ResolvedModel(spec.model_path, "local", {"path": str(spec.model_path)}, time.perf_counter() - start)
     if spec.synthetic is not None:
         from kcuda_validate.model.synthetic import ensure_synthetic, parse_size
@@ -106,3 +110,58 @@ def resolve_model(spec: ModelSpec, progress: bool = True) -> ResolvedModel:
         },
         time.perf_counter() - start,
     )
+
+
+# What a path that is not a regular file is, by its st_mode (a directory has its own message).
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+REGULAR_FIX = "Pass a regular .gguf file (a symlink to one is fine)."
+
+
+def check_model_file(path: Path) -> None:
+    """Only a regular file, or a symlink that ends at one, is a model; anything else is refused at once.
+
+    Decided by `os.stat` alone, never by opening the path: opening a FIFO blocks until something writes to
+    it, and that open would happen here, in the parent, where `--timeout` does not apply. A device, a socket
+    or a directory is never a GGUF file either. Raises ModelInvalidError (exit 5) naming the path."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ModelInvalidError(
+                f"{path}: a symlink to {os.readlink(path)}, which does not exist",
+                fix="Point the link at the .gguf file, or pass the file itself.",
+            ) from None
+        raise ModelInvalidError(f"{path}: no such file", fix="Check the path passed to --model-path.") from None
+    except PermissionError:
+        raise ModelInvalidError(
+            f"{path}: permission denied (a directory on the path cannot be searched)",
+            fix="Make every directory on the path searchable (`chmod u+x DIR`), or pass a path you can read.",
+        ) from None
+    except NotADirectoryError:
+        raise ModelInvalidError(
+            f"{path}: no such file (a part of the path before the file name is not a directory)",
+            fix="Check the path passed to --model-path.",
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ModelInvalidError(
+                f"{path}: a symlink loop (the links never reach a file)",
+                fix=f"Point the link at the .gguf file itself (`ls -l {path}` shows where it goes), or pass the file.",
+            ) from None
+        raise ModelInvalidError(
+            f"{path}: cannot be read ({exc.strerror or exc})", fix="Check the path passed to --model-path."
+        ) from None
+    if stat.S_ISREG(st.st_mode):
+        if not os.access(path, os.R_OK):
+            raise ModelInvalidError(f"{path}: permission denied", fix=f"Make it readable: `chmod u+r {path}`.")
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelInvalidError(f"{path}: is a directory, not a GGUF file", fix="Pass the .gguf file itself.")
+    kind = next((name for test, name in _SPECIAL_KINDS if test(st.st_mode)), "a special file")
+    via = f" (the symlink leads to {os.path.realpath(path)})" if os.path.islink(path) else ""
+    raise ModelInvalidError(f"{path}: is {kind}, not a regular file{via}", fix=REGULAR_FIX)
