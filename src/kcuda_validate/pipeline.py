@@ -21,6 +21,7 @@ from kcuda_validate.gpu.nvml import (
     Nvml,
     NvmlInitError,
     choose_gpu,
+    parse_visible_devices,
     read_gpus,
     usable_gpus,
     worker_pin,
@@ -117,6 +118,72 @@ def other_gpu_processes(nvml: Nvml, index: int) -> Check:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+LOST_FIX = "Check `sudo dmesg | grep -i xid` (Xid 79); reboot, and check the GPU's power and seating or PCIe riser."
+NO_HANDLE_FIX = (
+    'Run `nvidia-smi` and `sudo dmesg | grep -i xid`; "Unable to determine the device handle" usually needs a '
+    "reboot. In a container, check that /dev/nvidia* for this GPU is mounted."
+)
+CPU_RUN_HINT = "Or pass --device cpu for a CPU-only run."
+
+
+def no_usable_gpu(gpus: tuple[GpuInfo, ...], driver_version: str | None, device: int | None, cvd: str | None) -> Check:
+    """The driver answers but no GPU can run the model: which GPUs it sees and why each one is out.
+
+    Exit 3 when the driver sees none at all, 4 when it sees some that cannot be used (hidden by
+    CUDA_VISIBLE_DEVICES, fallen off the bus, no NVML handle). Names only what the user set."""
+    driver = f"the NVIDIA driver{f' {driver_version}' if driver_version else ''}"
+    if not gpus:
+        return failed(
+            "gpu.select",
+            "gpu",
+            "GPU selection",
+            f"no GPU: {driver} is loaded but sees no GPU",
+            "Check that the GPU is seated and powered (`lspci | grep -i nvidia`), and that a container was "
+            f"started with `--gpus all`. {CPU_RUN_HINT}",
+            ExitCode.NO_GPU,
+            driver_version=driver_version,
+            gpus=[],
+        )
+    hidden = set(parse_visible_devices(cvd, gpus) or ()) if device is None else set()
+    considered = [g for g in gpus if device is None or g.index == device]
+    reasons, fixes = [], []
+    for g in considered:
+        label = f"GPU {g.index}" + (f" ({g.name})" if g.name else "")
+        if g.lost:
+            reasons.append(f"{label} has fallen off the bus (NVML: GPU is lost)")
+            fixes.append(LOST_FIX)
+        elif g.error is not None:
+            reasons.append(f"{label}: {g.error}")
+            fixes.append(NO_HANDLE_FIX)
+        elif g.index in hidden:
+            reasons.append(f"{label} is hidden by CUDA_VISIBLE_DEVICES={cvd!r}")
+            fixes.append(
+                "Unset CUDA_VISIBLE_DEVICES (`unset CUDA_VISIBLE_DEVICES`), or set it to an index or UUID "
+                "that `nvidia-smi -L` lists."
+            )
+    fix = " ".join(dict.fromkeys(fixes)) + f" {CPU_RUN_HINT}"
+    if device is not None:
+        summary = f"--device {device}: " + "; ".join(reasons)
+    else:
+        summary = f"no usable GPU: {driver} sees {_count(len(gpus), 'GPU')}, and none can be used: " + "; ".join(
+            reasons
+        )
+    return failed(
+        "gpu.select",
+        "gpu",
+        "GPU selection",
+        summary,
+        fix,
+        ExitCode.GPU_UNUSABLE,
+        driver_version=driver_version,
+        gpus=[g.to_json() | {"hidden": g.index in hidden} for g in gpus],
+    )
+
+
 def check_from_error(exc: KcudaError, id: str, stage: str, title: str) -> Check:
     return Check(id, stage, title, Status.FAIL, exc.message, {"error": type(exc).__name__}, exc.fix, exc.exit_code)
 
@@ -146,37 +213,29 @@ class Stages:
                     ExitCode.GPU_UNUSABLE if exc.kind == "version_mismatch" else ExitCode.NO_GPU,
                 )
             )
+            self.ui.error(self.report.checks[-1].summary, self.report.checks[-1].fix)
             return False
         driver = nvml.driver()
         gpus = tuple(nvml.gpu(i) for i in range(driver.device_count))
-        if device is not None and device not in {g.index for g in gpus}:
+        if device is not None and gpus and device not in {g.index for g in gpus}:
             nvml.close()
             raise UsageError(
-                f"--device {device}: no such GPU (found {len(gpus)})",
+                f"--device {device}: no such GPU (the driver sees {_count(len(gpus), 'GPU')}: "
+                + ", ".join(str(g.index) for g in gpus)
+                + ")",
                 fix="Pick an index from `kcuda-validate detect`, or --device cpu.",
             )
+        # --device N picks that NVML index whatever CUDA_VISIBLE_DEVICES says (the worker is pinned to its
+        # UUID); without it, the first GPU CUDA can see and NVML can read.
         chosen = choose_gpu(gpus, device, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        candidates = [chosen] if chosen is not None else []
-        if not candidates:
+        if chosen is None or chosen.lost or chosen.error is not None:
             nvml.close()
-            raise UsageError(
-                f"--device {device}: no such GPU (found {len(gpus)})",
-                fix="Pick an index from `kcuda-validate detect`, or --device cpu.",
-            )
-        if not candidates:
-            nvml.close()
-            self.report.add(
-                failed(
-                    "gpu.select",
-                    "gpu",
-                    "GPU selection",
-                    "no visible GPU" + (f" ({len(gpus)} hidden by CUDA_VISIBLE_DEVICES)" if gpus else ""),
-                    "Run `kcuda-validate detect` for the diagnosis, or `--device cpu` for a CPU-only run.",
-                    ExitCode.NO_GPU if not gpus else ExitCode.GPU_UNUSABLE,
-                )
-            )
+            check = no_usable_gpu(gpus, driver.driver_version, device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            self.report.driver = {"driver_version": driver.driver_version, "cuda_version": driver.cuda_version}
+            self.report.add(check)
+            self.ui.error(check.summary, check.fix)
             return False
-        gpu = candidates[0]
+        gpu = chosen
         self.gpu = GpuContext(
             nvml,
             gpu,

@@ -94,6 +94,8 @@ class FakeGpu:
     energy_mj: int = 123_456_789
     unsupported: frozenset[str] = frozenset()  # pynvml function names that raise NVMLError_NotSupported
     lost: bool = False  # every call for this GPU raises NVMLError_GpuIsLost
+    # Falls off the bus during the run: lost from the N-th nvmlInit of the process on (1 = from the start).
+    lost_from_init: int | None = None
     handle_error: int | None = None  # nvmlDeviceGetHandleByIndex raises this NVML_ERROR_* code
     processes: tuple[FakeProcess, ...] = ()  # other processes with a CUDA context on this GPU
 
@@ -167,6 +169,7 @@ class FakePynvml:
         self.cuda_driver_version = cuda_driver_version
         self.init_error = init_error
         self.initialised = 0
+        self.inits = 0  # successful nvmlInit calls so far (see FakeGpu.lost_from_init)
         self.calls: list[str] = []
 
     # -- library lifetime --------------------------------------------------------------------------
@@ -175,6 +178,7 @@ class FakePynvml:
         if self.init_error is not None:
             raise pynvml.NVMLError(self.init_error)
         self.initialised += 1
+        self.inits += 1
 
     def nvmlShutdown(self) -> None:
         self.calls.append("nvmlShutdown")
@@ -184,6 +188,9 @@ class FakePynvml:
     def _need_init(self) -> None:
         if self.initialised <= 0:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def _is_lost(self, gpu: FakeGpu) -> bool:
+        return gpu.lost or (gpu.lost_from_init is not None and self.inits >= gpu.lost_from_init)
 
     # -- system ------------------------------------------------------------------------------------
     def nvmlSystemGetDriverVersion(self) -> str:
@@ -206,7 +213,7 @@ class FakePynvml:
         self._need_init()
         if not 0 <= index < len(self.gpus):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        if self.gpus[index].lost:
+        if self._is_lost(self.gpus[index]):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         if self.gpus[index].handle_error is not None:
             raise pynvml.NVMLError(self.gpus[index].handle_error)
@@ -217,7 +224,7 @@ class FakePynvml:
         self.calls.append(fn)
         self._need_init()
         gpu = self.gpus[handle.index]
-        if gpu.lost:
+        if self._is_lost(gpu):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         if fn in gpu.unsupported:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
@@ -1042,6 +1049,34 @@ SCENARIOS: dict[str, Scenario] = _scenarios(
     ),
 )
 
+# More machines, for the model commands' GPU selection (load, infer, validate-all). Kept apart from
+# SCENARIOS, whose every entry is pinned by a detect golden file; install() takes these names too.
+MODEL_RUN_SCENARIOS: dict[str, Scenario] = _scenarios(
+    Scenario(
+        "all_gpus_hidden_empty",
+        'CUDA_VISIBLE_DEVICES="" (set but empty) hides the only GPU, as a CI job or a wrapper script may do',
+        exit_code=ExitCode.GPU_UNUSABLE,
+        libcuda=LibcudaSpec(init_result=100),
+        torch=TorchSpec(available=False, init_error=TORCH_NO_GPUS),
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    ),
+    Scenario(
+        "visible_devices_unknown_uuid",
+        "CUDA_VISIBLE_DEVICES names a GPU UUID this machine does not have (copied from another box)",
+        exit_code=ExitCode.GPU_UNUSABLE,
+        libcuda=LibcudaSpec(init_result=100),
+        torch=TorchSpec(available=False, init_error=TORCH_NO_GPUS),
+        env={"CUDA_VISIBLE_DEVICES": "GPU-00000000-dead-beef-0000-000000000000"},
+    ),
+    Scenario(
+        "gpu_lost_after_detect",
+        "The GPU falls off the bus (Xid 79) after detect passed, before the model run selects it",
+        exit_code=ExitCode.OK,
+        # NVML sessions in `validate-all`: the worker pin (1), detect (2), the pipeline's GPU selection (3).
+        gpus=(dataclasses.replace(RTX_4090, lost_from_init=3),),
+    ),
+)
+
 REQUIRED = (
     "healthy_one_gpu",
     "two_gpus_one_hidden",
@@ -1089,7 +1124,7 @@ def install(scenario: Scenario | str, monkeypatch: pytest.MonkeyPatch, tmp_path:
     import kcuda_validate.gpu.torchprobe as torchprobe
     import kcuda_validate.llm.build as build
 
-    s = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
+    s = (SCENARIOS | MODEL_RUN_SCENARIOS)[scenario] if isinstance(scenario, str) else scenario
     visible = s.visible_gpus()
     state = Installed(
         scenario=s,
