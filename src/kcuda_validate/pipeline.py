@@ -823,36 +823,40 @@ def run_pipeline(
     """
     worker = worker or Worker(pin=early_pin(run)).start()
     stage = ["detect" if detect_options is not None else "model"]
+    doing: dict[str, str] = {}  # what the model stage is in the middle of: {"activity": "hub"}
     try:
         if detect_options is not None and not _detect(report, ui, detect_options):
             return report
         stage[0] = "model"
         if run.all_devices and not run.load.cpu_mode:
             worker.kill()
-            _all_devices(report, ui, run)
+            _all_devices(report, ui, run, doing)
             return report
-        _model_stages(report, ui, run, worker)
+        _model_stages(report, ui, run, worker, doing)
         return report
     except (KeyboardInterrupt, Interrupted) as exc:
         # Outside the worker stages (detection, download): still a report, marked interrupted.
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        _mark_interrupted(report, ui, stage[0], signum)
+        _mark_interrupted(report, ui, stage[0], signum, doing.get("activity"))
         return report
     finally:
         worker.kill()
         report.finish()
 
 
-def _mark_interrupted(report: Report, ui: Any, stage: str, signum: int) -> None:
+# The hint after an interrupt, by what was under way: only a Hub download leaves something to resume.
+INTERRUPT_HINTS = {
+    "hub": "A partial download is kept: run the same command again to resume it.",
+    "synthetic": "Nothing partial is kept: run the same command again to generate the synthetic model.",
+}
+
+
+def _mark_interrupted(report: Report, ui: Any, stage: str, signum: int, activity: str | None = None) -> None:
     name = signal.Signals(signum).name
     report.interrupted = True
     report.exit_override = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
     report.stopped_at = stage
-    hint = (
-        "A partial download is kept: run the same command again to resume it."
-        if stage == "model"
-        else "Run the command again."
-    )
+    hint = INTERRUPT_HINTS.get(activity or "", "Run the command again.")
     report.add(
         failed(
             f"{stage}.interrupted",
@@ -883,13 +887,18 @@ def _detect(report: Report, ui: Any, options: Any) -> bool:
     return True
 
 
-def _model_stages(report: Report, ui: Any, run: ModelRun, worker: Worker) -> None:
+def _model_stages(report: Report, ui: Any, run: ModelRun, worker: Worker, doing: dict[str, str] | None = None) -> None:
+    """`doing["activity"]` is the model's origin while it is fetched (`hub`, `synthetic`, `local`): an
+    interrupt then gets the hint that fits it."""
+    doing = doing if doing is not None else {}
     stages = Stages(report, ui)
     try:
         if not stages.select_gpu(run.device, run.load.cpu_mode):
             report.stopped_at = "gpu"
             return
+        doing["activity"] = run.spec.origin  # an interrupt now is one of the fetch (run_pipeline reads it)
         resolved = stages.resolve(run.spec)
+        doing.pop("activity", None)
         if resolved is None:
             report.stopped_at = "model"
             return
@@ -925,18 +934,18 @@ def visible_gpu_indices() -> list[int] | None:
     return [g.index for g in usable_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))]
 
 
-def _all_devices(report: Report, ui: Any, run: ModelRun) -> None:
+def _all_devices(report: Report, ui: Any, run: ModelRun, doing: dict[str, str] | None = None) -> None:
     """Validate each visible GPU in turn; checks and metrics are prefixed gpuN., the verdict is the worst."""
     indices = visible_gpu_indices()
     if not indices:
-        _model_stages(report, ui, dataclasses.replace(run, all_devices=False), Worker())
+        _model_stages(report, ui, dataclasses.replace(run, all_devices=False), Worker(), doing)
         return
     devices: dict[str, Any] = {}
     for idx in indices:
         sub = Report(report.command, report.argv)
         sub.device_mode = report.device_mode
         one = dataclasses.replace(run, device=idx, all_devices=False)
-        _model_stages(sub, ui, one, Worker(pin=early_pin(one)).start())
+        _model_stages(sub, ui, one, Worker(pin=early_pin(one)).start(), doing)
         sub.finish()
         for c in sub.checks:
             report.add(dataclasses.replace(c, id=f"gpu{idx}.{c.id}", title=f"GPU {idx}: {c.title}"))

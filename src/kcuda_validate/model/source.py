@@ -25,6 +25,13 @@ class ModelSpec:
     synthetic_type: str = "Q8_0"
     synthetic_seed: int = 0
 
+    @property
+    def origin(self) -> str:
+        """Where resolve_model gets the file: `local`, `synthetic` or `hub` (the default model is on the Hub)."""
+        if self.model_path is not None:
+            return "local"
+        return "synthetic" if self.synthetic is not None else "hub"
+
     def validate(self) -> None:
         chosen = [
             name
