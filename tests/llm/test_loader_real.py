@@ -12,7 +12,7 @@ import pytest
 
 from kcuda_validate.checks import Status
 from kcuda_validate.errors import ExitCode
-from kcuda_validate.llm.build import invocation, probe_llama_build, setup_fix
+from kcuda_validate.llm.build import probe_llama_build, setup_fix
 from kcuda_validate.llm.loader import LoadOptions, LoadResult, ModelLoader
 from kcuda_validate.model.gguf_file import read_gguf
 from machine import HOST_ONLY, inprocess_llama_has_gpu
@@ -22,10 +22,14 @@ MIB = 1024 * 1024
 
 
 def _load(model: Path, options: LoadOptions) -> tuple[LoadResult, list[str]]:
-    n_layer = read_gguf(model).block_count
-    loader = ModelLoader(options)
-    with loader.load(model, n_layer) as loaded:
-        return loaded.result, [ln.text for ln in loader.capture.lines]
+    # Module-scoped, so conftest's per-test environment is not in place yet: `uv run pytest` would leave its
+    # UV_RUN_RECURSION_DEPTH here, and the fix texts would name `python3 -m uv run kcuda-validate`.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("UV_RUN_RECURSION_DEPTH", raising=False)
+        n_layer = read_gguf(model).block_count
+        loader = ModelLoader(options)
+        with loader.load(model, n_layer) as loaded:
+            return loaded.result, [ln.text for ln in loader.capture.lines]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,7 @@ def test_gpu_request_on_a_cpu_only_build_fails(gpu_run_on_cpu_build: tuple[LoadR
     assert v.status == Status.FAIL
     assert v.line.startswith("no offload evidence")
     assert v.exit_code == ExitCode.GPU_UNUSABLE
-    assert setup_fix(invocation()) in (v.fix or "")  # `python3 -m uv run kcuda-validate` under uv run
+    assert setup_fix("kcuda-validate") in (v.fix or "")
     check = result.checks()[0]
     assert (check.status, check.exit_code) == (Status.FAIL, ExitCode.GPU_UNUSABLE)
     assert check.evidence["llama_log"]["layer_devices"]["18"] == "CPU"

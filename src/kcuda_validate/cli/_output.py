@@ -134,10 +134,20 @@ class Output:
             from kcuda_validate.render import render_report
 
             render_report(report, self.console, verbose=self.opts.verbose, quiet=self.opts.quiet)
+        # Each file is attempted even when the other failed: one full disk should not cost both.
+        failures: list[str] = []
         if self.opts.report_path is not None:
-            _write_report(self.opts.report_path, "--report", doc_text, report)
+            failures += _write_report(self.opts.report_path, "--report", doc_text)
         if self.opts.junit_path is not None:
-            _write_report(self.opts.junit_path, "--junit-xml", report.to_junit_xml(), report)
+            failures += _write_report(self.opts.junit_path, "--junit-xml", report.to_junit_xml())
+        if failures:
+            from kcuda_validate.errors import ExitCode, KcudaError
+
+            raise KcudaError(
+                "; ".join(failures) + "; the result above stands",
+                fix=WRITABLE_FIX,
+                exit_code=report.exit_code if report.exit_code != ExitCode.OK else ExitCode.USAGE,
+            )
 
 
 WRITABLE_FIX = "Pass a path in a directory you can write to, or leave the option out."
@@ -163,19 +173,18 @@ def check_writable(path: Path, option: str) -> None:
         raise UsageError(f"{option} {path}: cannot write in {where} ({exc.strerror or exc})", fix=WRITABLE_FIX) from exc
 
 
-def _write_report(path: Path, option: str, text: str, report: Any) -> None:
-    """A failed write is an error; the run's own failure, if any, keeps its more specific exit code."""
-    from kcuda_validate.errors import ExitCode, KcudaError
+def _write_report(path: Path, option: str, text: str) -> list[str]:
+    """Write one report file: [] when written, else the failure as a clause naming the option and path.
+
+    The caller raises once both files were tried; the run's own failure, if any, keeps its more specific
+    exit code."""
     from kcuda_validate.report import write_atomic
 
     try:
         write_atomic(path, text)
     except OSError as exc:
-        raise KcudaError(
-            f"{option} {path}: the report could not be written ({exc.strerror or exc}); the result above stands",
-            fix=WRITABLE_FIX,
-            exit_code=report.exit_code if report.exit_code != ExitCode.OK else ExitCode.USAGE,
-        ) from exc
+        return [f"{option} {path}: the report could not be written ({exc.strerror or exc})"]
+    return []
 
 
 def _make_console(stream: TextIO, width: int | None) -> Any:
