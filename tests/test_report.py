@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -109,3 +110,50 @@ def test_write_atomic_leaves_nothing_on_failure(tmp_path: Path) -> None:
         write_atomic(target, 123)  # type: ignore[arg-type]
     assert target.read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+TOO_LONG = "r" * 300 + ".json"  # over NAME_MAX (255): the parent is made, then the file cannot be
+
+
+def test_a_failed_write_removes_the_directories_it_created(tmp_path: Path) -> None:
+    (tmp_path / "kept").mkdir()
+    target = tmp_path / "kept" / "ci" / "artifacts" / TOO_LONG
+    with pytest.raises(OSError, match="File name too long") as err:
+        write_atomic(target, "{}")
+    assert err.value.errno == errno.ENAMETOOLONG
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [Path("kept")]  # kept was there before
+
+
+def test_a_failed_report_write_still_writes_the_junit_file_and_leaves_no_directory(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Real failures (a name over NAME_MAX passes the up-front probe, which writes a short name there)."""
+    report, junit = tmp_path / "out" / "deep" / TOO_LONG, tmp_path / "junit" / "j.xml"
+    result = CliRunner().invoke(
+        cli,
+        ["--json", "load", "--device", "cpu", "--model-path", str(tiny_model)]
+        + ["--report", str(report), "--junit-xml", str(junit)],
+    )
+    assert json.loads(result.stdout)["passed"] is True  # the result is printed first
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.splitlines()[:2] == [
+        f"Error: --report {report}: the report could not be written (File name too long); the result above stands",
+        "Fix: Pass a path in a directory you can write to, or leave the option out.",
+    ]
+    assert not (tmp_path / "out").exists()  # the directories made for it are gone again
+    assert ET.parse(junit).getroot().tag == "testsuite"  # the other file was still written
+
+
+def test_both_report_files_failing_is_one_error_naming_both(tiny_model: Path, tmp_path: Path) -> None:
+    report, junit = tmp_path / "a" / TOO_LONG, tmp_path / "b" / ("j" * 300 + ".xml")
+    result = CliRunner().invoke(
+        cli,
+        ["load", "--device", "cpu", "--model-path", str(tiny_model)]
+        + ["--report", str(report), "--junit-xml", str(junit)],
+    )
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.splitlines()[0] == (
+        f"Error: --report {report}: the report could not be written (File name too long); "
+        f"--junit-xml {junit}: the report could not be written (File name too long); the result above stands"
+    )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

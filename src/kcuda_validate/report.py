@@ -205,19 +205,47 @@ def _value_text(m: Metric) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a reader never sees half a report."""
+    """Write via a temp file and rename, so a reader never sees half a report.
+
+    Missing parent directories are created; when the write then fails, the ones created here are removed
+    again (those still empty), so a failed write leaves the filesystem as it found it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    created = _make_parents(path.parent)
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             os.fchmod(fh.fileno(), 0o666 & ~_current_umask())  # mkstemp makes 0600; a report is for sharing
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        _remove_empty(created)
         raise
+
+
+def _make_parents(directory: Path) -> list[Path]:
+    """`mkdir -p directory`; returns the directories it created, deepest first."""
+    missing: list[Path] = []
+    here = directory
+    while not here.exists() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        _remove_empty(missing)
+        raise
+    return missing
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """rmdir each, deepest first; one that is not empty (someone else's now) or already gone stays as it is."""
+    for d in directories:
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _current_umask() -> int:
