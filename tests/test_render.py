@@ -118,3 +118,48 @@ def test_bandwidth_without_a_known_peak_says_so() -> None:
     console = Console(width=100, no_color=True, color_system=None, force_terminal=False, record=True)
     console.print(inference_panel(report))
     assert "Bandwidth   190 GB/s (estimate; the GPU's peak is n/a)" in console.export_text()
+
+
+def _render(report: Report, width: int, verbose: int = 0) -> str:
+    from kcuda_validate.render import render_report
+
+    console = Console(width=width, no_color=True, color_system=None, force_terminal=False, record=True)
+    render_report(report, console, verbose=verbose)
+    return console.export_text()
+
+
+def test_outside_text_is_never_read_as_markup() -> None:
+    """A path is text, not rich markup: `[/x]` used to raise MarkupError (exit 70), `[bold]` vanished."""
+    from kcuda_validate.checks import failed
+    from kcuda_validate.errors import ExitCode
+
+    report = Report("load", argv=[])
+    report.add(
+        failed(
+            "model.source",
+            "model",
+            "Model source",
+            "[/x][bold]m.gguf: no such file",
+            "Check [red]it[/red].",
+            ExitCode.MODEL_INVALID,
+        )
+    )
+    text = _render(report, 100, verbose=2)
+    assert "FAIL   Model source   [/x][bold]m.gguf: no such file" in text
+    assert "FAIL Model source: [/x][bold]m.gguf: no such file\n     fix: Check [red]it[/red].\n" in text
+
+
+def test_a_credential_folded_across_lines_is_still_masked() -> None:
+    """Redaction happens before the table wraps a long summary, so no fold can split a URL past the mask."""
+    from kcuda_validate.checks import failed
+    from kcuda_validate.errors import ExitCode
+
+    secret = "pw-Sup3rSecretValue"
+    summary = f"cannot reach http://someone:{secret}@hub.internal.example:8443/?token={secret} \udcff"
+    report = Report("load", argv=[])
+    report.add(failed("model.source", "model", "Model source", summary, "retry", ExitCode.HUB_UNREACHABLE))
+    for width in (30, 40, 60, 100):
+        text = _render(report, width, verbose=2)
+        assert secret not in "".join(text.split())
+        assert "someone" not in text
+    assert "cannot reach http://***@hub.internal.example:8443/?token=*** \\xff" in _render(report, 200)

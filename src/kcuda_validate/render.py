@@ -2,10 +2,16 @@
 
 Numbers shown here come from the report's metrics; a metric without a value
 prints as n/a, never as a guess.
+
+Text that came from outside (paths, prompts, server answers, the environment) is put in as rich `Text`, never
+as a markup string (a path like `/tmp/[/x].gguf` would otherwise be parsed as markup and crash the render),
+and through `safetext.safe` before the layout wraps it, so a credential folded across two lines is still
+masked and bytes that are not UTF-8 are spelled out.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich import box
@@ -16,6 +22,7 @@ from rich.text import Text
 
 from kcuda_validate.checks import Check, Metric, Status
 from kcuda_validate.errors import ExitCode
+from kcuda_validate.safetext import safe, safe_json
 
 STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.SKIP: "dim"}
 LABEL = {Status.PASS: "PASS", Status.WARN: "WARN", Status.FAIL: "FAIL", Status.SKIP: "SKIP"}
@@ -47,7 +54,7 @@ def na(value: Any, fmt: str = "{}", unit: str = "") -> str:
 
 def fmt_metric(m: Metric | None, fmt: str | None = None, spread: bool = True, unit: str = "") -> str:
     """Value (± spread) and unit; a bare "n/a" when not measured. Rates in the thousands lose the decimal."""
-    if m is None or m.value is None:
+    if m is None or m.value is None or not math.isfinite(m.value):
         return "n/a"
     if fmt is None:
         fmt = "{:,.0f}" if abs(m.value) >= 1000 else "{:.1f}"
@@ -63,8 +70,13 @@ def checks_table(checks: list[Check], title: str | None = None) -> Table:
     table.add_column("Check", no_wrap=True)
     table.add_column("Result", overflow="fold")
     for c in checks:
-        table.add_row(Text(LABEL[c.status], style=STYLE[c.status]), c.title, c.summary)
+        table.add_row(Text(LABEL[c.status], style=STYLE[c.status]), _text(c.title), _text(c.summary))
     return table
+
+
+def _text(value: Any, style: str = "") -> Text:
+    """Outside text as it may be shown: printable, without credentials, never read as markup."""
+    return Text(safe(str(value)), style=style)
 
 
 def fixes(checks: list[Check]) -> list[Text]:
@@ -73,10 +85,10 @@ def fixes(checks: list[Check]) -> list[Text]:
         if c.status in (Status.FAIL, Status.WARN) and c.fix:
             line = Text()
             line.append(f"{LABEL[c.status]} ", style=STYLE[c.status])
-            line.append(f"{c.title}: ", style="bold")
-            line.append(c.summary)
+            line.append(safe(f"{c.title}: "), style="bold")
+            line.append(safe(c.summary))
             out.append(line)
-            out.append(Text(f"     fix: {c.fix}"))
+            out.append(_text(f"     fix: {c.fix}"))
     return out
 
 
@@ -92,7 +104,7 @@ def inference_panel(report: Any) -> Panel | None:
     rows.add_column()
     offload = next((c for c in report.checks if c.id == "load.offload"), None)
     if offload is not None:
-        rows.add_row("Offload", Text(offload.summary, style=STYLE[offload.status]))
+        rows.add_row("Offload", _text(offload.summary, style=STYLE[offload.status]))
     n_runs = len((_m(report, "gen_tps") or Metric("", None, "", "")).samples)
     rows.add_row(
         "Generation",
@@ -194,7 +206,7 @@ def gpu_table(report: Any) -> Table | None:
         table.add_column(f"GPU {g['index']}" + (" (hidden)" if g.get("hidden") else ""), overflow="fold")
 
     def row(label: str, fn: Any) -> None:
-        table.add_row(label, *[fn(g) for g in gpus])
+        table.add_row(label, *[_text(fn(g)) for g in gpus])
 
     def both(a: Any, b: Any, fmt: str = "{}") -> str:
         return f"{na(a, fmt)} / {na(b, fmt)}"
@@ -235,7 +247,7 @@ def evidence_lines(report: Any) -> list[Text]:
         if c.status == Status.PASS or not c.evidence:
             continue
         out.append(Text(f"{c.id} evidence:", style="bold"))
-        out.append(Text(json.dumps(dict(c.evidence), indent=2, default=str, sort_keys=True)))
+        out.append(Text(json.dumps(safe_json(dict(c.evidence)), indent=2, sort_keys=True)))
     return out
 
 
@@ -254,7 +266,7 @@ def verdict_line(report: Any) -> Text:
                 return Text("PASSED: the engine was built and cached (not installed: no GPU here).", style="bold green")
             return Text("PASSED: the CUDA engine is installed and loads.", style="bold green")
         return Text(f"PASSED: {report.command} ran on the GPU.", style="bold green")
-    where = f" at {report.stopped_at}" if report.stopped_at else ""
+    where = safe(f" at {report.stopped_at}") if report.stopped_at else ""
     return Text(f"FAILED{where}: {EXIT_TEXT.get(code, code.reason)} (exit {int(code)})", style="bold red")
 
 
@@ -284,10 +296,10 @@ def render_report(report: Any, console: Console, verbose: int = 0, quiet: bool =
             # soft_wrap: a fix is often a command to copy into a shell, so it must not be cut or re-wrapped.
             console.print(line, soft_wrap=True)
     crash = report.sections.get("crash")
-    if crash:
+    if crash and crash.get("log_tail"):  # no heading over nothing when llama.cpp printed nothing
         console.print(Text(f"Last llama.cpp output before the {crash.get('signal') or 'exit'}:", style="bold"))
         for line in crash.get("log_tail", [])[-10:]:
-            console.print(Text("  " + line), soft_wrap=True)
+            console.print(_text("  " + line), soft_wrap=True)
     console.print(verdict_line(report))
     if report.exit_code == ExitCode.NO_GPU and report.command != "detect":
         console.print(

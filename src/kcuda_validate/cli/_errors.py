@@ -19,6 +19,7 @@ import click
 
 from kcuda_validate.errors import ExitCode, Interrupted, KcudaError
 from kcuda_validate.logs import log_path, setup_logging
+from kcuda_validate.safetext import safe
 
 log = logging.getLogger("kcuda_validate.cli")
 
@@ -34,7 +35,7 @@ def _say(message: str, fix: str | None = None, show_log: bool = True) -> None:
     path = log_path()
     if show_log and path is not None:
         lines.append(f"Log: {path}")
-    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.write(safe("\n".join(lines)) + "\n")
     sys.stderr.flush()
 
 
@@ -48,9 +49,18 @@ def _route_sigterm() -> None:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+def _safe_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """--debug tracebacks quote exception texts (URLs among them): printed through safetext.safe too."""
+    import traceback
+
+    sys.stderr.write(safe("".join(traceback.format_exception(kind, value, tb))))
+    sys.stderr.flush()
+
+
 def run_with_boundary(invoke: Callable[[], Any], args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     setup_logging()
+    sys.excepthook = _safe_excepthook
     log.info("start: kcuda-validate %s", " ".join(argv))
     debug = _debug_requested(argv)
     _route_sigterm()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kcuda_validate.logs import log_path
+from kcuda_validate.safetext import safe, safe_json, safe_stream
 
 
 @dataclass
@@ -37,8 +38,9 @@ class OutputOptions:
 class Output:
     def __init__(self, opts: OutputOptions, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
         self.opts = opts
-        self._stdout = stdout or sys.stdout
-        self._stderr = stderr or sys.stderr
+        # Everything this object prints passes through safetext.safe: any bytes survive, no credential leaves.
+        self._stdout = safe_stream(stdout or sys.stdout)
+        self._stderr = safe_stream(stderr or sys.stderr)
         self._console: Any = None
         self._err_console: Any = None
         self._status: Any = None
@@ -125,7 +127,7 @@ class Output:
         long run) still leaves the user the result; the write failure is then the error."""
         self.end_progress()
         self.end_stream()
-        doc_text = json.dumps(report.to_json(), indent=2, default=str) + "\n"
+        doc_text = json.dumps(safe_json(report.to_json()), indent=2, allow_nan=False) + "\n"
         report.log(logging.getLogger("kcuda_validate.report"))
         if self.opts.mode == "json":
             self._stdout.write(doc_text)
@@ -139,7 +141,7 @@ class Output:
         if self.opts.report_path is not None:
             failures += _write_report(self.opts.report_path, "--report", doc_text)
         if self.opts.junit_path is not None:
-            failures += _write_report(self.opts.junit_path, "--junit-xml", report.to_junit_xml())
+            failures += _write_report(self.opts.junit_path, "--junit-xml", safe(report.to_junit_xml()))
         if failures:
             from kcuda_validate.errors import ExitCode, KcudaError
 
