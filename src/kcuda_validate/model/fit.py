@@ -60,19 +60,42 @@ def kv_bytes_per_token_layer(info: GgufInfo) -> int:
     return kv_heads * ((info.key_length or 0) + (info.value_length or 0)) * 2
 
 
-def _layer_weights(info: GgufInfo) -> tuple[dict[int, int], int, int, bool]:
+@dataclass(frozen=True)
+class _Weights:
+    """The tensor bytes the estimate places, summed once per header: the searches below call it many times."""
+
+    per_layer: tuple[tuple[int, int], ...]  # (layer index, bytes), only layers that have tensors
+    embd: int
+    other: int
+    tied: bool
+
+    def last_layers(self, n_layer: int, blocks: int) -> int:
+        """Bytes of the last `blocks` repeating layers: O(layers present), whatever n_layer claims."""
+        first = n_layer - blocks
+        return sum(b for i, b in self.per_layer if first <= i < n_layer)
+
+
+def _layer_index(name: str) -> int | None:
+    """blk.<i>.… -> i; None for anything else (read_gguf refuses a blk. name without a number)."""
+    if not name.startswith("blk."):
+        return None
+    index = name.split(".", 2)[1]
+    return int(index) if index.isascii() and index.isdigit() else None
+
+
+def _layer_weights(info: GgufInfo) -> _Weights:
     per_layer: dict[int, int] = {}
     embd = other = 0
     tied = not any(t.name == "output.weight" for t in info.tensors)
     for t in info.tensors:
-        if t.name.startswith("blk."):
-            idx = int(t.name.split(".")[1])
+        idx = _layer_index(t.name)
+        if idx is not None:
             per_layer[idx] = per_layer.get(idx, 0) + t.nbytes
         elif t.name == "token_embd.weight":
             embd = t.nbytes
         else:
             other += t.nbytes
-    return per_layer, embd, other, tied
+    return _Weights(tuple(per_layer.items()), embd, other, tied)
 
 
 CTX_PAD = 256  # llama-context.cpp pads n_ctx (and so the KV cache) up to a multiple of 256
@@ -107,8 +130,13 @@ def estimate(
       CUDA the small `CUDA_Host compute buffer` (inputs, masks) is host memory and is not counted.
     - overhead: the CUDA context and cuBLAS workspace, which NVML sees but llama.cpp never logs.
     """
+    return _estimate(info, _layer_weights(info), n_ctx, gpu_layers, n_ubatch, gpu, flash_attn)
+
+
+def _estimate(
+    info: GgufInfo, w: _Weights, n_ctx: int, gpu_layers: int, n_ubatch: int, gpu: bool, flash_attn: bool
+) -> FitEstimate:
     n_layer = info.block_count or 0
-    per_layer, embd, other, tied = _layer_weights(info)
     if not gpu:
         offloaded = 0
         blocks = n_layer
@@ -118,11 +146,11 @@ def estimate(
         output_on = offloaded > 0
         blocks = max(offloaded - 1, 0)
     # The last `blocks` repeating layers are the ones on the device.
-    weights = sum(per_layer.get(i, 0) for i in range(n_layer - blocks, n_layer))
+    weights = w.last_layers(n_layer, blocks)
     if output_on:
-        weights += other + (embd if tied else 0)  # output layer; a tied model's output is token_embd (a GPU copy)
-    if not gpu and not tied:
-        weights += embd  # the input embeddings, in host memory with everything else
+        weights += w.other + (w.embd if w.tied else 0)  # output layer; a tied model's output is token_embd (a GPU copy)
+    if not gpu and not w.tied:
+        weights += w.embd  # the input embeddings, in host memory with everything else
     cells = -(-n_ctx // CTX_PAD) * CTX_PAD
     kv = cells * blocks * kv_bytes_per_token_layer(info)
     ub = min(n_ubatch, n_ctx)
@@ -146,31 +174,37 @@ def host_available() -> int | None:
     return None
 
 
-def _max_ctx(info: GgufInfo, budget: int, gpu_layers: int, gpu: bool, flash_attn: bool = False) -> int:
+def _max_ctx(info: GgufInfo, w: _Weights, budget: int, gpu_layers: int, gpu: bool, flash_attn: bool = False) -> int:
+    """The largest context that fits: a binary search, ~32 estimates for any trained context."""
     lo, hi = 0, info.context_length or 131072
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if estimate(info, mid, gpu_layers, gpu=gpu, flash_attn=flash_attn).total <= budget:
+        if _estimate(info, w, mid, gpu_layers, 512, gpu, flash_attn).total <= budget:
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
-def _max_layers(info: GgufInfo, budget: int, n_ctx: int, flash_attn: bool = False) -> int:
-    n_layer = info.block_count or 0
-    best = 0
-    for k in range(n_layer + 1):
-        if estimate(info, n_ctx, k, flash_attn=flash_attn).total <= budget:
-            best = k
-    return best
+def _max_layers(info: GgufInfo, w: _Weights, budget: int, n_ctx: int, flash_attn: bool = False) -> int:
+    """The most --gpu-layers that fit. The estimate only grows with the layer count, so this is a binary search:
+    ~log2(n_layer) estimates, never one per layer (a header can claim any layer count)."""
+    lo, hi = 0, (info.block_count or 0) + 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _estimate(info, w, n_ctx, mid, 512, True, flash_attn).total <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def estimate_fit(info: GgufInfo, load: Any, free_bytes: int | None, cpu_mode: bool = False) -> Check:
     """The fit check: pass with the estimate, or fail saying by how much and what would fit."""
     gpu = not cpu_mode
     fa = bool(getattr(load, "flash_attn", False))
-    est = estimate(info, load.n_ctx, load.gpu_layers if gpu else 0, gpu=gpu, flash_attn=fa)
+    w = _layer_weights(info)
+    est = _estimate(info, w, load.n_ctx, load.gpu_layers if gpu else 0, 512, gpu, fa)
     budget = free_bytes if gpu else host_available()
     where = "free VRAM" if gpu else "available host memory"
     ev: dict[str, Any] = est.to_json() | {"budget_bytes": budget, "budget": where, "n_ctx": load.n_ctx}
@@ -191,11 +225,11 @@ def estimate_fit(info: GgufInfo, load: Any, free_bytes: int | None, cpu_mode: bo
         )
     short = est.total - budget
     options: list[str] = []
-    ctx = _max_ctx(info, budget, load.gpu_layers if gpu else 0, gpu, fa)
+    ctx = _max_ctx(info, w, budget, load.gpu_layers if gpu else 0, gpu, fa)
     if ctx >= 256:
         options.append(f"--n-ctx {ctx // 256 * 256}")
     if gpu:
-        layers = _max_layers(info, budget, load.n_ctx, fa)
+        layers = _max_layers(info, w, budget, load.n_ctx, fa)
         if layers > 0:
             options.append(f"--gpu-layers {layers} (partial offload, slower)")
     bpw_now = info.tensor_bytes * 8 / max(info.parameter_count, 1)

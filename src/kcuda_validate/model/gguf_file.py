@@ -115,12 +115,54 @@ _SCALARS: dict[int, struct.Struct] = {
 _STRING, _ARRAY = 8, 9
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-# Arrays longer than this are summarised (length only), never materialised.
-_MAX_ARRAY_KEEP = 64
-_MAX_HEADER_BYTES = 512 * 1024 * 1024
+_TYPE_NAMES = {
+    0: "uint8",
+    1: "int8",
+    2: "uint16",
+    3: "int16",
+    4: "uint32",
+    5: "int32",
+    6: "float32",
+    7: "bool",
+    8: "string",
+    9: "array",
+    10: "uint64",
+    11: "int64",
+    12: "float64",
+}
+
+# What a header may claim. A header is untrusted input (models come from the Hub), and every loop and every
+# kept value below is bounded by these, so reading any file costs well under a second and a few tens of MB.
+# Where llama.cpp has a limit of its own (ggml/src/gguf.cpp, src/llama-hparams.h) we use it, so a file it would
+# refuse (or abort on) is refused here first, with the field named.
+MAX_TENSORS = 1 << 16  # real models have hundreds to a few thousand (experts are merged into 3-D tensors)
+MAX_KEYS = 1 << 16  # real models have tens
+MAX_KEY_BYTES = 256  # real keys are under 100 bytes
+MAX_STRING_BYTES = 64 << 20  # the largest real strings (an embedded tokenizer.json) are tens of MB
+MAX_ARRAY_ELEMENTS = 1 << 30  # GGUF_MAX_ARRAY_ELEMENTS in gguf.cpp
+MAX_ARRAY_STRINGS = 1 << 21  # strings in all arrays together: the largest vocab + merges is ~550k
+MAX_HEADER_BYTES = 512 << 20  # metadata + tensor table; real ones are a few MB to tens of MB
+MAX_TENSOR_NAME = 63  # GGML_MAX_NAME (64) including the terminating NUL
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp asserts (aborts) on a larger block_count
+MAX_DIM = 1 << 24  # widths, head counts, head sizes, vocabulary: the largest real ones are ~1e5-1e6
+U32_MAX = (1 << 32) - 1
+_I64_LIMIT = 1 << 63  # tensor dimensions and element counts are int64 in ggml
+
+# Kept in memory: short arrays (per-layer hyperparameters, tags) and short strings, up to a budget for the whole
+# header; anything else is summarised (type and length) after a bounded skip, never materialised.
+_MAX_ARRAY_KEEP = MAX_LAYERS
+_MAX_STRING_ARRAY_KEEP = 64
+_MAX_STRING_KEEP = 1 << 20
+_KEEP_ELEMENTS = 1 << 18
+_KEEP_STRING_BYTES = 16 << 20
+# The smallest a key-value pair (8-byte key length, 1-byte key, 4-byte type, 1-byte value) and a tensor entry
+# (8-byte name length, 4-byte n_dims, 4-byte type, 8-byte offset) can be: counts are checked against the file.
+_MIN_KV_BYTES = 14
+_MIN_TENSOR_BYTES = 24
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     name: str
     shape: tuple[int, ...]
@@ -162,7 +204,8 @@ class GgufInfo:
         return self.metadata.get(key, default)
 
     def arch_key(self, suffix: str, default: Any = None) -> Any:
-        return self.metadata.get(f"{self.architecture}.{suffix}", default)
+        arch = self.architecture
+        return default if arch is None else self.metadata.get(f"{arch}.{suffix}", default)
 
     @property
     def architecture(self) -> str | None:
@@ -287,43 +330,142 @@ def _first(value: Any) -> Any:
     return value
 
 
-class _Truncated(Exception):
-    pass
+class GgufHeaderError(ModelInvalidError):
+    """A GGUF header that is truncated, implausible, ill-typed or contradicts itself or the file size (exit 5).
+
+    `field` names what is wrong (a metadata key, `tensor_count`, `tensor 'blk.0.attn_q.weight'`) so the user, or a
+    bug report, can point at the exact bytes. Built by `header_error`; the signature stays KcudaError's so the
+    error pickles like any other."""
+
+    def __init__(self, message: str, *, fix: str | None = None, field: str = "") -> None:
+        super().__init__(message, fix=fix)
+        self.field = field
 
 
-class _Cursor:
-    __slots__ = ("buf", "off", "size")
+HEADER_FIX = "Re-download or re-convert the file: its header is damaged or was not written by a GGUF writer."
 
-    def __init__(self, buf: bytes | mmap.mmap) -> None:
+
+def header_error(path: Path, field_name: str, problem: str) -> GgufHeaderError:
+    """`<file>: invalid GGUF header: <field>: <problem>`, the one form every implausible claim is reported in."""
+    return GgufHeaderError(f"{path}: invalid GGUF header: {field_name}: {problem}", fix=HEADER_FIX, field=field_name)
+
+
+@dataclass(frozen=True)
+class StringSummary:
+    """A metadata string too long to keep (e.g. an embedded tokenizer.json): its length only."""
+
+    length: int
+
+    def __bool__(self) -> bool:
+        return self.length > 0
+
+
+class _Reader:
+    """Bounds-checked reads from the mapped file; every failure names the file and the field."""
+
+    __slots__ = ("buf", "keep_bytes", "keep_elements", "off", "path", "size", "strings_left")
+
+    def __init__(self, path: Path, buf: bytes | mmap.mmap) -> None:
         self.buf = buf
         self.off = 0
         self.size = len(buf)
+        self.path = path
+        self.strings_left = MAX_ARRAY_STRINGS
+        self.keep_elements = _KEEP_ELEMENTS
+        self.keep_bytes = _KEEP_STRING_BYTES
 
-    def need(self, n: int) -> None:
-        if self.off + n > self.size:
-            raise _Truncated
+    def bad(self, field_name: str, problem: str) -> GgufHeaderError:
+        return header_error(self.path, field_name, problem)
 
-    def u32(self) -> int:
-        self.need(4)
+    def need(self, n: int, field_name: str) -> None:
+        if n > self.size - self.off:
+            raise GgufHeaderError(
+                f"{self.path}: GGUF header is truncated ({self.size} bytes): {field_name} runs past the end of the "
+                "file",
+                fix="Re-download or regenerate the file.",
+                field=field_name,
+            )
+
+    def u32(self, field_name: str) -> int:
+        self.need(4, field_name)
         (v,) = _U32.unpack_from(self.buf, self.off)
         self.off += 4
-        return v
+        return int(v)
 
-    def u64(self) -> int:
-        self.need(8)
+    def u64(self, field_name: str) -> int:
+        self.need(8, field_name)
         (v,) = _U64.unpack_from(self.buf, self.off)
         self.off += 8
-        return v
+        return int(v)
 
-    def string(self) -> str:
-        n = self.u64()
-        self.need(n)
-        s = self.buf[self.off : self.off + n].decode("utf-8", errors="replace")
+    def _span(self, field_name: str, limit: int) -> tuple[int, int]:
+        """A string's (start, length), checked against `limit` and the file before anything is copied."""
+        n = self.u64(field_name)
+        if n > limit:
+            raise self.bad(field_name, f"a string of {n} bytes (at most {limit} expected)")
+        self.need(n, field_name)
+        start = self.off
         self.off += n
-        return s
+        return start, n
 
-    def skip_strings(self, count: int) -> None:
-        # The vocabulary can hold 250k strings; this loop is the reader's hot path.
+    def string(self, field_name: str) -> str | StringSummary:
+        """A metadata string: kept while the header's budget lasts, else only its length."""
+        start, n = self._span(field_name, MAX_STRING_BYTES)
+        if n > _MAX_STRING_KEEP or n > self.keep_bytes:
+            return StringSummary(n)
+        self.keep_bytes -= n
+        return self.buf[start : start + n].decode("utf-8", errors="replace")
+
+    def text(self, field_name: str, limit: int) -> str:
+        """A string that is always kept (a key, a tensor name): `limit` keeps it short."""
+        start, n = self._span(field_name, limit)
+        return self.buf[start : start + n].decode("utf-8", errors="replace")
+
+    def value(self, key: str, vtype: int) -> Any:
+        if vtype in _SCALARS:
+            s = _SCALARS[vtype]
+            self.need(s.size, key)
+            (v,) = s.unpack_from(self.buf, self.off)
+            self.off += s.size
+            return v
+        if vtype == _STRING:
+            return self.string(key)
+        if vtype == _ARRAY:
+            return self.array(key)
+        raise self.bad(key, f"unknown value type {vtype}")
+
+    def array(self, key: str) -> list[Any] | ArraySummary:
+        etype = self.u32(key)
+        count = self.u64(key)
+        if etype == _ARRAY:
+            raise self.bad(key, "an array of arrays (GGUF readers, llama.cpp's included, take no nested arrays)")
+        if etype != _STRING and etype not in _SCALARS:
+            raise self.bad(key, f"an array of unknown value type {etype}")
+        if count > MAX_ARRAY_ELEMENTS:
+            raise self.bad(key, f"an array of {count} elements (at most {MAX_ARRAY_ELEMENTS} expected)")
+        if etype == _STRING:
+            self.strings_left -= count
+            if self.strings_left < 0:
+                raise self.bad(
+                    key, f"{count} strings take the header past {MAX_ARRAY_STRINGS} strings in arrays (implausible)"
+                )
+            self.need(8 * count, key)  # each string has at least its 8-byte length
+            if count <= _MAX_STRING_ARRAY_KEEP and count <= self.keep_elements:
+                self.keep_elements -= count
+                return [self.string(f"{key}[{i}]") for i in range(count)]
+            self.skip_strings(key, count)
+            return ArraySummary(etype, count)
+        s = _SCALARS[etype]
+        self.need(s.size * count, key)
+        start = self.off
+        self.off += s.size * count
+        if count <= _MAX_ARRAY_KEEP and count <= self.keep_elements:
+            self.keep_elements -= count
+            return list(struct.unpack_from(f"<{count}{s.format[-1]}", self.buf, start))
+        return ArraySummary(etype, count)
+
+    def skip_strings(self, key: str, count: int) -> None:
+        """Step over `count` strings without decoding them: the vocabulary (250k strings) is the hot path."""
         buf, off, unpack = self.buf, self.off, _U64.unpack_from
         try:
             for _ in itertools.repeat(None, count >> 3):  # unrolled: loop overhead is most of the cost
@@ -337,43 +479,26 @@ class _Cursor:
                 off += 8 + unpack(buf, off)[0]
             for _ in itertools.repeat(None, count & 7):
                 off += 8 + unpack(buf, off)[0]
-        except struct.error:
-            raise _Truncated from None
+        except (struct.error, OverflowError):  # a length ran past the end (or past what an offset can be)
+            off = self.size + 1
         if off > self.size:
-            raise _Truncated
+            self._locate_bad_string(key, count)
         self.off = off
 
-    def value(self, vtype: int) -> Any:
-        if vtype in _SCALARS:
-            s = _SCALARS[vtype]
-            self.need(s.size)
-            (v,) = s.unpack_from(self.buf, self.off)
-            self.off += s.size
-            return v
-        if vtype == _STRING:
-            return self.string()
-        if vtype == _ARRAY:
-            etype = self.u32()
-            count = self.u64()
-            if count <= _MAX_ARRAY_KEEP:
-                return [self.value(etype) for _ in range(count)]
-            if etype == _STRING:
-                self.skip_strings(count)
-            elif etype in _SCALARS:
-                n = count * _SCALARS[etype].size
-                self.need(n)
-                self.off += n
-            else:
-                for _ in range(count):
-                    self.value(etype)
-            return ArraySummary(etype, count)
-        raise ValueError(f"unknown metadata value type {vtype}")
+    def _locate_bad_string(self, key: str, count: int) -> None:
+        """The fast skip overran: walk again, checking each string, to name the one that is wrong."""
+        for i in range(count):
+            n = self.u64(f"{key}[{i}]")
+            if n > MAX_STRING_BYTES:
+                raise self.bad(f"{key}[{i}]", f"a string of {n} bytes (at most {MAX_STRING_BYTES} expected)")
+            self.need(n, f"{key}[{i}]")
+            self.off += n
+        raise AssertionError("unreachable: the fast skip and the checked walk disagree")  # pragma: no cover
 
 
 def read_gguf(path: Path | str) -> GgufInfo:
     """Parse header, metadata and tensor table; raise ModelInvalidError naming the file and the fault."""
     path = Path(path)
-    fix_redownload = "Re-download or regenerate the file."
     try:
         file_size = os.stat(path).st_size
         with open(path, "rb") as fh:
@@ -386,69 +511,97 @@ def read_gguf(path: Path | str) -> GgufInfo:
             # Map the file instead of reading it: the vocabulary alone can be several MB, and copying it
             # costs more than walking it. Pages are only touched where the header actually is.
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                try:
-                    return _parse(path, mm, file_size)
-                except _Truncated:
-                    raise ModelInvalidError(
-                        f"{path}: GGUF header is truncated ({file_size} bytes)", fix=fix_redownload
-                    ) from None
+                return _parse(path, mm, file_size)
     except FileNotFoundError:
         raise ModelInvalidError(f"{path}: no such file", fix="Check the path passed to --model-path.") from None
     except IsADirectoryError:
         raise ModelInvalidError(f"{path}: is a directory, not a GGUF file", fix="Pass the .gguf file itself.") from None
     except PermissionError:
         raise ModelInvalidError(f"{path}: permission denied", fix=f"Make it readable: `chmod u+r {path}`.") from None
-    except ValueError as exc:
-        raise ModelInvalidError(f"{path}: corrupt GGUF metadata ({exc})", fix=fix_redownload) from None
 
 
 def _parse(path: Path, buf: bytes | mmap.mmap, file_size: int) -> GgufInfo:
-    cur = _Cursor(buf)
+    cur = _Reader(path, buf)
     cur.off = 4
-    version = cur.u32()
+    version = cur.u32("version")
     if version not in (2, 3):
         raise ModelInvalidError(
             f"{path}: unsupported GGUF version {version} (supported: 2, 3)",
             fix="Re-convert the model with a current llama.cpp.",
         )
-    n_tensors = cur.u64()
-    n_kv = cur.u64()
-    if n_tensors > 1_000_000 or n_kv > 1_000_000:
-        raise ValueError(f"implausible counts: {n_tensors} tensors, {n_kv} keys")
+    n_tensors = cur.u64("tensor_count")
+    n_kv = cur.u64("metadata_kv_count")
+    _check_count(cur, "tensor_count", n_tensors, MAX_TENSORS)
+    _check_count(cur, "metadata_kv_count", n_kv, MAX_KEYS)
+    least = n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_BYTES
+    if least > file_size - cur.off:
+        raise cur.bad(
+            "tensor_count, metadata_kv_count",
+            f"{n_tensors} tensors and {n_kv} keys need at least {least} more bytes, but the file has {file_size} "
+            "(truncated or corrupt)",
+        )
     metadata: dict[str, Any] = {}
-    for _ in range(n_kv):
-        key = cur.string()
-        vtype = cur.u32()
-        metadata[key] = cur.value(vtype)
+    for i in range(n_kv):
+        key = cur.text(f"metadata key #{i}", MAX_KEY_BYTES)
+        if not key:
+            raise cur.bad(f"metadata key #{i}", "an empty key")
+        if key in metadata:
+            raise cur.bad(key, "the key appears twice")
+        metadata[key] = cur.value(key, cur.u32(key))
+        if cur.off > MAX_HEADER_BYTES:
+            raise cur.bad(key, f"the metadata runs past {MAX_HEADER_BYTES} bytes (implausible for a header)")
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise ValueError(f"bad general.alignment {alignment!r}")
-    tensors = []
-    for _ in range(n_tensors):
-        name = cur.string()
-        n_dims = cur.u32()
-        if n_dims > 8:
-            raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
-        shape = tuple(cur.u64() for _ in range(n_dims))
-        ggml_type = cur.u32()
-        offset = cur.u64()
-        if ggml_type not in GGML_TYPES:
-            raise ValueError(f"tensor {name!r} has unknown ggml type {ggml_type}")
-        _, block, type_size = GGML_TYPES[ggml_type]
-        n = 1
-        for d in shape:
-            n *= d
-        if n % block:
-            raise ValueError(f"tensor {name!r}: {n} elements is not a multiple of block size {block}")
-        tensors.append(TensorInfo(name, shape, ggml_type, offset, n // block * type_size))
+    if not _is_uint(alignment) or alignment == 0 or alignment & (alignment - 1) or alignment > 1 << 31:
+        raise cur.bad("general.alignment", f"{_show(alignment)} where a power of two is expected")
+    tensors: list[TensorInfo] = []
+    names: set[str] = set()
+    for i in range(n_tensors):
+        t = _tensor(cur, i)
+        if t.name in names:
+            raise cur.bad(f"tensor '{t.name}'", "the name appears twice")
+        names.add(t.name)
+        tensors.append(t)
     data_offset = (cur.off + alignment - 1) // alignment * alignment
     info = GgufInfo(path, file_size, version, alignment, data_offset, metadata, tuple(tensors))
     _check_data_fits(info)
+    _check_hyperparameters(info)
     return info
 
 
+def _check_count(cur: _Reader, field_name: str, n: int, limit: int) -> None:
+    if n > limit:
+        raise cur.bad(field_name, f"{n} (at most {limit} expected)")
+
+
+def _tensor(cur: _Reader, i: int) -> TensorInfo:
+    name = cur.text(f"tensor #{i} name", MAX_TENSOR_NAME)  # GGML's limit
+    what = f"tensor '{name}'"
+    n_dims = cur.u32(what)
+    if n_dims > MAX_DIMS:
+        raise cur.bad(what, f"{n_dims} dimensions (GGML allows at most {MAX_DIMS})")
+    cur.need(8 * n_dims, what)
+    shape = struct.unpack_from(f"<{n_dims}Q", cur.buf, cur.off)
+    cur.off += 8 * n_dims
+    n = 1
+    for j, d in enumerate(shape):
+        if d >= _I64_LIMIT:
+            raise cur.bad(what, f"dimension {j} is {d} (more than 2**63 - 1 elements)")
+        n *= d
+    if n >= _I64_LIMIT:
+        raise cur.bad(what, f"shape {list(shape)} has {n} elements (more than 2**63 - 1)")
+    ggml_type = cur.u32(what)
+    offset = cur.u64(what)
+    if ggml_type not in GGML_TYPES:
+        raise cur.bad(what, f"unknown ggml type {ggml_type}")
+    type_name, block, type_size = GGML_TYPES[ggml_type]
+    row = shape[0] if shape else 1
+    if row % block:
+        raise cur.bad(what, f"rows of {row} elements are not a multiple of the {type_name} block size {block}")
+    return TensorInfo(name, tuple(shape), ggml_type, offset, n // block * type_size)
+
+
 def _check_data_fits(info: GgufInfo) -> None:
-    """Every tensor must lie inside the file: the signature of a truncated download."""
+    """Every tensor must lie inside the file (a truncated download otherwise), aligned, and no two may overlap."""
     if not info.tensors:
         return
     last = max(info.tensors, key=lambda t: t.offset + t.nbytes)
@@ -467,3 +620,127 @@ def _check_data_fits(info: GgufInfo) -> None:
                 f"to {info.alignment}",
                 fix="Re-download or re-convert the file.",
             )
+    # No overlaps: then the tensors' sizes, and so the parameter count, are bounded by the file size.
+    ordered = sorted((t for t in info.tensors if t.nbytes), key=lambda t: t.offset)
+    for a, b in itertools.pairwise(ordered):
+        if b.offset < a.offset + a.nbytes:
+            raise header_error(
+                info.path,
+                f"tensor '{b.name}'",
+                f"its data (offset {b.offset}) overlaps tensor '{a.name}' (offset {a.offset}, {a.nbytes} bytes)",
+            )
+
+
+# -- hyperparameters --------------------------------------------------------------------------------------------
+# Each metadata key that GgufInfo's accessors read, and so the fit estimate and the report, gets its type and range
+# checked once here: a value stored as a string, a float or an absurd number becomes exit 5 naming the key, never
+# a TypeError (exit 70) or an endless estimate later.
+
+
+def _is_uint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _show(v: Any) -> str:
+    """A metadata value as an error message shows it: its type, and the value when it is short."""
+    if isinstance(v, ArraySummary):
+        return f"an array of {v.length} {_TYPE_NAMES.get(v.element_type, '?')} values"
+    if isinstance(v, StringSummary):
+        return f"a string of {v.length} bytes"
+    if isinstance(v, list):
+        return f"an array of {len(v)} values"
+    if isinstance(v, str):
+        return f"the string {v[:40]!r}" + ("…" if len(v) > 40 else "")
+    if isinstance(v, bool):
+        return f"the boolean {v}"
+    if isinstance(v, float):
+        return f"the float {v!r}"
+    return repr(v)
+
+
+def _uint_key(info: GgufInfo, key: str, lo: int, hi: int) -> int | None:
+    v = info.metadata.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise header_error(info.path, key, f"{_show(v)} where an unsigned integer is expected")
+    if not lo <= v <= hi:
+        raise header_error(info.path, key, f"{v} is out of range (expected {lo}..{hi})")
+    return int(v)
+
+
+def _per_layer_key(info: GgufInfo, key: str, n_layer: int | None) -> None:
+    """An integer, or one per layer (llama.cpp's get_key_or_arr: the array has exactly block_count entries)."""
+    v = info.metadata.get(key)
+    if v is None or _is_uint(v):
+        _uint_key(info, key, 0, MAX_DIM)
+        return
+    if isinstance(v, ArraySummary):
+        raise header_error(info.path, key, f"{_show(v)} (one per layer expected, at most {MAX_LAYERS} layers)")
+    if not isinstance(v, list) or not all(_is_uint(x) and x <= MAX_DIM for x in v):
+        raise header_error(
+            info.path, key, f"{_show(v)} where an unsigned integer (or one per layer, each up to {MAX_DIM}) is expected"
+        )
+    if n_layer is not None and len(v) != n_layer:
+        raise header_error(info.path, key, f"{len(v)} per-layer values but block_count is {n_layer}")
+
+
+def _text_key(info: GgufInfo, key: str, limit: int) -> None:
+    v = info.metadata.get(key)
+    if v is not None and not (isinstance(v, str) and len(v) <= limit):
+        raise header_error(info.path, key, f"{_show(v)} where text of at most {limit} characters is expected")
+
+
+def _check_hyperparameters(info: GgufInfo) -> None:
+    md, path = info.metadata, info.path
+    _text_key(info, "general.architecture", 64)
+    _text_key(info, "general.name", 1024)
+    _text_key(info, "tokenizer.ggml.model", 64)
+    _uint_key(info, "general.file_type", 0, U32_MAX)
+    template = md.get("tokenizer.chat_template")
+    if template is not None and not isinstance(template, str | StringSummary):
+        raise header_error(path, "tokenizer.chat_template", f"{_show(template)} where text is expected")
+    tokens = md.get("tokenizer.ggml.tokens")
+    if tokens is not None and not (
+        (isinstance(tokens, ArraySummary) and tokens.element_type == _STRING)
+        or (isinstance(tokens, list) and all(isinstance(t, str | StringSummary) for t in tokens))
+    ):
+        raise header_error(path, "tokenizer.ggml.tokens", f"{_show(tokens)} where an array of strings is expected")
+    synthetic = md.get("kcuda.synthetic")
+    if synthetic is not None and not isinstance(synthetic, bool):
+        raise header_error(path, "kcuda.synthetic", f"{_show(synthetic)} where a boolean is expected")
+    arch = info.architecture
+    if arch is None:
+        n_layer = None
+    else:
+        a = f"{arch}."
+        _uint_key(info, a + "context_length", 1, U32_MAX)
+        n_layer = _uint_key(info, a + "block_count", 1, MAX_LAYERS)
+        for suffix in ("embedding_length", "vocab_size", "attention.key_length", "attention.value_length"):
+            _uint_key(info, a + suffix, 0, MAX_DIM)
+        for suffix in ("feed_forward_length", "attention.head_count", "attention.head_count_kv"):
+            _per_layer_key(info, a + suffix, n_layer)
+    _check_layers(info, n_layer)
+
+
+def _check_layers(info: GgufInfo, n_layer: int | None) -> None:
+    """Tensor names against the layer count: blk.<i>.… must name a layer that exists."""
+    key = f"{info.architecture}.block_count"
+    limit = n_layer if n_layer is not None else MAX_LAYERS
+    for t in info.tensors:
+        if not t.name.startswith("blk."):
+            continue
+        index = t.name.split(".", 2)[1]
+        if not (index.isascii() and index.isdigit()):
+            raise header_error(
+                info.path, f"tensor '{t.name}'", f"layer index {index!r} is not a number (blk.<layer>.<name>)"
+            )
+        if int(index) >= limit:
+            claim = f"{key} is {n_layer}" if n_layer is not None else f"llama.cpp supports {MAX_LAYERS} layers"
+            raise header_error(info.path, f"tensor '{t.name}'", f"layer {int(index)} does not exist ({claim})")
+    if n_layer is not None and info.tensors and n_layer > len(info.tensors):
+        raise header_error(
+            info.path,
+            key,
+            f"{n_layer} layers but the file has only {len(info.tensors)} tensors (at least one per layer)",
+        )
