@@ -22,7 +22,9 @@ Environment: HF_HOME / HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_ETAG_TI
 HF_HUB_DOWNLOAD_TIMEOUT are read by huggingface_hub when it is first imported (`huggingface_hub.constants`);
 we always go through those constants so that this module and every other huggingface_hub call in the
 process agree. HF_TOKEN (or a stored `hf auth login`) is read by huggingface_hub per request; its value is
-never logged or printed here.
+never logged or printed here. Nor are credentials inside HF_ENDPOINT (`http://user:token@host`): the Hub is
+named by its host and port only (`_hub_host`, `_endpoint`), and text from servers and exceptions passes through
+`safetext.safe` (`_clip`) — as everything the tool prints or logs does once more at its sinks.
 
 huggingface_hub is imported inside functions only: `kcuda-validate --help` must stay fast.
 """
@@ -52,18 +54,21 @@ from kcuda_validate.errors import (
     ModelNotFoundError,
     UsageError,
 )
+from kcuda_validate.safetext import safe
 
 # The default model: Apache-2.0, not gated, ships a chat template, < 600 MB: fits any GPU and any CI cache.
 DEFAULT_REPO_ID = "Qwen/Qwen2.5-0.5B-Instruct-GGUF"
 DEFAULT_FILENAME = "qwen2.5-0.5b-instruct-q4_k_m.gguf"
 DEFAULT_REVISION = "main"
 
-METADATA_TIMEOUT_S = 4.0
+METADATA_TIMEOUT_S = 3.0
 """Per-phase (connect, read) timeout of the one metadata request that decides whether the Hub is reachable.
 
-A HEAD to huggingface.co answers in well under a second on any usable link; 4 s keeps "unreachable" under
-the 5 s we promise. Users on very slow links can raise it with HF_HUB_ETAG_TIMEOUT (huggingface_hub's own knob
-for this very request), which then wins.
+A HEAD to huggingface.co answers in well under a second on any usable link. With the hard deadline's grace
+(`_DEADLINE_GRACE_S`), a Hub that accepts the connection and never answers is reported within 4 s of the
+request, so the whole command (start-up included, about half a second) fails within the 5 s we promise; 4 s
+of timeout (5 s of deadline) took 5.4 s end to end. Users on very slow links can raise it with
+HF_HUB_ETAG_TIMEOUT (huggingface_hub's own knob for this very request), which then wins.
 """
 
 # Beyond the socket timeout, the hard deadline also covers what socket timeouts do not: name resolution, and the
@@ -731,7 +736,6 @@ def _map_error(
     `kept`: bytes a failed resumable download left for the next run (None: a transfer that keeps nothing).
     """
     import httpx2
-    from huggingface_hub import constants
     from huggingface_hub.errors import (
         DisabledRepoError,
         GatedRepoError,
@@ -768,7 +772,7 @@ def _map_error(
         )
 
     if isinstance(err, GatedRepoError):
-        page = f"{constants.ENDPOINT}/{repo_id}"
+        page = f"{_endpoint()}/{repo_id}"
         if err.response.status_code == 401:
             return HubAuthError(
                 f"repo '{repo_id}' is gated and you are not logged in (HTTP 401 for {filename} @ {rev})",
@@ -808,7 +812,7 @@ def _map_error(
         response = err.response
         status = response.status_code if response is not None else None
         message = _clip(response.headers.get("X-Error-Message") or "") if response is not None else ""
-        answered_by = urlsplit(str(response.url)).netloc if response is not None else host
+        answered_by = _netloc(str(response.url)) if response is not None else host
         if downloading and answered_by != host:
             # The file's storage (CDN, Xet bridge) failed us after the Hub itself said yes: transient, not a verdict.
             return HubUnreachableError(
@@ -825,7 +829,7 @@ def _map_error(
             return HubAuthError(
                 f"access to repo '{repo_id}' is forbidden (HTTP 403{': ' + message if message else ''})",
                 fix="Use a token with read access to the repo (`hf auth login` or HF_TOKEN), "
-                f"or request access on {constants.ENDPOINT}/{repo_id}.",
+                f"or request access on {_endpoint()}/{repo_id}.",
             )
         if status == 404:
             return ModelNotFoundError(
@@ -933,9 +937,24 @@ def _have_token(token: str | None) -> bool:
 
 
 def _hub_host() -> str:
+    """The Hub as messages name it: host[:port] of HF_ENDPOINT, never its userinfo (user:token@)."""
     from huggingface_hub import constants
 
-    return urlsplit(constants.ENDPOINT).netloc or constants.ENDPOINT
+    return _netloc(constants.ENDPOINT) or safe(constants.ENDPOINT)
+
+
+def _endpoint() -> str:
+    """HF_ENDPOINT for a URL shown to a person (a page to visit): scheme and host, without credentials."""
+    from huggingface_hub import constants
+
+    parts = urlsplit(constants.ENDPOINT)
+    if not parts.scheme or not parts.netloc:
+        return safe(constants.ENDPOINT)
+    return safe(f"{parts.scheme}://{_netloc(constants.ENDPOINT)}{parts.path}".rstrip("/"))
+
+
+def _netloc(url: str) -> str:
+    return urlsplit(url).netloc.rpartition("@")[2]
 
 
 def _one_line(err: BaseException) -> str:
@@ -943,8 +962,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def _clip(text: str, limit: int = 200) -> str:
-    """One line of at most `limit` characters: server-provided text must not break the one-line error format."""
-    text = " ".join(text.split())
+    """One line of at most `limit` characters: server-provided text must not break the one-line error format
+    (nor carry a credential: exception texts quote URLs)."""
+    text = " ".join(safe(text).split())
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
