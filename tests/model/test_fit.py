@@ -170,3 +170,61 @@ def test_absurd_context_on_cpu_fails_in_milliseconds(info: GgufInfo, monkeypatch
 def test_fit_skips_without_a_budget(info: GgufInfo) -> None:
     check = fit.estimate_fit(info, LoadOptions(n_ctx=2048), None)
     assert check.status == Status.SKIP and "free VRAM n/a" in check.summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# context overflow advice: only a context the model can take
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_tokens", "n_ctx", "n_ctx_train", "fix"),
+    [
+        (10, 600, 512, 4096, "Raise --n-ctx to at least 610 or lower --max-tokens."),
+        (10, 600, 512, None, "Raise --n-ctx to at least 610 or lower --max-tokens."),  # trained context unknown
+        # Seen: "Raise --n-ctx to at least 65424" for a model trained on 4096.
+        (
+            400,
+            65024,
+            512,
+            4096,
+            "Lower --max-tokens to at most 3696 with --n-ctx 4096 (the model's trained context, the most --n-ctx can "
+            "be), or to at most 112 at --n-ctx 512.",
+        ),
+        (
+            400,
+            65024,
+            4096,
+            4096,
+            "Lower --max-tokens to at most 3696 (--n-ctx 4096 is already the model's trained context).",
+        ),
+        (
+            5000,
+            10,
+            4096,
+            4096,
+            "Shorten the prompt: it alone is 5000 tokens and the model's trained context is 4096 (--n-ctx cannot go "
+            "past it).",
+        ),
+    ],
+)
+def test_context_overflow_advice_stays_within_the_trained_context(
+    prompt: int, max_tokens: int, n_ctx: int, n_ctx_train: int | None, fix: str
+) -> None:
+    assert fit.context_fix(prompt, max_tokens, n_ctx, n_ctx_train) == fix
+
+
+def test_context_overflow_through_the_cli_never_offers_an_impossible_n_ctx(tiny_model: Path) -> None:
+    """The synthetic model is trained on 4096 tokens; asking for 65000 new ones cannot be fixed by --n-ctx."""
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    args = ["infer", "hi", "--device", "cpu", "--model-path", str(tiny_model), "--n-ctx", "4096"]
+    result = CliRunner().invoke(cli, [*args, "--max-tokens", "65000", "--no-warmup"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "Raise --n-ctx" not in result.stdout + result.stderr
+    lines = (result.stdout + result.stderr).splitlines()
+    error = next(line for line in lines if "exceeds --n-ctx 4096" in line)
+    prompt = int(error.split("prompt (")[1].split(" tokens")[0])
+    expected = f"Lower --max-tokens to at most {4096 - prompt} (--n-ctx 4096 is already the model's trained context)."
+    assert any(expected in line for line in lines), result.output

@@ -21,6 +21,7 @@ from typing import Any
 from kcuda_validate.checks import Metric, mean_of
 from kcuda_validate.errors import UsageError
 from kcuda_validate.llm.loader import LoadedModel
+from kcuda_validate.model.fit import context_fix
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +314,7 @@ class Inferencer:
         self.ctx = self.llm.ctx
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx))
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.llm.model))
         self.n_batch = int(self.llm.n_batch)
 
     # -- prompt handling -------------------------------------------------------------------------------
@@ -495,7 +497,7 @@ class Inferencer:
             raise UsageError(
                 f"--max-tokens {opts.max_tokens}: prompt ({len(tokens)} tokens) + max tokens = {needed} exceeds "
                 f"--n-ctx {self.n_ctx}",
-                fix=f"Raise --n-ctx to at least {needed} or lower --max-tokens.",
+                fix=context_fix(len(tokens), opts.max_tokens, self.n_ctx, self.n_ctx_train),
             )
         warm = self.generate(tokens, opts, on_text) if opts.warmup else None
         runs: list[RunMeasure] = []

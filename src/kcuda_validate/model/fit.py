@@ -199,6 +199,30 @@ def _max_layers(info: GgufInfo, w: _Weights, budget: int, n_ctx: int, flash_attn
     return lo
 
 
+def context_fix(prompt_tokens: int, max_tokens: int, n_ctx: int, n_ctx_train: int | None) -> str:
+    """What to do when prompt + --max-tokens overflows --n-ctx, offering only a context the model can take.
+
+    "Raise --n-ctx" is advice only up to the model's trained context (llama.cpp's n_ctx_train, which the
+    command line also caps --n-ctx at); past it the prompt or --max-tokens must shrink instead."""
+    needed = prompt_tokens + max_tokens
+    limit = n_ctx_train if n_ctx_train and n_ctx_train > 0 else None
+    if limit is None or needed <= limit:
+        return f"Raise --n-ctx to at least {needed} or lower --max-tokens."
+    room = max(n_ctx, limit) - prompt_tokens  # the most tokens the largest allowed context leaves for the answer
+    if room < 1:
+        return (
+            f"Shorten the prompt: it alone is {prompt_tokens} tokens and the model's trained context is {limit} "
+            "(--n-ctx cannot go past it)."
+        )
+    if n_ctx >= limit:
+        return f"Lower --max-tokens to at most {room} (--n-ctx {n_ctx} is already the model's trained context)."
+    here = f", or to at most {n_ctx - prompt_tokens} at --n-ctx {n_ctx}" if n_ctx > prompt_tokens else ""
+    return (
+        f"Lower --max-tokens to at most {room} with --n-ctx {limit} (the model's trained context, the most "
+        f"--n-ctx can be){here}."
+    )
+
+
 def estimate_fit(info: GgufInfo, load: Any, free_bytes: int | None, cpu_mode: bool = False) -> Check:
     """The fit check: pass with the estimate, or fail saying by how much and what would fit."""
     gpu = not cpu_mode
