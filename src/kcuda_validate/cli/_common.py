@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,16 @@ class DeviceType(click.ParamType):
 
 
 DEVICE = DeviceType()
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and ±inf (which pass any range check and are not JSON)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -125,7 +136,7 @@ def load_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", type=DEVICE, default=None, help="GPU index to use, or 'cpu' for a CPU-only run."),
         click.option(
             "--timeout",
-            type=click.FloatRange(min=1),
+            type=FiniteFloatRange(min=1),
             default=DEFAULT_TIMEOUT,
             show_default=True,
             help="Seconds each model stage (load, inference) may take before it is killed.",
@@ -150,7 +161,7 @@ def infer_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--temperature",
-            type=click.FloatRange(0, 5),
+            type=FiniteFloatRange(0, 5),
             default=0.0,
             show_default=True,
             help="0 = greedy (deterministic).",
@@ -185,10 +196,10 @@ def infer_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def threshold_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--min-gen-tps", type=click.FloatRange(min=0), help="Fail below this generation tokens/s."),
-        click.option("--min-prompt-tps", type=click.FloatRange(min=0), help="Fail below this prompt tokens/s."),
-        click.option("--max-ttft-ms", type=click.FloatRange(min=0), help="Fail above this warm time to first token."),
-        click.option("--min-speedup", type=click.FloatRange(min=0), help="Fail below this speedup over the CPU."),
+        click.option("--min-gen-tps", type=FiniteFloatRange(min=0), help="Fail below this generation tokens/s."),
+        click.option("--min-prompt-tps", type=FiniteFloatRange(min=0), help="Fail below this prompt tokens/s."),
+        click.option("--max-ttft-ms", type=FiniteFloatRange(min=0), help="Fail above this warm time to first token."),
+        click.option("--min-speedup", type=FiniteFloatRange(min=0), help="Fail below this speedup over the CPU."),
         click.option(
             "--allow-partial-offload",
             is_flag=True,
@@ -198,6 +209,23 @@ def threshold_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def _check_utf8(text: str, name: str) -> None:
+    """A prompt that is not UTF-8 (bytes smuggled in by surrogateescape) is refused: replacing them would
+    silently benchmark another prompt than the one given."""
+    from kcuda_validate.errors import UsageError
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = ord(text[err.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"code point U+{char:04X}"
+        offset = len(text[: err.start].encode("utf-8", "surrogateescape"))
+        raise UsageError(
+            f"{name}: not valid UTF-8 text ({what} at offset {offset})",
+            fix="Pass the prompt as UTF-8 text (check the encoding of the terminal or script that sends it).",
+        ) from None
 
 
 def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
@@ -237,6 +265,8 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         if arg is not None and opt is not None:
             raise UsageError("prompt: given both as argument and --prompt", fix="Pass the prompt once.")
         prompt = opt if opt is not None else arg
+        if prompt is not None:
+            _check_utf8(prompt, "--prompt" if opt is not None else "prompt")
         if prompt is not None and not prompt.strip():
             raise UsageError("prompt: the prompt is empty", fix="Pass some text, e.g. kcuda-validate infer 'Hello'.")
         if prompt is not None and kw.get("prompt_tokens"):

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from kcuda_validate.cli._common import DEVICE, make_output, output_options
+from kcuda_validate.cli._common import DEVICE, FiniteFloatRange, make_output, output_options
 
 
 @click.command("detect")
@@ -15,11 +15,11 @@ from kcuda_validate.cli._common import DEVICE, make_output, output_options
     "--skip-torch", is_flag=True, help="Skip PyTorch (saves its ~1-10 s import) when only the driver matters."
 )
 @click.option(
-    "--min-vram-gb", type=click.FloatRange(min=0), default=2.0, show_default=True, help="Minimum total VRAM per GPU."
+    "--min-vram-gb", type=FiniteFloatRange(min=0), default=2.0, show_default=True, help="Minimum total VRAM per GPU."
 )
 @click.option(
     "--min-compute",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=6.1,
     show_default=True,
     help="Minimum CUDA compute capability.",

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from kcuda_validate.cli._common import (
+    FiniteFloatRange,
     infer_options,
     load_options,
     model_options,
@@ -24,8 +25,8 @@ from kcuda_validate.cli._common import (
     help="First make the CUDA engine ready (`kcuda-validate setup`: from the cache in seconds, else a build).",
 )
 @click.option("--skip-torch", is_flag=True, help="Skip the PyTorch checks.")
-@click.option("--min-vram-gb", type=click.FloatRange(min=0), default=2.0, show_default=True, help="Minimum VRAM.")
-@click.option("--min-compute", type=click.FloatRange(min=0), default=6.1, show_default=True, help="Minimum CC.")
+@click.option("--min-vram-gb", type=FiniteFloatRange(min=0), default=2.0, show_default=True, help="Minimum VRAM.")
+@click.option("--min-compute", type=FiniteFloatRange(min=0), default=6.1, show_default=True, help="Minimum CC.")
 @infer_options
 @model_options
 @load_options
