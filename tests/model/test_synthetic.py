@@ -37,8 +37,8 @@ def sha256(path: Path) -> str:
 
 
 def leftovers(directory: Path) -> list[str]:
-    """Anything in the cache dir except lock files: temp files and partial models must never remain."""
-    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock"))
+    """Everything in the cache dir: temp files, partial models and lock files must never remain."""
+    return sorted(p.name for p in directory.iterdir())
 
 
 # -- parse_size -----------------------------------------------------------------------------------------
@@ -68,8 +68,9 @@ def test_parse_size_accepts_human_sizes(text: str, expected: int) -> None:
 def test_parse_size_rejects_garbage_naming_input_and_forms(text: str) -> None:
     with pytest.raises(UsageError) as err:
         parse_size(text)
+    shown = text if text and " " not in text else repr(text)
     assert err.value.message == (
-        f"invalid size {text!r}: expected a number with an optional unit "
+        f"--synthetic {shown}: not a size: expected a number with an optional unit "
         "(e.g. 1GiB, 512MiB, 300MB, 1.5G, 64M or a plain number of bytes)"
     )
     assert "\n" not in err.value.message
@@ -80,8 +81,9 @@ def test_parse_size_enforces_range(text: str, n: int) -> None:
     with pytest.raises(UsageError) as err:
         parse_size(text)
     assert err.value.message == (
-        f"size {text!r} ({n} bytes) is out of range: a synthetic model must be between 1MiB and 64GiB"
+        f"--synthetic {text}: {n} bytes is out of range: a synthetic model must be between 1MiB and 64GiB"
     )
+    assert err.value.exit_code == 2
 
 
 # -- plan -----------------------------------------------------------------------------------------------
@@ -112,11 +114,11 @@ def test_plan_is_deterministic_and_scales_width_and_depth() -> None:
 
 
 def test_plan_rejects_unknown_type_and_bad_seed() -> None:
-    with pytest.raises(UsageError, match=r"synthetic weight type 'Q5_K' is not supported \(choose one of F16"):
+    with pytest.raises(UsageError, match=r"^--synthetic-type Q5_K: not supported \(choose one of F16"):
         plan(8 * MIB, "Q5_K")
     with pytest.raises(UsageError, match="seed -1 must be"):
         plan(8 * MIB, "Q8_0", seed=-1)
-    with pytest.raises(UsageError, match="out of range"):
+    with pytest.raises(UsageError, match=r"^--synthetic 100 bytes is out of range"):
         plan(100, "Q8_0")
 
 
@@ -289,6 +291,67 @@ def test_concurrent_generator_waits_for_the_lock_then_reuses_the_file(tmp_path: 
     assert other.returncode == 0 and out.strip() == str(path)
     assert path.stat().st_ino == inode  # reused, not regenerated
     assert leftovers(tmp_path) == [path.name]
+
+
+def test_a_waiter_whose_lock_file_was_removed_starts_again_on_the_current_one(tmp_path: Path) -> None:
+    """The holder removes the lock file when done; a process that was waiting on it must not carry on holding a
+    lock on the orphan (then a third run could generate at the same time): it locks the file there now."""
+    spec: SyntheticSpec = plan(SMALL, "Q8_0")
+    path = tmp_path / spec.file_name
+    lock = tmp_path / f".{spec.file_name}.lock"
+    code = (
+        "import sys; from pathlib import Path; from kcuda_validate.model.synthetic import ensure_synthetic;"
+        f"print(ensure_synthetic({SMALL}, 'Q8_0', cache_dir=Path(sys.argv[1])))"
+    )
+    with synthetic._exclusive(lock, tmp_path, spec.file_size):
+        other = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert other.poll() is None, "the second generator did not wait for the lock"
+        write_synthetic(spec, path)
+        inode = path.stat().st_ino
+    assert not lock.exists()  # removed on release, while the other process still waits on it
+    out, _ = other.communicate(timeout=30)
+    assert other.returncode == 0 and out.strip() == str(path)
+    assert path.stat().st_ino == inode
+    assert leftovers(tmp_path) == [path.name]
+
+
+def _cli(*args: str, cache: Path) -> Any:
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    return CliRunner().invoke(cli, list(args), env={"KCUDA_CACHE_DIR": str(cache)})
+
+
+@pytest.mark.parametrize(
+    ("size", "line"),
+    [
+        ("512KiB", "Error: --synthetic 512KiB: 524288 bytes is out of range: a synthetic model must be between 1MiB"),
+        ("1.5 parsecs", "Error: --synthetic '1.5 parsecs': not a size: expected a number with an optional unit"),
+        ("", "Error: --synthetic '': not a size: expected a number with an optional unit"),
+    ],
+)
+def test_cli_size_errors_name_the_option_and_leave_no_cache_files(tmp_path: Path, size: str, line: str) -> None:
+    result = _cli("load", "--device", "cpu", "--synthetic", size, cache=tmp_path / "cache")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[0].startswith(line), result.stderr
+    synthetic_dir = tmp_path / "cache" / "synthetic"
+    assert not synthetic_dir.exists() or leftovers(synthetic_dir) == []
+
+
+def test_cli_size_refused_for_disk_space_leaves_no_lock_file(tmp_path: Path) -> None:
+    """Seen: refused sizes left 0-byte .lock files in the cache, one per size asked for. A real refusal: 64GiB on a
+    disk with less free."""
+    cache = tmp_path / "cache"
+    needed = plan(64 * GIB, "Q8_0").file_size
+    cache.mkdir()
+    if synthetic.shutil.disk_usage(cache).free >= needed:
+        pytest.skip("this disk has room for a 64GiB model: no real refusal to test")
+    result = _cli("load", "--device", "cpu", "--synthetic", "64GiB", cache=cache)
+    assert result.exit_code == 13, result.output
+    assert result.stderr.splitlines()[0].startswith(f"Error: no space left in {cache / 'synthetic'}: ")
+    assert leftovers(cache / "synthetic") == []
 
 
 # -- real llama.cpp -------------------------------------------------------------------------------------

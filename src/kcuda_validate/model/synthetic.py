@@ -108,21 +108,31 @@ def parse_size(text: str) -> int:
     """A human size for --synthetic in bytes; bare K/M/G are binary (like `dd`), KB/MB/GB decimal.
 
     Rejects sizes outside 1 MiB..64 GiB: smaller cannot hold a llama layer plus vocabulary, larger
-    is almost certainly a typo that would fill the disk.
+    is almost certainly a typo that would fill the disk. Errors name the option, as every usage error does.
     """
     m = _SIZE_RE.match(str(text))
     if m is None or m.group(2).lower() not in _UNITS:
         raise UsageError(
-            f"invalid size {text!r}: expected a number with an optional unit ({_SIZE_FORMS})",
+            f"--synthetic {_shown(text)}: not a size: expected a number with an optional unit ({_SIZE_FORMS})",
             fix="Pass a size such as --synthetic 1GiB.",
         )
     n = round(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if not MIN_SIZE <= n <= MAX_SIZE:
-        raise UsageError(
-            f"size {text!r} ({n} bytes) is out of range: a synthetic model must be between 1MiB and 64GiB",
-            fix="Pick a size between 1MiB and 64GiB, e.g. --synthetic 1GiB.",
-        )
+        raise _out_of_range(f"--synthetic {_shown(text)}: {n} bytes")
     return n
+
+
+def _shown(text: str) -> str:
+    """The value as the user typed it; quoted when it is empty or has spaces, so the message is unambiguous."""
+    text = str(text)
+    return text if text and not any(c.isspace() for c in text) and text.isprintable() else repr(text)
+
+
+def _out_of_range(what: str) -> UsageError:
+    return UsageError(
+        f"{what} is out of range: a synthetic model must be between 1MiB and 64GiB",
+        fix="Pick a size between 1MiB and 64GiB, e.g. --synthetic 1GiB.",
+    )
 
 
 def format_size(n: int) -> str:
@@ -208,10 +218,7 @@ def plan(size_bytes: int, qtype: str = "Q8_0", seed: int = 0) -> SyntheticSpec:
     qtype = _check_qtype(qtype)
     _check_seed(seed)
     if not MIN_SIZE <= size_bytes <= MAX_SIZE:
-        raise UsageError(
-            f"size {size_bytes} bytes is out of range: a synthetic model must be between 1MiB and 64GiB",
-            fix="Pick a size between 1MiB and 64GiB, e.g. --synthetic 1GiB.",
-        )
+        raise _out_of_range(f"--synthetic {size_bytes} bytes")
     best: tuple[tuple[bool, float, float], SyntheticSpec] | None = None
     for n_embd in _WIDTHS:
         head_dim = 64 if n_embd < 2048 else 128
@@ -268,11 +275,10 @@ def ensure_synthetic(
         return path
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(directory / f".{spec.file_name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise _io_error(exc, directory, spec.file_size) from None
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # a concurrent generator of the same file finishes first
+    with _exclusive(directory / f".{spec.file_name}.lock", directory, spec.file_size):
+        # A concurrent generator of the same file has finished by now.
         if is_complete(path, spec):
             return path
         # We hold the lock, so any temp file for this name was left by a killed process.
@@ -281,8 +287,42 @@ def ensure_synthetic(
                 stale.unlink()
         write_synthetic(spec, path, progress=progress)
         return path
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, directory: Path, needed: int) -> Iterator[None]:
+    """Hold an flock on `lock_path`, and remove the file when done, whatever happened (a refused size included).
+
+    Removing a lock file others may be waiting on is safe only with a check after locking: a waiter whose
+    file was unlinked while it waited holds a lock on an orphan, so it sees the path no longer leads to its
+    file and starts again on the current one. Without removal every (size, type, seed) ever asked for,
+    refused or not, left a 0-byte .lock file in the cache.
+    """
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _io_error(exc, directory, needed) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock_path)
+                held = os.fstat(fd)
+                ours = (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino)
+            except FileNotFoundError:
+                ours = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if ours:
+            break
+        os.close(fd)  # the previous holder removed it: lock the file that is there now
+    try:
+        yield
     finally:
-        os.close(lock_fd)  # releases the flock
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)  # before the close, so no one can lock this file after we are done with it
+        os.close(fd)  # releases the flock
 
 
 def is_complete(path: Path, spec: SyntheticSpec) -> bool:
@@ -367,7 +407,7 @@ def _io_error(exc: OSError, directory: Path, needed: int) -> KcudaError:
 def _check_qtype(qtype: str) -> str:
     if qtype not in SYNTHETIC_TYPES:
         raise UsageError(
-            f"synthetic weight type {qtype!r} is not supported (choose one of {', '.join(SYNTHETIC_TYPES)})",
+            f"--synthetic-type {_shown(qtype)}: not supported (choose one of {', '.join(SYNTHETIC_TYPES)})",
             fix="Pass --synthetic-type F16, Q8_0 or Q4_0.",
         )
     return qtype
