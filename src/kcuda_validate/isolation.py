@@ -46,6 +46,18 @@ HINTS = {
     "SIGILL": "An illegal instruction: llama.cpp was built for a newer CPU; rebuild with "
     'CMAKE_ARGS="-DGGML_NATIVE=OFF".',
 }
+# A CPU run (--device cpu, or the --compare-cpu run) never touches the GPU: no driver, Xid or offload advice.
+CPU_HINTS = HINTS | {
+    "SIGSEGV": "A segmentation fault inside llama.cpp: update llama-cpp-python, and rerun with --n-ctx lower.",
+    "SIGABRT": "llama.cpp aborted (GGML_ASSERT, or out of host memory): read the last log lines above, lower --n-ctx.",
+}
+
+
+def crash_hint(sig: str | None, returncode: int, cpu: bool) -> str:
+    """The fix for a worker that died by `sig` (None: it exited with `returncode`)."""
+    return (CPU_HINTS if cpu else HINTS).get(
+        sig or "", f"The worker exited with status {returncode}; see the log file."
+    )
 
 
 @dataclass(frozen=True)
@@ -281,12 +293,13 @@ class Worker:
             and (out.inferred is None if request.get("infer") is not None else out.loaded is None)
         ):
             sig = signal.Signals(-rc).name if rc < 0 else None
+            cpu = bool((request.get("load") or {}).get("cpu_mode")) or request.get("cuda_visible_devices") == ""
             out.crash = WorkerCrash(
                 stage=out.stage,
                 signal=sig,
                 returncode=rc,
                 log_tail=tuple(list(self._tail)[-15:]),
-                hint=HINTS.get(sig or "", f"The worker exited with status {rc}; see the log file."),
+                hint=crash_hint(sig, rc, cpu),
             )
         return out
 

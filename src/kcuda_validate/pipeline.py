@@ -481,6 +481,7 @@ class Stages:
                 )
             )
             r.stopped_at = out.stage
+            self.ui.error(r.checks[-1].summary, r.checks[-1].fix)  # one Error: line, --json included
             return True
         if out.timeout_stage is not None:
             r.add(
@@ -497,6 +498,7 @@ class Stages:
                 )
             )
             r.stopped_at = out.timeout_stage
+            self.ui.error(r.checks[-1].summary, r.checks[-1].fix)  # one Error: line, --json included
             return True
         if out.crash is not None:
             c = out.crash
@@ -515,6 +517,7 @@ class Stages:
                 )
             )
             r.stopped_at = c.stage
+            self.ui.error(r.checks[-1].summary, r.checks[-1].fix)  # one Error: line, --json included
             return True
         return False
 
