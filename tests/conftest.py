@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +52,33 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def default_signal_dispositions() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM terminates, however the suite was started.
+
+    Under `nohup`, as a background job (`&`) or on some CI runners, pytest starts with SIGINT ignored, and
+    an ignored signal stays ignored across fork and exec: the interrupt tests' signals then reached a process
+    that ignored them. A handler, unlike SIG_IGN, is reset to the default by exec, so installing them here
+    gives this process and every child it starts the dispositions the interrupt tests rely on. The signals
+    are unblocked too (a blocked mask is inherited the same way). A test that wants another disposition (a
+    tool started with SIGINT ignored) sets it in the child it starts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    }
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, set(old))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for signum, handler in old.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")

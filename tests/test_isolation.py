@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
+from procs import catches
 
 
 def _procs_with_marker(marker: str) -> list[int]:
@@ -111,9 +112,13 @@ def test_interrupt_stops_the_worker_and_writes_a_partial_report(
     while time.monotonic() < deadline and not ready.exists():
         time.sleep(0.05)
     assert ready.exists(), "the worker never reached its load stage"
+    assert catches(proc.pid, signum), "the CLI does not catch the signal (suite started with it ignored?)"
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
+    name = signal.Signals(signum).name
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: interrupted by {name} during load; the worker process was stopped"]
     doc = json.loads(report.read_text())
     assert doc["interrupted"] is True
     assert doc["exit_code"] == code
@@ -153,6 +158,7 @@ def test_interrupt_while_getting_the_model_leaves_no_partial_file_and_a_report(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(p.suffix != ".lock" for p in cache.rglob("*") if p.is_file()):
         time.sleep(0.05)
+    assert catches(proc.pid, signum), "the CLI does not catch the signal (suite started with it ignored?)"
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err

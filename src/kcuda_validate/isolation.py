@@ -329,10 +329,14 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 def _install_signal_handlers() -> dict[int, Any]:
+    """SIGTERM and SIGINT stop the worker stage, except a SIGINT this process was started ignoring: a
+    background job or a `nohup` run must not become interruptible by a terminal's Ctrl-C here."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     old: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
+        if sig == signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN:
+            continue
         old[sig] = signal.signal(sig, _raise_interrupted)
     return old
 
