@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -118,3 +119,13 @@ def test_tables_match_the_gguf_package() -> None:
     for ft in LlamaFileType:
         if ft.name != "GUESSED":
             assert FILE_TYPES[int(ft)] == ft.name.replace("MOSTLY_", "").replace("ALL_", ""), ft.name
+
+
+def test_a_fifo_reaching_the_reader_is_refused_without_blocking(tmp_path: Path) -> None:
+    """The CLI's stat check refuses FIFOs first; this is the reader's own guard, should one be swapped in after."""
+    fifo = tmp_path / "m.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelInvalidError) as exc:
+        read_gguf(fifo)  # an open without O_NONBLOCK would wait here for a writer, forever
+    assert str(exc.value) == f"{fifo}: not a regular file"
+    assert exc.value.fix == "Pass the .gguf file itself."

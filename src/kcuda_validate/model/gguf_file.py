@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import stat
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -500,8 +501,16 @@ def read_gguf(path: Path | str) -> GgufInfo:
     """Parse header, metadata and tensor table; raise ModelInvalidError naming the file and the fault."""
     path = Path(path)
     try:
-        file_size = os.stat(path).st_size
-        with open(path, "rb") as fh:
+        # O_NONBLOCK: a FIFO swapped in after the caller's stat check must not block this open, and the
+        # fstat below then refuses it; the size comes from the very file that is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise ModelInvalidError(f"{path}: not a regular file", fix="Pass the .gguf file itself.")
+        os.set_blocking(fd, True)
+        file_size = st.st_size
+        with open(fd, "rb") as fh:
             magic = fh.read(4)
             if magic != GGUF_MAGIC:
                 raise ModelInvalidError(
