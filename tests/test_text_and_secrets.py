@@ -108,6 +108,22 @@ def test_path_that_is_not_utf8_is_named_in_every_output(isolated_env: Path, tmp_
     assert "Logging error" not in proc.stderr + log
 
 
+def test_model_whose_name_is_not_utf8_loads(tiny_model: Path, tmp_path: Path) -> None:
+    """Linux file names are bytes: llama-cpp-python's strict UTF-8 encoding of the path must not fail the load."""
+    model = os.fsencode(tmp_path) + b"/model-\xff.gguf"
+    os.symlink(tiny_model, model)
+    shown = f"{tmp_path}/model-\\xff.gguf"
+    proc = run(["load", "--device", "cpu", "--model-path", model, "--json"])
+    assert proc.returncode == 0, proc.stderr
+    doc = strict_json(proc.stdout)
+    assert isinstance(doc, dict)
+    checks = {c["id"]: c for c in doc["checks"]}
+    assert checks["load.offload"]["status"] == "skip"  # a CPU run: loaded, 0 layers offloaded by request
+    assert checks["load.offload"]["summary"].startswith("CPU run: 0/")
+    text = proc.stdout.replace("\\\\", "\\")  # JSON doubles the backslash of the spelled-out byte
+    assert shown in text and "/proc/self/fd" not in text  # the report names the user's path, not the fd
+
+
 def test_path_with_markup_in_it_is_shown_verbatim(tmp_path: Path) -> None:
     """rich must not read a path as markup (`[/x]` was a MarkupError, exit 70) nor eat `[bold]` from it."""
     for path in ("[/x].gguf", "[bold]y.gguf"):

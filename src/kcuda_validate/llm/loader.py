@@ -13,7 +13,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,29 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@contextlib.contextmanager
+def _engine_path(path: Path) -> Iterator[str]:
+    """A name for `path` that llama-cpp-python can pass to C: it encodes the path as UTF-8, strictly.
+
+    A file name with bytes that are not UTF-8 (legal on Linux) would fail the load with a codec error that
+    reads like a broken model. There the open file is named through /proc/self/fd instead; llama.cpp maps
+    it, so the descriptor can close once the load is done."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        if not os.path.isdir("/proc/self/fd"):
+            yield name
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+    else:
+        yield name
+
+
 class ModelLoader:
     """Loads a GGUF file with llama.cpp, capturing its log as offload evidence."""
 
@@ -285,10 +308,14 @@ class ModelLoader:
         start = time.perf_counter()
         # Llama(verbose=False) redirects fd 1/2 to /dev/null, which would also swallow a native crash's last
         # words; verbose=True keeps them, and its few Python prints are caught here instead.
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            _engine_path(path) as engine_path,
+            contextlib.redirect_stderr(io.StringIO()),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
             try:
                 llm = llama_cpp.Llama(
-                    str(path),
+                    engine_path,
                     n_gpu_layers=gpu_layers,
                     n_ctx=self.opts.n_ctx,
                     n_batch=min(self.opts.n_batch, self.opts.n_ctx),
