@@ -219,3 +219,19 @@ def test_an_idle_gpu_passes_and_an_unlistable_one_is_not_called_idle(
 ) -> None:
     check = _processes_check(monkeypatch, tmp_path, tiny_model, scenario)
     assert (check["status"], check["summary"]) == (status, summary)
+
+
+@pytest.mark.parametrize(("depth", "command"), [(None, "kcuda-validate"), ("1", "python3 -m uv run kcuda-validate")])
+def test_no_gpu_hint_names_the_command_as_it_was_started(
+    depth: str | None, command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CPU-run hint after exit 3 is a command to copy: under `uv run` (the README's line) it must say so."""
+    install("no_driver", monkeypatch, tmp_path)
+    if depth:
+        monkeypatch.setenv("UV_RUN_RECURSION_DEPTH", depth)
+    result = CliRunner().invoke(cli, ["load", "--synthetic", "4MiB"])
+    assert result.exit_code == ExitCode.NO_GPU
+    assert result.stdout.splitlines()[-1] == (
+        "Without a GPU you can still check the rest of the pipeline, labelled as a CPU run: "
+        f"{command} load --device cpu --synthetic 64MiB"
+    )

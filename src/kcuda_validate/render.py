@@ -302,10 +302,12 @@ def render_report(report: Any, console: Console, verbose: int = 0, quiet: bool =
             console.print(_text("  " + line), soft_wrap=True)
     console.print(verdict_line(report))
     if report.exit_code == ExitCode.NO_GPU and report.command != "detect":
+        from kcuda_validate.llm.build import invocation  # `python3 -m uv run kcuda-validate` in a checkout
+
         console.print(
             Text(
                 "Without a GPU you can still check the rest of the pipeline, labelled as a CPU run: "
-                f"kcuda-validate {report.command} --device cpu --synthetic 64MiB",
+                f"{invocation()} {report.command} --device cpu --synthetic 64MiB",
                 style="dim",
             ),
             soft_wrap=True,
