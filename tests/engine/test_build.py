@@ -254,3 +254,41 @@ def test_sigint_during_a_real_build_kills_the_whole_build(tmp_path: Path, projec
     alive = Path(f"/proc/{backend_pid}").exists() and Path(f"/proc/{backend_pid}/stat").read_text().split()[2] != "Z"
     assert not alive, "the build backend outlived the interrupt"
     assert list(out.glob("*.whl")) == []
+
+
+def test_a_killed_setup_takes_its_build_with_it(tmp_path: Path, project: Path) -> None:
+    """SIGKILL leaves no handler to run: the reaper sees its pipe close and stops the build's whole group."""
+    out = tmp_path / "out"
+    out.mkdir()
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        textwrap.dedent(
+            f"""
+            from pathlib import Path
+            from kcuda_validate.engine.build import run_build
+            run_build({_uv()!r}, Path({str(project)!r}), Path({str(out)!r}), dict(__import__("os").environ),
+                      Path({str(tmp_path / "build.log")!r}), lambda p: print(p.done, flush=True))
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(driver)], env=_env(tmp_path, "hang"), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "1"
+    assert proc.stdout.readline().strip() == "2"
+    backend_pid = int((tmp_path / "backend.pid").read_text())
+    proc.kill()
+    proc.wait(timeout=10)
+
+    def running() -> bool:
+        try:
+            return Path(f"/proc/{backend_pid}/stat").read_text().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and running():
+        time.sleep(0.05)
+    assert not running(), "the build backend outlived its SIGKILLed parent"
+    assert list(out.glob("*.whl")) == []

@@ -7,6 +7,7 @@ compiler killed for memory...), read from the log by `classify_failure`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -186,6 +187,11 @@ def run_build(
             errors="replace",
             start_new_session=True,  # one group to kill; the terminal's Ctrl-C reaches us first
         )
+        try:
+            reaper = _start_reaper(proc.pid)
+        except BaseException:
+            _kill_group(proc)
+            raise
         tail: list[str] = []
         try:
             assert proc.stdout is not None
@@ -205,6 +211,8 @@ def run_build(
         except BaseException:
             _kill_group(proc)
             raise
+        finally:
+            _stop_reaper(*reaper)
     if proc.returncode != 0:
         failure = classify_failure("".join(tail))
         cls = DiskFullError if failure.exit_code == ExitCode.DISK_FULL else KcudaError
@@ -217,6 +225,52 @@ def run_build(
     if not wheels:
         raise KcudaError("building llama-cpp-python: uv reported success but wrote no wheel", fix=f"See {log_file}.")
     return BuildResult(wheels[0], time.monotonic() - start, steps, log_file)
+
+
+# The build runs in its own session (so the terminal's Ctrl-C reaches this process first), which also means
+# nothing stops it if this process is SIGKILLed or its terminal closes: uv, CMake, ninja and nvcc would go on
+# for up to half an hour. The reaper is a tiny separate process holding the read end of a pipe only this
+# process can write to: a byte means "done, exit"; EOF means this process died, and the build's group goes.
+_REAPER = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+pgid, fd = int(sys.argv[1]), int(sys.argv[2])
+if not os.read(fd, 1):
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+        time.sleep(3)
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+"""
+
+
+def _start_reaper(pgid: int) -> tuple[subprocess.Popen[bytes], int]:
+    read_end, write_end = os.pipe()  # not inheritable: the build never holds the write end open
+    try:
+        reaper = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(pgid), str(read_end)],
+            pass_fds=(read_end,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        os.close(read_end)
+    return reaper, write_end
+
+
+def _stop_reaper(reaper: subprocess.Popen[bytes], write_end: int) -> None:
+    with contextlib.suppress(OSError):  # the reaper is already gone
+        os.write(write_end, b"d")
+    os.close(write_end)
+    try:
+        reaper.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+        reaper.wait()
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
