@@ -20,22 +20,7 @@ from click.testing import CliRunner
 
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
-from procs import catches
-
-
-def _procs_with_marker(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (entry / "environ").read_bytes():
-                state = (entry / "stat").read_text().split(")")[-1].split()[0]
-                if state != "Z":
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+from procs import catches, with_marker
 
 
 @pytest.fixture
@@ -76,7 +61,7 @@ def test_native_crash_becomes_a_failed_check(
     assert [tc.get("name") for tc in failures] == [f"{stage}.crash: {stage.capitalize()} stage"]
     if stage == "infer":  # the load before the crash still counts
         assert any(c["id"] == "load.model" and c["status"] == "pass" for c in doc["checks"])
-    assert _procs_with_marker(marker) == []
+    assert with_marker(marker) == []
 
 
 def test_hang_is_killed_at_the_timeout(
@@ -89,7 +74,7 @@ def test_hang_is_killed_at_the_timeout(
     assert result.exit_code == ExitCode.TIMEOUT
     check = next(c for c in doc["checks"] if c["id"] == "load.timeout")
     assert "did not finish within 2 s" in check["summary"]
-    assert _procs_with_marker(marker) == []
+    assert with_marker(marker) == []
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -125,7 +110,7 @@ def test_interrupt_stops_the_worker_and_writes_a_partial_report(
     check = next(c for c in doc["checks"] if c["id"] == "load.interrupted")
     name = signal.Signals(signum).name
     assert check["summary"] == f"interrupted by {name} during load; the worker process was stopped"
-    assert _procs_with_marker(marker) == []
+    assert with_marker(marker) == []
     assert report.stat().st_mode & 0o777 == 0o666 & ~_umask()  # a normal file, not mkstemp's 0600
 
 
@@ -137,7 +122,7 @@ def test_worker_exit_without_result_is_reported(
     assert result.exit_code == ExitCode.CRASHED
     crash = next(c for c in doc["checks"] if c["id"] == "infer.crash")
     assert "status 3" in crash["summary"]
-    assert _procs_with_marker(marker) == []
+    assert with_marker(marker) == []
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

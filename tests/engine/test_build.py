@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from wheels import uv_command
 
 from kcuda_validate.engine.build import classify_failure, parse_progress, run_build
 from kcuda_validate.errors import DiskFullError, ExitCode, KcudaError
+from procs import alive, wait_for
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "build_logs"
 
@@ -142,18 +144,6 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 '''
 
 
-def _uv() -> list[str]:
-    uv = os.environ.get("UV") or shutil.which("uv")
-    if uv:
-        return [uv]
-    try:
-        import uv as uv_module  # the pip-installed uv the README installs
-
-        return [uv_module.find_uv_bin()]
-    except ImportError:
-        pytest.skip("no uv here")
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     src = tmp_path / "llama_cpp_python-0.0.1"
@@ -187,7 +177,7 @@ def test_a_real_uv_build_reports_each_step_and_returns_the_wheel(tmp_path: Path,
     out.mkdir()
     seen: list[tuple[int, int, str]] = []
     result = run_build(
-        _uv(),
+        uv_command(),
         project,
         out,
         _env(tmp_path, "ok"),
@@ -205,7 +195,7 @@ def test_a_failing_build_is_one_error_naming_the_cause_and_the_log(tmp_path: Pat
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(KcudaError) as err:
-        run_build(_uv(), project, out, _env(tmp_path, "fail"), tmp_path / "build.log")
+        run_build(uv_command(), project, out, _env(tmp_path, "fail"), tmp_path / "build.log")
     assert not isinstance(err.value, DiskFullError)
     assert err.value.exit_code == ExitCode.GPU_UNUSABLE
     assert (
@@ -216,9 +206,8 @@ def test_a_failing_build_is_one_error_naming_the_cause_and_the_log(tmp_path: Pat
     assert list(out.glob("*.whl")) == []
 
 
-def test_sigint_during_a_real_build_kills_the_whole_build(tmp_path: Path, project: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
+def _hanging_build(tmp_path: Path, project: Path, out: Path) -> tuple[subprocess.Popen[str], int]:
+    """A process running `run_build` on the backend that hangs at step 2: it and the backend's pid, once there."""
     driver = tmp_path / "driver.py"
     driver.write_text(
         textwrap.dedent(
@@ -227,7 +216,7 @@ def test_sigint_during_a_real_build_kills_the_whole_build(tmp_path: Path, projec
             from pathlib import Path
             from kcuda_validate.engine.build import run_build
             try:
-                run_build({_uv()!r}, Path({str(project)!r}), Path({str(out)!r}), dict(__import__("os").environ),
+                run_build({uv_command()!r}, Path({str(project)!r}), Path({str(out)!r}), dict(__import__("os").environ),
                           Path({str(tmp_path / "build.log")!r}), lambda p: print(p.done, flush=True))
             except KeyboardInterrupt:
                 print("interrupted", flush=True)
@@ -241,18 +230,18 @@ def test_sigint_during_a_real_build_kills_the_whole_build(tmp_path: Path, projec
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "1"
     assert proc.stdout.readline().strip() == "2"
-    backend_pid = int((tmp_path / "backend.pid").read_text())
+    return proc, int((tmp_path / "backend.pid").read_text())
+
+
+def test_sigint_during_a_real_build_kills_the_whole_build(tmp_path: Path, project: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    proc, backend_pid = _hanging_build(tmp_path, project, out)
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert rest.strip() == "interrupted"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and Path(f"/proc/{backend_pid}").exists():
-        if Path(f"/proc/{backend_pid}/stat").read_text().split()[2] == "Z":
-            break
-        time.sleep(0.05)
-    alive = Path(f"/proc/{backend_pid}").exists() and Path(f"/proc/{backend_pid}/stat").read_text().split()[2] != "Z"
-    assert not alive, "the build backend outlived the interrupt"
+    assert wait_for(lambda: not alive(backend_pid), 10), "the build backend outlived the interrupt"
     assert list(out.glob("*.whl")) == []
 
 
@@ -260,35 +249,8 @@ def test_a_killed_setup_takes_its_build_with_it(tmp_path: Path, project: Path) -
     """SIGKILL leaves no handler to run: the reaper sees its pipe close and stops the build's whole group."""
     out = tmp_path / "out"
     out.mkdir()
-    driver = tmp_path / "driver.py"
-    driver.write_text(
-        textwrap.dedent(
-            f"""
-            from pathlib import Path
-            from kcuda_validate.engine.build import run_build
-            run_build({_uv()!r}, Path({str(project)!r}), Path({str(out)!r}), dict(__import__("os").environ),
-                      Path({str(tmp_path / "build.log")!r}), lambda p: print(p.done, flush=True))
-            """
-        )
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(driver)], env=_env(tmp_path, "hang"), stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "1"
-    assert proc.stdout.readline().strip() == "2"
-    backend_pid = int((tmp_path / "backend.pid").read_text())
+    proc, backend_pid = _hanging_build(tmp_path, project, out)
     proc.kill()
     proc.wait(timeout=10)
-
-    def running() -> bool:
-        try:
-            return Path(f"/proc/{backend_pid}/stat").read_text().split()[2] != "Z"
-        except FileNotFoundError:
-            return False
-
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline and running():
-        time.sleep(0.05)
-    assert not running(), "the build backend outlived its SIGKILLed parent"
+    assert wait_for(lambda: not alive(backend_pid), 8), "the build backend outlived its SIGKILLed parent"
     assert list(out.glob("*.whl")) == []

@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from wheels import make_wheel
+from wheels import make_wheel, uv_command
 
 from kcuda_validate.engine import install as inst
-
-
-def _uv() -> list[str]:
-    uv = os.environ.get("UV") or shutil.which("uv")
-    if uv:
-        return [uv]
-    try:
-        import uv as uv_module
-
-        return [uv_module.find_uv_bin()]
-    except ImportError:
-        pytest.skip("no uv here")
 
 
 @pytest.fixture
@@ -58,7 +45,7 @@ def project(tmp_path: Path) -> Path:
     env = _env(tmp_path)
     for args in (["lock"], ["sync", "--locked"]):
         done = subprocess.run(
-            [*_uv(), *args, "--python", sys.executable], cwd=proj, env=env, capture_output=True, text=True
+            [*uv_command(), *args, "--python", sys.executable], cwd=proj, env=env, capture_output=True, text=True
         )
         assert done.returncode == 0, done.stderr
     return proj
@@ -73,7 +60,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _engine_via_uv_run(proj: Path, tmp_path: Path) -> str:
     done = subprocess.run(
-        [*_uv(), "run", "python", "-c", "import llama_cpp; print(llama_cpp.ENGINE)"],
+        [*uv_command(), "run", "python", "-c", "import llama_cpp; print(llama_cpp.ENGINE)"],
         cwd=proj,
         env=_env(tmp_path),
         capture_output=True,
@@ -95,12 +82,14 @@ def _python(proj: Path) -> str:
 def test_uv_run_keeps_the_engine_setup_swapped_in(project: Path, tmp_path: Path) -> None:
     assert _engine_via_uv_run(project, tmp_path) == "old"
     new = make_wheel(tmp_path / "built", "new")
-    inst.swap_in(_uv(), _python(project), new, _site(project), io.StringIO(), tmp_path / "log")
+    inst.swap_in(uv_command(), _python(project), new, _site(project), io.StringIO(), tmp_path / "log")
     info = next(_site(project).glob("llama_cpp_python-*.dist-info"))
     assert not (info / "direct_url.json").exists()
     assert "direct_url.json" not in (info / "RECORD").read_text()
     assert _engine_via_uv_run(project, tmp_path) == "new"
-    done = subprocess.run([*_uv(), "sync", "--locked"], cwd=project, env=_env(tmp_path), capture_output=True, text=True)
+    done = subprocess.run(
+        [*uv_command(), "sync", "--locked"], cwd=project, env=_env(tmp_path), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert _engine_via_uv_run(project, tmp_path) == "new"
 
@@ -110,7 +99,7 @@ def test_without_forgetting_the_source_uv_run_puts_the_locked_build_back(project
     new = make_wheel(tmp_path / "built", "new")
     log = io.StringIO()
     done = inst.run_uv(
-        _uv(), ["pip", "install", "--python", _python(project), "--no-deps", "--reinstall", str(new)], log
+        uv_command(), ["pip", "install", "--python", _python(project), "--no-deps", "--reinstall", str(new)], log
     )
     assert done.returncode == 0, done.stderr
     assert _engine_via_uv_run(project, tmp_path) == "old"
@@ -121,11 +110,13 @@ def test_the_repacked_install_is_a_wheel_that_puts_the_previous_build_back(proje
     backup = inst.repack_installed(site, tmp_path / "backup")
     assert backup is not None and backup.suffix == ".whl"
     new = make_wheel(tmp_path / "built", "new")
-    inst.swap_in(_uv(), _python(project), new, site, io.StringIO(), tmp_path / "log")
+    inst.swap_in(uv_command(), _python(project), new, site, io.StringIO(), tmp_path / "log")
     assert _engine_via_uv_run(project, tmp_path) == "new"
-    inst.swap_in(_uv(), _python(project), backup, site, io.StringIO(), tmp_path / "log")
+    inst.swap_in(uv_command(), _python(project), backup, site, io.StringIO(), tmp_path / "log")
     assert _engine_via_uv_run(project, tmp_path) == "old"
-    check = subprocess.run([*_uv(), "pip", "check", "--python", _python(project)], capture_output=True, text=True)
+    check = subprocess.run(
+        [*uv_command(), "pip", "check", "--python", _python(project)], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -147,7 +138,7 @@ def _cached_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: igno
 
     key = cache_key("0.3.36", (12, 4), (89,))
     make_wheel(tmp_path / "cache" / "engine" / "wheels" / key, "new")
-    facts = facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path, cached=(key,), compiler=None, uv=tuple(_uv()))
+    facts = facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path, cached=(key,), compiler=None, uv=tuple(uv_command()))
     plan = make_plan(facts, SetupOptions())
     assert (plan.action, plan.key) == ("install_cached", key)
     return plan

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import shutil
 import zipfile
 from pathlib import Path
+
+import pytest
 
 NAME = "llama_cpp_python"
 VERSION = "0.3.36"
@@ -38,3 +42,16 @@ def make_wheel(directory: Path, engine: str, version: str = VERSION, extra: dict
             z.writestr(name, text)
         z.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
     return path
+
+
+def uv_command() -> list[str]:
+    """The uv the tests drive: $UV, one on PATH, or the pip-installed one the README installs."""
+    uv = os.environ.get("UV") or shutil.which("uv")
+    if uv:
+        return [uv]
+    try:
+        import uv as uv_module
+
+        return [uv_module.find_uv_bin()]
+    except ImportError:
+        pytest.skip("no uv here")
