@@ -12,6 +12,7 @@ a real load in tests/model/test_fit.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,23 +177,27 @@ def host_available() -> int | None:
 
 def _max_ctx(info: GgufInfo, w: _Weights, budget: int, gpu_layers: int, gpu: bool, flash_attn: bool = False) -> int:
     """The largest context that fits: a binary search, ~32 estimates for any trained context."""
-    lo, hi = 0, info.context_length or 131072
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _estimate(info, w, mid, gpu_layers, 512, gpu, flash_attn).total <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return _largest(
+        info.context_length or 131072,
+        lambda n_ctx: _estimate(info, w, n_ctx, gpu_layers, 512, gpu, flash_attn).total <= budget,
+    )
 
 
 def _max_layers(info: GgufInfo, w: _Weights, budget: int, n_ctx: int, flash_attn: bool = False) -> int:
     """The most --gpu-layers that fit. The estimate only grows with the layer count, so this is a binary search:
     ~log2(n_layer) estimates, never one per layer (a header can claim any layer count)."""
-    lo, hi = 0, (info.block_count or 0) + 1
+    return _largest(
+        (info.block_count or 0) + 1,
+        lambda layers: _estimate(info, w, n_ctx, layers, 512, True, flash_attn).total <= budget,
+    )
+
+
+def _largest(hi: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in [0, hi] with fits(n), for a `fits` that only turns false as n grows (0 if none)."""
+    lo = 0
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _estimate(info, w, n_ctx, mid, 512, True, flash_attn).total <= budget:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
