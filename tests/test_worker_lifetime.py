@@ -171,6 +171,15 @@ def _started(worker: int) -> bool:
         return False
 
 
+def _release(parent: subprocess.Popen[str], worker: int, held: list[int]) -> None:
+    """Whatever the test's outcome: no fd, stand-in parent or worker left behind."""
+    for fd in held:
+        os.close(fd)
+    parent.kill()
+    parent.wait(timeout=10)
+    _cleanup(worker)
+
+
 @pytest.mark.parametrize("mode", ["lifeline", "pdeathsig"])
 def test_each_mechanism_alone_stops_an_idle_worker(mode: str, marker: str) -> None:
     parent, worker, held = _stand_in(mode, _cli_env(marker))
@@ -180,11 +189,7 @@ def test_each_mechanism_alone_stops_an_idle_worker(mode: str, marker: str) -> No
         parent.wait(timeout=10)
         assert wait_for(lambda: not alive(worker), GONE_WITHIN_S), f"{mode} alone did not stop the worker"
     finally:
-        for fd in held:
-            os.close(fd)
-        parent.kill()
-        parent.wait(timeout=10)
-        _cleanup(worker)
+        _release(parent, worker, held)
 
 
 @pytest.mark.slow
@@ -212,11 +217,7 @@ def test_the_lifeline_alone_stops_llama_cpp_in_the_middle_of_compute(
         parent.wait(timeout=10)
         assert wait_for(lambda: not alive(worker), GONE_WITHIN_S), "the lifeline did not stop llama.cpp's compute"
     finally:
-        for fd in held:
-            os.close(fd)
-        parent.kill()
-        parent.wait(timeout=10)
-        _cleanup(worker)
+        _release(parent, worker, held)
 
 
 def test_a_worker_whose_parent_died_before_it_started_stops_at_once(marker: str) -> None:
