@@ -25,12 +25,12 @@ from fakes.hardware import (
     build_root,
 )
 from kcuda_validate.checks import Check, Status
-from kcuda_validate.cli.detect import _model_dir
 from kcuda_validate.detect import DetectOptions, DetectReport, GpuDetector, parse_visible_devices
 from kcuda_validate.errors import ExitCode, UsageError
 from kcuda_validate.gpu.nvml import GpuInfo, GpuLostError, Nvml, NvmlInitError
 from kcuda_validate.gpu.platform import mount_fstype, on_windows_mount, probe_platform
 from kcuda_validate.llm.build import setup_fix
+from kcuda_validate.model.source import hub_cache_dir
 
 ALL = sorted(SCENARIOS)
 
@@ -238,7 +238,7 @@ EXPECT: dict[str, Expect] = {
 
 def run_detect(**options: object) -> DetectReport:
     """The detector as the CLI builds it (including the Hub cache directory it checks on WSL2)."""
-    return GpuDetector(DetectOptions(model_dir=_model_dir(), **options)).run()  # type: ignore[arg-type]
+    return GpuDetector(DetectOptions(model_dir=hub_cache_dir(), **options)).run()  # type: ignore[arg-type]
 
 
 def by_id(report: DetectReport) -> dict[str, Check]:

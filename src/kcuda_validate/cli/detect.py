@@ -29,6 +29,7 @@ from kcuda_validate.cli._common import DEVICE, FiniteFloatRange, make_output, ou
 def detect(ctx: click.Context, device: Any, skip_torch: bool, min_vram_gb: float, min_compute: float, **kw: Any) -> int:
     """Detect NVIDIA GPUs and diagnose the driver, CUDA, PyTorch and llama-cpp-python."""
     from kcuda_validate.detect import DetectOptions, GpuDetector
+    from kcuda_validate.model.source import hub_cache_dir
     from kcuda_validate.report import Report
 
     ui = make_output(ctx, **kw)
@@ -43,7 +44,7 @@ def detect(ctx: click.Context, device: Any, skip_torch: bool, min_vram_gb: float
             min_vram_gb=min_vram_gb,
             min_compute=min_compute,
             cpu_mode=cpu,
-            model_dir=_model_dir(),
+            model_dir=hub_cache_dir(),
         )
     ).run()
     report.add(*result.checks)
@@ -56,17 +57,3 @@ def detect(ctx: click.Context, device: Any, skip_torch: bool, min_vram_gb: float
         report.torch_cuda = result.torch.cuda_build
     ui.result(report)
     return int(report.exit_code)
-
-
-def _model_dir() -> Any:
-    """The Hub cache directory, checked for a slow Windows mount on WSL2 (no Hub import needed)."""
-    import os
-    from pathlib import Path
-
-    cache = os.environ.get("HF_HUB_CACHE")
-    if cache:
-        return Path(cache)
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
-    )
-    return Path(home) / "hub"

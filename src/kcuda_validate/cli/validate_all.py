@@ -37,8 +37,8 @@ def validate_all(ctx: click.Context, **kw: Any) -> int:
     """Run the whole check: GPU stack, model load with offload proof, measured inference."""
 
     def detect_options(run: Any) -> Any:
-        from kcuda_validate.cli.detect import _model_dir
         from kcuda_validate.detect import DetectOptions
+        from kcuda_validate.model.source import hub_cache_dir
 
         return DetectOptions(
             device=run.device,
@@ -46,7 +46,7 @@ def validate_all(ctx: click.Context, **kw: Any) -> int:
             min_vram_gb=kw.get("min_vram_gb", 2.0),
             min_compute=kw.get("min_compute", 6.1),
             cpu_mode=run.load.cpu_mode,
-            model_dir=_model_dir(),
+            model_dir=hub_cache_dir(),
         )
 
     return run_model_command(ctx, kw, "validate-all", with_infer=True, detect_options=detect_options)

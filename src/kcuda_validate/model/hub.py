@@ -109,10 +109,10 @@ class ModelFile:
 
 
 def cache_dir() -> Path:
-    """The Hub cache directory huggingface_hub uses in this process (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache)."""
-    from huggingface_hub import constants
+    """The Hub cache directory (one resolution for the whole tool: model.source.hub_cache_dir)."""
+    from kcuda_validate.model.source import hub_cache_dir
 
-    return Path(constants.HF_HUB_CACHE).expanduser()
+    return hub_cache_dir()
 
 
 def find_cached(repo_id: str, filename: str, revision: str | None = None) -> Path | None:

@@ -13,6 +13,18 @@ from typing import Any
 from kcuda_validate.errors import ModelInvalidError, UsageError
 
 
+def hub_cache_dir() -> Path:
+    """The Hugging Face Hub cache directory, resolved as huggingface_hub does (HF_HUB_CACHE, else HF_HOME/hub,
+    else $XDG_CACHE_HOME or ~/.cache, then huggingface/hub), without importing it: detect reads it too."""
+    cache = os.environ.get("HF_HUB_CACHE")
+    if cache:
+        return Path(cache).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The user's choice, as parsed from the command line."""
