@@ -11,7 +11,7 @@ import click
 from kcuda_validate.cli._common import make_output, output_options
 
 
-class ArchList(click.ParamType):
+class ArchList(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click; >=8.1 is allowed
     """`--arch 89,90` or `--arch 8.9,9.0`: compute capabilities as CMake spells them."""
 
     name = "ARCH[,ARCH...]"
@@ -160,7 +160,7 @@ def run_setup_step(ui: Any, kw: dict[str, Any], dry_run: bool = False) -> Any:
 @setup_options
 @output_options
 @click.pass_context
-def setup(ctx: click.Context, dry_run: bool, wheel_dir: Path | None, **kw: Any) -> int:
+def setup(ctx: click.Context, /, dry_run: bool, wheel_dir: Path | None, **kw: Any) -> int:
     """Build (or reuse) a CUDA llama-cpp-python for this machine's GPUs and install it, verified, into this
     environment. Needs only the NVIDIA driver: a CUDA toolkit comes from the package index when none fits."""
     from kcuda_validate.engine.setup import setup_checks

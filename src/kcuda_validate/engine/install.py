@@ -197,9 +197,10 @@ def add_stamp(wheel: Path, stamp: Mapping[str, Any]) -> None:
 
 def read_stamp(site: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((site / STAMP).read_text())
+        stamp = json.loads((site / STAMP).read_text())
     except (OSError, ValueError):
         return None
+    return stamp if isinstance(stamp, dict) else None
 
 
 def _dist_info(site: Path) -> Path | None:
@@ -302,7 +303,8 @@ def probe(python: str, pythonpath: Path | None = None, timeout_s: float = 120.0)
         how = signal.Signals(-proc.returncode).name if proc.returncode < 0 else f"exit status {proc.returncode}"
         last = (proc.stderr.strip().splitlines() or [""])[-1]
         return {"os_error": f"libllama crashed while loading ({how}) {last}".strip()}
-    return json.loads(proc.stdout)
+    answer = json.loads(proc.stdout)
+    return answer if isinstance(answer, dict) else {"os_error": f"libllama probe answered {proc.stdout.strip()[:80]!r}"}
 
 
 def judge(raw: Mapping[str, Any], archs: Sequence[int], gpu_ccs: Sequence[tuple[int, int]]) -> Verification:

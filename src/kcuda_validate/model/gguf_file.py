@@ -208,6 +208,10 @@ class GgufInfo:
         arch = self.architecture
         return default if arch is None else self.metadata.get(f"{arch}.{suffix}", default)
 
+    def arch_int(self, suffix: str) -> int | None:
+        """An integer hyperparameter (the first entry of a per-layer array); None when absent or not an integer."""
+        return _as_int(_first(self.arch_key(suffix)))
+
     @property
     def architecture(self) -> str | None:
         return self.metadata.get("general.architecture")
@@ -246,34 +250,34 @@ class GgufInfo:
 
     @property
     def context_length(self) -> int | None:
-        return self.arch_key("context_length")
+        return self.arch_int("context_length")
 
     @property
     def block_count(self) -> int | None:
-        return self.arch_key("block_count")
+        return self.arch_int("block_count")
 
     @property
     def embedding_length(self) -> int | None:
-        return self.arch_key("embedding_length")
+        return self.arch_int("embedding_length")
 
     @property
     def head_count(self) -> int | None:
-        return _first(self.arch_key("attention.head_count"))
+        return self.arch_int("attention.head_count")
 
     @property
     def head_count_kv(self) -> int | None:
-        return _first(self.arch_key("attention.head_count_kv")) or self.head_count
+        return self.arch_int("attention.head_count_kv") or self.head_count
 
     @property
     def key_length(self) -> int | None:
-        k = self.arch_key("attention.key_length")
+        k = self.arch_int("attention.key_length")
         if k is None and self.embedding_length and self.head_count:
             return self.embedding_length // self.head_count
         return k
 
     @property
     def value_length(self) -> int | None:
-        v = self.arch_key("attention.value_length")
+        v = self.arch_int("attention.value_length")
         return v if v is not None else self.key_length
 
     @property
@@ -287,7 +291,7 @@ class GgufInfo:
             return tokens.length
         if isinstance(tokens, list):
             return len(tokens)
-        return self.arch_key("vocab_size")
+        return self.arch_int("vocab_size")
 
     @property
     def has_chat_template(self) -> bool:
@@ -322,6 +326,10 @@ class GgufInfo:
             "chat_template": self.has_chat_template,
             "synthetic": self.is_synthetic,
         }
+
+
+def _as_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _first(value: Any) -> Any:
