@@ -39,7 +39,8 @@ def import_pynvml() -> ModuleType:
     """The hardware seam: tests replace this with a scenario fake."""
     import pynvml
 
-    return pynvml
+    module: ModuleType = pynvml  # untyped package: named as the module it is
+    return module
 
 
 class NvmlInitError(Exception):
