@@ -16,7 +16,6 @@ ignored during the worker stages; SIGTERM always stops the run.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import selectors
@@ -26,15 +25,20 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcuda_validate.errors import Interrupted
 
+if TYPE_CHECKING:  # the protocol imports the llm modules: not before the early worker is spawned
+    from kcuda_validate.llm.inference import InferenceResult
+    from kcuda_validate.llm.loader import LoadResult
+    from kcuda_validate.worker_protocol import WorkerError, WorkerEvent, WorkerRequest
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Interrupted", "Worker", "WorkerCrash", "WorkerOutcome"]
+__all__ = ["Interrupted", "Worker", "WorkerCrash", "WorkerInterrupt", "WorkerOutcome", "WorkerTimeout"]
 
 HINTS = {
     "SIGSEGV": "A segmentation fault inside llama.cpp or the CUDA driver: update the driver and llama-cpp-python, "
@@ -78,17 +82,28 @@ class WorkerCrash:
         }
 
 
-@dataclass
-class WorkerOutcome:
-    """What came back from the child. Exactly one of the terminal fields explains a stop."""
+@dataclass(frozen=True)
+class WorkerTimeout:
+    stage: str
+    timeout_s: float
 
-    loaded: dict[str, Any] | None = None
-    inferred: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+
+@dataclass(frozen=True)
+class WorkerInterrupt:
+    stage: str
+    signum: int
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    """What came back from the child. At most one of error, crash, timeout, interrupted explains a stop."""
+
+    loaded: LoadResult | None = None
+    inferred: InferenceResult | None = None
+    error: WorkerError | None = None
     crash: WorkerCrash | None = None
-    timeout_stage: str | None = None
-    timeout_s: float | None = None
-    interrupted: int | None = None  # signal number
+    timeout: WorkerTimeout | None = None
+    interrupted: WorkerInterrupt | None = None
     stage: str = "start"
     log_tail: tuple[str, ...] = ()
 
@@ -152,17 +167,20 @@ class Worker:
             self._tail.append(line)
             child_log.debug("%s", line)
 
-    def send(self, obj: Any) -> None:
+    def send(self, line: str) -> None:
         assert self.proc is not None
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write((json.dumps(obj) if not isinstance(obj, str) else obj) + "\n")
+            self.proc.stdin.write(line + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             log.debug("worker stdin closed")
 
-    def _events(self, deadline: float | None) -> Any:
-        """Yield decoded events until EOF; raise TimeoutError at the deadline."""
+    def _events(self, deadline: Callable[[], float | None]) -> Iterator[WorkerEvent]:
+        """Yield decoded events until EOF; raise TimeoutError at the deadline (read again after each event:
+        every stage gets its own)."""
+        from kcuda_validate.worker_protocol import decode_event
+
         assert self.proc is not None
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
@@ -174,8 +192,9 @@ class Worker:
                 while "\n" in self._buf:
                     line, self._buf = self._buf.split("\n", 1)
                     if line.strip():
-                        yield json.loads(line)
-                remaining = None if deadline is None else deadline - time.monotonic()
+                        yield decode_event(line)
+                until = deadline()
+                remaining = None if until is None else until - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError
                 ready = sel.select(timeout=min(remaining, 0.5) if remaining is not None else 0.5)
@@ -231,77 +250,92 @@ class Worker:
 
     def run(
         self,
-        request: dict[str, Any],
+        request: WorkerRequest,
         timeout_s: float | None,
         on_text: Callable[[str], None] | None = None,
-        on_loaded: Callable[[dict[str, Any]], None] | None = None,
+        on_loaded: Callable[[LoadResult], None] | None = None,
         before_infer: Callable[[], None] | None = None,
         after_infer: Callable[[], None] | None = None,
     ) -> WorkerOutcome:
         """Drive one request; each stage gets `timeout_s` seconds."""
+        from kcuda_validate.worker_protocol import (
+            GO,
+            Done,
+            Failed,
+            Inferred,
+            Loaded,
+            StageStarted,
+            TextPiece,
+            encode_request,
+        )
+
         if self.proc is None:
             self.start()
         assert self.proc is not None
-        out = WorkerOutcome()
+        stage = "start"
+        loaded: LoadResult | None = None
+        inferred: InferenceResult | None = None
+        error: WorkerError | None = None
+        timeout: WorkerTimeout | None = None
+        interrupted: WorkerInterrupt | None = None
+        stage_deadline: list[float | None] = [None]
+
+        def restart_clock() -> None:
+            stage_deadline[0] = time.monotonic() + timeout_s if timeout_s else None
+
         handlers = _install_signal_handlers()
         try:
-            self.send(request)
-            deadline = time.monotonic() + timeout_s if timeout_s else None
-            for ev in self._events(deadline):
-                kind = ev["event"]
-                if kind == "stage":
-                    out.stage = ev["stage"]
-                    deadline = time.monotonic() + timeout_s if timeout_s else None
-                elif kind == "loaded":
-                    out.loaded = ev
-                    if on_loaded is not None:
-                        on_loaded(ev)
-                    if request.get("infer") is not None:
-                        if before_infer is not None:
-                            before_infer()
-                        self.send("go")
-                elif kind == "text":
-                    if on_text is not None:
-                        on_text(ev["text"])
-                elif kind == "inferred":
-                    if after_infer is not None:
-                        after_infer()
-                    out.inferred = ev["result"]
-                elif kind == "error":
-                    out.error = ev
-                elif kind == "done":
-                    self._done = True
-                    break
+            self.send(encode_request(request))
+            restart_clock()
+            for ev in self._events(lambda: stage_deadline[0]):
+                match ev:
+                    case StageStarted():
+                        stage = ev.stage
+                        restart_clock()
+                    case Loaded():
+                        loaded = ev.result
+                        if on_loaded is not None:
+                            on_loaded(ev.result)
+                        if request.infer is not None:
+                            if before_infer is not None:
+                                before_infer()
+                            self.send(GO)
+                    case TextPiece():
+                        if on_text is not None:
+                            on_text(ev.text)
+                    case Inferred():
+                        if after_infer is not None:
+                            after_infer()
+                        inferred = ev.result
+                    case Failed():
+                        error = ev.error
+                    case Done():
+                        self._done = True
+                        break
         except TimeoutError:
-            out.timeout_stage, out.timeout_s = out.stage, timeout_s
+            timeout = WorkerTimeout(stage, float(timeout_s or 0))
             self.kill()
         except Interrupted as exc:
-            out.interrupted = exc.signum
+            interrupted = WorkerInterrupt(stage, exc.signum)
             self.kill()
         except KeyboardInterrupt:
-            out.interrupted = signal.SIGINT
+            interrupted = WorkerInterrupt(stage, signal.SIGINT)
             self.kill()
         finally:
             _restore_signal_handlers(handlers)
         rc = self._finish()
-        out.log_tail = tuple(self._tail)
-        if (
-            out.timeout_stage is None
-            and out.interrupted is None
-            and out.error is None
-            and rc != 0
-            and (out.inferred is None if request.get("infer") is not None else out.loaded is None)
-        ):
+        crash = None
+        unfinished = inferred is None if request.infer is not None else loaded is None
+        if timeout is None and interrupted is None and error is None and rc != 0 and unfinished:
             sig = signal.Signals(-rc).name if rc < 0 else None
-            cpu = bool((request.get("load") or {}).get("cpu_mode")) or request.get("cuda_visible_devices") == ""
-            out.crash = WorkerCrash(
-                stage=out.stage,
+            crash = WorkerCrash(
+                stage=stage,
                 signal=sig,
                 returncode=rc,
                 log_tail=tuple(list(self._tail)[-15:]),
-                hint=crash_hint(sig, rc, cpu),
+                hint=crash_hint(sig, rc, request.cpu_only),
             )
-        return out
+        return WorkerOutcome(loaded, inferred, error, crash, timeout, interrupted, stage, tuple(self._tail))
 
     def _finish(self) -> int:
         assert self.proc is not None

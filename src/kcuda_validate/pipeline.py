@@ -28,11 +28,11 @@ from kcuda_validate.gpu.nvml import (
 )
 from kcuda_validate.isolation import Interrupted, Worker, WorkerOutcome
 from kcuda_validate.llm.inference import InferenceResult, InferOptions
-from kcuda_validate.llm.llamalog import LogLine, parse_load_log
-from kcuda_validate.llm.loader import LoadOptions, judge_offload
+from kcuda_validate.llm.loader import LoadOptions, LoadResult, judge_offload
 from kcuda_validate.model.gguf_file import GgufInfo, read_gguf
 from kcuda_validate.model.source import ModelSpec, ResolvedModel, resolve_model
 from kcuda_validate.report import Report
+from kcuda_validate.worker_protocol import ErrorKind, WorkerError, WorkerRequest
 
 log = logging.getLogger(__name__)
 
@@ -325,13 +325,13 @@ class Stages:
     # -- worker ----------------------------------------------------------------------------------------------
     def run_model(self, run: ModelRun, resolved: ResolvedModel, info: GgufInfo, worker: Worker | None = None) -> bool:
         """Load (and infer) in the child; add load/infer checks and metrics. False when a stage failed."""
-        request = self._request(run, resolved, info)
+        request = self._request(run, resolved)
         worker = worker or Worker()
         sampler_box: dict[str, Any] = {}
         before = self.gpu.vram_used() if self.gpu and not run.load.cpu_mode else None
         vram_after: dict[str, int | None] = {}
 
-        def on_loaded(ev: dict[str, Any]) -> None:
+        def on_loaded(loaded: LoadResult) -> None:
             vram_after["v"] = self.gpu.vram_used() if self.gpu and not run.load.cpu_mode else None
             self.ui.progress("Generating…")
 
@@ -359,14 +359,13 @@ class Stages:
         self.ui.end_stream()
         return self._judge(run, info, outcome, before, vram_after.get("v"), sampler_box.get("summary"))
 
-    def _request(self, run: ModelRun, resolved: ResolvedModel, info: GgufInfo) -> dict[str, Any]:
-        return {
-            "model_path": str(resolved.path),
-            "n_layer": info.block_count,
-            "load": dataclasses.asdict(run.load),
-            "infer": dataclasses.asdict(run.infer) if run.infer is not None else None,
-            "cuda_visible_devices": self.gpu.info.uuid if self.gpu is not None and self.gpu.info.uuid else None,
-        }
+    def _request(self, run: ModelRun, resolved: ResolvedModel) -> WorkerRequest:
+        return WorkerRequest(
+            model_path=resolved.path,
+            load=run.load,
+            infer=run.infer,
+            cuda_visible_devices=self.gpu.info.uuid if self.gpu is not None and self.gpu.info.uuid else None,
+        )
 
     def _judge(
         self,
@@ -382,45 +381,41 @@ class Stages:
             return False
         if out.error is not None and out.loaded is None:
             e = out.error
-            r.add(
-                Check(
-                    "load.model",
-                    "load",
-                    "Model load",
-                    Status.FAIL,
-                    e["message"],
-                    {"log_tail": list(out.log_tail[-15:])},
-                    e.get("fix"),
-                    ExitCode(e.get("exit_code", 1)),
-                )
-            )
-            self.ui.error(e["message"], e.get("fix"))
+            r.add(self._error_check("load.model", "load", "Model load", e, out))
+            self.ui.error(e.message, e.fix)
             r.stopped_at = "load"
             return False
-        loaded = out.loaded or {}
-        res = loaded.get("result", {})
-        lines = [LogLine(level, text) for level, text in loaded.get("log", [])]
-        evidence = parse_load_log(lines)
+        assert out.loaded is not None
+        res = out.loaded
+        evidence = res.evidence
         delta = after - before if after is not None and before is not None else None
         verdict = judge_offload(evidence, run.load, info.block_count, delta, self.gpu.info.name if self.gpu else None)
-        r.sections["load"] = res | {"offload": verdict.to_json(), "evidence": evidence.to_json()}
+        r.sections["load"] = {
+            "model_path": str(res.model_path),
+            "n_ctx": res.n_ctx,
+            "gpu_layers_requested": res.options.gpu_layers,
+            "cpu_mode": res.options.cpu_mode,
+            "load_s": res.load_s,
+            "offload": verdict.to_json(),
+            "evidence": evidence.to_json(),
+            "vram_used_before_bytes": before,
+            "vram_used_after_bytes": after,
+        }
         r.add(
             passed(
                 "load.model",
                 "load",
                 "Model load",
-                f"loaded in {res.get('load_s', 0):.2f} s (n_ctx {res.get('n_ctx')}, "
+                f"loaded in {res.load_s:.2f} s (n_ctx {res.n_ctx}, "
                 f"{'all' if run.load.gpu_layers < 0 else run.load.gpu_layers} GPU layers requested)"
                 if not run.load.cpu_mode
-                else f"loaded in {res.get('load_s', 0):.2f} s (n_ctx {res.get('n_ctx')}, CPU only)",
-                load_s=res.get("load_s"),
-                n_ctx=res.get("n_ctx"),
+                else f"loaded in {res.load_s:.2f} s (n_ctx {res.n_ctx}, CPU only)",
+                load_s=res.load_s,
+                n_ctx=res.n_ctx,
             )
         )
-        r.add_metrics([Metric("load_time", res.get("load_s"), "s", "wall clock around llama.cpp model+context load")])
-        offload = verdict.check(
-            evidence, run.load.cpu_mode, run.thresholds.require_full_offload, duration_s=res.get("load_s")
-        )
+        r.add_metrics([Metric("load_time", res.load_s, "s", "wall clock around llama.cpp model+context load")])
+        offload = verdict.check(evidence, run.load.cpu_mode, run.thresholds.require_full_offload, duration_s=res.load_s)
         r.add(offload)
         if verdict.vram_delta_bytes is not None:
             r.add_metrics(
@@ -438,36 +433,28 @@ class Stages:
             return True
         if out.error is not None:
             e = out.error
-            if e.get("kind") == "UsageError":
-                raise UsageError(e["message"], fix=e.get("fix"))
-            r.add(
-                Check(
-                    "infer.generate",
-                    "infer",
-                    "Inference",
-                    Status.FAIL,
-                    e["message"],
-                    {"log_tail": list(out.log_tail[-15:])},
-                    e.get("fix"),
-                    ExitCode(e.get("exit_code", 1)),
-                )
-            )
+            if e.kind == ErrorKind.USAGE:
+                raise UsageError(e.message, fix=e.fix)
+            r.add(self._error_check("infer.generate", "infer", "Inference", e, out))
             r.stopped_at = "infer"
             return False
         if out.inferred is None:
             r.add(failed("infer.generate", "infer", "Inference", "the worker returned no result", None))
             r.stopped_at = "infer"
             return False
-        result = InferenceResult.from_json(out.inferred)
-        return self._judge_inference(run, info, result, telemetry)
+        return self._judge_inference(run, info, out.inferred, telemetry)
+
+    @staticmethod
+    def _error_check(id: str, stage: str, title: str, e: WorkerError, out: WorkerOutcome) -> Check:
+        return Check(
+            id, stage, title, Status.FAIL, e.message, {"log_tail": list(out.log_tail[-15:])}, e.fix, e.exit_code
+        )
 
     def _terminal(self, out: WorkerOutcome) -> bool:
         """Interrupt, timeout or crash: add the check that says so. True when one happened."""
         r = self.report
         if out.interrupted is not None:
-            import signal
-
-            sig = signal.Signals(out.interrupted).name
+            sig = signal.Signals(out.interrupted.signum).name
             r.interrupted = True
             r.exit_override = ExitCode.TERMINATED if sig == "SIGTERM" else ExitCode.INTERRUPTED
             r.add(
@@ -483,21 +470,21 @@ class Stages:
             r.stopped_at = out.stage
             self.ui.error(r.checks[-1].summary, r.checks[-1].fix)  # one Error: line, --json included
             return True
-        if out.timeout_stage is not None:
+        if out.timeout is not None:
+            t = out.timeout
             r.add(
                 failed(
-                    f"{out.timeout_stage}.timeout",
-                    out.timeout_stage,
-                    f"{out.timeout_stage.capitalize()} stage",
-                    f"{out.timeout_stage} did not finish within {out.timeout_s:g} s; the worker's process group was "
-                    "killed",
+                    f"{t.stage}.timeout",
+                    t.stage,
+                    f"{t.stage.capitalize()} stage",
+                    f"{t.stage} did not finish within {t.timeout_s:g} s; the worker's process group was killed",
                     "Raise --timeout if the model is large or the disk slow; otherwise the driver or llama.cpp hung "
                     "(check `dmesg`).",
                     ExitCode.TIMEOUT,
                     log_tail=list(out.log_tail[-15:]),
                 )
             )
-            r.stopped_at = out.timeout_stage
+            r.stopped_at = t.stage
             self.ui.error(r.checks[-1].summary, r.checks[-1].fix)  # one Error: line, --json included
             return True
         if out.crash is not None:
@@ -741,11 +728,10 @@ class Stages:
         cpu_run = dataclasses.replace(
             run, load=dataclasses.replace(run.load, cpu_mode=True, gpu_layers=0), infer=cpu_infer
         )
-        request = self._request(cpu_run, resolved, info)
-        request["cuda_visible_devices"] = ""
+        request = dataclasses.replace(self._request(cpu_run, resolved), cuda_visible_devices="")
         out = Worker(pin="").run(request, run.timeout_s)
         if out.inferred is None:
-            reason = out.error["message"] if out.error else (out.crash.signal if out.crash else "no result")
+            reason = out.error.message if out.error else (out.crash.signal if out.crash else "no result")
             r.add(
                 failed(
                     "infer.compare_cpu",
@@ -756,7 +742,7 @@ class Stages:
                 )
             )
             return
-        cpu = InferenceResult.from_json(out.inferred)
+        cpu = out.inferred
         gpu = InferenceResult.from_json(gpu_inf)
         cpu_tps = mean_of([x.gen_tps_perf for x in cpu.runs])
         gen = r.metric("gen_tps")
@@ -874,10 +860,10 @@ def _mark_interrupted(report: Report, ui: Any, stage: str, signum: int, activity
 
 
 def _detect(report: Report, ui: Any, options: Any) -> bool:
-    from kcuda_validate.detect import GpuDetector
+    from kcuda_validate.detect import run_detect
 
     ui.progress("Checking the GPU stack…")
-    det = GpuDetector(options).run()
+    det = run_detect(options)
     report.add(*det.checks)
     report.sections["detect"] = det.to_json()
     if det.driver is not None:

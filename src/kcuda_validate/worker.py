@@ -2,9 +2,9 @@
 
 llama.cpp and the CUDA driver can kill a process (SIGSEGV, SIGABRT, OOM
 abort). Running them here lets the parent keep the verdict and write the
-reports whatever happens. Protocol: one JSON request on stdin; JSON-lines
-events on the original stdout; llama.cpp's log lines on stderr, whose tail
-the parent keeps for crash reports.
+reports whatever happens. Protocol (worker_protocol.py): one JSON request on
+stdin; JSON-lines events on the original stdout; llama.cpp's log lines on
+stderr, whose tail the parent keeps for crash reports.
 
 The worker dies with its parent, in any stage: the parent passes a lifeline (the read end of a pipe whose
 write end only it holds) and a watchdog thread kills the worker's process group at its EOF, which comes
@@ -18,7 +18,6 @@ GIL). On Linux, PR_SET_PDEATHSIG adds a kernel-side SIGKILL as well.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -26,13 +25,28 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from kcuda_validate.errors import KcudaError
+from kcuda_validate.errors import ExitCode, KcudaError
+from kcuda_validate.worker_protocol import (
+    GO,
+    Done,
+    ErrorKind,
+    Failed,
+    Inferred,
+    Loaded,
+    StageStarted,
+    TextPiece,
+    WorkerError,
+    WorkerEvent,
+    WorkerRequest,
+    decode_request,
+    encode_event,
+)
 
 
-def _emit(out: TextIO, event: str, **payload: Any) -> None:
-    out.write(json.dumps({"event": event, **payload}) + "\n")
+def _emit(out: TextIO, event: WorkerEvent) -> None:
+    out.write(encode_event(event) + "\n")
     out.flush()
 
 
@@ -116,10 +130,10 @@ def _fault(stage: str) -> None:
         os._exit(3)
 
 
-def run(request: dict[str, Any], events: TextIO) -> int:
-    from kcuda_validate.llm.inference import Inferencer, InferOptions
+def run(request: WorkerRequest, events: TextIO) -> int:
+    from kcuda_validate.llm.inference import Inferencer
     from kcuda_validate.llm.llamalog import LlamaLogCapture, LogLine
-    from kcuda_validate.llm.loader import LoadOptions, ModelLoader
+    from kcuda_validate.llm.loader import ModelLoader
 
     def echo(line: LogLine) -> None:
         if line.level >= 2:
@@ -127,28 +141,24 @@ def run(request: dict[str, Any], events: TextIO) -> int:
 
     capture = LlamaLogCapture()
     capture.echo = echo
-    load_opts = LoadOptions(**request["load"])
-    _emit(events, "stage", stage="load")
+    _emit(events, StageStarted("load"))
     _fault("load")
-    loader = ModelLoader(load_opts, capture=capture)
-    model = loader.load(Path(request["model_path"]), request.get("n_layer"))
-    _emit(events, "loaded", result=model.result.to_json(), log=[[ln.level, ln.text] for ln in capture.lines])
-    infer = request.get("infer")
-    if infer is None:
-        _emit(events, "done")
+    model = ModelLoader(request.load, capture=capture).load(request.model_path)
+    # The log goes to the parent whole: it judges the offload from it (and from its own VRAM readings).
+    _emit(events, Loaded(model.result))
+    if request.infer is None:
+        _emit(events, Done())
         return 0
     # Wait for the parent to start its telemetry sampler (and read NVML after the load) before measuring.
     go = sys.stdin.readline()
-    if not go.strip():
+    if go.strip() != GO:
         model.close()
         return 0
-    _emit(events, "stage", stage="infer")
+    _emit(events, StageStarted("infer"))
     _fault("infer")
-    opts = InferOptions(**infer)
-    inferencer = Inferencer(model)
-    result = inferencer.run(opts, on_text=lambda t: _emit(events, "text", text=t))
-    _emit(events, "inferred", result=result.to_json())
-    _emit(events, "done")
+    result = Inferencer(model).run(request.infer, on_text=lambda t: _emit(events, TextPiece(t)))
+    _emit(events, Inferred(result))
+    _emit(events, Done())
     return 0
 
 
@@ -186,33 +196,29 @@ def main() -> int:
     line = sys.stdin.readline()
     if not line.strip():
         return 0  # the parent stopped before the model stages
-    request = json.loads(line)
-    wanted = request.get("cuda_visible_devices")
+    request = decode_request(line)
+    wanted = request.cuda_visible_devices
     if wanted is not None and os.environ.get("CUDA_VISIBLE_DEVICES") != wanted:
         if "llama_cpp" in sys.modules:
-            _emit(
-                events,
-                "error",
-                message=f"worker was started for CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} "
-                f"but the request needs {wanted!r}",
-                fix=None,
-                exit_code=70,
-                kind="internal",
+            message = (
+                f"worker was started for CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} "
+                f"but the request needs {wanted!r}"
             )
+            _emit(events, Failed(WorkerError(ErrorKind.INTERNAL, message)))
             return 0
         os.environ["CUDA_VISIBLE_DEVICES"] = wanted
     try:
         return run(request, events)
     except KcudaError as exc:
-        _emit(events, "error", message=exc.message, fix=exc.fix, exit_code=int(exc.exit_code), kind=type(exc).__name__)
+        _emit(events, Failed(WorkerError.from_exception(exc)))
         return 0
     except KeyboardInterrupt:
-        return 130
+        return int(ExitCode.INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the parent turns this into a failed check with the log path
         import traceback
 
         traceback.print_exc()
-        _emit(events, "error", message=f"{type(exc).__name__}: {exc}", fix=None, exit_code=70, kind="internal")
+        _emit(events, Failed(WorkerError.from_exception(exc)))
         return 0
 
 

@@ -13,7 +13,7 @@ import pytest
 from kcuda_validate.checks import Status
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.llm.build import probe_llama_build, setup_fix
-from kcuda_validate.llm.loader import LoadOptions, LoadResult, ModelLoader
+from kcuda_validate.llm.loader import LoadOptions, LoadResult, ModelLoader, OffloadVerdict, judge_offload
 from kcuda_validate.model.gguf_file import read_gguf
 from machine import HOST_ONLY, inprocess_llama_has_gpu
 
@@ -21,14 +21,18 @@ pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
 
 
+def _verdict(result: LoadResult) -> OffloadVerdict:
+    """The parent's judgement of the worker's load: the real judge on the real result (no NVML here)."""
+    return judge_offload(result.evidence, result.options, read_gguf(result.model_path).block_count, None)
+
+
 def _load(model: Path, options: LoadOptions) -> tuple[LoadResult, list[str]]:
     # Module-scoped, so conftest's per-test environment is not in place yet: `uv run pytest` would leave its
     # UV_RUN_RECURSION_DEPTH here, and the fix texts would name `python3 -m uv run kcuda-validate`.
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("UV_RUN_RECURSION_DEPTH", raising=False)
-        n_layer = read_gguf(model).block_count
         loader = ModelLoader(options)
-        with loader.load(model, n_layer) as loaded:
+        with loader.load(model) as loaded:
             return loaded.result, [ln.text for ln in loader.capture.lines]
 
 
@@ -57,10 +61,10 @@ def test_cpu_run_captures_llama_cpp_evidence(cpu_run: tuple[LoadResult, list[str
     assert ev.kv_buffers == {"CPU": 9 * MIB}  # 512 cells x 18 layers x 1 KV head x (256 + 256) x f16
     assert ev.compute_buffers["CPU"] > 256 * MIB  # 262144-token vocabulary: the logits dominate
     assert ev.gpu_families == () and ev.errors == ()
-    v = result.offload
+    v = _verdict(result)
     assert v.status == Status.SKIP
     assert v.line.startswith("CPU run: 0/19 layers offloaded (by request), ")
-    check = result.checks()[0]
+    check = v.check(ev, result.options.cpu_mode, duration_s=result.load_s)
     assert (check.id, check.status, check.exit_code, check.title) == (
         "load.offload",
         Status.SKIP,
@@ -80,11 +84,11 @@ def test_gpu_request_on_a_cpu_only_build_fails(gpu_run_on_cpu_build: tuple[LoadR
     assert ev.layer_devices == {i: "CPU" for i in range(19)}
     assert ev.model_buffers and all(k.startswith("CPU") for k in ev.model_buffers)
     assert ev.gpu_families == ()
-    v = result.offload
+    v = _verdict(result)
     assert v.status == Status.FAIL
     assert v.line.startswith("no offload evidence")
     assert v.exit_code == ExitCode.GPU_UNUSABLE
     assert setup_fix("kcuda-validate") in (v.fix or "")
-    check = result.checks()[0]
+    check = v.check(ev, result.options.cpu_mode, duration_s=result.load_s)
     assert (check.status, check.exit_code) == (Status.FAIL, ExitCode.GPU_UNUSABLE)
     assert check.evidence["llama_log"]["layer_devices"]["18"] == "CPU"

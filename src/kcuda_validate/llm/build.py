@@ -218,6 +218,12 @@ class LlamaBuildProbe:
                 text=True,
             )
 
+    def close(self) -> None:
+        """Stop the child if its result is no longer wanted (the run ended first)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.communicate()
+
     def result(self, timeout_s: float = 60.0) -> LlamaBuildInfo:
         if self._proc is None:
             return _probe_here()

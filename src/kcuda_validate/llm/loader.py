@@ -2,19 +2,23 @@
 
 A load is only a GPU pass when llama.cpp's own log says the layers were
 offloaded and its GPU buffers hold the weights; missing evidence is a
-failure, never a pass. NVML's view of used VRAM (passed in as a callable so
-this module never touches NVML) cross-checks the buffer sizes.
+failure, never a pass. NVML's view of used VRAM (read by the caller around
+the load, so this module never touches NVML) cross-checks the buffer sizes.
+
+The loader measures (`LoadResult`, run in the worker process); `judge_offload`
+judges, once, in the parent, from the log the worker sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from kcuda_validate.llm.build import invocation, setup_fix
 from kcuda_validate.llm.llamalog import (
     LlamaLogCapture,
     LoadEvidence,
+    LogLine,
     device_family,
     load_failure_reason,
     parse_load_log,
@@ -95,31 +100,39 @@ class OffloadVerdict:
 
 @dataclass(frozen=True)
 class LoadResult:
+    """What llama.cpp did, with its own log: the evidence, not yet a verdict (see judge_offload).
+
+    The worker process measures this; the parent judges it, once, with the VRAM it read around the load."""
+
     model_path: Path
     options: LoadOptions
     load_s: float
-    evidence: LoadEvidence
-    offload: OffloadVerdict
     n_ctx: int
-    vram_used_before: int | None = None
-    vram_used_after: int | None = None
-    log_tail: tuple[str, ...] = field(default_factory=tuple)
+    log: tuple[LogLine, ...] = ()
 
-    def checks(self) -> list[Check]:
-        return [self.offload.check(self.evidence, self.options.cpu_mode, duration_s=self.load_s)]
+    @property
+    def evidence(self) -> LoadEvidence:
+        return parse_load_log(list(self.log))
 
     def to_json(self) -> dict[str, Any]:
+        """The wire form the worker sends (see worker_protocol)."""
         return {
             "model_path": str(self.model_path),
-            "n_ctx": self.n_ctx,
-            "gpu_layers_requested": self.options.gpu_layers,
-            "cpu_mode": self.options.cpu_mode,
+            "options": dataclasses.asdict(self.options),
             "load_s": self.load_s,
-            "offload": self.offload.to_json(),
-            "evidence": self.evidence.to_json(),
-            "vram_used_before_bytes": self.vram_used_before,
-            "vram_used_after_bytes": self.vram_used_after,
+            "n_ctx": self.n_ctx,
+            "log": [[ln.level, ln.text] for ln in self.log],
         }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LoadResult:
+        return cls(
+            model_path=Path(d["model_path"]),
+            options=LoadOptions(**d["options"]),
+            load_s=float(d["load_s"]),
+            n_ctx=int(d["n_ctx"]),
+            log=tuple(LogLine(int(level), str(text)) for level, text in d["log"]),
+        )
 
 
 class ModelLoadError(KcudaError):
@@ -285,24 +298,15 @@ def _engine_path(path: Path) -> Iterator[str]:
 class ModelLoader:
     """Loads a GGUF file with llama.cpp, capturing its log as offload evidence."""
 
-    def __init__(
-        self,
-        options: LoadOptions,
-        vram_used: Callable[[], int | None] | None = None,
-        gpu_name: str | None = None,
-        capture: LlamaLogCapture | None = None,
-    ) -> None:
+    def __init__(self, options: LoadOptions, capture: LlamaLogCapture | None = None) -> None:
         self.opts = options
-        self.vram_used = vram_used
-        self.gpu_name = gpu_name
         self.capture = capture or LlamaLogCapture()
 
-    def load(self, path: Path, n_layer: int | None = None) -> LoadedModel:
+    def load(self, path: Path) -> LoadedModel:
         import llama_cpp
 
         self.capture.install()
         mark = self.capture.mark()
-        before = self.vram_used() if self.vram_used and not self.opts.cpu_mode else None
         gpu_layers = 0 if self.opts.cpu_mode else self.opts.gpu_layers
         threads = self.opts.n_threads or default_threads()
         start = time.perf_counter()
@@ -330,23 +334,14 @@ class ModelLoader:
                 reason = load_failure_reason(lines) or str(exc)
                 raise self._load_error(path, reason) from None
         load_s = time.perf_counter() - start
-        lines = self.capture.since(mark)
-        evidence = parse_load_log(lines)
-        after = self.vram_used() if self.vram_used and not self.opts.cpu_mode else None
-        delta = after - before if after is not None and before is not None else None
-        verdict = judge_offload(evidence, self.opts, n_layer, delta, self.gpu_name)
         result = LoadResult(
             model_path=path,
             options=self.opts,
             load_s=load_s,
-            evidence=evidence,
-            offload=verdict,
             n_ctx=int(llama_cpp.llama_n_ctx(llm.ctx)),
-            vram_used_before=before,
-            vram_used_after=after,
-            log_tail=tuple(self.capture.tail),
+            log=tuple(self.capture.since(mark)),
         )
-        log.info("loaded %s in %.2fs: %s", path, load_s, verdict.line)
+        log.info("loaded %s in %.2fs", path, load_s)
         return LoadedModel(llm, self.capture, result)
 
     def _load_error(self, path: Path, reason: str) -> KcudaError:
