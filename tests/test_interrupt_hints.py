@@ -18,8 +18,8 @@ import pytest
 
 from kcuda_validate.cli._output import Output, OutputOptions
 from kcuda_validate.model.source import ModelSpec
-from kcuda_validate.pipeline import _mark_interrupted
-from kcuda_validate.report import Report
+from kcuda_validate.pipeline import ModelValidation, interrupt_hint
+from kcuda_validate.verdicts import StageVerdict, interrupted
 
 RESUME = "A partial download is kept: run the same command again to resume it."
 REGENERATE = "Nothing partial is kept: run the same command again to generate the synthetic model."
@@ -66,9 +66,11 @@ def test_the_hint_follows_what_was_under_way(
 ) -> None:
     if activity is not None:
         assert spec.origin == activity
-    report = Report("load")
-    _mark_interrupted(report, Output(OutputOptions(json=True)), "model", signal.SIGINT, activity)
-    assert report.checks[-1].fix == hint
+    verdicts: list[StageVerdict] = []
+    ModelValidation(Output(OutputOptions(json=True)), verdicts).keep(
+        interrupted("model", signal.SIGINT, fix=interrupt_hint(activity))
+    )
+    assert verdicts[-1].checks[-1].fix == hint
     assert capsys.readouterr().err.splitlines()[:2] == [
         "Error: interrupted by SIGINT during the model stage",
         f"Fix: {hint}",

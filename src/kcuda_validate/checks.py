@@ -90,6 +90,44 @@ def mean_of(values: Iterable[float | int | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+class MetricName(StrEnum):
+    """Every metric's name, in one place: the inferencer, the telemetry sampler, the judges, the renderer and
+    the Prometheus exporter read and write figures under these (a StrEnum: equal to, and JSON as, the string)."""
+
+    LOAD_TIME = "load_time"
+    VRAM_LOAD_DELTA = "vram_load_delta"
+    GPU_BUFFERS = "gpu_buffers"
+    GEN_TPS = "gen_tps"
+    GEN_TPS_WALL = "gen_tps_wall"
+    DECODE_MS_PER_TOKEN = "decode_ms_per_token"
+    DECODE_MS_PER_TOKEN_WALL = "decode_ms_per_token_wall"
+    SAMPLE_MS_PER_TOKEN = "sample_ms_per_token"
+    OTHER_MS_PER_TOKEN = "other_ms_per_token"
+    PROMPT_TPS = "prompt_tps"
+    PROMPT_TPS_WALL = "prompt_tps_wall"
+    TTFT_WARM_MS = "ttft_warm_ms"
+    TTFT_COLD_MS = "ttft_cold_ms"
+    TOTAL_S = "total_s"
+    PROMPT_TOKENS = "prompt_tokens"
+    GENERATED_TOKENS = "generated_tokens"
+    BYTES_PER_TOKEN = "bytes_per_token"
+    BANDWIDTH_ACHIEVED = "bandwidth_achieved"
+    BANDWIDTH_PEAK = "bandwidth_peak"
+    BANDWIDTH_PCT_OF_PEAK = "bandwidth_pct_of_peak"
+    CPU_GEN_TPS = "cpu_gen_tps"
+    SPEEDUP_VS_CPU = "speedup_vs_cpu"
+    # telemetry.py
+    GPU_UTIL_MEAN = "gpu_util_mean"
+    GPU_UTIL_MAX = "gpu_util_max"
+    VRAM_PEAK = "vram_peak"
+    POWER_MEAN = "power_mean"
+    POWER_MAX = "power_max"
+    TEMPERATURE_MAX = "temperature_max"
+    SM_CLOCK_MEAN = "sm_clock_mean"
+    ENERGY = "energy"
+    ENERGY_PER_TOKEN = "energy_per_token"
+
+
 @dataclass(frozen=True)
 class Metric:
     """A measured number. `method` says how it was obtained; `estimate` flags derived figures."""

@@ -17,7 +17,7 @@ import time
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from kcuda_validate import __version__
 from kcuda_validate.checks import Check, Metric, Status, verdict
@@ -31,6 +31,24 @@ PACKAGES = ("llama-cpp-python", "torch", "nvidia-ml-py", "huggingface-hub", "ggu
 def package_versions() -> dict[str, str | None]:
     """Installed versions from package metadata: no heavy import needed."""
     return {name: dist_version(name) for name in PACKAGES}
+
+
+class Sections(TypedDict, total=False):
+    """The report's detail sections, one key per stage that has one (specs/report.schema.json)."""
+
+    setup: dict[str, Any]
+    detect: dict[str, Any]
+    model_source: dict[str, Any]
+    model: dict[str, Any]
+    fit: dict[str, Any]
+    load: dict[str, Any]
+    inference: dict[str, Any]
+    telemetry: dict[str, Any]
+    crash: dict[str, Any]
+    compare_cpu: dict[str, Any]
+    devices: dict[str, Any]
+    health: dict[str, Any]
+    slurm: dict[str, Any]
 
 
 def _now() -> str:
@@ -49,14 +67,13 @@ class Report:
         self.duration_s: float | None = None
         self.checks: list[Check] = []
         self.metrics: list[Metric] = []
-        self.sections: dict[str, Any] = {}
+        self.sections: Sections = {}
         self.device_mode = "gpu"
         self.gpu: dict[str, Any] | None = None
         self.driver: dict[str, Any] = {}
         self.torch_cuda: str | None = None
         self.exit_override: ExitCode | None = None
         self.stopped_at: str | None = None
-        self.error: dict[str, Any] | None = None
         self.interrupted = False
 
     def add(self, *checks: Check) -> None:
@@ -123,12 +140,12 @@ class Report:
             "passed": code == ExitCode.OK,
             "gpu_validated": code == ExitCode.OK
             and self.device_mode == "gpu"
-            and self.command not in ("detect", "setup"),
+            and self.command not in ("detect", "setup", "health"),
             "exit_code": int(code),
             "exit_reason": code.reason,
             "stopped_at": self.stopped_at,
             "interrupted": self.interrupted,
-            "error": self.error,
+            "error": None,  # in the schema since 1.0; no command fills it (failures are checks)
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration_s": self.duration_s,
