@@ -120,8 +120,10 @@ class Output:
         self._stderr.write("\n".join(lines) + "\n")
         self._stderr.flush()
 
-    def result(self, report: Any) -> None:
+    def result(self, report: Any, line: str | None = None) -> None:
         """Print the final result in the chosen mode, then write any requested report files.
+
+        `line`: a command whose result is one line (`health`) prints it instead of the table (and with -q).
 
         Printing comes first so that a report file that cannot be written (the disk filled up during a
         long run) still leaves the user the result; the write failure is then the error."""
@@ -131,6 +133,9 @@ class Output:
         report.log(logging.getLogger("kcuda_validate.report"))
         if self.opts.mode == "json":
             self._stdout.write(doc_text)
+            self._stdout.flush()
+        elif line is not None:
+            self._stdout.write(line + "\n")
             self._stdout.flush()
         else:
             from kcuda_validate.render import render_report
