@@ -160,7 +160,6 @@ _RE_MODEL_BUF = re.compile(r"^\S*:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 _RE_KV_BUF = re.compile(r"^\S*:\s+(\S+) KV buffer size =\s+([\d.]+) MiB")
 _RE_COMPUTE_BUF = re.compile(r"^\S*:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
 _RE_OUTPUT_BUF = re.compile(r"^\S*:\s+(\S+)\s+output buffer size =\s+([\d.]+) MiB")
-_RE_GRAPH = re.compile(r"graph splits = (\d+)|splits = (\d+)")
 
 
 def device_family(buffer_name: str) -> str:

@@ -1,0 +1,175 @@
+"""The model stages' judges, called directly: real llama.cpp logs recorded on an H100 and on this CPU build,
+and real worker outcomes (a real CPU inference on the tiny synthetic model, a real timeout, a real SIGTERM).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from kcuda_validate.checks import MetricName, Status
+from kcuda_validate.errors import ExitCode
+from kcuda_validate.isolation import Worker, WorkerOutcome
+from kcuda_validate.llm.inference import InferOptions
+from kcuda_validate.llm.loader import LoadOptions, LoadResult
+from kcuda_validate.model.gguf_file import read_gguf
+from kcuda_validate.verdicts import (
+    NOT_MEASURED_FIX,
+    Thresholds,
+    compare_cpu_verdict,
+    find,
+    inference_verdict,
+    load_verdict,
+    speedup_threshold_checks,
+    worker_verdicts,
+)
+from kcuda_validate.worker_protocol import WorkerRequest
+
+sys.path.insert(0, str(Path(__file__).parent / "llm"))
+from test_llamalog import H100, H100_LOG, read_log
+
+MIB = 1024 * 1024
+CPU_LOG = "cpu_gemma3_270m_ngl-1.log"  # this CPU-only build asked for every layer on the GPU
+
+
+def recorded(name: str, options: LoadOptions) -> LoadResult:
+    return LoadResult(Path("/models/gemma-3-270m.gguf"), options, 0.5, 512, tuple(read_log(name)))
+
+
+def test_a_full_h100_offload_passes_with_the_nvml_delta_the_parent_read() -> None:
+    v = load_verdict(recorded(H100_LOG, LoadOptions(n_ctx=512)), 18, 1000 * MIB, 1600 * MIB, H100)
+    assert [(c.id, c.status, c.summary) for c in v.checks] == [
+        ("load.model", Status.PASS, "loaded in 0.50 s (n_ctx 512, all GPU layers requested)"),
+        ("load.offload", Status.PASS, f"19/19 layers on CUDA0 ({H100}), 757 MiB VRAM (NVML +600 MiB)"),
+    ]
+    assert [(m.name, m.value) for m in v.metrics] == [
+        (MetricName.LOAD_TIME, 0.5),
+        (MetricName.VRAM_LOAD_DELTA, 600 * MIB),
+        (MetricName.GPU_BUFFERS, v.sections["load"]["offload"]["gpu_buffer_bytes"]),
+    ]
+    assert (v.sections["load"]["vram_used_before_bytes"], v.sections["load"]["vram_used_after_bytes"]) == (
+        1000 * MIB,
+        1600 * MIB,
+    )
+    assert v.proceed and not v.halted and v.error_line is None
+
+
+def test_a_gpu_request_on_a_cpu_only_build_stops_the_run_at_load() -> None:
+    v = load_verdict(recorded(CPU_LOG, LoadOptions(n_ctx=512)), 18, None, None, None)
+    offload = v.checks[1]
+    assert (offload.id, offload.status, offload.exit_code) == ("load.offload", Status.FAIL, ExitCode.GPU_UNUSABLE)
+    assert offload.summary.startswith("no offload evidence")
+    assert (v.halted, v.proceed, v.stage) == (True, False, "load")
+    assert find(v.metrics, MetricName.VRAM_LOAD_DELTA) is None  # no NVML reading, no made-up delta
+
+
+@pytest.fixture(scope="module")
+def cpu_outcome(tiny_model: Path) -> WorkerOutcome:
+    """One real CPU load + inference in a real worker child."""
+    request = WorkerRequest(tiny_model, LoadOptions(cpu_mode=True, n_ctx=256), InferOptions(max_tokens=8, repeat=2), "")
+    out = Worker(pin="").run(request, 120)
+    assert out.inferred is not None, out
+    return out
+
+
+def test_a_real_cpu_run_is_judged_load_then_inference(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    load, infer = worker_verdicts(cpu_outcome, info, Thresholds(), infer_requested=True)
+    assert [(c.id, c.status) for c in load.checks] == [("load.model", Status.PASS), ("load.offload", Status.SKIP)]
+    assert [c.id for c in infer.checks] == [
+        "infer.generate",
+        "infer.determinism",
+        "infer.timing_agreement",
+    ]
+    assert infer.checks[1].summary == "3 runs produced identical tokens"  # warm-up + 2 measured, greedy
+    names = [m.name for m in infer.metrics]
+    assert MetricName.GEN_TPS in names and MetricName.BANDWIDTH_ACHIEVED in names
+    assert MetricName.BANDWIDTH_PEAK not in names  # a CPU run has no GPU peak to compare with
+    assert infer.proceed and "inference" in infer.sections
+
+
+def test_thresholds_are_judged_on_the_measured_figures(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:
+    assert cpu_outcome.inferred is not None
+    v = inference_verdict(cpu_outcome.inferred, read_gguf(tiny_model), Thresholds(min_gen_tps=1e9, max_ttft_ms=1e9))
+    gen = find(v.metrics, MetricName.GEN_TPS)
+    ttft = find(v.metrics, MetricName.TTFT_WARM_MS)
+    assert gen is not None and gen.value is not None and ttft is not None and ttft.value is not None
+    by_id = {c.id: c for c in v.checks}
+    missed = by_id["threshold.min_gen_tps"]
+    gap = 1e9 - gen.value
+    assert (missed.status, missed.exit_code, missed.summary) == (
+        Status.FAIL,
+        ExitCode.BELOW_THRESHOLD,
+        f"generation speed {gen.value:.1f} tok/s misses 1000000000 tok/s "
+        f"(short by {gap:.1f} tok/s, {gap / 1e9 * 100:.0f}%)",
+    )
+    met = by_id["threshold.max_ttft_ms"]
+    met_summary = f"warm time to first token {ttft.value:.1f} ms meets 1000000000 ms"
+    assert (met.status, met.summary) == (Status.PASS, met_summary)
+    assert not v.proceed and not v.halted  # the run completed; the next stage (compare-cpu) does not run
+
+
+def test_min_speedup_without_a_cpu_run_is_not_measured() -> None:
+    (check,) = speedup_threshold_checks(Thresholds(min_speedup=2), ())
+    assert (check.id, check.status, check.exit_code, check.summary, check.fix) == (
+        "threshold.min_speedup",
+        Status.FAIL,
+        ExitCode.BELOW_THRESHOLD,
+        "speedup over CPU was not measured, so --min-speedup 2 cannot be met",
+        NOT_MEASURED_FIX["min_speedup"],
+    )
+
+
+def test_the_same_greedy_run_agrees_with_itself(cpu_outcome: WorkerOutcome) -> None:
+    assert cpu_outcome.inferred is not None
+    v = compare_cpu_verdict(cpu_outcome.inferred, cpu_outcome, Thresholds(min_speedup=0.5))
+    compare, threshold = v.checks
+    speed = find(v.metrics, MetricName.SPEEDUP_VS_CPU)
+    cpu = find(v.metrics, MetricName.CPU_GEN_TPS)
+    assert speed is not None and speed.value == pytest.approx(1.0) and cpu is not None and cpu.value is not None
+    n = len(cpu_outcome.inferred.first.token_ids)
+    assert compare.summary == (
+        f"GPU {cpu.value:.1f} vs CPU {cpu.value:.1f} tok/s = 1.0× faster; "
+        f"outputs identical token for token ({n} tokens)"
+    )
+    assert (threshold.id, threshold.status) == ("threshold.min_speedup", Status.PASS)
+    assert v.sections["compare_cpu"]["tokens_identical"] is True
+
+
+def _cpu_request(model: Path) -> WorkerRequest:
+    return WorkerRequest(model, LoadOptions(cpu_mode=True, n_ctx=256), InferOptions(max_tokens=64, repeat=2), "")
+
+
+def test_a_cpu_comparison_that_times_out_stops_the_run_with_124(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:
+    assert cpu_outcome.inferred is not None
+    out = Worker(pin="").run(_cpu_request(tiny_model), 0.01)  # a real worker, killed at its deadline
+    assert out.timeout is not None
+    v = compare_cpu_verdict(cpu_outcome.inferred, out, Thresholds(min_speedup=2))
+    (check,) = v.checks  # no speedup judged after the stop
+    assert (check.id, check.exit_code, check.summary) == (
+        "infer.compare_cpu",
+        ExitCode.TIMEOUT,
+        "the CPU comparison run did not finish within 0.01 s; its worker was killed",
+    )
+    assert (v.halted, v.stage, v.error_line) == (True, "infer", (check.summary, check.fix))
+
+
+def test_a_cpu_comparison_stopped_by_sigterm_exits_143(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:
+    assert cpu_outcome.inferred is not None
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))  # a real SIGTERM to this process
+    timer.start()
+    try:
+        out = Worker(pin="").run(_cpu_request(tiny_model), 120)
+    finally:
+        timer.cancel()
+    assert out.interrupted is not None and out.interrupted.signum == signal.SIGTERM
+    v = compare_cpu_verdict(cpu_outcome.inferred, out, Thresholds())
+    (check,) = v.checks
+    summary = "interrupted by SIGTERM during the CPU comparison run; the worker process was stopped"
+    assert (check.id, check.exit_code, check.summary) == ("infer.interrupted", ExitCode.TERMINATED, summary)
+    assert (v.exit_override, v.halted, v.error_line) == (ExitCode.TERMINATED, True, (summary, None))
