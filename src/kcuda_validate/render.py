@@ -20,8 +20,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from kcuda_validate.checks import Check, Metric, Status
+from kcuda_validate.checks import Check, Metric, MetricName, Status
 from kcuda_validate.errors import ExitCode
+from kcuda_validate.report import Report
 from kcuda_validate.safetext import safe, safe_json
 
 STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.SKIP: "dim"}
@@ -92,12 +93,12 @@ def fixes(checks: list[Check]) -> list[Text]:
     return out
 
 
-def _m(report: Any, name: str) -> Metric | None:
+def _m(report: Report, name: MetricName) -> Metric | None:
     return report.metric(name)
 
 
 def inference_panel(report: Any) -> Panel | None:
-    if _m(report, "gen_tps") is None and _m(report, "gen_tps_wall") is None:
+    if _m(report, MetricName.GEN_TPS) is None and _m(report, MetricName.GEN_TPS_WALL) is None:
         return None
     rows = Table.grid(padding=(0, 2))
     rows.add_column(style="bold", no_wrap=True)
@@ -105,13 +106,16 @@ def inference_panel(report: Any) -> Panel | None:
     offload = next((c for c in report.checks if c.id == "load.offload"), None)
     if offload is not None:
         rows.add_row("Offload", _text(offload.summary, style=STYLE[offload.status]))
-    n_runs = len((_m(report, "gen_tps") or Metric("", None, "", "")).samples)
+    n_runs = len((_m(report, MetricName.GEN_TPS) or Metric("", None, "", "")).samples)
     rows.add_row(
         "Generation",
-        f"{fmt_metric(_m(report, 'gen_tps'), unit=' tok/s')} (llama.cpp perf counters) · "
-        f"{fmt_metric(_m(report, 'gen_tps_wall'), unit=' tok/s')} (wall clock)",
+        f"{fmt_metric(_m(report, MetricName.GEN_TPS), unit=' tok/s')} (llama.cpp perf counters) · "
+        f"{fmt_metric(_m(report, MetricName.GEN_TPS_WALL), unit=' tok/s')} (wall clock)",
     )
-    dec, smp, oth = (_m(report, n) for n in ("decode_ms_per_token", "sample_ms_per_token", "other_ms_per_token"))
+    dec, smp, oth = (
+        _m(report, n)
+        for n in (MetricName.DECODE_MS_PER_TOKEN, MetricName.SAMPLE_MS_PER_TOKEN, MetricName.OTHER_MS_PER_TOKEN)
+    )
     if dec is not None and dec.value is not None:
         rows.add_row(
             "Per token",
@@ -120,42 +124,42 @@ def inference_panel(report: Any) -> Panel | None:
         )
     rows.add_row(
         "Prompt",
-        f"{fmt_metric(_m(report, 'prompt_tps'), unit=' tok/s')} (perf) · "
-        f"{fmt_metric(_m(report, 'prompt_tps_wall'), unit=' tok/s')} (wall)",
+        f"{fmt_metric(_m(report, MetricName.PROMPT_TPS), unit=' tok/s')} (perf) · "
+        f"{fmt_metric(_m(report, MetricName.PROMPT_TPS_WALL), unit=' tok/s')} (wall)",
     )
     rows.add_row(
         "TTFT",
-        f"cold {fmt_metric(_m(report, 'ttft_cold_ms'), unit=' ms')} · "
-        f"warm {fmt_metric(_m(report, 'ttft_warm_ms'), unit=' ms')}",
+        f"cold {fmt_metric(_m(report, MetricName.TTFT_COLD_MS), unit=' ms')} · "
+        f"warm {fmt_metric(_m(report, MetricName.TTFT_WARM_MS), unit=' ms')}",
     )
-    pt, gt = _m(report, "prompt_tokens"), _m(report, "generated_tokens")
+    pt, gt = _m(report, MetricName.PROMPT_TOKENS), _m(report, MetricName.GENERATED_TOKENS)
     rows.add_row(
         "Tokens",
         f"{na(pt.value if pt else None)} prompt → {na(gt.value if gt else None, '{:.0f}')} generated "
         f"({n_runs} measured run{'s' if n_runs != 1 else ''}, tokenizer counts)",
     )
     if report.device_mode == "gpu":
-        vram = _m(report, "vram_peak")
+        vram = _m(report, MetricName.VRAM_PEAK)
         peak = na(vram.value / 1024**2 if vram and vram.value else None, "{:,.0f}", " MiB")
         rows.add_row("VRAM peak", peak + (" (whole GPU, every process on it)" if peak != "n/a" else ""))
         rows.add_row(
             "GPU util",
-            f"mean {fmt_metric(_m(report, 'gpu_util_mean'), '{:.0f}', False, ' %')} · "
-            f"max {fmt_metric(_m(report, 'gpu_util_max'), '{:.0f}', False, ' %')}",
+            f"mean {fmt_metric(_m(report, MetricName.GPU_UTIL_MEAN), '{:.0f}', False, ' %')} · "
+            f"max {fmt_metric(_m(report, MetricName.GPU_UTIL_MAX), '{:.0f}', False, ' %')}",
         )
         rows.add_row(
             "Power",
-            f"mean {fmt_metric(_m(report, 'power_mean'), '{:.0f}', False, ' W')} · "
-            f"energy {fmt_metric(_m(report, 'energy_per_token'), '{:.3f}', False, ' J/token')}",
+            f"mean {fmt_metric(_m(report, MetricName.POWER_MEAN), '{:.0f}', False, ' W')} · "
+            f"energy {fmt_metric(_m(report, MetricName.ENERGY_PER_TOKEN), '{:.3f}', False, ' J/token')}",
         )
-        bw = _m(report, "bandwidth_pct_of_peak")
-        bw_abs = _m(report, "bandwidth_achieved")
+        bw = _m(report, MetricName.BANDWIDTH_PCT_OF_PEAK)
+        bw_abs = _m(report, MetricName.BANDWIDTH_ACHIEVED)
         achieved = na(bw_abs.value / 1e9 if bw_abs and bw_abs.value else None, "{:.0f}", " GB/s")
         if bw is not None and bw.value is not None:
             rows.add_row("Bandwidth", f"{achieved} = {fmt_metric(bw, '{:.0f}', False, ' %')} of peak (estimate)")
         else:
             rows.add_row("Bandwidth", f"{achieved} (estimate; the GPU's peak is n/a)")
-    speed = _m(report, "speedup_vs_cpu")
+    speed = _m(report, MetricName.SPEEDUP_VS_CPU)
     if speed is not None:
         rows.add_row("vs CPU", f"{fmt_metric(speed, '{:.1f}', False, '×')} faster generation")
     title = "Inference (CPU run)" if report.device_mode == "cpu" else "Inference"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kcuda_validate.checks import Metric, mean_of
+from kcuda_validate.checks import Metric, MetricName, mean_of
 from kcuda_validate.errors import UsageError
 from kcuda_validate.llm.loader import LoadedModel
 from kcuda_validate.model.fit import context_fix
@@ -207,47 +207,57 @@ class InferenceResult:
         runs = list(self.runs)
         out: list[Metric] = []
 
-        def add(name: str, unit: str, method: str, values: list[float | None], estimate: bool = False) -> None:
+        def add(name: MetricName, unit: str, method: str, values: list[float | None], estimate: bool = False) -> None:
             mean, std, samples = _stats(values)
             out.append(Metric(name, mean, unit, method, estimate, samples, std))
 
-        add("gen_tps", "tokens/s", "llama_perf_context: n_eval / t_eval", [r.gen_tps_perf for r in runs])
+        add(MetricName.GEN_TPS, "tokens/s", "llama_perf_context: n_eval / t_eval", [r.gen_tps_perf for r in runs])
         add(
-            "gen_tps_wall",
+            MetricName.GEN_TPS_WALL,
             "tokens/s",
             "wall clock: (generated - 1) / (last token time - first token time)",
             [r.gen_tps_wall for r in runs],
         )
         add(
-            "decode_ms_per_token",
+            MetricName.DECODE_MS_PER_TOKEN,
             "ms",
             "llama_perf_context: t_eval / n_eval (decode and GPU work, as llama-bench counts it)",
             [r.decode_ms_perf for r in runs],
         )
         add(
-            "decode_ms_per_token_wall",
+            MetricName.DECODE_MS_PER_TOKEN_WALL,
             "ms",
             "wall clock around llama_decode + llama_synchronize, per single-token decode",
             [r.decode_ms_wall for r in runs],
         )
         add(
-            "sample_ms_per_token",
+            MetricName.SAMPLE_MS_PER_TOKEN,
             "ms",
             "wall clock around llama_sampler_sample (logits to token, on the CPU), per single-token decode",
             [r.sample_ms for r in runs],
         )
         add(
-            "other_ms_per_token",
+            MetricName.OTHER_MS_PER_TOKEN,
             "ms",
             "wall clock per generated token outside decode and sampling (detokenize, stream)",
             [r.other_ms for r in runs],
         )
-        add("prompt_tps", "tokens/s", "llama_perf_context: n_p_eval / t_p_eval", [r.prompt_tps_perf for r in runs])
-        add("prompt_tps_wall", "tokens/s", "wall clock around the prompt decode", [r.prompt_tps_wall for r in runs])
+        add(
+            MetricName.PROMPT_TPS,
+            "tokens/s",
+            "llama_perf_context: n_p_eval / t_p_eval",
+            [r.prompt_tps_perf for r in runs],
+        )
+        add(
+            MetricName.PROMPT_TPS_WALL,
+            "tokens/s",
+            "wall clock around the prompt decode",
+            [r.prompt_tps_wall for r in runs],
+        )
         # Without a warm-up the first measured run is the cold one: it is not averaged into the warm figure.
         warm = runs if self.warmup is not None else runs[1:]
         add(
-            "ttft_warm_ms",
+            MetricName.TTFT_WARM_MS,
             "ms",
             "wall clock from request to first sampled token, measured runs after the first run (warm)",
             [r.ttft_s * 1000 for r in warm],
@@ -256,17 +266,17 @@ class InferenceResult:
         if cold is not None:
             out.append(
                 Metric(
-                    "ttft_cold_ms",
+                    MetricName.TTFT_COLD_MS,
                     cold.ttft_s * 1000,
                     "ms",
                     "wall clock from request to first sampled token, first run after load",
                 )
             )
-        add("total_s", "s", "wall clock per measured run", [r.total_s for r in runs])
-        out.append(Metric("prompt_tokens", self.first.prompt_tokens, "tokens", "model tokenizer"))
+        add(MetricName.TOTAL_S, "s", "wall clock per measured run", [r.total_s for r in runs])
+        out.append(Metric(MetricName.PROMPT_TOKENS, self.first.prompt_tokens, "tokens", "model tokenizer"))
         out.append(
             Metric(
-                "generated_tokens",
+                MetricName.GENERATED_TOKENS,
                 mean_of(r.generated_tokens for r in runs),
                 "tokens",
                 "decode loop (sampled tokens, EOS excluded)",
@@ -319,7 +329,8 @@ class Inferencer:
 
     # -- prompt handling -------------------------------------------------------------------------------
     def chat_template(self) -> bytes | None:
-        return self._lc.llama_model_chat_template(self.llm.model, None)
+        template: bytes | None = self._lc.llama_model_chat_template(self.llm.model, None)
+        return template
 
     def format_prompt(self, prompt: str, chat: bool) -> tuple[str, bool]:
         """Apply the GGUF's chat template via llama.cpp's built-in formatter; raw text when there is none."""

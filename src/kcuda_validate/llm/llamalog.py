@@ -137,7 +137,7 @@ def _install_trampoline() -> None:
         return
     import llama_cpp
 
-    @llama_cpp.llama_log_callback
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # llama_cpp ships no annotations for it
     def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         capture = _active
         if capture is None:
