@@ -24,6 +24,8 @@ from kcuda_validate.nodehealth import (
     parse_node,
 )
 
+pytestmark = pytest.mark.fleet
+
 __all__ = ["scenario"]
 
 
