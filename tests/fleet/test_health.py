@@ -22,7 +22,9 @@ from kcuda_validate.nodehealth import (
     fit,
     health_line,
     parse_node,
+    run_health,
 )
+from procs import alive
 
 pytestmark = pytest.mark.fleet
 
@@ -143,3 +145,20 @@ def test_parse_node_reads_state_and_reason_without_its_stamp() -> None:
     )
     assert parse_node("vm", text) == SlurmNode("vm", "IDLE+DRAIN", "kcuda-validate: FAIL driver.nvml: No NVIDIA driver")
     assert parse_node("vm", "NodeName=vm\n   State=IDLE ThreadsPerCore=1\n") == SlurmNode("vm", "IDLE", None)
+
+
+def _children() -> list[int]:
+    from pathlib import Path
+
+    return [int(p) for t in Path("/proc/self/task").iterdir() for p in (t / "children").read_text().split()]
+
+
+def test_checks_over_the_timeout_answer_unknown_and_stop_the_probe() -> None:
+    """The engine build probe is a real child process (it loads libllama); 1 ms is never enough for it."""
+    before = _children()
+    result = run_health(["llama.build"], timeout_s=0.001)
+    assert (result.exit_code, result.line) == (124, "UNKNOWN: node health checks did not finish in 0.001 s")
+    assert [(c.id, c.status, int(c.exit_code)) for c in result.checks] == [("health.deadline", Status.FAIL, 124)]
+    assert [pid for pid in _children() if pid not in before and alive(pid)] == []
+    # And Slurm would drain for it: a check that cannot finish is a problem for a scheduler.
+    assert decide(SlurmNode("n1", "IDLE", None), result).action == Action.DRAIN

@@ -233,6 +233,9 @@ class LlamaBuildProbe:
             self._proc.kill()
             self._proc.communicate()
             return LlamaBuildInfo(installed=True, error=f"loading libllama did not finish in {timeout_s:g} s")
+        except BaseException:  # interrupted (Ctrl-C, the caller's deadline): the child goes with the result
+            self.close()
+            raise
         rc = self._proc.returncode
         if rc != 0 or not out.strip():
             how = signal.Signals(-rc).name if rc < 0 else f"exit status {rc}"
