@@ -303,9 +303,10 @@ class Slurm:
                 fix="Check that slurmctld is up (`scontrol ping`).",
             ) from None
         if done.returncode != 0:
+            said = " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
             raise KcudaError(
-                f"scontrol {' '.join(args)}: {' '.join(done.stderr.split()) or f'exit {done.returncode}'}",
-                fix="Run it as root (SlurmUser or root may update nodes) and check `scontrol ping`.",
+                f"scontrol {' '.join(args)}: {said}",
+                fix="Check that slurmctld answers (`scontrol ping`) and that this runs as root or SlurmUser.",
             )
         return done.stdout
 

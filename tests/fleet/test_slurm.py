@@ -139,3 +139,11 @@ def test_cluster_leaves_nothing_running() -> None:
     assert [pid for pid in pids if alive(pid)] == []
     assert with_marker(c.marker) == []
     assert not c.root.exists()
+
+
+def test_unknown_node_is_one_error_after_the_verdict(cluster: SlurmCluster) -> None:
+    done = cluster.run(str(TOOL), "health", "--slurm", "--node", "nosuchnode", env={"KCUDA_LOG_DIR": str(cluster.root)})
+    assert (done.returncode, done.stdout) == (1, NO_DRIVER_LINE + "\n")
+    first, fix = done.stderr.splitlines()[:2]
+    assert first == "Error: scontrol show node nosuchnode: Node nosuchnode not found"
+    assert fix == "Fix: Check that slurmctld answers (`scontrol ping`) and that this runs as root or SlurmUser."

@@ -41,7 +41,7 @@ def health(
     ctx: click.Context, /, check_ids: tuple[str, ...], timeout: float | None, slurm: bool, node: str | None, **kw: Any
 ) -> int:
     """Node health in one line: driver, GPUs, CUDA driver API, engine build. No PyTorch, no model."""
-    from kcuda_validate.errors import ExitCode, UsageError
+    from kcuda_validate.errors import ExitCode, KcudaError, UsageError
     from kcuda_validate.nodehealth import DEFAULT_TIMEOUT_S, SLURM_TIMEOUT_S, Slurm, node_name, run_health
     from kcuda_validate.report import Report
 
@@ -61,11 +61,16 @@ def health(
             report.driver = {"driver_version": detect.driver.driver_version, "cuda_version": detect.driver.cuda_version}
         if detect.usable_gpus:
             report.gpu = detect.usable_gpus[0].to_json()
-    if slurmctl is not None:
-        outcome = slurmctl.act(result)
-        report.sections["slurm"] = outcome.to_json()
-        ui.note(f"slurm: node {outcome.node.name} {outcome.decision.why}")
     # The process answers node-problem-detector's way (0, 1, or unknown); each check keeps its specific code.
     report.exit_override = ExitCode(result.exit_code)
+    if slurmctl is not None:
+        try:
+            outcome = slurmctl.act(result)
+        except KcudaError as exc:  # the verdict still goes out (and into the report), then the Slurm error
+            report.sections["slurm"] = {"node": slurmctl.node, "error": exc.message}
+            ui.result(report, line=result.line)
+            raise
+        report.sections["slurm"] = outcome.to_json()
+        ui.note(f"slurm: node {outcome.node.name} {outcome.decision.why}")
     ui.result(report, line=result.line)
     return result.exit_code
