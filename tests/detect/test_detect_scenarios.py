@@ -1,5 +1,5 @@
-"""The real GpuDetector on every named hardware scenario, plus the NVML wrapper, CUDA_VISIBLE_DEVICES parsing
-and the platform probe on fake filesystem roots.
+"""The real detector (run_detect over the check registry) on every named hardware scenario, plus the NVML
+wrapper, CUDA_VISIBLE_DEVICES parsing and the platform probe on fake filesystem roots.
 
 Only the hardware seams are faked (tests/fakes/hardware.py); the detector logic runs for real.
 """
@@ -25,7 +25,8 @@ from fakes.hardware import (
     build_root,
 )
 from kcuda_validate.checks import Check, Status
-from kcuda_validate.detect import DetectOptions, DetectReport, GpuDetector, parse_visible_devices
+from kcuda_validate.detect import DetectOptions, DetectReport, parse_visible_devices
+from kcuda_validate.detect import run_detect as detect_all
 from kcuda_validate.errors import ExitCode, UsageError
 from kcuda_validate.gpu.nvml import GpuInfo, GpuLostError, Nvml, NvmlInitError
 from kcuda_validate.gpu.platform import mount_fstype, on_windows_mount, probe_platform
@@ -238,7 +239,7 @@ EXPECT: dict[str, Expect] = {
 
 def run_detect(**options: object) -> DetectReport:
     """The detector as the CLI builds it (including the Hub cache directory it checks on WSL2)."""
-    return GpuDetector(DetectOptions(model_dir=hub_cache_dir(), **options)).run()  # type: ignore[arg-type]
+    return detect_all(DetectOptions(model_dir=hub_cache_dir(), **options))  # type: ignore[arg-type]
 
 
 def by_id(report: DetectReport) -> dict[str, Check]:
@@ -537,7 +538,7 @@ def test_platform_wsl2_without_loader_path(tmp_path: Path, monkeypatch: pytest.M
     root = build_root("wsl2_no_loader_path", tmp_path)
     assert probe_platform(root).wsl_libs_in_loader_path is False
     # The detector turns that into a warning with the ldconfig fix...
-    checks = {c.id: c for c in GpuDetector(DetectOptions(root=root, skip_torch=True)).run().checks}
+    checks = {c.id: c for c in detect_all(DetectOptions(root=root, skip_torch=True)).checks}
     assert checks["platform.wsl_libs"].status == Status.WARN
     assert "ld.wsl.conf" in (checks["platform.wsl_libs"].fix or "")
     # ...and LD_LIBRARY_PATH counts as being in the loader path.

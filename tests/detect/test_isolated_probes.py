@@ -8,7 +8,7 @@ import pytest
 
 import kcuda_validate.gpu.torchprobe as torchprobe
 from fakes.hardware import Installed
-from kcuda_validate.detect import DetectOptions, GpuDetector
+from kcuda_validate.detect import DetectOptions, run_detect
 from kcuda_validate.errors import ExitCode
 from machine import driver_present
 
@@ -39,7 +39,7 @@ def test_detect_survives_a_torch_crash(scenario: Installed, monkeypatch: pytest.
     # The real torch seam (so the probe runs isolated) with a GPU present according to NVML.
     monkeypatch.setattr(torchprobe, "import_torch", torchprobe._REAL_IMPORT_TORCH)
     monkeypatch.setenv("KCUDA_TEST_FAULT", "segv:torch")
-    report = GpuDetector(DetectOptions()).run()
+    report = run_detect(DetectOptions())
     torch_check = next(c for c in report.checks if c.id == "torch.cuda")
     assert torch_check.exit_code == ExitCode.GPU_UNUSABLE
     assert torch_check.summary.startswith("PyTorch's CUDA check died: PyTorch crashed initialising CUDA (SIGSEGV)")

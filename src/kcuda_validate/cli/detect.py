@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -24,29 +25,57 @@ from kcuda_validate.cli._common import DEVICE, FiniteFloatRange, make_output, ou
     show_default=True,
     help="Minimum CUDA compute capability.",
 )
+@click.option(
+    "--check",
+    "check_ids",
+    multiple=True,
+    metavar="ID",
+    help="Run only this check (repeatable; the IDs are in --list-checks).",
+)
+@click.option("--list-checks", is_flag=True, help="List the checks (ID, title, tags) and exit; with --json a list.")
 @output_options
 @click.pass_context
-def detect(ctx: click.Context, device: Any, skip_torch: bool, min_vram_gb: float, min_compute: float, **kw: Any) -> int:
+def detect(
+    ctx: click.Context,
+    /,
+    device: Any,
+    skip_torch: bool,
+    min_vram_gb: float,
+    min_compute: float,
+    check_ids: tuple[str, ...],
+    list_checks: bool,
+    **kw: Any,
+) -> int:
     """Detect NVIDIA GPUs and diagnose the driver, CUDA, PyTorch and llama-cpp-python."""
-    from kcuda_validate.detect import DetectOptions, GpuDetector
+    from kcuda_validate.detect import CHECKS, DetectOptions, run_detect
+    from kcuda_validate.detect.registry import select
     from kcuda_validate.model.source import hub_cache_dir
     from kcuda_validate.report import Report
 
     ui = make_output(ctx, **kw)
+    only = select(check_ids or None) if check_ids else None  # an unknown ID fails before any work
+    if list_checks:
+        if ui.opts.json:
+            click.echo(json.dumps([c.to_json() for c in CHECKS], indent=2))
+        else:
+            width = max(len(c.id) for c in CHECKS)
+            title_width = max(len(c.title) for c in CHECKS)
+            for c in CHECKS:
+                click.echo(f"{c.id:<{width}}  {c.title:<{title_width}}  {', '.join(c.tags)}".rstrip())
+        return 0
     report = Report("detect")
     cpu = device == "cpu"
     report.device_mode = "cpu" if cpu else "gpu"
     ui.progress("Checking the GPU stack…")
-    result = GpuDetector(
-        DetectOptions(
-            device=device if isinstance(device, int) else None,
-            skip_torch=skip_torch,
-            min_vram_gb=min_vram_gb,
-            min_compute=min_compute,
-            cpu_mode=cpu,
-            model_dir=hub_cache_dir(),
-        )
-    ).run()
+    options = DetectOptions(
+        device=device if isinstance(device, int) else None,
+        skip_torch=skip_torch,
+        min_vram_gb=min_vram_gb,
+        min_compute=min_compute,
+        cpu_mode=cpu,
+        model_dir=hub_cache_dir(),
+    )
+    result = run_detect(options, only=None if only is None else [c.id for c in only])
     report.add(*result.checks)
     report.sections["detect"] = result.to_json()
     if result.driver is not None:

@@ -1,0 +1,95 @@
+"""The one ordered list of detect's checks, and the runner.
+
+Like `brew doctor`: each entry is a stable ID, a title, tags, the facts it reads, and a function of those
+facts. `detect` runs all of them in order; `--check ID` runs a few; a node health check is a named subset.
+Only the facts the chosen checks read are gathered (see detect.facts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kcuda_validate.checks import Check
+from kcuda_validate.detect import software, stack
+from kcuda_validate.detect.facts import DetectOptions, DetectReport, Facts, build_report
+from kcuda_validate.errors import UsageError
+
+# Tags. fast: no child process and no library heavier than NVML or libcuda (well under a second);
+# no-torch: never starts PyTorch; no-model: needs no model file; node-health: part of NODE_HEALTH.
+FAST, NO_TORCH, NO_MODEL, NODE = "fast", "no-torch", "no-model", "node-health"
+
+
+@dataclass(frozen=True)
+class DetectCheck:
+    """One registry entry. The checks it returns have `id` itself or `id.N` (one per GPU)."""
+
+    id: str
+    title: str
+    run: Callable[[Facts], tuple[Check, ...]]
+    reads: tuple[str, ...]  # the facts it gathers: platform, nvml, cuda, torch, llama, env
+    tags: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "tags": list(self.tags), "reads": list(self.reads)}
+
+
+def _entry(id: str, title: str, run: Callable[[Facts], tuple[Check, ...]], reads: str, *tags: str) -> DetectCheck:
+    slow = {"torch", "llama"} & set(reads.split())
+    base = (NO_MODEL,) + (() if "torch" in reads.split() else (NO_TORCH,)) + (() if slow else (FAST,))
+    return DetectCheck(id, title, run, tuple(reads.split()), tuple(sorted(set(base + tags))))
+
+
+CHECKS: tuple[DetectCheck, ...] = (
+    _entry("platform.os", "Operating system", stack.check_os, "platform", NODE),
+    _entry("platform.wsl_libs", "WSL2 GPU libraries", stack.check_wsl_libs, "platform", NODE),
+    _entry("platform.wsl_linux_driver", "Linux driver inside WSL2", stack.check_wsl_linux_driver, "platform", NODE),
+    _entry("platform.model_dir", "Model directory on a Windows drive (WSL2)", stack.check_model_dir, "platform"),
+    _entry("driver.nvml", "NVIDIA driver (NVML)", stack.check_driver, "platform nvml", NODE),
+    _entry("gpu", "Each GPU (lost, unopenable, MIG, retired pages, PCIe width)", stack.check_gpus, "nvml env", NODE),
+    _entry("cuda.driver_api", "CUDA driver API (cuInit)", stack.check_cuda_driver_api, "platform nvml cuda", NODE),
+    _entry("torch.cuda", "PyTorch CUDA", software.check_torch, "nvml env torch"),
+    _entry("torch.kernel", "PyTorch kernel on each GPU", software.check_torch_kernels, "nvml env torch"),
+    _entry("llama.build", "llama-cpp-python GPU offload", software.check_llama_build, "nvml env llama", NODE),
+    _entry("llama.archs", "CUDA archs for each GPU", software.check_llama_archs, "nvml env llama", NODE),
+    _entry("min", "Minimums for each GPU (--min-vram-gb, --min-compute)", stack.check_minimums, "nvml env"),
+    _entry("env.cuda_visible_devices", "CUDA_VISIBLE_DEVICES", software.check_cuda_visible_devices, "nvml env"),
+    _entry("env.hub", "Hugging Face Hub access", software.check_hub_access, "env"),
+)
+CHECK_IDS: tuple[str, ...] = tuple(c.id for c in CHECKS)
+
+# What a node health probe (node-problem-detector, a Slurm HealthCheckProgram) runs: the driver, the GPUs,
+# the CUDA driver API and the engine build. No PyTorch, no model, nothing about the user's Hub settings.
+NODE_HEALTH: tuple[str, ...] = tuple(c.id for c in CHECKS if NODE in c.tags)
+
+
+def select(only: Sequence[str] | None) -> tuple[DetectCheck, ...]:
+    """The registry entries to run, in registry order; an unknown ID is a usage error naming it."""
+    if only is None:
+        return CHECKS
+    unknown = [i for i in only if i not in CHECK_IDS]
+    if unknown:
+        raise UsageError(
+            f"--check {unknown[0]}: no such check",
+            fix="Use one of: " + ", ".join(CHECK_IDS) + " (see `kcuda-validate detect --list-checks`).",
+        )
+    wanted = set(only)
+    return tuple(c for c in CHECKS if c.id in wanted)
+
+
+def run_detect(
+    options: DetectOptions, only: Sequence[str] | None = None, environ: dict[str, str] | None = None
+) -> DetectReport:
+    """Run every check (or the registry IDs in `only`) and build the report from the facts they read."""
+    entries = select(only)
+    started = time.perf_counter()
+    facts = Facts(options, environ)
+    try:
+        if any("llama" in e.reads for e in entries):
+            facts.start_llama_probe()  # a child process: loads libllama while the other facts are read
+        checks = tuple(c for entry in entries for c in entry.run(facts))
+    finally:
+        facts.close()
+    return build_report(facts, checks, started, None if only is None else tuple(e.id for e in entries))

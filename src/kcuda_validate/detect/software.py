@@ -1,0 +1,246 @@
+"""Checks of what runs on the driver: PyTorch, the llama-cpp-python build, and the environment variables
+that decide what they see. Each is a function of the facts that returns its checks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kcuda_validate.checks import Check, Status
+from kcuda_validate.detect.facts import Facts, detect_check
+from kcuda_validate.errors import ExitCode
+from kcuda_validate.llm.build import arch_compatibility, setup_fix
+from kcuda_validate.versions import dist_version
+
+log = logging.getLogger("kcuda_validate.detect")
+
+# TorchInfo.problem -> (summary, fix), formatted with version, cuda_build, drv_cuda, cu_tag and message.
+TORCH_PROBLEMS: dict[str, tuple[str, str]] = {
+    "not_installed": ("PyTorch is not installed", "Reinstall the tool's dependencies: `uv sync`."),
+    "cpu_build": (
+        "torch {version} is a CPU-only build (Torch not compiled with CUDA enabled)",
+        "Install a CUDA build matching the driver, e.g. "
+        "`uv pip install --reinstall torch --index-url https://download.pytorch.org/whl/{cu_tag}`, "
+        "then run with `uv run --no-sync ...` so uv keeps it.",
+    ),
+    "no_driver": (
+        "PyTorch found no NVIDIA driver",
+        "PyTorch cannot open the driver NVML sees; check LD_LIBRARY_PATH for a stray libcuda and reboot.",
+    ),
+    "driver_too_old": (
+        "torch is built for CUDA {cuda_build} but the driver supports only CUDA {drv_cuda}",
+        "Update the NVIDIA driver to one supporting CUDA {cuda_build}, or install torch built for "
+        "CUDA ≤ {drv_cuda}: `uv pip install --reinstall torch --index-url "
+        "https://download.pytorch.org/whl/{cu_tag}`, then run with `uv run --no-sync ...` so "
+        "uv keeps it.",
+    ),
+    "no_device": ("PyTorch sees no CUDA device", "Check CUDA_VISIBLE_DEVICES and container GPU access."),
+    "crashed": (
+        "PyTorch's CUDA check died: {message}",
+        "Usually a driver/library mismatch or a broken CUDA install: reboot, then reinstall the driver; "
+        "check `dmesg` for Xid errors.",
+    ),
+    "kernel_failed": (
+        "a CUDA kernel failed: {message}",
+        "Check `dmesg` for Xid errors; make sure torch's CUDA build supports this GPU's compute capability.",
+    ),
+}
+# llama.cpp does not need PyTorch: every torch failure says how to validate the inference path without it.
+FIX_TORCH_SUFFIX = " (If you only need llama.cpp inference, rerun with --skip-torch.)"
+FIX_TORCH_NEWER = "Update the NVIDIA driver to avoid PTX JIT failures in newer kernels."
+
+# PyTorch publishes wheels for only some CUDA versions (download.pytorch.org/whl/cuXYZ).
+TORCH_CUDA_INDEXES = ((11, 8), (12, 1), (12, 4), (12, 6), (12, 8), (12, 9), (13, 0))
+
+FIX_HIDES_ALL = "Unset it (`unset CUDA_VISIBLE_DEVICES`) or list a GPU index."
+FIX_HIDES_SOME = "Unset CUDA_VISIBLE_DEVICES if you meant to use every GPU."
+FIX_OFFLINE = "Unset HF_HUB_OFFLINE to download, or pass --model-path / --synthetic."
+
+
+def _version_gt(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return False
+    try:
+        return tuple(int(x) for x in a.split(".")[:2]) > tuple(int(x) for x in b.split(".")[:2])
+    except ValueError:
+        return False
+
+
+def cu_tag(cuda: str | None) -> str:
+    """download.pytorch.org index tag for a driver's CUDA version, e.g. "12.4" -> "cu124"."""
+    if not cuda:
+        return "cu124"
+    major, _, minor = cuda.partition(".")
+    want = (int(major), int(minor or 0))
+    best = max((p for p in TORCH_CUDA_INDEXES if p <= want), default=(11, 8))
+    return f"cu{best[0]}{best[1]}"
+
+
+# -- PyTorch -----------------------------------------------------------------------------------------------
+
+
+def _torch_not_probed(facts: Facts) -> Check | None:
+    """Why torch is not asked at all (--skip-torch, no driver, a CPU run), or None when it is."""
+    opts, title = facts.options, "PyTorch CUDA"
+    if opts.skip_torch:
+        return detect_check("torch.cuda", title, Status.SKIP, "skipped (--skip-torch)")
+    if opts.cpu_mode:
+        # A CPU run needs nothing from torch; its version comes from metadata without the import cost.
+        version = dist_version("torch")
+        summary = f"torch {version or 'not installed'}; CPU run, not required"
+        return detect_check("torch.cuda", title, Status.SKIP, summary, version=version)
+    if facts.nvml.driver is None:
+        return detect_check("torch.cuda", title, Status.SKIP, "skipped: no NVIDIA driver")
+    return None
+
+
+def check_torch(facts: Facts) -> tuple[Check, ...]:
+    not_probed = _torch_not_probed(facts)
+    if not_probed is not None:
+        return (not_probed,)
+    info, title = facts.torch, "PyTorch CUDA"
+    ev = info.to_json()
+    driver = facts.nvml.driver
+    drv_cuda = driver.cuda_version if driver else None
+    newer = _version_gt(info.cuda_build, drv_cuda)
+    if info.problem is not None:
+        problem = "driver_too_old" if info.problem == "no_device" and newer else info.problem
+        summary, fix = TORCH_PROBLEMS[problem]
+        fields = {
+            "version": info.version,
+            "cuda_build": info.cuda_build,
+            "drv_cuda": drv_cuda or "?",
+            "cu_tag": cu_tag(drv_cuda),
+            "message": info.message,
+        }
+        return (
+            detect_check(
+                "torch.cuda",
+                title,
+                Status.FAIL,
+                summary.format(**fields),
+                fix.format(**fields) + FIX_TORCH_SUFFIX,
+                ExitCode.GPU_UNUSABLE,
+                **ev,
+            ),
+        )
+    visible = facts.visible
+    if visible and info.device_count != len(visible):
+        log.info("torch sees %d devices, NVML %d visible", info.device_count, len(visible))
+    summary = f"torch {info.version}, CUDA {info.cuda_build}, sees {info.device_count} GPU(s)"
+    if newer:
+        summary += f"; built for CUDA {info.cuda_build} > driver's {drv_cuda} (minor-version compat)"
+        return (detect_check("torch.cuda", title, Status.WARN, summary, FIX_TORCH_NEWER, **ev),)
+    return (detect_check("torch.cuda", title, Status.PASS, summary, **ev),)
+
+
+def check_torch_kernels(facts: Facts) -> tuple[Check, ...]:
+    """One check per device torch ran its matmul on. A failed kernel is torch.cuda's failure (kernel_failed)."""
+    if _torch_not_probed(facts) is not None or facts.torch.problem is not None:
+        return ()
+    return tuple(
+        detect_check(
+            f"torch.kernel.{dev.index}",
+            f"PyTorch kernel on cuda:{dev.index}",
+            Status.PASS,
+            f"512×512 matmul on {dev.name} matches CPU ({dev.kernel_ms:.1f} ms)",
+            **dev.__dict__,
+        )
+        for dev in facts.torch.devices
+        if dev.kernel_ok and dev.kernel_ms is not None
+    )
+
+
+# -- llama-cpp-python --------------------------------------------------------------------------------------
+
+
+def check_llama_build(facts: Facts) -> tuple[Check, ...]:
+    llama, title = facts.llama, "llama-cpp-python GPU offload"
+    ev = llama.to_json()
+    if not llama.installed or llama.error:
+        fix = (
+            setup_fix(facts.invocation, "installs a llama-cpp-python build that loads here")
+            if llama.installed
+            else f"Reinstall the tool's dependencies (`uv sync`), then run `{facts.invocation} setup`."
+        )
+        summary = llama.error or "llama-cpp-python is not installed"
+        return (detect_check("llama.build", title, Status.FAIL, summary, fix, ExitCode.GPU_UNUSABLE, **ev),)
+    backends = "+".join(llama.backends) or "no backend"
+    if facts.options.cpu_mode:
+        summary = f"llama-cpp-python {llama.version} ({backends}); CPU run, offload not required"
+        return (detect_check("llama.build", title, Status.SKIP, summary, **ev),)
+    if not llama.supports_gpu_offload:
+        visible = bool(facts.visible)
+        summary = f"llama-cpp-python {llama.version} is a CPU-only build ({backends})"
+        return (
+            detect_check(
+                "llama.build",
+                title,
+                Status.FAIL if visible else Status.SKIP,
+                summary + ("" if visible else "; no GPU to offload to"),
+                setup_fix(facts.invocation) if visible else None,
+                ExitCode.GPU_UNUSABLE,
+                **ev,
+            ),
+        )
+    summary = f"llama-cpp-python {llama.version}, backends {backends}"
+    return (detect_check("llama.build", title, Status.PASS, summary, **ev),)
+
+
+def check_llama_archs(facts: Facts) -> tuple[Check, ...]:
+    """Per visible GPU: whether the CUDA build carries code (SASS, or at least PTX) for its compute capability."""
+    llama = facts.llama
+    usable_build = llama.installed and not llama.error and llama.supports_gpu_offload and llama.has_cuda
+    if not usable_build or facts.options.cpu_mode:
+        return ()
+    ev = llama.to_json()
+    out: list[Check] = []
+    for g in facts.visible:
+        if g.compute_capability is None:
+            continue
+        verdict, why = arch_compatibility(llama.cuda_archs, g.compute_capability)
+        cid, title = f"llama.archs.{g.index}", f"CUDA archs for GPU {g.index}"
+        if verdict == "ok":
+            out.append(detect_check(cid, title, Status.PASS, why, **ev))
+            continue
+        sm = f"sm_{g.compute_capability[0]}{g.compute_capability[1]}"
+        fix = setup_fix(facts.invocation, f"rebuilds llama-cpp-python for {sm}")
+        if verdict == "ptx":
+            out.append(detect_check(cid, title, Status.WARN, why, fix, **ev))
+        else:
+            out.append(detect_check(cid, title, Status.FAIL, why, fix, ExitCode.GPU_UNUSABLE, **ev))
+    return tuple(out)
+
+
+# -- environment -------------------------------------------------------------------------------------------
+
+
+def check_cuda_visible_devices(facts: Facts) -> tuple[Check, ...]:
+    """Which GPUs CUDA_VISIBLE_DEVICES hides, over every GPU NVML sees (not only --device's)."""
+    cvd, gpus = facts.env.get("CUDA_VISIBLE_DEVICES"), facts.nvml.gpus
+    if cvd is None or not gpus:
+        return ()
+    hidden, cpu, title = facts.hidden, facts.options.cpu_mode, "CUDA_VISIBLE_DEVICES"
+    names = [f"{g.index} ({g.name})" for g in gpus if g.index in hidden]
+    ev: dict[str, Any] = {"CUDA_VISIBLE_DEVICES": cvd, "hidden": [g.index for g in gpus if g.index in hidden]}
+    cid = "env.cuda_visible_devices"
+    if len(hidden) == len(gpus):
+        summary = f"CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU: " + ", ".join(names)
+        status = Status.SKIP if cpu else Status.FAIL
+        return (detect_check(cid, title, status, summary, None if cpu else FIX_HIDES_ALL, ExitCode.GPU_UNUSABLE, **ev),)
+    if hidden:
+        summary = f"CUDA_VISIBLE_DEVICES={cvd!r} hides GPU " + ", ".join(names)
+        return (detect_check(cid, title, Status.WARN, summary, FIX_HIDES_SOME, **ev),)
+    return (detect_check(cid, title, Status.PASS, f"CUDA_VISIBLE_DEVICES={cvd!r} shows every GPU", **ev),)
+
+
+def check_hub_access(facts: Facts) -> tuple[Check, ...]:
+    offline = facts.env.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    token = "set" if facts.env.get("HF_TOKEN") else "not set"
+    summary = f"HF_HUB_OFFLINE={'on' if offline else 'off'}, HF_TOKEN {token}"
+    title = "Hugging Face Hub access"
+    if offline:
+        summary += "; only models already in the cache can be loaded"
+        return (detect_check("env.hub", title, Status.WARN, summary, FIX_OFFLINE, offline=True, token=token),)
+    return (detect_check("env.hub", title, Status.PASS, summary, offline=False, token=token),)
