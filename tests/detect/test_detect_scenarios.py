@@ -226,6 +226,26 @@ EXPECT: dict[str, Expect] = {
         ),
         fix=(("gpu.0", "Reboot to retire the pending pages"), ("gpu.0", "-mig 0"), ("gpu.0", "Reseat")),
     ),
+    "power_capped": expect(
+        warning=("perf.idle.0", "env.hub"),
+        summary=(("perf.idle.0", "power limit 200 W, default 450 W"),),
+        fix=(("perf.idle.0", "`sudo nvidia-smi -i 0 -pl 450`"),),
+    ),
+    "thermal_slowdown_idle": expect(
+        warning=("perf.idle.0", "env.hub"),
+        summary=(("perf.idle.0", "clocks held back at idle by HW slowdown, HW thermal slowdown at 91 °C"),),
+        fix=(("perf.idle.0", "Improve cooling"),),
+    ),
+    "degraded_pcie": expect(
+        warning=("gpu.0", "env.hub"),  # the width, in the GPU check; gen 1 of 4 at idle is not a fault
+        summary=(("gpu.0", "PCIe link x4 of x16"), ("perf.idle.0", "power limit 450 W = default; no slowdown")),
+        fix=(("gpu.0", "Reseat the card in a full-width slot"),),
+    ),
+    "row_remap_pending": expect(
+        warning=("perf.idle.0", "env.hub"),
+        summary=(("perf.idle.0", "row remap pending (0 correctable, 1 uncorrectable)"),),
+        fix=(("perf.idle.0", "`sudo nvidia-smi -r -i 0`"),),
+    ),
     "nvml_fields_unavailable": expect(
         warning=("min.0", "env.hub"),
         summary=(

@@ -25,7 +25,7 @@ def test_list_checks_prints_every_check_in_order() -> None:
     parsed = [[cell.strip() for cell in row if cell.strip()] for row in rows]
     assert parsed == [[c.id, c.title, ", ".join(c.tags)] for c in CHECKS]
     assert parsed[0] == ["platform.os", "Operating system", "fast, no-model, no-torch, node-health"]
-    assert parsed[7] == ["torch.cuda", "PyTorch CUDA", "no-model"]
+    assert parsed[8] == ["torch.cuda", "PyTorch CUDA", "no-model"]
 
 
 def test_list_checks_json_is_a_list() -> None:

@@ -50,6 +50,9 @@ WSL2_UNSUPPORTED = frozenset(
         "nvmlDeviceGetEccMode",
         "nvmlDeviceGetMigMode",
         "nvmlDeviceGetTotalEnergyConsumption",
+        "nvmlDeviceGetPowerManagementDefaultLimit",
+        "nvmlDeviceGetCurrentClocksEventReasons",
+        "nvmlDeviceGetRemappedRows",
     }
 )
 
@@ -76,7 +79,8 @@ class FakeGpu:
     memory_used: int = 400 * MIB
     temperature_c: int = 38
     power_mw: int = 23_500
-    power_limit_mw: int = 450_000
+    power_limit_mw: int = 450_000  # the limit in force (nvmlDeviceGetEnforcedPowerLimit)
+    power_default_mw: int | None = None  # the board's default limit; None: the same as the limit in force
     persistence: int = 0
     pcie_gen: tuple[int, int] = (1, 4)  # (current, max): an idle GPU drops to gen 1
     pcie_width: tuple[int, int] = (16, 16)
@@ -91,6 +95,10 @@ class FakeGpu:
     max_sm_clock_mhz: int = 2100
     max_mem_clock_mhz: int = 10_501
     sm_clock_mhz: int = 210
+    clocks_event_reasons: int = 0x1  # nvmlClocksEventReason* bits; an idle GPU reports GpuIdle (0x1)
+    # nvmlDeviceGetRemappedRows: (correctable, uncorrectable, pending, failed); None: NotSupported (pre-Ampere,
+    # GeForce), as the real driver answers there.
+    remapped_rows: tuple[int, int, int, int] | None = None
     energy_mj: int = 123_456_789
     unsupported: frozenset[str] = frozenset()  # pynvml function names that raise NVMLError_NotSupported
     lost: bool = False  # every call for this GPU raises NVMLError_GpuIsLost
@@ -259,6 +267,19 @@ class FakePynvml:
 
     def nvmlDeviceGetEnforcedPowerLimit(self, h: FakeHandle) -> int:
         return self._gpu("nvmlDeviceGetEnforcedPowerLimit", h).power_limit_mw
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, h: FakeHandle) -> int:
+        g = self._gpu("nvmlDeviceGetPowerManagementDefaultLimit", h)
+        return g.power_default_mw if g.power_default_mw is not None else g.power_limit_mw
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeHandle) -> int:
+        return self._gpu("nvmlDeviceGetCurrentClocksEventReasons", h).clocks_event_reasons
+
+    def nvmlDeviceGetRemappedRows(self, h: FakeHandle) -> tuple[int, int, int, int]:
+        g = self._gpu("nvmlDeviceGetRemappedRows", h)
+        if g.remapped_rows is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return g.remapped_rows
 
     def nvmlDeviceGetPersistenceMode(self, h: FakeHandle) -> int:
         return self._gpu("nvmlDeviceGetPersistenceMode", h).persistence
@@ -742,6 +763,7 @@ A100_80GB = FakeGpu(
     retired_dbe=(0x3C000,),
     retired_pending=1,
     mig=(1, 1),
+    remapped_rows=(0, 0, 0, 0),
     memory_bus_width=5120,
     max_sm_clock_mhz=1410,
     max_mem_clock_mhz=1593,
@@ -756,6 +778,7 @@ H100_80GB = FakeGpu(
     power_limit_mw=700_000,
     persistence=1,
     pcie_gen=(5, 5),
+    remapped_rows=(0, 0, 0, 0),
     memory_bus_width=5120,
     max_sm_clock_mhz=1980,
     max_mem_clock_mhz=2619,
@@ -1038,6 +1061,31 @@ SCENARIOS: dict[str, Scenario] = _scenarios(
         exit_code=ExitCode.OK,
         gpus=(A100_80GB,),
         driver_version="550.90.07",
+        llama=LlamaSpec(archs="800,900"),
+    ),
+    Scenario(
+        "power_capped",
+        "RTX 4090 whose power limit was lowered to 200 W (default 450 W): a warning with the nvidia-smi -pl fix",
+        exit_code=ExitCode.OK,
+        gpus=(dataclasses.replace(RTX_4090, power_limit_mw=200_000, power_default_mw=450_000),),
+    ),
+    Scenario(
+        "thermal_slowdown_idle",
+        "RTX 4090 already held back at idle by HW thermal slowdown (91 °C): a warning to improve cooling",
+        exit_code=ExitCode.OK,
+        gpus=(dataclasses.replace(RTX_4090, temperature_c=91, clocks_event_reasons=0x1 | 0x8 | 0x40),),
+    ),
+    Scenario(
+        "degraded_pcie",
+        "RTX 4090 in a x4 slot (x16 card); gen 1 at idle is normal and not a fault",
+        exit_code=ExitCode.OK,
+        gpus=(dataclasses.replace(RTX_4090, pcie_width=(4, 16)),),
+    ),
+    Scenario(
+        "row_remap_pending",
+        "H100 with a row remap pending (one uncorrectable error): a warning to reset the GPU",
+        exit_code=ExitCode.OK,
+        gpus=(dataclasses.replace(H100_80GB, remapped_rows=(0, 1, 1, 0)),),
         llama=LlamaSpec(archs="800,900"),
     ),
     Scenario(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kcuda_validate.checks import Check
-from kcuda_validate.detect import software, stack
+from kcuda_validate.detect import idle, software, stack
 from kcuda_validate.detect.facts import DetectOptions, DetectReport, Facts, build_report
 from kcuda_validate.errors import UsageError
 
@@ -49,6 +49,13 @@ CHECKS: tuple[DetectCheck, ...] = (
     _entry("platform.model_dir", "Model directory on a Windows drive (WSL2)", stack.check_model_dir, "platform"),
     _entry("driver.nvml", "NVIDIA driver (NVML)", stack.check_driver, "platform nvml", NODE),
     _entry("gpu", "Each GPU (lost, unopenable, MIG, retired pages, PCIe width)", stack.check_gpus, "nvml env", NODE),
+    _entry(
+        "perf.idle",
+        "Idle health of each GPU (power limit, clocks held back, row remapping)",
+        idle.check_idle_health,
+        "nvml env",
+        NODE,
+    ),
     _entry("cuda.driver_api", "CUDA driver API (cuInit)", stack.check_cuda_driver_api, "platform nvml cuda", NODE),
     _entry("torch.cuda", "PyTorch CUDA", software.check_torch, "nvml env torch"),
     _entry("torch.kernel", "PyTorch kernel on each GPU", software.check_torch_kernels, "nvml env torch"),

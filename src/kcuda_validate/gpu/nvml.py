@@ -26,6 +26,29 @@ _NA_CODES = {
     999,  # UNKNOWN
 }
 _GPU_IS_LOST = 15
+
+# nvmlClocksEventReason* bits (nvml.h), named as nvidia-smi -q -d PERFORMANCE names them.
+CLOCKS_EVENT_REASONS: dict[int, str] = {
+    0x1: "GPU idle",
+    0x2: "applications clocks setting",
+    0x4: "SW power cap",
+    0x8: "HW slowdown",
+    0x10: "sync boost",
+    0x20: "SW thermal slowdown",
+    0x40: "HW thermal slowdown",
+    0x80: "HW power brake slowdown",
+    0x100: "display clock setting",
+}
+THERMAL_REASONS = 0x20 | 0x40
+# The reasons that hold clocks back even at idle only when something is wrong (cooling, power delivery).
+SLOWDOWN_REASONS = 0x8 | THERMAL_REASONS | 0x80
+
+
+def clocks_event_names(bits: int) -> tuple[str, ...]:
+    """The named reasons set in an nvmlDeviceGetCurrentClocksEventReasons answer, in bit order."""
+    return tuple(name for bit, name in CLOCKS_EVENT_REASONS.items() if bits & bit)
+
+
 _INIT_KINDS = {
     12: "library_not_found",
     9: "driver_not_loaded",
@@ -97,6 +120,11 @@ class GpuInfo:
     memory_bus_width_bits: int | None = None
     max_memory_clock_mhz: int | None = None
     max_sm_clock_mhz: int | None = None
+    power_limit_default_w: float | None = None  # the board's default power limit (nvidia-smi -pl sets another)
+    clocks_event_reasons: int | None = None  # NVML clocks-event reason bits active now (ClocksEventReason*)
+    remapped_rows: tuple[int, int] | None = None  # rows remapped for (correctable, uncorrectable) errors
+    remap_pending: bool | None = None  # a row remap waits for the next GPU reset
+    remap_failed: bool | None = None  # a remap failed: the memory can no longer be repaired
     lost: bool = False
     error: str | None = None
 
@@ -140,6 +168,11 @@ class GpuInfo:
             "max_memory_clock_mhz": self.max_memory_clock_mhz,
             "max_sm_clock_mhz": self.max_sm_clock_mhz,
             "peak_bandwidth_bytes_per_s": self.peak_bandwidth_bytes_s,
+            "power_limit_default_w": self.power_limit_default_w,
+            "clocks_event_reasons": self.clocks_event_reasons,
+            "remapped_rows": None if self.remapped_rows is None else list(self.remapped_rows),
+            "remap_pending": self.remap_pending,
+            "remap_failed": self.remap_failed,
             "lost": self.lost,
             "error": self.error,
         }
@@ -289,6 +322,9 @@ class Nvml:
             if sbe is not None or dbe is not None:
                 retired = len(sbe or []) + len(dbe or [])
         pending = q("nvmlDeviceGetRetiredPagesPendingStatus", h) if ecc is not None and ecc[0] else None
+        default_limit = q("nvmlDeviceGetPowerManagementDefaultLimit", h)
+        # Row remapping (Ampere and later datacenter GPUs): (correctable, uncorrectable, pending, failed).
+        remap = q("nvmlDeviceGetRemappedRows", h)
         return GpuInfo(
             index=index,
             name=q("nvmlDeviceGetName", h),
@@ -314,6 +350,11 @@ class Nvml:
             memory_bus_width_bits=q("nvmlDeviceGetMemoryBusWidth", h),
             max_memory_clock_mhz=q("nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_MEM),
             max_sm_clock_mhz=q("nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_SM),
+            power_limit_default_w=default_limit / 1000 if default_limit is not None else None,
+            clocks_event_reasons=q("nvmlDeviceGetCurrentClocksEventReasons", h),
+            remapped_rows=(int(remap[0]), int(remap[1])) if remap is not None else None,
+            remap_pending=bool(remap[2]) if remap is not None else None,
+            remap_failed=bool(remap[3]) if remap is not None else None,
         )
 
     def compute_processes(self, index: int) -> tuple[GpuProcess, ...] | None:
