@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kcuda_validate.checks import Metric, mean_of
-from kcuda_validate.gpu.nvml import Nvml, Sample
+from kcuda_validate.gpu.nvml import CLOCKS_EVENT_REASONS, Nvml, Sample
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,13 @@ class TelemetrySummary:
     temp_max_c: float | None = None
     sm_clock_mean_mhz: float | None = None
     energy_j: float | None = None
+    mem_clock_mean_mhz: float | None = None
+    # Share of the samples that answered in which each clocks-event reason was set, by name (None: n/a).
+    clocks_event_share: tuple[tuple[str, float], ...] | None = None
+    pstate_share_above_p2: float | None = None  # share of samples in a P-state slower than P2
+    pstate_best: int | None = None  # the fastest P-state seen (0 is fastest)
+    pcie_gen_best: int | None = None  # the highest link generation seen under load
+    pcie_width_best: int | None = None
     raw: tuple[Sample, ...] = field(default=(), repr=False)
 
     def metrics(self, generated_tokens: int | None) -> list[Metric]:
@@ -83,12 +90,39 @@ class TelemetrySummary:
             "temperature_max_c": self.temp_max_c,
             "sm_clock_mean_mhz": self.sm_clock_mean_mhz,
             "energy_j": self.energy_j,
+            "mem_clock_mean_mhz": self.mem_clock_mean_mhz,
+            "clocks_event_share": None if self.clocks_event_share is None else dict(self.clocks_event_share),
+            "pstate_share_above_p2": self.pstate_share_above_p2,
+            "pstate_best": self.pstate_best,
+            "pcie_gen_best": self.pcie_gen_best,
+            "pcie_width_best": self.pcie_width_best,
         }
 
 
 def _max(values: list[Any]) -> Any:
     vals = [v for v in values if v is not None]
     return max(vals) if vals else None
+
+
+def _min(values: list[Any]) -> Any:
+    vals = [v for v in values if v is not None]
+    return min(vals) if vals else None
+
+
+def _reason_share(samples: list[Sample]) -> tuple[tuple[str, float], ...] | None:
+    answered = [s.clocks_event_reasons for s in samples if s.clocks_event_reasons is not None]
+    if not answered:
+        return None
+    return tuple(
+        (name, sum(1 for bits in answered if bits & bit) / len(answered))
+        for bit, name in CLOCKS_EVENT_REASONS.items()
+        if any(bits & bit for bits in answered)
+    )
+
+
+def _pstate_share(samples: list[Sample]) -> float | None:
+    states = [s.pstate for s in samples if s.pstate is not None]
+    return sum(1 for p in states if p > 2) / len(states) if states else None
 
 
 def summarize(samples: list[Sample], interval_s: float) -> TelemetrySummary:
@@ -108,6 +142,12 @@ def summarize(samples: list[Sample], interval_s: float) -> TelemetrySummary:
         temp_max_c=_max([s.temperature_c for s in samples]),
         sm_clock_mean_mhz=mean_of([s.sm_clock_mhz for s in samples]),
         energy_j=energy,
+        mem_clock_mean_mhz=mean_of([s.mem_clock_mhz for s in samples]),
+        clocks_event_share=_reason_share(samples),
+        pstate_share_above_p2=_pstate_share(samples),
+        pstate_best=_min([s.pstate for s in samples]),
+        pcie_gen_best=_max([s.pcie_gen for s in samples]),
+        pcie_width_best=_max([s.pcie_width for s in samples]),
         raw=tuple(samples),
     )
 

@@ -53,6 +53,8 @@ WSL2_UNSUPPORTED = frozenset(
         "nvmlDeviceGetPowerManagementDefaultLimit",
         "nvmlDeviceGetCurrentClocksEventReasons",
         "nvmlDeviceGetRemappedRows",
+        "nvmlDeviceGetTemperatureThreshold",
+        "nvmlDeviceGetPerformanceState",
     }
 )
 
@@ -95,6 +97,9 @@ class FakeGpu:
     max_sm_clock_mhz: int = 2100
     max_mem_clock_mhz: int = 10_501
     sm_clock_mhz: int = 210
+    mem_clock_mhz: int | None = None  # the memory clock now; None: at its maximum
+    temp_slowdown_c: int = 87  # nvmlDeviceGetTemperatureThreshold(NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)
+    pstate: int = 8  # an idle GPU sits in P8
     clocks_event_reasons: int = 0x1  # nvmlClocksEventReason* bits; an idle GPU reports GpuIdle (0x1)
     # nvmlDeviceGetRemappedRows: (correctable, uncorrectable, pending, failed); None: NotSupported (pre-Ampere,
     # GeForce), as the real driver answers there.
@@ -272,6 +277,15 @@ class FakePynvml:
         g = self._gpu("nvmlDeviceGetPowerManagementDefaultLimit", h)
         return g.power_default_mw if g.power_default_mw is not None else g.power_limit_mw
 
+    def nvmlDeviceGetTemperatureThreshold(self, h: FakeHandle, threshold: int) -> int:
+        g = self._gpu("nvmlDeviceGetTemperatureThreshold", h)
+        if threshold != pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return g.temp_slowdown_c
+
+    def nvmlDeviceGetPerformanceState(self, h: FakeHandle) -> int:
+        return self._gpu("nvmlDeviceGetPerformanceState", h).pstate
+
     def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeHandle) -> int:
         return self._gpu("nvmlDeviceGetCurrentClocksEventReasons", h).clocks_event_reasons
 
@@ -326,7 +340,8 @@ class FakePynvml:
 
     def nvmlDeviceGetClockInfo(self, h: FakeHandle, clock: int) -> int:
         g = self._gpu("nvmlDeviceGetClockInfo", h)
-        return {pynvml.NVML_CLOCK_SM: g.sm_clock_mhz, pynvml.NVML_CLOCK_MEM: g.max_mem_clock_mhz}[clock]
+        mem = g.mem_clock_mhz if g.mem_clock_mhz is not None else g.max_mem_clock_mhz
+        return {pynvml.NVML_CLOCK_SM: g.sm_clock_mhz, pynvml.NVML_CLOCK_MEM: mem}[clock]
 
     def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeHandle) -> int:
         return self._gpu("nvmlDeviceGetTotalEnergyConsumption", h).energy_mj

@@ -26,6 +26,7 @@ _NA_CODES = {
     999,  # UNKNOWN
 }
 _GPU_IS_LOST = 15
+_TEMPERATURE_THRESHOLD_SLOWDOWN = 1  # NVML_TEMPERATURE_THRESHOLD_SLOWDOWN
 
 # nvmlClocksEventReason* bits (nvml.h), named as nvidia-smi -q -d PERFORMANCE names them.
 CLOCKS_EVENT_REASONS: dict[int, str] = {
@@ -120,6 +121,7 @@ class GpuInfo:
     memory_bus_width_bits: int | None = None
     max_memory_clock_mhz: int | None = None
     max_sm_clock_mhz: int | None = None
+    temp_slowdown_c: int | None = None  # the temperature at which the driver starts thermal slowdown
     power_limit_default_w: float | None = None  # the board's default power limit (nvidia-smi -pl sets another)
     clocks_event_reasons: int | None = None  # NVML clocks-event reason bits active now (ClocksEventReason*)
     remapped_rows: tuple[int, int] | None = None  # rows remapped for (correctable, uncorrectable) errors
@@ -168,6 +170,7 @@ class GpuInfo:
             "max_memory_clock_mhz": self.max_memory_clock_mhz,
             "max_sm_clock_mhz": self.max_sm_clock_mhz,
             "peak_bandwidth_bytes_per_s": self.peak_bandwidth_bytes_s,
+            "temperature_slowdown_c": self.temp_slowdown_c,
             "power_limit_default_w": self.power_limit_default_w,
             "clocks_event_reasons": self.clocks_event_reasons,
             "remapped_rows": None if self.remapped_rows is None else list(self.remapped_rows),
@@ -189,6 +192,11 @@ class Sample:
     temperature_c: int | None = None
     sm_clock_mhz: int | None = None
     energy_mj: int | None = None
+    mem_clock_mhz: int | None = None
+    clocks_event_reasons: int | None = None  # nvmlClocksEventReason* bits
+    pstate: int | None = None  # 0 (fastest) .. 15; 32 = unknown, stored as None
+    pcie_gen: int | None = None
+    pcie_width: int | None = None
 
 
 def format_cuda_version(value: int | None) -> str | None:
@@ -350,6 +358,7 @@ class Nvml:
             memory_bus_width_bits=q("nvmlDeviceGetMemoryBusWidth", h),
             max_memory_clock_mhz=q("nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_MEM),
             max_sm_clock_mhz=q("nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_SM),
+            temp_slowdown_c=q("nvmlDeviceGetTemperatureThreshold", h, _TEMPERATURE_THRESHOLD_SLOWDOWN),
             power_limit_default_w=default_limit / 1000 if default_limit is not None else None,
             clocks_event_reasons=q("nvmlDeviceGetCurrentClocksEventReasons", h),
             remapped_rows=(int(remap[0]), int(remap[1])) if remap is not None else None,
@@ -380,6 +389,7 @@ class Nvml:
         util = q("nvmlDeviceGetUtilizationRates", h)
         mem = q("nvmlDeviceGetMemoryInfo", h)
         power = q("nvmlDeviceGetPowerUsage", h)
+        pstate = q("nvmlDeviceGetPerformanceState", h)
         return Sample(
             t=t,
             utilization_gpu=getattr(util, "gpu", None),
@@ -388,6 +398,11 @@ class Nvml:
             temperature_c=q("nvmlDeviceGetTemperature", h, lib.NVML_TEMPERATURE_GPU),
             sm_clock_mhz=q("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_SM),
             energy_mj=q("nvmlDeviceGetTotalEnergyConsumption", h),
+            mem_clock_mhz=q("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_MEM),
+            clocks_event_reasons=q("nvmlDeviceGetCurrentClocksEventReasons", h),
+            pstate=pstate if pstate is not None and 0 <= pstate <= 15 else None,
+            pcie_gen=q("nvmlDeviceGetCurrPcieLinkGeneration", h),
+            pcie_width=q("nvmlDeviceGetCurrPcieLinkWidth", h),
         )
 
 

@@ -1,0 +1,130 @@
+"""The GPU-performance judge: why a GPU ran slower than it can, from the telemetry sampled during inference.
+
+A pure function of the sampler's summary and what NVML said of the GPU (no I/O). It passes, or warns with the
+cause, the share of the sampled inference it held for, and the fix. A figure the driver cannot give is n/a in
+the summary, never dropped. SW power cap at the default limit is how a GPU boosts, not a fault; an idle PCIe link
+downshifts on its own, so the link is judged on the best generation and width seen under load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kcuda_validate.checks import Check, Status
+from kcuda_validate.gpu.nvml import GpuInfo
+from kcuda_validate.telemetry import TelemetrySummary
+
+CHECK_ID, STAGE, TITLE = "gpu.performance", "infer", "GPU performance under load"
+MIN_SHARE = 0.10  # a slowdown reason must hold for at least this share of the samples to count
+MEM_CLOCK_LOW = 0.85  # memory clock below this share of its maximum is stuck low (GeForce P2 sits ~2-5 % below)
+PSTATE_SHARE = 0.5  # half the samples in a P-state slower than P2: clocks stuck low
+_TOLERANCE_W = 1.0
+
+FIX_THERMAL = "improve cooling (clean the fans and heatsink, check the airflow and the fan curve)"
+FIX_HW_SLOWDOWN = "check the board's power cables and the power supply; `nvidia-smi -q -d PERFORMANCE` shows the cause"
+FIX_POWER = "`sudo nvidia-smi -i {index} -pl {default:.0f}`"
+FIX_MEM_CLOCK = "reset the clocks (`sudo nvidia-smi -i {index} -rmc` and `-rac`); check `nvidia-smi -q -d CLOCK`"
+FIX_PSTATE = "check `nvidia-smi -q -d PERFORMANCE` for what holds the P-state; enable persistence mode (`-pm 1`)"
+FIX_LINK = "reseat the card in a full-width slot wired for its generation; check the slot's BIOS link setting"
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:.0f} %"
+
+
+def _temps(summary: TelemetrySummary, gpu: GpuInfo) -> str:
+    temp = f"{summary.temp_max_c:.0f} °C" if summary.temp_max_c is not None else "temperature n/a"
+    slow = f"slowdown at {gpu.temp_slowdown_c} °C" if gpu.temp_slowdown_c is not None else "slowdown threshold n/a"
+    return f"{temp}, {slow}"
+
+
+def _findings(summary: TelemetrySummary, gpu: GpuInfo) -> tuple[list[tuple[str, str]], list[str]]:
+    """(problems as (what, fix), the n/a figures)."""
+    problems: list[tuple[str, str]] = []
+    na: list[str] = []
+    shares = dict(summary.clocks_event_share) if summary.clocks_event_share is not None else None
+    if shares is None:
+        na.append("clocks-event reasons")
+    else:
+        for names, fix in (
+            (("HW thermal slowdown", "SW thermal slowdown"), FIX_THERMAL),
+            (("HW slowdown", "HW power brake slowdown"), FIX_HW_SLOWDOWN),
+        ):
+            held = [(n, shares[n]) for n in names if shares.get(n, 0.0) >= MIN_SHARE]
+            if held:
+                name, share = max(held, key=lambda x: x[1])
+                extra = f" ({_temps(summary, gpu)})" if fix is FIX_THERMAL else ""
+                problems.append((f"clocks held back by {name} for {_pct(share)} of inference{extra}", fix))
+    limit, default = gpu.power_limit_w, gpu.power_limit_default_w
+    if limit is None or default is None:
+        na.append("power limit vs default")
+    elif limit < default - _TOLERANCE_W:
+        cap = shares.get("SW power cap", 0.0) if shares is not None else None
+        binding = f", SW power cap for {_pct(cap)} of inference" if cap else ""
+        problems.append(
+            (
+                f"power limit {limit:.0f} W, default {default:.0f} W{binding}",
+                FIX_POWER.format(index=gpu.index, default=default),
+            )
+        )
+    if summary.mem_clock_mean_mhz is None or not gpu.max_memory_clock_mhz:
+        na.append("memory clock")
+    elif summary.mem_clock_mean_mhz < MEM_CLOCK_LOW * gpu.max_memory_clock_mhz:
+        problems.append(
+            (
+                f"memory clock {summary.mem_clock_mean_mhz:.0f} MHz of {gpu.max_memory_clock_mhz} MHz max",
+                FIX_MEM_CLOCK.format(index=gpu.index),
+            )
+        )
+    if summary.pstate_share_above_p2 is None:
+        na.append("P-state")
+    elif summary.pstate_share_above_p2 >= PSTATE_SHARE:
+        problems.append(
+            (
+                f"slower than P2 for {_pct(summary.pstate_share_above_p2)} of inference (best P{summary.pstate_best})",
+                FIX_PSTATE,
+            )
+        )
+    gen, width = summary.pcie_gen_best, summary.pcie_width_best
+    if gen is None or width is None or gpu.pcie_gen_max is None or gpu.pcie_width_max is None:
+        na.append("PCIe link")
+    elif gen < gpu.pcie_gen_max or width < gpu.pcie_width_max:
+        problems.append(
+            (
+                f"PCIe gen {gen} x{width} under load, card supports gen {gpu.pcie_gen_max} x{gpu.pcie_width_max}",
+                FIX_LINK,
+            )
+        )
+    return problems, na
+
+
+def judge_gpu_performance(summary: TelemetrySummary, gpu: GpuInfo) -> Check:
+    """Pass, or warn with each cause found under load and its fix; SKIP when nothing was sampled."""
+    evidence: dict[str, Any] = {
+        "telemetry": summary.to_json(),
+        "max_sm_clock_mhz": gpu.max_sm_clock_mhz,
+        "max_memory_clock_mhz": gpu.max_memory_clock_mhz,
+        "temperature_slowdown_c": gpu.temp_slowdown_c,
+        "power_limit_w": gpu.power_limit_w,
+        "power_limit_default_w": gpu.power_limit_default_w,
+        "pcie_gen_max": gpu.pcie_gen_max,
+        "pcie_width_max": gpu.pcie_width_max,
+    }
+    if summary.samples == 0:
+        return Check(CHECK_ID, STAGE, TITLE, Status.SKIP, "no telemetry sampled during inference", evidence)
+    problems, na = _findings(summary, gpu)
+    tail = f" ({', '.join(na)}: n/a)" if na else ""
+    if problems:
+        what = "; ".join(w for w, _ in problems)
+        fix = "; ".join(f for _, f in problems)
+        return Check(CHECK_ID, STAGE, TITLE, Status.WARN, what + tail, evidence, fix[0].upper() + fix[1:] + ".")
+    if len(na) == 5:
+        return Check(
+            CHECK_ID, STAGE, TITLE, Status.SKIP, "the driver reports no clocks, P-state or PCIe link: n/a", evidence
+        )
+    sm = (
+        f"SM {summary.sm_clock_mean_mhz:.0f} of {gpu.max_sm_clock_mhz} MHz"
+        if summary.sm_clock_mean_mhz and gpu.max_sm_clock_mhz
+        else "SM clock n/a"
+    )
+    return Check(CHECK_ID, STAGE, TITLE, Status.PASS, f"no slowdown, {sm}{tail}", evidence)
