@@ -10,11 +10,12 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from fakes.hardware import MIB, RTX_4090, SCENARIOS, FakeProcess, FakePynvml, install
+from fakes.hardware import MIB, RTX_4090, SCENARIOS, FakeHandle, FakeProcess, FakePynvml, Scenario, install
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.gpu.nvml import Nvml
@@ -22,7 +23,7 @@ from kcuda_validate.pipeline import token_agreement
 from kcuda_validate.telemetry import TelemetrySampler, summarize
 
 
-def run_json(*args: str) -> tuple[int, dict]:
+def run_json(*args: str) -> tuple[int, dict[str, Any]]:
     result = CliRunner().invoke(cli, ["--json", *args])
     return result.exit_code, json.loads(result.stdout)
 
@@ -79,11 +80,11 @@ def test_all_devices_conflicts_with_device() -> None:
 class EnergyCountingNvml(FakePynvml):
     """A GPU drawing 100 W while we watch: the energy counter advances with time, as the driver's does."""
 
-    def __init__(self, *a: object, **kw: object) -> None:
+    def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.t0 = time.perf_counter()
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, h: object) -> int:
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeHandle) -> int:
         super().nvmlDeviceGetTotalEnergyConsumption(h)
         return 1_000_000 + int((time.perf_counter() - self.t0) * 100_000)
 
@@ -154,18 +155,20 @@ def test_summary_of_nothing_is_empty_not_invented() -> None:
     ],
 )
 def test_gpu_and_cpu_outputs_are_compared_only_when_both_are_greedy(
-    gpu: tuple[int, ...], cpu: tuple[int, ...], temperature: float, expected: tuple
+    gpu: tuple[int, ...], cpu: tuple[int, ...], temperature: float, expected: tuple[bool | None, int | None, str]
 ) -> None:
     assert token_agreement(gpu, cpu, temperature) == expected
 
 
-def _processes_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, scenario: object) -> dict:
+def _processes_check(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, scenario: Scenario | str
+) -> dict[str, Any]:
     install(scenario, monkeypatch, tmp_path)
     _, doc = run_json("load", "--model-path", str(tiny_model))  # the load itself fails: a CPU build of llama.cpp
     return next(c for c in doc["checks"] if c["id"] == "gpu.processes")
 
 
-def _with_processes(*procs: FakeProcess, unsupported: frozenset[str] = frozenset()) -> object:
+def _with_processes(*procs: FakeProcess, unsupported: frozenset[str] = frozenset()) -> Scenario:
     gpu = dataclasses.replace(RTX_4090, processes=procs, unsupported=RTX_4090.unsupported | unsupported)
     return dataclasses.replace(SCENARIOS["healthy_one_gpu"], gpus=(gpu,))
 
@@ -215,7 +218,7 @@ def test_many_other_processes_are_summarised(tiny_model: Path, monkeypatch: pyte
     ],
 )
 def test_an_idle_gpu_passes_and_an_unlistable_one_is_not_called_idle(
-    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scenario: object, status: str, summary: str
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scenario: Scenario, status: str, summary: str
 ) -> None:
     check = _processes_check(monkeypatch, tmp_path, tiny_model, scenario)
     assert (check["status"], check["summary"]) == (status, summary)

@@ -14,9 +14,10 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
@@ -30,7 +31,7 @@ def marker(monkeypatch: pytest.MonkeyPatch) -> str:
     return value
 
 
-def _run(tiny_model: Path, tmp_path: Path, *extra: str) -> tuple[object, dict, ET.Element]:
+def _run(tiny_model: Path, tmp_path: Path, *extra: str) -> tuple[Result, dict[str, Any], ET.Element]:
     report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
     result = CliRunner().invoke(
         cli,

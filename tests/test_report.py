@@ -6,6 +6,7 @@ import errno
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any, cast
 
 import jsonschema
 import pytest
@@ -19,7 +20,7 @@ from kcuda_validate.report import Report, write_atomic
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "specs" / "report.schema.json").read_text())
 
 
-def validate(doc: dict) -> None:
+def validate(doc: dict[str, Any]) -> None:
     jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
 
 
@@ -92,11 +93,14 @@ def test_junit_has_one_testcase_per_check_and_readable_failures() -> None:
         "load.offload: GPU offload",
     ]
     failure = cases[3].find("failure")
+    assert failure is not None and failure.text is not None
     assert failure.get("message") == "0/25 layers on a GPU"
     assert failure.get("type") == "gpu_unusable"
     assert "Fix: rebuild <with> & CUDA" in failure.text  # escaped by the XML writer, readable after parsing
     assert cases[2].find("skipped") is not None
-    props = {p.get("name"): p.get("value") for p in root.find("properties")}
+    properties = root.find("properties")
+    assert properties is not None
+    props = {p.get("name"): p.get("value") for p in properties}
     assert props["exit_code"] == "4"
     assert props["metric.gen_tps"] == "51.5 tokens/s"  # measured figures ride along for CI dashboards
 
@@ -107,7 +111,7 @@ def test_write_atomic_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert target.read_text() == "{}"
 
     with pytest.raises(TypeError):
-        write_atomic(target, 123)  # type: ignore[arg-type]
+        write_atomic(target, cast(str, 123))
     assert target.read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 

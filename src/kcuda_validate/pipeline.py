@@ -127,6 +127,13 @@ def record(report: Report, verdicts: Iterable[StageVerdict]) -> None:
             report.stopped_at = v.stage
 
 
+def source_detail(resolved: ResolvedModel) -> dict[str, Any]:
+    """Where the model came from, for the report (model.source is moving from a dict to a frozen detail
+    record with its own to_json(); both shapes are read until that lands)."""
+    detail: Any = resolved.detail
+    return dict(detail.to_json() if hasattr(detail, "to_json") else detail)
+
+
 def check_ctx(info: GgufInfo, n_ctx: int) -> None:
     """Refuse absurd --n-ctx at once, before llama.cpp spends seconds and gigabytes failing."""
     limit = min(info.context_length or N_CTX_MAX, N_CTX_MAX)
@@ -214,11 +221,12 @@ class ModelValidation:
         except KcudaError as exc:
             self.keep(halt("model", error_check(exc, "model.source", "model", "Model source")))
             return None
-        section = {"origin": resolved.origin, **resolved.detail, "resolve_s": resolved.resolve_s}
+        detail = source_detail(resolved)
+        section = {"origin": resolved.origin, **detail, "resolve_s": resolved.resolve_s}
         label = resolved.describe()
         if resolved.origin == "synthetic":
             label += " — synthetic weights: text is meaningless, speeds are real"
-        check = passed("model.source", "model", "Model source", label, origin=resolved.origin, **resolved.detail)
+        check = passed("model.source", "model", "Model source", label, origin=resolved.origin, **detail)
         self.keep(StageVerdict("model", (check,), sections=Sections(model_source=section)))
         return resolved
 
