@@ -19,7 +19,8 @@ from fakes.hardware import (
     Scenario,
     install,
 )
-from kcuda_validate.engine.plan import GIB, MachineFacts, SetupOptions, cache_key, gather_facts, make_plan
+from kcuda_validate.engine.facts import MachineFacts, gather_facts
+from kcuda_validate.engine.plan import GIB, SetupOptions, cache_key, make_plan
 from kcuda_validate.engine.toolkit import HostCompiler, SystemToolkit
 from kcuda_validate.errors import ExitCode
 
@@ -58,7 +59,7 @@ def facts_for(
     """The machine as `gather_facts` reads it through the fake hardware, then this test's non-GPU facts."""
     install(scenario, monkeypatch, tmp_path)
     monkeypatch.setenv("KCUDA_CACHE_DIR", str(tmp_path / "cache"))
-    base = gather_facts(SetupOptions())
+    base = gather_facts()
     defaults: dict[str, object] = {
         "system_toolkits": (),
         "compiler": GCC12,

@@ -132,12 +132,13 @@ def plan_lines(plan: Any) -> list[str]:
 
 def run_setup_step(ui: Any, kw: dict[str, Any], dry_run: bool = False) -> Any:
     """Plan, then (unless a dry run) carry it out with progress on stderr. Returns the SetupResult."""
-    from kcuda_validate.engine.plan import gather_facts, make_plan
+    from kcuda_validate.engine.facts import gather_facts
+    from kcuda_validate.engine.plan import make_plan
     from kcuda_validate.engine.setup import SetupResult, run_setup
 
     opts = setup_options_from(kw)
     ui.progress("Reading the GPUs, toolkits and the installed engine…")
-    plan = make_plan(gather_facts(opts), opts)
+    plan = make_plan(gather_facts(), opts)
     if dry_run:
         return SetupResult(
             plan,

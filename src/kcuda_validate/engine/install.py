@@ -309,7 +309,7 @@ def probe(python: str, pythonpath: Path | None = None, timeout_s: float = 120.0)
 
 def judge(raw: Mapping[str, Any], archs: Sequence[int], gpu_ccs: Sequence[tuple[int, int]]) -> Verification:
     """Does this probe show the engine we built: CUDA, offload when there is a GPU, every wanted arch?"""
-    from kcuda_validate.engine.plan import covers
+    from kcuda_validate.engine.toolkit import covers
     from kcuda_validate.llm.build import parse_system_info
 
     if "import_error" in raw:

@@ -22,7 +22,8 @@ from kcuda_validate.checks import Check, Status
 from kcuda_validate.engine import install as inst
 from kcuda_validate.engine import toolkit as tk
 from kcuda_validate.engine.build import BuildProgress, build_env, run_build
-from kcuda_validate.engine.plan import Plan, SetupOptions, cc_text
+from kcuda_validate.engine.plan import Plan, SetupOptions
+from kcuda_validate.engine.toolkit import cc_text
 from kcuda_validate.errors import ExitCode, Interrupted, KcudaError
 from kcuda_validate.llm.build import invocation
 

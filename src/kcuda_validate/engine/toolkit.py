@@ -358,3 +358,20 @@ def driver_symbols(cuda_h: str) -> tuple[str, ...]:
     Ubuntu), and the engine then has no NEEDED libcuda.so.1 and fails to load on a GPU with
     "undefined symbol: cuMemCreate"."""
     return tuple(sorted(set(_DRIVER_CALL.findall(cuda_h)) | set(_DRIVER_ALIAS.findall(cuda_h))))
+
+
+# --- compute capabilities and CMake architectures -------------------------------------------------
+
+
+def cc_text(cc: tuple[int, int]) -> str:
+    return f"{cc[0]}.{cc[1]}"
+
+
+def arch_of(cc: tuple[int, int]) -> int:
+    """(8, 9) -> 89, the spelling of CMAKE_CUDA_ARCHITECTURES."""
+    return cc[0] * 10 + cc[1]
+
+
+def covers(archs: tuple[int, ...], cc: tuple[int, int]) -> bool:
+    """Native code for `archs` runs on `cc`: same major, equal or lower minor."""
+    return any(a // 10 == cc[0] and a % 10 <= cc[1] for a in archs)
