@@ -25,3 +25,21 @@ from kcuda_validate.entry import _guess
 )
 def test_guess(argv: list[str], expected: tuple[bool, int | None] | None) -> None:
     assert _guess(argv) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0", 0), (" 12 ", 12), ("cpu", "cpu"), (" CPU", "cpu"), ("gpu0", None), ("-1", None), ("", None)],
+)
+def test_one_device_parser_for_the_guess_and_the_option(text: str, expected: int | str | None) -> None:
+    """The entry point's guess and click's --device type read the value with the same function."""
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+    from kcuda_validate.prestart import parse_device
+
+    assert parse_device(text) == expected
+    if expected is None:
+        result = CliRunner().invoke(cli, ["detect", "--device", text])
+        assert result.exit_code == 2
+        assert f"{text!r} is not a GPU index or 'cpu'" in result.stderr

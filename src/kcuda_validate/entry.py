@@ -2,7 +2,8 @@
 
 `load`, `infer` and `validate-all` spend their first ~0.1 s importing click and the CLI; the worker needs
 ~0.3 s to import llama.cpp. Guessing the command from argv and starting the worker here lets both happen
-at once. The guess is checked later (cli._common.start_worker): a wrong one is simply discarded.
+at once. The worker is handed to the command through click's context object (`EarlyWorker`); the command
+checks the guess (cli._common.start_worker) and discards a wrong one.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from kcuda_validate.prestart import EARLY_WORKER, EarlyWorker, parse_device
+
 MODEL_COMMANDS = {"load", "infer", "validate-all"}
-_early: Any = None
 
 
 def _guess(argv: list[str]) -> tuple[bool, int | None] | None:
@@ -30,39 +32,28 @@ def _guess(argv: list[str]) -> tuple[bool, int | None] | None:
             device = arg.split("=", 1)[1]
     if device is None:
         return False, None
-    if device.strip().lower() == "cpu":
-        return True, None
-    return (False, int(device)) if device.strip().isdigit() else None
-
-
-def take_early_worker(cpu_mode: bool, device: int | None) -> Any:
-    """The worker started from argv, if the command's parsed options match the guess it was started for."""
-    global _early
-    early, _early = _early, None
-    if early is None:
+    parsed = parse_device(device)
+    if parsed is None:
         return None
-    guess, worker = early
-    if guess == (cpu_mode, device):
-        return worker
-    worker.kill()
-    return None
+    return (True, None) if parsed == "cpu" else (False, parsed)
 
 
 def main() -> None:
-    global _early
+    obj: dict[str, Any] = {}
     guess = _guess(sys.argv[1:])
     if guess is not None:
         try:
             from kcuda_validate.gpu.nvml import worker_pin
             from kcuda_validate.isolation import Worker
 
-            _early = (guess, Worker(pin=worker_pin(*guess)).start())
+            obj[EARLY_WORKER] = EarlyWorker(guess, Worker(pin=worker_pin(*guess)).start())
         except Exception:  # noqa: BLE001 - an optimisation only; the command starts its own worker
-            _early = None
+            obj.pop(EARLY_WORKER, None)
     try:
         from kcuda_validate.cli import main as cli_main
 
-        cli_main()
+        cli_main(obj)
     finally:
-        if _early is not None:  # the command never took it (usage error, --help...)
-            _early[1].kill()
+        early = obj.pop(EARLY_WORKER, None)
+        if early is not None:  # the command never took it (usage error, --help...)
+            early.worker.kill()

@@ -65,23 +65,22 @@ class KcudaGroup(click.Group):
 )
 @output_options
 @click.pass_context
-def cli(ctx: click.Context, **kw: Any) -> None:
+def cli(ctx: click.Context, /, **kw: Any) -> None:
     """Prove this machine can run local LLM inference on its NVIDIA GPU — or say exactly why not and how to fix it.
 
     \b
     Start with `kcuda-validate detect`, then `kcuda-validate validate-all`.
     Exit codes are the same for every command: see `kcuda-validate exit-codes`.
     """
-    ctx.obj = {
-        "output": OutputOptions(
-            json=bool(kw.get("json_out")),
-            verbose=kw.get("verbose") or 0,
-            quiet=bool(kw.get("quiet")),
-            report_path=kw.get("report_path"),
-            junit_path=kw.get("junit_path"),
-            debug=bool(kw.get("debug")),
-        )
-    }
+    ctx.ensure_object(dict)["output"] = OutputOptions(
+        json=bool(kw.get("json_out")),
+        verbose=kw.get("verbose") or 0,
+        quiet=bool(kw.get("quiet")),
+        report_path=kw.get("report_path"),
+        junit_path=kw.get("junit_path"),
+        prometheus_path=kw.get("prometheus_path"),
+        debug=bool(kw.get("debug")),
+    )
 
 
 def _register() -> None:
@@ -99,6 +98,6 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    """Console-script entry point."""
-    cli.main(prog_name="kcuda-validate")
+def main(obj: dict[str, Any] | None = None) -> None:
+    """Console-script entry point. `obj` starts the click context object (the entry point's early worker)."""
+    cli.main(prog_name="kcuda-validate", obj={} if obj is None else obj)

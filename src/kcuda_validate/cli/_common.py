@@ -15,21 +15,20 @@ DEFAULT_N_CTX = 4096
 DEFAULT_TIMEOUT = 600.0
 
 
-class DeviceType(click.ParamType):
+class DeviceType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click; >=8.1 is allowed
     """`--device N` (an NVML GPU index) or `--device cpu` (a CPU-only run, never reported as a GPU pass)."""
 
     name = "N|cpu"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from kcuda_validate.prestart import parse_device
+
         if value is None or isinstance(value, int):
             return value
-        text = str(value).strip().lower()
-        if text == "cpu":
-            return "cpu"
-        if text.isdigit():
-            return int(text)
-        self.fail(f"{value!r} is not a GPU index or 'cpu'", param, ctx)
-        return None
+        parsed = parse_device(str(value))
+        if parsed is None:
+            self.fail(f"{value!r} is not a GPU index or 'cpu'", param, ctx)
+        return parsed
 
 
 DEVICE = DeviceType()
@@ -46,7 +45,7 @@ class FiniteFloatRange(click.FloatRange):
 
 
 def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--json, -v, -q, --report, --junit-xml, --debug: accepted before or after the command name."""
+    """--json, -v, -q, --report, --junit-xml, --prometheus, --debug: accepted before or after the command name."""
     opts = [
         click.option("--json", "json_out", is_flag=True, default=None, help="Print one JSON document on stdout."),
         click.option("-v", "--verbose", count=True, help="Show every check and more detail (repeatable)."),
@@ -62,6 +61,12 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "junit_path",
             type=click.Path(dir_okay=False, path_type=Path),
             help="Write a JUnit XML file with one test case per check.",
+        ),
+        click.option(
+            "--prometheus",
+            "prometheus_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write the verdict, checks and figures as a Prometheus textfile (node_exporter).",
         ),
         click.option("--debug", is_flag=True, default=None, help="Show tracebacks for unexpected errors."),
     ]
@@ -79,12 +84,15 @@ def make_output(ctx: click.Context, **kw: Any) -> Output:
         quiet=bool(kw.get("quiet") if kw.get("quiet") is not None else base.quiet),
         report_path=kw.get("report_path") or base.report_path,
         junit_path=kw.get("junit_path") or base.junit_path,
+        prometheus_path=kw.get("prometheus_path") or base.prometheus_path,
         debug=bool(kw.get("debug") if kw.get("debug") is not None else base.debug),
     )
     if opts.report_path is not None:
         check_writable(opts.report_path, "--report")
     if opts.junit_path is not None:
         check_writable(opts.junit_path, "--junit-xml")
+    if opts.prometheus_path is not None:
+        check_writable(opts.prometheus_path, "--prometheus")
     return Output(opts)
 
 
@@ -309,21 +317,25 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
     )
 
 
-def start_worker(kw: dict[str, Any]) -> Any:
+def start_worker(ctx: click.Context, kw: dict[str, Any]) -> Any:
     """Spawn the model worker first thing, pinned to the GPU the run will use, so its llama.cpp import runs
     while this process imports, detects and reads the model header. Reuses the one the entry point started
-    before click was even imported, when it was started for the same options."""
-    from kcuda_validate import entry
+    before click was even imported (handed in through the context object), when it was started for the
+    same options; a worker started for other options is killed."""
     from kcuda_validate.gpu.nvml import worker_pin
     from kcuda_validate.isolation import Worker
+    from kcuda_validate.prestart import EARLY_WORKER
 
     device = kw.get("device")
     cpu_mode, index = device == "cpu", device if isinstance(device, int) else None
+    obj = ctx.find_root().obj
+    early = obj.pop(EARLY_WORKER, None) if isinstance(obj, dict) else None
+    if early is not None and early.guess == (cpu_mode, index):  # same pin, no second NVML read
+        return early.worker
+    if early is not None:
+        early.worker.kill()
     if kw.get("all_devices"):  # each GPU gets its own worker later; the entry point made no guess
         return Worker().start()
-    early = entry.take_early_worker(cpu_mode, index)
-    if early is not None:  # started for these same options: same pin, no second NVML read
-        return early
     return Worker(pin=worker_pin(cpu_mode, index)).start()
 
 
@@ -359,7 +371,7 @@ def run_model_command(
             report.stopped_at = "setup"
             ui.result(report)
             return int(report.exit_code)
-    worker = start_worker(kw)
+    worker = start_worker(ctx, kw)
     try:
         from kcuda_validate.pipeline import run_pipeline
 

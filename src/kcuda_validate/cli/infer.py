@@ -24,6 +24,6 @@ from kcuda_validate.cli._common import (
 @threshold_options
 @output_options
 @click.pass_context
-def infer(ctx: click.Context, **kw: Any) -> int:
+def infer(ctx: click.Context, /, **kw: Any) -> int:
     """Run a prompt and report tokens/s, time to first token and GPU telemetry, all measured."""
     return run_model_command(ctx, kw, "infer", with_infer=True)

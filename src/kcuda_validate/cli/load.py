@@ -14,7 +14,7 @@ from kcuda_validate.cli._common import load_options, model_options, output_optio
 @load_options
 @output_options
 @click.pass_context
-def load(ctx: click.Context, **kw: Any) -> int:
+def load(ctx: click.Context, /, **kw: Any) -> int:
     """Load a GGUF model with all layers on the GPU and prove they got there.
 
     Without a model option the default model (Qwen2.5-0.5B-Instruct Q4_K_M) is fetched from the Hub.

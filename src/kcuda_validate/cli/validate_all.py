@@ -33,7 +33,7 @@ from kcuda_validate.cli._common import (
 @threshold_options
 @output_options
 @click.pass_context
-def validate_all(ctx: click.Context, **kw: Any) -> int:
+def validate_all(ctx: click.Context, /, **kw: Any) -> int:
     """Run the whole check: GPU stack, model load with offload proof, measured inference."""
 
     def detect_options(run: Any) -> Any:
