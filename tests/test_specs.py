@@ -47,7 +47,7 @@ def _code_options(command: click.Command) -> set[str]:
     return out
 
 
-GLOBAL = {"--json", "-v", "--verbose", "-q", "--quiet", "--report", "--junit-xml", "--debug"}
+GLOBAL = {"--json", "-v", "--verbose", "-q", "--quiet", "--report", "--junit-xml", "--prometheus", "--debug"}
 
 
 def test_every_command_is_specified() -> None:

@@ -27,6 +27,7 @@ class OutputOptions:
     quiet: bool = False
     report_path: Path | None = None
     junit_path: Path | None = None
+    prometheus_path: Path | None = None
     debug: bool = False
     width: int | None = None
 
@@ -129,7 +130,8 @@ class Output:
         long run) still leaves the user the result; the write failure is then the error."""
         self.end_progress()
         self.end_stream()
-        doc_text = json.dumps(safe_json(report.to_json()), indent=2, allow_nan=False) + "\n"
+        doc = safe_json(report.to_json())
+        doc_text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
         report.log(logging.getLogger("kcuda_validate.report"))
         if self.opts.mode == "json":
             self._stdout.write(doc_text)
@@ -147,6 +149,10 @@ class Output:
             failures += _write_report(self.opts.report_path, "--report", doc_text)
         if self.opts.junit_path is not None:
             failures += _write_report(self.opts.junit_path, "--junit-xml", safe(report.to_junit_xml()))
+        if self.opts.prometheus_path is not None:
+            from kcuda_validate.prometheus import textfile
+
+            failures += _write_report(self.opts.prometheus_path, "--prometheus", textfile(doc))
         if failures:
             from kcuda_validate.errors import ExitCode, KcudaError
 

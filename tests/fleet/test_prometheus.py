@@ -1,0 +1,67 @@
+"""--prometheus: every textfile a real run writes passes a real `promtool check metrics` (Debian's prometheus)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kcuda_validate.cli import cli
+from kcuda_validate.prometheus import metric_name
+
+pytestmark = pytest.mark.fleet
+
+PROMTOOL = shutil.which("promtool")
+
+
+def promtool_check(path: Path) -> None:
+    if PROMTOOL is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus); the textfile is not checked")
+    proc = subprocess.run([PROMTOOL, "check", "metrics"], stdin=path.open("rb"), capture_output=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b""), path.read_text()
+
+
+def test_cpu_validate_all_textfile_passes_promtool_and_carries_every_figure(tiny_model: Path, tmp_path: Path) -> None:
+    prom, report = tmp_path / "prom" / "kcuda.prom", tmp_path / "r.json"
+    args = ["validate-all", "--device", "cpu", "--model-path", str(tiny_model), "--max-tokens", "8", "--repeat", "2"]
+    result = CliRunner().invoke(cli, [*args, "--prometheus", str(prom), "--report", str(report)])
+    assert result.exit_code == 0, result.stderr
+    promtool_check(prom)
+    assert sorted(p.name for p in prom.parent.iterdir()) == ["kcuda.prom"]  # no temporary file left behind
+    doc, text = json.loads(report.read_text()), prom.read_text()
+    labels = f'UUID="",command="validate-all",device_mode="cpu",gpu="",model="{tiny_model.name}"'
+    assert f"kcuda_passed{{{labels}}} 1\n" in text
+    assert f"kcuda_gpu_validated{{{labels}}} 0\n" in text
+    for check in doc["checks"]:
+        line = f'kcuda_check_status{{UUID="",check="{check["id"]}",command="validate-all",device_mode="cpu",gpu=""'
+        assert f'{line},model="{tiny_model.name}",stage="{check["stage"]}",status="{check["status"]}"}} 1\n' in text
+    for name, metric in doc["metrics"].items():
+        named = metric_name(name, metric["unit"])
+        assert named is not None, name
+        sample = f"{named[0]}{{{labels}}} "
+        if metric["value"] is None:
+            assert sample not in text, name  # n/a: no sample, never a 0
+        else:
+            value = float(text.split(sample, 1)[1].split("\n", 1)[0])
+            assert value == pytest.approx(metric["value"] * named[2]), name
+
+
+def test_failing_run_without_a_gpu_writes_a_valid_textfile(tiny_model: Path, tmp_path: Path) -> None:
+    from fakes.hardware import install
+
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        install("no_driver", monkeypatch, tmp_path)
+        prom = tmp_path / "fail.prom"
+        result = CliRunner().invoke(cli, ["load", "--model-path", str(tiny_model), "--prometheus", str(prom)])
+    finally:
+        monkeypatch.undo()
+    assert result.exit_code == 3, result.stderr
+    promtool_check(prom)
+    text = prom.read_text()
+    assert 'kcuda_exit_code{UUID="",command="load",device_mode="gpu",gpu="",model=""' in text
+    assert "kcuda_gen_tokens_per_second" not in text
