@@ -44,6 +44,14 @@ def test_validate_all_offloads_every_layer_and_measures(source: list[str] | str,
     assert doc["metrics"]["bandwidth_pct_of_peak"]["value"] > 0
 
 
+def test_ready_file_is_written_only_by_a_gpu_pass(tmp_path: Path) -> None:
+    ready = tmp_path / "validations" / "inference-ready"
+    doc = run_json("validate-all", "--synthetic", "64MiB", "--max-tokens", "16", "--ready-file", str(ready))
+    assert doc["gpu_validated"] is True, [c for c in doc["checks"] if c["status"] == "fail"]
+    content = json.loads(ready.read_text())
+    assert content["gpu_validated"] is True and content["gpu"]["uuid"] == doc["gpu"]["uuid"]
+
+
 def test_partial_offload_is_reported_as_partial(real_model: Path) -> None:
     doc = run_json("load", "--model-path", str(real_model), "--gpu-layers", "4")
     offload = doc["sections"]["load"]["offload"]

@@ -85,6 +85,7 @@ def make_output(ctx: click.Context, **kw: Any) -> Output:
         report_path=kw.get("report_path") or base.report_path,
         junit_path=kw.get("junit_path") or base.junit_path,
         prometheus_path=kw.get("prometheus_path") or base.prometheus_path,
+        ready_path=kw.get("ready_file"),
         debug=bool(kw.get("debug") if kw.get("debug") is not None else base.debug),
     )
     if opts.report_path is not None:

@@ -28,6 +28,7 @@ class OutputOptions:
     report_path: Path | None = None
     junit_path: Path | None = None
     prometheus_path: Path | None = None
+    ready_path: Path | None = None  # validate-all --ready-file
     debug: bool = False
     width: int | None = None
 
@@ -153,6 +154,10 @@ class Output:
             from kcuda_validate.prometheus import textfile
 
             failures += _write_report(self.opts.prometheus_path, "--prometheus", textfile(doc))
+        if self.opts.ready_path is not None:  # last: it opens a gate only when everything else succeeded
+            from kcuda_validate.readyfile import settle
+
+            failures += settle(self.opts.ready_path, doc, others_written=not failures)
         if failures:
             from kcuda_validate.errors import ExitCode, KcudaError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,12 +18,31 @@ from kcuda_validate.cli._common import (
 )
 
 
+def _clear_ready_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Eager, so the old file is gone before any other option is even converted: a run that fails in any
+    way after this, a bad option value included, leaves no stale gate from an older pass."""
+    if value is not None:
+        from kcuda_validate.cli._output import check_writable
+        from kcuda_validate.readyfile import OPTION, clear
+
+        check_writable(value, OPTION)
+        clear(value)
+    return value
+
+
 @click.command("validate-all")
 @click.argument("prompt", required=False)
 @click.option(
     "--setup",
     is_flag=True,
     help="First make the CUDA engine ready (`kcuda-validate setup`: from the cache in seconds, else a build).",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=True, path_type=Path),
+    callback=_clear_ready_file,
+    is_eager=True,
+    help="Create this file when the GPU passes; it is removed first thing, so it exists only after a GPU pass.",
 )
 @click.option("--skip-torch", is_flag=True, help="Skip the PyTorch checks.")
 @click.option("--min-vram-gb", type=FiniteFloatRange(min=0), default=2.0, show_default=True, help="Minimum VRAM.")
@@ -35,6 +55,10 @@ from kcuda_validate.cli._common import (
 @click.pass_context
 def validate_all(ctx: click.Context, /, **kw: Any) -> int:
     """Run the whole check: GPU stack, model load with offload proof, measured inference."""
+    if kw.get("ready_file") is not None:
+        from kcuda_validate.readyfile import refuse_cpu_run
+
+        refuse_cpu_run(kw.get("device"))
 
     def detect_options(run: Any) -> Any:
         from kcuda_validate.detect import DetectOptions
