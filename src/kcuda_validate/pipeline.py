@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kcuda_validate import defaults
 from kcuda_validate.checks import Check, Metric, Status, passed
 from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.gpu.nvml import read_gpus, usable_gpus, worker_pin
@@ -98,7 +99,7 @@ class ModelRun:
     load: LoadOptions
     infer: InferOptions | None = None
     device: int | None = None
-    timeout_s: float | None = 600.0
+    timeout_s: float | None = defaults.STAGE_TIMEOUT_S
     compare_cpu: bool = False
     telemetry: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)

@@ -9,10 +9,8 @@ from typing import Any
 
 import click
 
+from kcuda_validate import defaults
 from kcuda_validate.cli._output import Output, OutputOptions, check_writable
-
-DEFAULT_N_CTX = 4096
-DEFAULT_TIMEOUT = 600.0
 
 
 class DeviceType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click; >=8.1 is allowed
@@ -116,7 +114,7 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--synthetic-type",
             type=click.Choice(["F16", "Q8_0", "Q4_0"], case_sensitive=False),
-            default="Q8_0",
+            default=defaults.SYNTHETIC_TYPE,
             show_default=True,
             help="Weight type of the synthetic model.",
         ),
@@ -131,14 +129,14 @@ def load_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--gpu-layers",
             type=click.IntRange(min=-1),
-            default=-1,
+            default=defaults.GPU_LAYERS,
             show_default=True,
             help="Layers to offload to the GPU; -1 = all.",
         ),
         click.option(
             "--n-ctx",
             type=click.IntRange(64, 1 << 20),
-            default=DEFAULT_N_CTX,
+            default=defaults.N_CTX,
             show_default=True,
             help="Context size in tokens (capped by the model's trained context).",
         ),
@@ -146,7 +144,7 @@ def load_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--timeout",
             type=FiniteFloatRange(min=1),
-            default=DEFAULT_TIMEOUT,
+            default=defaults.STAGE_TIMEOUT_S,
             show_default=True,
             help="Seconds each model stage (load, inference) may take before it is killed.",
         ),
@@ -166,20 +164,24 @@ def infer_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--prompt", "prompt_opt", help="The prompt (or give it as the argument)."),
         click.option(
-            "--max-tokens", type=click.IntRange(1, 65536), default=128, show_default=True, help="Tokens to generate."
+            "--max-tokens",
+            type=click.IntRange(1, 65536),
+            default=defaults.MAX_TOKENS,
+            show_default=True,
+            help="Tokens to generate.",
         ),
         click.option(
             "--temperature",
             type=FiniteFloatRange(0, 5),
-            default=0.0,
+            default=defaults.TEMPERATURE,
             show_default=True,
             help="0 = greedy (deterministic).",
         ),
-        click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed."),
+        click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Sampling seed."),
         click.option(
             "--repeat",
             type=click.IntRange(1, 100),
-            default=3,
+            default=defaults.REPEAT,
             show_default=True,
             help="Measured runs after one warm-up.",
         ),
@@ -252,7 +254,7 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         filename=kw.get("filename"),
         revision=kw.get("revision"),
         synthetic=kw.get("synthetic"),
-        synthetic_type=(kw.get("synthetic_type") or "Q8_0").upper(),
+        synthetic_type=(kw.get("synthetic_type") or defaults.SYNTHETIC_TYPE).upper(),
     )
     spec.validate()
     if not cpu and kw.get("gpu_layers") == 0:
@@ -263,8 +265,8 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
             fix="Use --device cpu for a CPU run, or --gpu-layers -1 (all) or N > 0.",
         )
     load = LoadOptions(
-        gpu_layers=0 if cpu else kw.get("gpu_layers", -1),
-        n_ctx=kw.get("n_ctx", DEFAULT_N_CTX),
+        gpu_layers=0 if cpu else kw.get("gpu_layers", defaults.GPU_LAYERS),
+        n_ctx=kw.get("n_ctx", defaults.N_CTX),
         cpu_mode=cpu,
         n_threads=kw.get("threads"),
     )
@@ -286,10 +288,10 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
             )
         infer = InferOptions(
             prompt=prompt if prompt is not None else DEFAULT_PROMPT,
-            max_tokens=kw.get("max_tokens", 128),
-            temperature=kw.get("temperature", 0.0),
-            seed=kw.get("seed", 42),
-            repeat=kw.get("repeat", 3),
+            max_tokens=kw.get("max_tokens", defaults.MAX_TOKENS),
+            temperature=kw.get("temperature", defaults.TEMPERATURE),
+            seed=kw.get("seed", defaults.SEED),
+            repeat=kw.get("repeat", defaults.REPEAT),
             warmup=not kw.get("no_warmup", False),
             prompt_tokens=kw.get("prompt_tokens"),
             chat=not kw.get("raw", False),
@@ -310,7 +312,7 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         load=load,
         infer=infer,
         device=kw.get("device") if isinstance(kw.get("device"), int) else None,
-        timeout_s=kw.get("timeout", DEFAULT_TIMEOUT),
+        timeout_s=kw.get("timeout", defaults.STAGE_TIMEOUT_S),
         compare_cpu=bool(kw.get("compare_cpu")),
         telemetry=not kw.get("no_telemetry", False),
         thresholds=thresholds,

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from kcuda_validate import defaults
 from kcuda_validate.cli._common import DEVICE, FiniteFloatRange, make_output, output_options
 
 
@@ -16,12 +17,16 @@ from kcuda_validate.cli._common import DEVICE, FiniteFloatRange, make_output, ou
     "--skip-torch", is_flag=True, help="Skip PyTorch (saves its ~1-10 s import) when only the driver matters."
 )
 @click.option(
-    "--min-vram-gb", type=FiniteFloatRange(min=0), default=2.0, show_default=True, help="Minimum total VRAM per GPU."
+    "--min-vram-gb",
+    type=FiniteFloatRange(min=0),
+    default=defaults.MIN_VRAM_GB,
+    show_default=True,
+    help="Minimum total VRAM per GPU.",
 )
 @click.option(
     "--min-compute",
     type=FiniteFloatRange(min=0),
-    default=6.1,
+    default=defaults.MIN_COMPUTE,
     show_default=True,
     help="Minimum CUDA compute capability.",
 )

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from kcuda_validate import defaults
 from kcuda_validate.cli._common import (
     FiniteFloatRange,
     infer_options,
@@ -45,8 +46,12 @@ def _clear_ready_file(ctx: click.Context, param: click.Parameter, value: Path | 
     help="Create this file when the GPU passes; it is removed first thing, so it exists only after a GPU pass.",
 )
 @click.option("--skip-torch", is_flag=True, help="Skip the PyTorch checks.")
-@click.option("--min-vram-gb", type=FiniteFloatRange(min=0), default=2.0, show_default=True, help="Minimum VRAM.")
-@click.option("--min-compute", type=FiniteFloatRange(min=0), default=6.1, show_default=True, help="Minimum CC.")
+@click.option(
+    "--min-vram-gb", type=FiniteFloatRange(min=0), default=defaults.MIN_VRAM_GB, show_default=True, help="Minimum VRAM."
+)
+@click.option(
+    "--min-compute", type=FiniteFloatRange(min=0), default=defaults.MIN_COMPUTE, show_default=True, help="Minimum CC."
+)
 @infer_options
 @model_options
 @load_options
@@ -67,8 +72,8 @@ def validate_all(ctx: click.Context, /, **kw: Any) -> int:
         return DetectOptions(
             device=run.device,
             skip_torch=kw.get("skip_torch", False),
-            min_vram_gb=kw.get("min_vram_gb", 2.0),
-            min_compute=kw.get("min_compute", 6.1),
+            min_vram_gb=kw.get("min_vram_gb", defaults.MIN_VRAM_GB),
+            min_compute=kw.get("min_compute", defaults.MIN_COMPUTE),
             cpu_mode=run.load.cpu_mode,
             model_dir=hub_cache_dir(),
         )

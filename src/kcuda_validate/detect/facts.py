@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from kcuda_validate import defaults
 from kcuda_validate.checks import Check, Status, verdict
 from kcuda_validate.errors import ExitCode, UsageError
 from kcuda_validate.gpu.cudadrv import CudaDriverInfo, probe_cuda_driver
@@ -23,8 +24,8 @@ from kcuda_validate.gpu.torchprobe import TorchInfo, probe_torch
 from kcuda_validate.llm.build import LlamaBuildInfo, LlamaBuildProbe, invocation
 
 GIB = 1024**3
-DEFAULT_MIN_VRAM_GB = 2.0
-DEFAULT_MIN_COMPUTE = 6.1
+DEFAULT_MIN_VRAM_GB = defaults.MIN_VRAM_GB
+DEFAULT_MIN_COMPUTE = defaults.MIN_COMPUTE
 STAGE = "detect"
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kcuda_validate import defaults
 from kcuda_validate.checks import Metric, MetricName, mean_of
 from kcuda_validate.errors import UsageError
 from kcuda_validate.llm.loader import LoadedModel
@@ -49,10 +50,10 @@ class TextStream:
 @dataclass(frozen=True)
 class InferOptions:
     prompt: str = DEFAULT_PROMPT
-    max_tokens: int = 128
-    temperature: float = 0.0
-    seed: int = 42
-    repeat: int = 3
+    max_tokens: int = defaults.MAX_TOKENS
+    temperature: float = defaults.TEMPERATURE
+    seed: int = defaults.SEED
+    repeat: int = defaults.REPEAT
     warmup: bool = True
     prompt_tokens: int | None = None  # build a synthetic prompt of exactly N tokens
     chat: bool = True  # apply the model's chat template when it has one

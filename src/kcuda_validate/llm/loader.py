@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kcuda_validate import defaults
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.errors import ExitCode, KcudaError
 from kcuda_validate.llm.build import invocation, setup_fix
@@ -42,8 +43,8 @@ STAGE = "load"
 
 @dataclass(frozen=True)
 class LoadOptions:
-    gpu_layers: int = -1  # -1 = all
-    n_ctx: int = 4096
+    gpu_layers: int = defaults.GPU_LAYERS  # -1 = all
+    n_ctx: int = defaults.N_CTX
     cpu_mode: bool = False
     n_threads: int | None = None
     n_batch: int = 2048

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kcuda_validate import defaults
 from kcuda_validate.errors import ModelInvalidError, UsageError
 
 
@@ -34,7 +35,7 @@ class ModelSpec:
     filename: str | None = None
     revision: str | None = None
     synthetic: str | None = None  # size, e.g. "1GiB"
-    synthetic_type: str = "Q8_0"
+    synthetic_type: str = defaults.SYNTHETIC_TYPE
     synthetic_seed: int = 0
 
     @property

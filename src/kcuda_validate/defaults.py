@@ -1,0 +1,22 @@
+"""Every default that the CLI's options and the services' option dataclasses share, written once.
+
+It imports nothing, so the click decorators can read it while `--help` stays fast, and a service called
+from Python gets the same defaults as the command line."""
+
+# detect (and validate-all's detect stage)
+MIN_VRAM_GB = 2.0
+MIN_COMPUTE = 6.1
+
+# load
+GPU_LAYERS = -1  # all
+N_CTX = 4096
+STAGE_TIMEOUT_S = 600.0  # each worker stage (load, inference)
+
+# model source
+SYNTHETIC_TYPE = "Q8_0"
+
+# infer
+MAX_TOKENS = 128
+TEMPERATURE = 0.0  # greedy
+SEED = 42
+REPEAT = 3  # measured runs after one warm-up
