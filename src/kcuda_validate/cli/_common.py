@@ -359,7 +359,7 @@ def run_model_command(
     setup_section: dict[str, Any] | None = None
     if kw.get("setup"):
         from kcuda_validate.checks import Status
-        from kcuda_validate.cli.setup import run_setup_step
+        from kcuda_validate.cli._setup_step import run_setup_step
         from kcuda_validate.engine.setup import setup_checks as judge_setup
 
         ui = make_output(ctx, **kw)

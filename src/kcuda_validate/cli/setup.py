@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from kcuda_validate.cli._common import make_output, output_options
+from kcuda_validate.cli._setup_step import plan_lines, run_setup_step
 
 
 class ArchList(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click; >=8.1 is allowed
@@ -36,7 +37,7 @@ class ArchList(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
 
 
 def setup_options(f: Any) -> Any:
-    """The options `setup` and `validate-all --setup` share."""
+    """The options of `setup` (validate-all --setup runs it with the defaults)."""
     opts = [
         click.option(
             "--toolkit",
@@ -70,89 +71,6 @@ def setup_options(f: Any) -> Any:
     for opt in reversed(opts):
         f = opt(f)
     return f
-
-
-def setup_options_from(kw: dict[str, Any]) -> Any:
-    from kcuda_validate.engine.plan import SetupOptions
-
-    return SetupOptions(
-        toolkit=kw.get("toolkit") or "auto",
-        archs=kw.get("archs"),
-        cuda=kw.get("cuda"),
-        jobs=kw.get("jobs"),
-        force=bool(kw.get("force")),
-        sdist=kw.get("sdist"),
-    )
-
-
-def plan_lines(plan: Any) -> list[str]:
-    """The plan as a person reads it (and as --dry-run prints it)."""
-    from kcuda_validate.engine import toolkit as tk
-    from kcuda_validate.engine.setup import gpu_names
-
-    facts = plan.facts
-    gib = 1024**3
-    lines = [f"GPUs: {gpu_names(plan)}"]
-    if facts is not None:
-        drv = f"{facts.driver_version} (CUDA {facts.driver_cuda})" if facts.driver_version else "none"
-        lines.append(f"Driver: {drv}")
-    if plan.archs:
-        lines.append("Architectures: " + ", ".join(f"sm_{a}" for a in plan.archs))
-    if plan.cuda_range:
-        lo, hi = plan.cuda_range
-        lines.append(f"Usable CUDA: {tk.cuda_text(lo)} to {tk.cuda_text(hi)}")
-    lines.append(f"Action: {plan.action.replace('_', ' ')} ({plan.reason})")
-    if plan.toolkit_source == "system" and plan.toolkit is not None:
-        lines.append(f"Toolkit: system CUDA {plan.toolkit.version} at {plan.toolkit.prefix} ({plan.toolkit.found_by})")
-    elif plan.toolkit_source == "pypi" and plan.cuda:
-        lines.append(f"Toolkit: CUDA {tk.cuda_text(plan.cuda)} from the package index, into the tool's cache")
-    for r in plan.rejected:
-        lines.append(f"  not used: {r}")
-    if plan.packages:
-        lines.append("Packages: " + " ".join(plan.packages))
-    if plan.runtime_packages:
-        lines.append("Runtime packages (into this environment): " + " ".join(plan.runtime_packages))
-    if plan.cmake_args:
-        lines.append("CMAKE_ARGS: " + " ".join(plan.cmake_args))
-    if plan.action in ("build", "build_only", "install_cached"):
-        lines.append(f"Disk needed: about {plan.disk_needed / gib:.1f} GiB in {facts.cache_dir if facts else '?'}")
-    if plan.action in ("build", "build_only"):
-        est = plan.estimate_s
-        lines.append(
-            f"Jobs: {plan.jobs}; time: about {est / 60:.0f} min (estimate from a measured build)"
-            if est
-            else f"Jobs: {plan.jobs}"
-        )
-    if plan.steps:
-        lines.append("Steps:")
-        lines.extend(f"  {i}. {s}" for i, s in enumerate(plan.steps, 1))
-    lines.extend(f"Note: {n}" for n in plan.notes)
-    return lines
-
-
-def run_setup_step(ui: Any, kw: dict[str, Any], dry_run: bool = False) -> Any:
-    """Plan, then (unless a dry run) carry it out with progress on stderr. Returns the SetupResult."""
-    from kcuda_validate.engine.facts import gather_facts
-    from kcuda_validate.engine.plan import make_plan
-    from kcuda_validate.engine.setup import SetupResult, run_setup
-
-    opts = setup_options_from(kw)
-    ui.progress("Reading the GPUs, toolkits and the installed engine…")
-    plan = make_plan(gather_facts(), opts)
-    if dry_run:
-        return SetupResult(
-            plan,
-            "dry_run" if plan.action != "refused" else "refused",
-            error=plan.problems[0].message if plan.problems else None,
-            fix=plan.problems[0].fix if plan.problems else None,
-        )
-    if plan.action in ("build", "build_only", "install_cached"):
-        ui.note("\n".join(plan_lines(plan)))
-    bar = ui.build_bar()
-    try:
-        return run_setup(plan, opts, on_step=ui.progress, on_progress=bar.update)
-    finally:
-        bar.close()
 
 
 @click.command("setup")

@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import kcuda_validate.detect.idle as idle
+import kcuda_validate.detect.software as software
+import kcuda_validate.detect.stack as stack
 from kcuda_validate.checks import Check
-from kcuda_validate.detect import idle, software, stack
 from kcuda_validate.detect.facts import DetectOptions, DetectReport, Facts, build_report
 from kcuda_validate.errors import UsageError
 
