@@ -48,17 +48,25 @@ PATHS: dict[str, Run] = {
     "load-ok-cpu": Run(0, ("load", *CPU), "no_driver"),
     "infer-ok-cpu": Run(0, ("infer", *CPU, *INFER), "no_driver"),
     "validate-all-ok-cpu": Run(0, ("validate-all", *CPU, *INFER), "no_driver"),
+    "health-ok": Run(0, ("health",), "healthy_one_gpu"),
+    "setup-ok-dry-run": Run(0, ("setup", "--dry-run"), "llama_cpu_only_with_gpu"),
+    "exit-codes-ok": Run(0, ("exit-codes",)),
+    # 1 check_failed
+    "health-check-failed": Run(1, ("health",), "no_driver"),
     # 2 usage
     "detect-usage": Run(2, ("detect", "--device", "gpu0")),
     "load-usage": Run(2, ("load", "--gpu-layers", "-2")),
     "infer-usage": Run(2, ("infer", "   ", "--device", "cpu")),
     "validate-all-usage": Run(2, ("validate-all", "--min-vram-gb", "nan")),
     "setup-usage": Run(2, ("setup", "--arch", "1")),
+    "health-usage": Run(2, ("health", "--check", "no.such.check")),
+    "exit-codes-usage": Run(2, ("exit-codes", "--no-such-option")),
     # 3 no_gpu
     "detect-no-gpu": Run(3, ("detect",), "no_driver"),
     "load-no-gpu": Run(3, ("load", "--model-path", MODEL), "no_device"),
     "infer-no-gpu": Run(3, ("infer", "--model-path", MODEL, *INFER), "no_driver"),
     "validate-all-no-gpu": Run(3, ("validate-all", "--model-path", MODEL, *INFER), "no_driver"),
+    "setup-no-gpu": Run(3, ("setup",), "no_driver"),
     # 4 gpu_unusable
     "detect-gpu-unusable": Run(4, ("detect",), "gpu_lost"),
     "load-gpu-unusable": Run(4, ("load", "--model-path", MODEL), "all_gpus_hidden"),
@@ -80,11 +88,13 @@ PATHS: dict[str, Run] = {
     "validate-all-crashed": Run(7, ("validate-all", *CPU, *INFER), "no_driver", fault="abort:infer"),
     # 124 timeout
     "load-timeout": Run(124, ("load", *CPU, "--timeout", "1"), "no_driver", fault="hang:load"),
+    "infer-timeout": Run(124, ("infer", *CPU, *INFER, "--timeout", "1"), "no_driver", fault="hang:infer"),
+    "validate-all-timeout": Run(124, ("validate-all", *CPU, *INFER, "--timeout", "1"), "no_driver", fault="hang:load"),
+    "health-timeout": Run(124, ("health", "--check", "llama.build", "--timeout", "0.5"), fault="hang:llama"),
 }
 
 # code -> where its paths are tested today (not yet moved here).
 ELSEWHERE = {
-    1: "no command path gives a bare check failure today",
     10: "tests/model/test_hub.py (local Hub server)",
     11: "tests/model/test_hub.py (local Hub server)",
     12: "tests/model/test_hub.py (local Hub server)",
@@ -117,7 +127,10 @@ def test_exit_code_path(name: str, tiny_model: Path, monkeypatch: pytest.MonkeyP
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == path.code, (result.stdout, result.stderr)
     assert "Traceback" not in result.output
-    if path.code == 2:
+    if name.startswith("health-") and path.code in (0, 1, 124):  # node-problem-detector's one line
+        first = {0: "OK: ", 1: "FAIL ", 124: "UNKNOWN: "}[path.code]
+        assert result.stdout.startswith(first) and len(result.stdout.splitlines()) == 1, result.stdout
+    elif path.code == 2:
         assert result.stderr.startswith("Error: ") and len(result.stderr.splitlines()) <= 2, result.stderr
     elif path.code != 0:
         verdicts = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,8 +261,12 @@ _REAL_RAW_LLAMA_BUILD = raw_llama_build
 
 def _main() -> None:
     """`python -m kcuda_validate.llm.build`: the isolated probe, one JSON document on stdout."""
-    if os.environ.get("KCUDA_TEST_FAULT") == "segv:llama":  # tests only: a crash while loading libllama
+    fault = os.environ.get("KCUDA_TEST_FAULT")
+    if fault == "segv:llama":  # tests only: a crash while loading libllama
         os.kill(os.getpid(), signal.SIGSEGV)
+    if fault == "hang:llama":  # tests only: a probe that never answers (a wedged driver), for health's deadline
+        while True:
+            time.sleep(3600)
     try:
         version, offload, text, devices = raw_llama_build()
     except ImportError as exc:
