@@ -9,7 +9,10 @@ join with everyone else's:
   speedup; tokens/s as `_tokens_per_second`); `_info` carries the versions as labels, value 1;
 * GPUs carry dcgm-exporter's labels, `gpu` (the NVML index) and `UUID`, so `kcuda_gen_tokens_per_second`
   joins `DCGM_FI_DEV_GPU_UTIL` on them; every series also carries `command`, `device_mode` (a CPU run is
-  `cpu`, never mistaken for a GPU figure) and `model` (the GGUF file name);
+  `cpu`, never mistaken for a GPU figure) and `model` (the GGUF file name). A check about one GPU (`gpu.N`,
+  `perf.idle.N`, `min.N`, `llama.archs.N`: N the NVML index) carries that GPU's labels; the run-wide series
+  carry the GPU the model ran on, or none (`gpu=""`) when the run is about several (`detect` or `health` on a
+  multi-GPU node, `--all-devices`);
 * every family has HELP and TYPE lines. HELP texts are fixed per name (never the run's own method text,
   which varies): the textfile collector merges files, and one family must read the same in all of them;
 * no timestamps on samples (the textfile collector refuses them): the run's time is the value of
@@ -91,6 +94,7 @@ KNOWN: dict[str, tuple[str, str]] = {
 _UNIT_WORDS = {"ms", "s", "tps", "pct"}  # unit spellings inside report names, replaced by the base-unit suffix
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]+")
 _GPU_PREFIX = re.compile(r"^gpu(\d+)\.(.+)$")
+_PER_NVML_GPU = re.compile(r"^(?:gpu|perf\.idle|min|llama\.archs)\.(\d+)$")  # detect's checks of GPU N
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
@@ -208,14 +212,23 @@ def textfile(doc: Mapping[str, Any]) -> str:
             "model": model_label(doc),
         }
     )
-    # --all-devices: the run-wide series carry no GPU (they are about all of them); each GPU's own do.
-    run_gpu = {"gpu": "", "UUID": ""} if devices else _gpu_labels(doc.get("gpu"))
+    seen = {
+        str(g["index"]): _gpu_labels(g)
+        for g in (sections.get("detect") or {}).get("gpus") or []
+        if isinstance(g, Mapping) and g.get("index") is not None
+    }
+    # --all-devices, or a node-wide command on several GPUs: the run-wide series are about all of them.
+    about_all = bool(devices) or (doc.get("command") in ("detect", "health") and len(seen) > 1)
+    run_gpu = {"gpu": "", "UUID": ""} if about_all else _gpu_labels(doc.get("gpu"))
     device_gpu = {str(k): _gpu_labels((v or {}).get("gpu") or {"index": k}) for k, v in devices.items()}
 
     def gpu_of(name: str) -> tuple[dict[str, str], str]:
         m = _GPU_PREFIX.match(name)
         if m and devices:
             return device_gpu.get(m.group(1), {"gpu": m.group(1), "UUID": ""}), m.group(2)
+        one = _PER_NVML_GPU.match(name)
+        if one and one.group(1) in seen:
+            return seen[one.group(1)], name
         return run_gpu, name
 
     b.add(

@@ -65,3 +65,65 @@ def test_failing_run_without_a_gpu_writes_a_valid_textfile(tiny_model: Path, tmp
     text = prom.read_text()
     assert 'kcuda_exit_code{UUID="",command="load",device_mode="gpu",gpu="",model=""' in text
     assert "kcuda_gen_tokens_per_second" not in text
+
+
+def _lines(text: str, family: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(family + "{")]
+
+
+def test_multi_gpu_detect_labels_each_gpu_check_with_its_own_gpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Seen: every series of a two-GPU detect carried the first usable GPU's labels, gpu.0's check included."""
+    from fakes.hardware import install
+
+    installed = install("two_gpus_one_hidden", monkeypatch, tmp_path)
+    prom = tmp_path / "detect.prom"
+    result = CliRunner().invoke(cli, ["detect", "--prometheus", str(prom)])
+    assert result.exit_code == 0, result.stderr
+    promtool_check(prom)
+    text = prom.read_text()
+    uuid = {str(i): g.uuid for i, g in enumerate(installed.scenario.gpus)}
+    run_wide = 'UUID="",command="detect",device_mode="gpu",gpu="",model=""'
+    assert _lines(text, "kcuda_passed") == [f"kcuda_passed{{{run_wide}}} 1"]
+    for check in ("gpu", "perf.idle", "min", "llama.archs"):
+        for index in ("0", "1"):
+            line = f'kcuda_check_status{{UUID="{uuid[index]}",check="{check}.{index}",command="detect"'
+            if check in ("min", "llama.archs") and index == "0":  # GPU 0 is hidden: not judged
+                assert line not in text
+            else:
+                assert line in text, (check, index)
+    assert 'kcuda_check_status{UUID="",check="driver.nvml",command="detect",device_mode="gpu",gpu=""' in text
+
+
+def test_one_gpu_detect_labels_the_run_with_that_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from fakes.hardware import install
+
+    installed = install("healthy_one_gpu", monkeypatch, tmp_path)
+    prom = tmp_path / "detect.prom"
+    assert CliRunner().invoke(cli, ["detect", "--prometheus", str(prom)]).exit_code == 0
+    promtool_check(prom)
+    labels = f'UUID="{installed.scenario.gpus[0].uuid}",command="detect",device_mode="gpu",gpu="0",model=""'
+    assert _lines(prom.read_text(), "kcuda_passed") == [f"kcuda_passed{{{labels}}} 1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["health"], 1),  # no driver here: one failed check
+        (["setup", "--dry-run", "--arch", "90"], 0),
+        (["infer", "--device", "cpu", "--model-path", "<model>", "--max-tokens", "4", "--repeat", "1"], 0),
+    ],
+    ids=["health", "setup", "infer"],
+)
+def test_every_command_writes_a_valid_textfile(args: list[str], code: int, tiny_model: Path, tmp_path: Path) -> None:
+    prom = tmp_path / "run.prom"
+    argv = [str(tiny_model) if a == "<model>" else a for a in args]
+    result = CliRunner().invoke(cli, [*argv, "--prometheus", str(prom)])
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    promtool_check(prom)
+    text = prom.read_text()
+    assert _lines(text, "kcuda_exit_code")[0].endswith(f" {code}")
+    assert f'command="{args[0]}"' in _lines(text, "kcuda_info")[0]
+    if args[0] == "infer":
+        assert _lines(text, "kcuda_gen_tokens_per_second")  # a measured figure, written
