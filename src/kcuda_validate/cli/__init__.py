@@ -84,7 +84,7 @@ def cli(ctx: click.Context, /, **kw: Any) -> None:
 
 
 def _register() -> None:
-    from kcuda_validate.cli import detect, exit_codes, health, infer, load, setup, validate_all
+    from kcuda_validate.cli import detect, exit_codes, fleet, health, infer, load, setup, validate_all
 
     cli.add_command(detect.detect)
     cli.add_command(load.load)
@@ -92,6 +92,7 @@ def _register() -> None:
     cli.add_command(validate_all.validate_all)
     cli.add_command(setup.setup)
     cli.add_command(health.health)
+    cli.add_command(fleet.fleet)
     cli.add_command(exit_codes.exit_codes)
 
 

@@ -1,0 +1,162 @@
+"""`kcuda-validate fleet REPORT...`: many nodes' JSON reports as one table, with outliers and mixed versions.
+
+The table is plain fixed-width text, not a rich table: rich takes seconds for thousands of rows, and a fleet
+report is read on exactly those (bench/bench_fleet.py). Text from the reports (host names, versions, file
+names) has its control characters spelled out, so a report cannot drive the terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kcuda_validate.cli._common import make_output, output_options
+
+COLUMNS = (
+    "Node",
+    "GPU",
+    "Command",
+    "Verdict",
+    "Stopped at",
+    "Driver",
+    "CUDA",
+    "Engine",
+    "Gen tok/s",
+    "TTFT ms",
+    "J/token",
+)
+RIGHT = {"Gen tok/s", "TTFT ms", "J/token"}
+
+
+@click.command("fleet")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="REPORT...")
+@output_options
+@click.pass_context
+def fleet(ctx: click.Context, /, reports: tuple[Path, ...], **kw: Any) -> int:
+    """Many nodes' JSON reports (files, or directories of *.json) as one table: verdicts, versions, speed,
+    outliers and mixed drivers or engines. Exit 0 when every node passed, 1 otherwise."""
+    from kcuda_validate.errors import UsageError
+    from kcuda_validate.fleet import NoReportsError, load_fleet
+
+    ui = make_output(ctx, **kw)
+    for option, path in (("--junit-xml", ui.opts.junit_path), ("--prometheus", ui.opts.prometheus_path)):
+        if path is not None:
+            raise UsageError(
+                f"{option}: fleet writes no {option[2:]} file (each node's own run writes one)",
+                fix=f"Leave {option} out; `--report PATH` writes the fleet JSON.",
+            )
+    try:
+        summary = load_fleet(list(reports))
+    except NoReportsError as exc:
+        raise UsageError(
+            str(exc), fix="Name report files written by `--json`/`--report`, or directories of them."
+        ) from None
+    ui.result(_Result(summary), line=summary.line if ui.opts.quiet else render(summary))
+    return summary.exit_code
+
+
+class _Result:
+    """What Output.result needs of a result: the JSON document, the log lines, the exit code."""
+
+    def __init__(self, summary: Any) -> None:
+        self.summary = summary
+
+    @property
+    def exit_code(self) -> Any:
+        from kcuda_validate.errors import ExitCode
+
+        return ExitCode(self.summary.exit_code)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = self.summary.to_json()
+        return doc
+
+    def log(self, logger: logging.Logger) -> None:
+        s = self.summary
+        for p in s.problems:
+            logger.info("fleet: unreadable %s", p.message)
+        for o in s.outliers:
+            logger.info("fleet: outlier %s", o.message)
+        for m in s.mixed:
+            logger.info("fleet: mixed %s", m.message)
+        logger.info("fleet: %s", s.line)
+
+
+def render(summary: Any) -> str:
+    """The human result: the table, then the unreadable files, outliers, mixed versions and the verdict line."""
+    from kcuda_validate.fleet import OUTLIER_BELOW_MEDIAN, OUTLIER_MIN_PEERS, row_labels
+
+    labels = row_labels(summary.rows)
+    table = [
+        (
+            labels[r],
+            r.gpu_label,
+            r.command,
+            r.verdict,
+            r.stopped_at or "-",
+            r.driver or "n/a",
+            r.cuda or "n/a",
+            r.engine or "n/a",
+            _num(r.gen_tps, "{:.1f}"),
+            _num(r.ttft_ms, "{:.1f}"),
+            _num(r.j_per_token, "{:.3f}"),
+        )
+        for r in summary.rows
+    ]
+    out = [f"Fleet: {summary.files} report files, {len(summary.nodes)} nodes", ""]
+    if table:
+        out += _columns([COLUMNS, *([_clean(c) for c in row] for row in table)])
+        out.append("")
+    if summary.problems:
+        out.append("Files that gave no report (each counts as a failure):")
+        out += [f"  FAIL {_clean(p.message)}" for p in summary.problems]
+        out.append("")
+    if summary.outliers:
+        out.append(
+            f"Outliers (gen tok/s ≥ {OUTLIER_BELOW_MEDIAN:.0%} below the median of ≥ {OUTLIER_MIN_PEERS} other nodes"
+            " with the same GPU model, model file and settings):"
+        )
+        out += [f"  {_clean(o.message)}" for o in summary.outliers]
+        out.append("")
+    if summary.mixed:
+        out.append("Mixed versions:")
+        out += [f"  {_clean(m.message)}" for m in summary.mixed]
+        out.append("")
+    if summary.superseded:
+        out.append(
+            f"{summary.superseded} older {'report' if summary.superseded == 1 else 'reports'} superseded"
+            " (the newest per node, GPU and command counts)."
+        )
+    cpu = sum(1 for r in summary.rows if r.device_mode == "cpu")
+    if cpu:
+        out.append(f"{cpu} {'row is a CPU run' if cpu == 1 else 'rows are CPU runs'}: not a GPU validation.")
+    out.append(summary.line)
+    return "\n".join(out)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _clean(text: str) -> str:
+    """Control characters (ANSI escapes included) spelled out, so a report's text cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _columns(rows: list[Any]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            cell.rjust(w) if COLUMNS[i] in RIGHT else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
