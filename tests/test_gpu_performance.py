@@ -11,9 +11,9 @@ import dataclasses
 
 from fakes.hardware import RTX_3060_LAPTOP, RTX_4090, FakeGpu, FakePynvml
 from kcuda_validate.checks import Check, Status
-from kcuda_validate.gpu.nvml import Nvml
+from kcuda_validate.gpu.nvml import GpuInfo, Nvml
 from kcuda_validate.gpu_performance import judge_gpu_performance
-from kcuda_validate.telemetry import summarize
+from kcuda_validate.telemetry import TelemetrySummary, summarize
 
 # An RTX 4090 decoding: P2, boost clock, memory at its maximum, gen 4 x16, SW power cap now and then.
 LOADED = dataclasses.replace(
@@ -21,7 +21,8 @@ LOADED = dataclasses.replace(
 )
 
 
-def judge(states: list[FakeGpu]) -> Check:
+def sampled(states: list[FakeGpu]) -> tuple[TelemetrySummary, GpuInfo]:
+    """The sampler's summary of these states, and the GpuInfo detect read (from the first state)."""
     samples = []
     for i, state in enumerate(states):
         lib = FakePynvml((state,))
@@ -29,7 +30,11 @@ def judge(states: list[FakeGpu]) -> Check:
             samples.append(nvml.sample(0, t=i * 0.1))
     with Nvml.open(FakePynvml((states[0],))) as nvml:  # type: ignore[arg-type]
         gpu = nvml.gpu(0)
-    return judge_gpu_performance(summarize(samples, 0.1), gpu)
+    return summarize(samples, 0.1), gpu
+
+
+def judge(states: list[FakeGpu]) -> Check:
+    return judge_gpu_performance(*sampled(states))
 
 
 def series(n: int, base: FakeGpu, held: FakeGpu) -> list[FakeGpu]:

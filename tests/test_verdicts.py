@@ -93,6 +93,33 @@ def test_a_real_cpu_run_is_judged_load_then_inference(cpu_outcome: WorkerOutcome
     assert infer.proceed and "inference" in infer.sections
 
 
+def test_a_gpu_run_judges_its_performance_under_load(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:
+    """The GPU-performance judge is wired into the inference stage: given the sampler's summary and the GPU
+    detect read, a GPU run gets `gpu.performance` (a warning is not a failure); a CPU run never does. The
+    inference result is this CPU run's and the samples are the fake power-capped RTX 4090's: no figure here is
+    presented as a GPU measurement."""
+    import dataclasses
+
+    from test_gpu_performance import LOADED, sampled, series
+
+    info = read_gguf(tiny_model)
+    capped = dataclasses.replace(LOADED, power_limit_mw=200_000, power_default_mw=450_000)
+    telemetry, gpu = sampled(series(80, capped, dataclasses.replace(capped, clocks_event_reasons=0x4)))
+    assert cpu_outcome.inferred is not None
+    judged = inference_verdict(cpu_outcome.inferred, info, Thresholds(), telemetry, on_gpu=True, gpu=gpu)
+    perf = next(c for c in judged.checks if c.id == "gpu.performance")
+    assert (perf.status, perf.summary) == (
+        Status.WARN,
+        "power limit 200 W, default 450 W, SW power cap for 80 % of inference",
+    )
+    assert judged.proceed and all(c.status != Status.FAIL for c in judged.checks)
+    healthy, gpu = sampled([LOADED] * 20)
+    judged = inference_verdict(cpu_outcome.inferred, info, Thresholds(), healthy, on_gpu=True, gpu=gpu)
+    assert [(c.id, c.status) for c in judged.checks if c.id == "gpu.performance"] == [("gpu.performance", Status.PASS)]
+    on_cpu = inference_verdict(cpu_outcome.inferred, info, Thresholds(), telemetry, on_gpu=False, gpu=gpu)
+    assert "gpu.performance" not in [c.id for c in on_cpu.checks]
+
+
 def test_thresholds_are_judged_on_the_measured_figures(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:
     assert cpu_outcome.inferred is not None
     v = inference_verdict(cpu_outcome.inferred, read_gguf(tiny_model), Thresholds(min_gen_tps=1e9, max_ttft_ms=1e9))

@@ -304,6 +304,7 @@ class ModelValidation:
             telemetry=window.summary,
             peak_bandwidth=self.gpu.info.peak_bandwidth_bytes_s if self.gpu is not None else None,
             on_gpu=self.gpu is not None,
+            gpu=self.gpu.info if self.gpu is not None else None,
         )
         proceed = [self.keep(v) for v in verdicts]
         return outcome if all(proceed) else None

@@ -22,6 +22,7 @@ from kcuda_validate.report import Sections
 from kcuda_validate.worker_protocol import ErrorKind, WorkerError
 
 if TYPE_CHECKING:
+    from kcuda_validate.gpu.nvml import GpuInfo
     from kcuda_validate.telemetry import TelemetrySummary
 
 # Perf counters time only llama_decode; the wall clock adds sampling and detokenising per token.
@@ -212,10 +213,13 @@ def inference_verdict(
     telemetry: TelemetrySummary | None = None,
     peak_bandwidth: float | None = None,
     on_gpu: bool = False,
+    gpu: GpuInfo | None = None,
 ) -> StageVerdict:
-    """Generation, determinism, the two clocks, telemetry, the roofline estimate and the speed thresholds.
+    """Generation, determinism, the two clocks, telemetry, the roofline estimate, the GPU's performance health
+    under load and the speed thresholds.
 
-    `on_gpu`: the run used a GPU, so the achieved bandwidth's share of its `peak_bandwidth` is reported."""
+    `on_gpu`: the run used a GPU, so the achieved bandwidth's share of its `peak_bandwidth` is reported, and
+    the telemetry sampled during the decode is judged against the GPU's own limits (`gpu`, read at detect)."""
     sections = Sections(inference=result.to_json())
     metrics = list(result.metrics())
     runs = result.runs
@@ -251,6 +255,10 @@ def inference_verdict(
         sections["telemetry"] = telemetry.to_json()
         tokens = sum(x.generated_tokens for x in runs) + (result.warmup.generated_tokens if result.warmup else 0)
         metrics += telemetry.metrics(tokens)
+        if on_gpu and gpu is not None:
+            from kcuda_validate.gpu_performance import judge_gpu_performance
+
+            checks.append(judge_gpu_performance(telemetry, gpu))
     metrics += roofline_metrics(info, result, find(metrics, MetricName.GEN_TPS), on_gpu, peak_bandwidth)
     checks += speed_threshold_checks(thresholds, metrics)
     return StageVerdict("infer", tuple(checks), tuple(metrics), sections)
@@ -520,6 +528,7 @@ def worker_verdicts(
     telemetry: TelemetrySummary | None = None,
     peak_bandwidth: float | None = None,
     on_gpu: bool = False,
+    gpu: GpuInfo | None = None,
 ) -> list[StageVerdict]:
     """The load stage's verdict, then (when asked for and the load passed) the inference stage's.
 
@@ -549,4 +558,4 @@ def worker_verdicts(
     if out.inferred is None:
         check = failed("infer.generate", "infer", "Inference", "the worker returned no result", None)
         return [load, halt("infer", check, announce=False)]
-    return [load, inference_verdict(out.inferred, info, thresholds, telemetry, peak_bandwidth, on_gpu)]
+    return [load, inference_verdict(out.inferred, info, thresholds, telemetry, peak_bandwidth, on_gpu, gpu)]
