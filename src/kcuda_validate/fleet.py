@@ -465,7 +465,7 @@ def judge_outliers(rows: Sequence[FleetRow]) -> tuple[Outlier, ...]:
             if median <= 0:
                 continue
             below = 1 - r.gen_tps / median
-            if below >= OUTLIER_BELOW_MEDIAN:
+            if r.gen_tps <= median * (1 - OUTLIER_BELOW_MEDIAN):  # not `below >=`: 1 - 800/1000 is 0.19999...
                 message = (
                     f"{labels[r]}: {_tps(r.gen_tps)} tok/s, {below * 100:.0f} % below the median {_tps(median)} tok/s"
                     f" of the {len(peer_nodes)} other {group_model} nodes (model {r.model}, same settings)"
@@ -597,7 +597,7 @@ def load_report(path: Path, limit: int = MAX_REPORT_BYTES) -> tuple[tuple[FleetR
     except UnicodeDecodeError:
         return (), FileProblem(name, "not JSON (not UTF-8 text)")
     except json.JSONDecodeError as exc:
-        return (), FileProblem(name, f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
+        return (), FileProblem(name, f"not JSON ({re.sub(r' [(]char [0-9]+[)]$', '', str(exc))})")
     except RecursionError:
         return (), FileProblem(name, "not a report (JSON nested too deeply)")
     try:

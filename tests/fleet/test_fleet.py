@@ -1,0 +1,433 @@
+"""`kcuda-validate fleet`: on reports written by real CPU runs of the real CLI (copies differ only in the host
+name, to stand for several nodes), plus the pure judges on constructed rows.
+
+No GPU here: the real reports are CPU runs and stay labelled so; the GPU model names appear only in rows
+constructed for the judges."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from kcuda_validate.cli import cli
+from kcuda_validate.fleet import (
+    MAX_REPORT_BYTES,
+    OUTLIER_BELOW_MEDIAN,
+    OUTLIER_MIN_PEERS,
+    FileProblem,
+    FleetRow,
+    judge_mixed,
+    judge_outliers,
+    newest,
+    rows_from_report,
+    summarize,
+)
+
+pytestmark = pytest.mark.fleet
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+
+
+@dataclasses.dataclass(frozen=True)
+class RealReports:
+    older: dict[str, Any]  # a passing CPU validate-all
+    newer: dict[str, Any]  # the same, run a moment later
+    failed: dict[str, Any]  # a CPU validate-all on a file that is not GGUF: exit 5 at the model stage
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> RealReports:
+    """Three real runs of the CLI (the tiny synthetic model, the real llama.cpp, the real worker)."""
+    where = tmp_path_factory.mktemp("real-reports")
+    bad = where / "not-a-model.gguf"
+    bad.write_bytes(b"this is not a GGUF file\n")
+    docs = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KCUDA_LOG_DIR", str(where / "logs"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        for name, model, code in (("a", tiny_model, 0), ("b", tiny_model, 0), ("fail", bad, 5)):
+            args = ["validate-all", "--device", "cpu", "--model-path", str(model), "--max-tokens", "8", "--repeat", "2"]
+            result = CliRunner().invoke(cli, [*args, "--report", str(where / f"{name}.json")])
+            assert result.exit_code == code, result.stderr
+            docs.append(json.loads((where / f"{name}.json").read_text()))
+    assert docs[0]["finished_at"] < docs[1]["finished_at"]
+    return RealReports(*docs)
+
+
+def as_node(doc: dict[str, Any], node: str) -> dict[str, Any]:
+    """The same report, as if another node had written it: only the host name changes."""
+    copy = json.loads(json.dumps(doc))
+    copy["host"]["hostname"] = node
+    return copy
+
+
+def write(directory: Path, name: str, doc: Any) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def fleet(*args: str) -> Any:
+    return CliRunner().invoke(cli, ["fleet", *args])
+
+
+def cells(line: str) -> str:
+    """A table line with its column padding folded to ' | ' (widths follow the figures' lengths)."""
+    return re.sub(r" {2,}", " | ", line.strip())
+
+
+def row_cells(doc: dict[str, Any], node: str, verdict: str = "pass (CPU run)", stopped: str = "-") -> str:
+    m = doc["metrics"]
+    figures = f"{m['gen_tps']['value']:.1f} | {m['ttft_warm_ms']['value']:.1f}" if m else "n/a | n/a"
+    engine = doc["versions"]["llama-cpp-python"] + " CPU"
+    return f"{node} | CPU run (no GPU) | validate-all | {verdict} | {stopped} | n/a | n/a | {engine} | {figures} | n/a"
+
+
+HEADER = "Node | GPU | Command | Verdict | Stopped at | Driver | CUDA | Engine | Gen tok/s | TTFT ms | J/token"
+
+
+def test_three_nodes_from_real_reports_pass(real: RealReports, tmp_path: Path) -> None:
+    for node in ("node-10", "node-2", "node-1"):
+        write(tmp_path / "reports", f"{node}.json", as_node(real.newer, node))
+    result = fleet(str(tmp_path / "reports"))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Fleet: 3 report files, 3 nodes"
+    assert [cells(line) for line in (lines[2], *lines[4:7])] == [
+        HEADER,
+        row_cells(real.newer, "node-1"),
+        row_cells(real.newer, "node-2"),
+        row_cells(real.newer, "node-10"),
+    ]
+    assert set(lines[3]) == {"-", " "}
+    assert lines[7:] == ["", "3 rows are CPU runs: not a GPU validation.", "PASS: 3 nodes, 3 rows"]
+    assert result.stderr == ""
+
+
+def test_the_newest_report_per_node_counts_and_the_older_are_counted(real: RealReports, tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    write(reports, "node-1-old.json", as_node(real.older, "node-1"))
+    write(reports, "node-1-new.json", as_node(real.newer, "node-1"))
+    write(reports, "node-2.json", as_node(real.older, "node-2"))
+    result = fleet(str(reports), "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["files"] == {"read": 3, "superseded": 1}
+    assert [(r["node"], r["file"], r["finished_at"]) for r in doc["rows"]] == [
+        ("node-1", str(reports / "node-1-new.json"), real.newer["finished_at"]),
+        ("node-2", str(reports / "node-2.json"), real.older["finished_at"]),
+    ]
+    assert doc["rows"][0]["gen_tps"] == real.newer["metrics"]["gen_tps"]["value"]
+    assert doc["summary"] == "PASS: 2 nodes, 2 rows; 1 superseded report"
+    human = fleet(str(reports)).stdout.splitlines()
+    assert "1 older report superseded (the newest per node, GPU and command counts)." in human
+
+
+def test_a_failed_node_fails_the_fleet_and_is_named(real: RealReports, tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    write(reports, "node-1.json", as_node(real.newer, "node-1"))
+    write(reports, "node-3.json", as_node(real.failed, "node-3"))
+    result = fleet(str(reports))
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert [cells(line) for line in lines[4:6]] == [
+        row_cells(real.newer, "node-1"),
+        row_cells(real.failed, "node-3", "FAIL (exit 5 model_invalid)", "model"),
+    ]
+    assert lines[-1] == "FAIL: 2 nodes, 2 rows; 1 failed (node-3)"
+    doc = json.loads(fleet(str(reports), "--json").stdout)
+    assert (doc["passed"], doc["exit_code"], doc["failed_nodes"]) == (False, 1, ["node-3"])
+    assert doc["rows"][1]["gen_tps"] is None  # the run stopped before inference: n/a, never a number
+
+
+def test_files_that_are_not_reports_are_lines_not_tracebacks(real: RealReports, tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    write(reports, "node-1.json", as_node(real.newer, "node-1"))
+    (reports / "truncated.json").write_text(json.dumps(real.newer)[:100])
+    (reports / "binary.json").write_bytes(b"\xff\xfe\x00junk")
+    write(reports, "list.json", [1, 2])
+    no_host = as_node(real.newer, "x")
+    del no_host["host"]["hostname"]
+    write(reports, "no-host.json", no_host)
+    write(reports, "future.json", {**real.newer, "schema_version": "2.0"})
+    with (reports / "huge.json").open("wb") as fh:  # sparse: refused by its size, never read
+        fh.truncate(MAX_REPORT_BYTES + 1)
+    os.mkfifo(reports / "fifo.json")  # opening it for reading must not wait for a writer
+    (reports / "dangling.json").symlink_to(tmp_path / "gone.json")
+    (reports / ".node-1.json.abc.tmp").write_text("half a report")  # an atomic write in progress: skipped
+    result = fleet(str(reports))
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    start = lines.index("Files that gave no report (each counts as a failure):")
+    d = str(reports)
+    assert lines[start + 1 : start + 10] == [
+        f"  FAIL {d}/binary.json: not JSON (not UTF-8 text)",
+        f"  FAIL {d}/dangling.json: cannot be read (No such file or directory)",
+        f"  FAIL {d}/fifo.json: not a regular file",
+        f'  FAIL {d}/future.json: not a kcuda-validate report: schema_version "2.0", this tool reads 1.0',
+        f"  FAIL {d}/huge.json: 16777217 bytes, over the 16 MiB report limit",
+        f"  FAIL {d}/list.json: not a kcuda-validate report: a JSON list, not a report object",
+        f"  FAIL {d}/no-host.json: not a kcuda-validate report: host.hostname is missing",
+        f"  FAIL {d}/truncated.json: not JSON (Unterminated string starting at: line 1 column 94)",
+        "",
+    ]
+    assert lines[-1] == "FAIL: 1 node, 1 row; 8 files unreadable"
+    assert result.stderr == ""
+    doc = json.loads(fleet(str(reports), "--json").stdout)
+    assert [p["file"] for p in doc["problems"]] == [
+        f"{d}/{n}.json" for n in ("binary", "dangling", "fifo", "future", "huge", "list", "no-host", "truncated")
+    ]
+
+
+def test_an_explicit_bad_file_alone_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "r.json"
+    bad.write_text("{}")
+    result = fleet(str(bad), "-q")
+    assert (result.exit_code, result.stdout) == (1, "FAIL: 0 nodes, 0 rows; 1 file unreadable\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "fix"),
+    [
+        (
+            ("{tmp}/missing",),
+            "REPORT {tmp}/missing: no such file or directory",
+            "Name report files written by `--json`/`--report`, or directories of them.",
+        ),
+        (
+            ("{tmp}/empty",),
+            "REPORT {tmp}/empty: a directory with no reports (*.json) in it",
+            "Name report files written by `--json`/`--report`, or directories of them.",
+        ),
+        (
+            ("{tmp}/empty", "--prometheus", "{tmp}/f.prom"),
+            "--prometheus: fleet writes no prometheus file (each node's own run writes one)",
+            "Leave --prometheus out; `--report PATH` writes the fleet JSON.",
+        ),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: tuple[str, ...], message: str, fix: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a report")
+    result = fleet(*(a.format(tmp=tmp_path) for a in args), "--json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == f"Error: {message.format(tmp=tmp_path)}\nFix: {fix}\n"
+
+
+def test_no_report_argument_is_a_usage_error() -> None:
+    result = fleet()
+    assert result.exit_code == 2
+    assert "Missing argument 'REPORT...'" in result.stderr
+
+
+def test_json_follows_its_schema_and_report_writes_the_same(real: RealReports, tmp_path: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    reports = tmp_path / "reports"
+    for node in ("node-1", "node-2"):
+        write(reports, f"{node}.json", as_node(real.newer, node))
+    write(reports, "node-3.json", as_node(real.failed, "node-3"))
+    (reports / "junk.json").write_text("nope")
+    out = tmp_path / "out" / "fleet.json"
+    result = fleet(str(reports), "--json", "--report", str(out))
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    jsonschema.validate(doc, json.loads((SPECS / "fleet.schema.json").read_text()))
+    assert json.loads(out.read_text()) == doc
+    assert doc["kind"] == "kcuda-validate fleet" and doc["schema_version"] == "1.0"
+    assert doc["nodes"] == ["node-1", "node-2", "node-3"]
+    assert doc["thresholds"] == {"outlier_below_median": OUTLIER_BELOW_MEDIAN, "outlier_min_peers": OUTLIER_MIN_PEERS}
+    assert doc["rows"][0] == {
+        "node": "node-1",
+        "gpu_index": None,
+        "gpu_uuid": None,
+        "gpu_model": None,
+        "command": "validate-all",
+        "device_mode": "cpu",
+        "passed": True,
+        "exit_code": 0,
+        "exit_reason": "ok",
+        "stopped_at": None,
+        "nvidia_driver": None,
+        "cuda_driver": None,
+        "engine": real.newer["versions"]["llama-cpp-python"] + " CPU",
+        "engine_version": real.newer["versions"]["llama-cpp-python"],
+        "engine_build": "CPU",
+        "gen_tps": real.newer["metrics"]["gen_tps"]["value"],
+        "ttft_warm_ms": real.newer["metrics"]["ttft_warm_ms"]["value"],
+        "energy_per_token_j": None,
+        "model": real.newer["sections"]["model"]["path"].rsplit("/", 1)[1],
+        "finished_at": real.newer["finished_at"],
+        "file": str(reports / "node-1.json"),
+    }
+    assert doc["problems"] == [
+        {"file": str(reports / "junk.json"), "why": "not JSON (Expecting value: line 1 column 1)"}
+    ]
+
+
+def test_a_cpu_report_is_never_a_gpu_row(real: RealReports) -> None:
+    (row,) = rows_from_report(real.newer, "r.json")
+    assert (row.device_mode, row.gpu_model, row.gpu_label, row.verdict) == (
+        "cpu",
+        None,
+        "CPU run (no GPU)",
+        "pass (CPU run)",
+    )
+    assert row.group_model == "CPU run (no GPU)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pure judges, on constructed rows
+
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def row(node: str, gen_tps: float | None = 800.0, **kw: Any) -> FleetRow:
+    fields: dict[str, Any] = {
+        "file": f"{node}.json",
+        "node": node,
+        "command": "validate-all",
+        "gpu_index": 0,
+        "gpu_uuid": f"GPU-{node}",
+        "gpu_model": H100,
+        "device_mode": "gpu",
+        "passed": True,
+        "exit_code": 0,
+        "exit_reason": "ok",
+        "stopped_at": None,
+        "driver": "550.54.15",
+        "cuda": "12.4",
+        "engine_version": "0.3.36",
+        "engine_build": "CUDA 9.0",
+        "gen_tps": gen_tps,
+        "ttft_ms": 20.0,
+        "j_per_token": 0.5,
+        "model": "m.gguf",
+        "model_key": "m.gguf (100 bytes)",
+        "settings": "{}",
+        "finished_at": "2026-12-05T10:00:00.000+00:00",
+        "timestamp": 1.0,
+    }
+    return FleetRow(**(fields | kw))
+
+
+def test_outlier_is_named_with_its_figure_and_its_peers() -> None:
+    rows = [row(f"node-{i}", 887.0) for i in range(1, 9)] + [row("node-17", 612.0)]
+    (outlier,) = judge_outliers(rows)
+    assert outlier.message == (
+        f"node-17: 612 tok/s, 31 % below the median 887 tok/s of the 8 other {H100} nodes (model m.gguf, same settings)"
+    )
+    assert (outlier.peers, outlier.median, round(outlier.below, 4)) == (8, 887.0, 0.31)
+
+
+def test_outlier_threshold_is_inclusive_and_needs_two_other_nodes() -> None:
+    assert [o.row.node for o in judge_outliers([row("a", 1000.0), row("b", 1000.0), row("c", 800.0)])] == ["c"]
+    assert judge_outliers([row("a", 1000.0), row("b", 1000.0), row("c", 801.0)]) == ()
+    assert judge_outliers([row("a", 1000.0), row("c", 500.0)]) == ()  # one other node is not a median
+    # the same node's other GPUs are not its peers
+    same_node = [row("a", 1000.0, gpu_index=i, gpu_uuid=f"a{i}") for i in range(4)] + [row("b", 500.0)]
+    assert judge_outliers(same_node) == ()
+
+
+def test_outliers_compare_only_the_same_gpu_model_model_file_and_settings() -> None:
+    slow = row("c", 500.0)
+    for other in (
+        {"gpu_model": "NVIDIA A100-SXM4-80GB"},
+        {"model_key": "other.gguf (5 bytes)"},
+        {"settings": '{"max_tokens": 16}'},
+        {"device_mode": "cpu", "gpu_model": None},
+    ):
+        assert judge_outliers([row("a", 1000.0, **other), row("b", 1000.0, **other), slow]) == (), other
+    assert judge_outliers([row("a", None), row("b", None), slow]) == ()  # n/a figures are no peers
+
+
+def test_outlier_label_names_the_gpu_on_a_node_with_several() -> None:
+    rows = [
+        row("a", 1000.0),
+        row("b", 1000.0),
+        row("c", 1000.0, gpu_index=0),
+        row("c", 700.0, gpu_index=1, gpu_uuid="c1"),
+    ]
+    (outlier,) = judge_outliers(rows)
+    assert outlier.message == (
+        f"c GPU 1: 700 tok/s, 30 % below the median 1,000 tok/s of the 2 other {H100} nodes"
+        " (model m.gguf, same settings)"
+    )
+
+
+def test_mixed_drivers_are_named_with_the_odd_nodes() -> None:
+    rows = [row(f"node-{i}") for i in (1, 2, 4, 5, 6, 7, 8)] + [row("node-3", driver="535.104.05")]
+    (mixed,) = judge_mixed(rows)
+    assert mixed.message == f"2 driver versions among {H100} nodes: 550.54.15 (7 nodes), 535.104.05 (1 node: node-3)"
+    assert mixed.versions == (
+        ("550.54.15", ("node-1", "node-2", "node-4", "node-5", "node-6", "node-7", "node-8")),
+        ("535.104.05", ("node-3",)),
+    )
+
+
+def test_mixed_engines_ties_name_every_node_and_models_are_apart() -> None:
+    rows = [
+        row("a", engine_version="0.3.36"),
+        row("b", engine_version="0.3.16", engine_build="CUDA 8.0,9.0"),
+        row("x", gpu_model="NVIDIA L4", driver="535.104.05"),  # alone in its model: nothing mixed
+    ]
+    assert [m.message for m in judge_mixed(rows)] == [
+        f"2 engine versions among {H100} nodes: 0.3.16 (1 node: b), 0.3.36 (1 node: a)",
+        f"2 engine build versions among {H100} nodes: CUDA 8.0,9.0 (1 node: b), CUDA 9.0 (1 node: a)",
+    ]
+    assert judge_mixed([row("a"), row("b", driver=None)]) == ()  # n/a is not a version
+
+
+def test_newest_per_node_gpu_and_command() -> None:
+    old, new = row("a", 1.0, timestamp=1.0, file="old.json"), row("a", 2.0, timestamp=2.0, file="new.json")
+    detect = row("a", None, command="detect", timestamp=0.5)
+    kept, superseded = newest([new, detect, old, row("b")])
+    assert ([r.file for r in kept], superseded) == (["a.json", "new.json", "b.json"], 1)
+
+
+def test_summary_verdict_and_exit_code() -> None:
+    good = summarize([row("a"), row("b")])
+    assert (good.passed, good.exit_code, good.line) == (True, 0, "PASS: 2 nodes, 2 rows")
+    bad = summarize(
+        [row("a"), row("b", passed=False, exit_code=6, exit_reason="below_threshold")],
+        [FileProblem("x.json", "not JSON")],
+    )
+    assert (bad.passed, bad.exit_code, bad.failed_nodes) == (False, 1, ("b",))
+    assert bad.line == "FAIL: 2 nodes, 2 rows; 1 failed (b); 1 file unreadable"
+
+
+def test_all_devices_report_gives_a_row_per_gpu(real: RealReports) -> None:
+    """The shape `--all-devices` writes (pipeline.all_devices): per-GPU results under sections.devices, metrics
+    prefixed gpuN. Built from the real report's structure; the GPU identities are made up and say so."""
+    doc = json.loads(json.dumps(real.newer))
+    doc["device_mode"] = "gpu"
+    gen = doc["metrics"].pop("gen_tps")
+    doc["metrics"] = {"gpu0.gen_tps": gen, "gpu1.gen_tps": {**gen, "value": None}}
+    fake_gpu = {
+        "name": "made-up GPU (test)",
+        "uuid": None,
+        "pci_bus_id": None,
+        "compute_capability": None,
+        "memory_total_bytes": None,
+    }
+    doc["sections"]["devices"] = {
+        "0": {"gpu": {"index": 0, **fake_gpu}, "exit_code": 0, "stopped_at": None, "sections": real.newer["sections"]},
+        "1": {"gpu": {"index": 1, **fake_gpu}, "exit_code": 6, "stopped_at": "infer", "sections": {}},
+    }
+    first, second = rows_from_report(doc, "r.json")
+    assert (first.gpu_label, first.passed, first.gen_tps) == ("0: made-up GPU (test)", True, gen["value"])
+    assert (second.gpu_label, second.passed, second.stopped_at, second.gen_tps) == (
+        "1: made-up GPU (test)",
+        False,
+        "infer",
+        None,
+    )
