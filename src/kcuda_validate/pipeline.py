@@ -25,7 +25,8 @@ from kcuda_validate.gpu_choice import GpuContext, select_gpu
 from kcuda_validate.isolation import Interrupted, Worker, WorkerOutcome
 from kcuda_validate.llm.inference import InferOptions
 from kcuda_validate.llm.loader import LoadOptions, LoadResult
-from kcuda_validate.model.gguf_file import GgufInfo, read_gguf
+from kcuda_validate.model.gguf_file import read_gguf
+from kcuda_validate.model.gguf_info import GgufInfo
 from kcuda_validate.model.source import ModelSpec, ResolvedModel, resolve_model
 from kcuda_validate.report import Report, Sections
 from kcuda_validate.verdicts import (

@@ -17,7 +17,7 @@ from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.isolation import WorkerOutcome
 from kcuda_validate.llm.inference import InferenceResult
 from kcuda_validate.llm.loader import LoadResult, judge_offload
-from kcuda_validate.model.gguf_file import GgufInfo
+from kcuda_validate.model.gguf_info import GgufInfo
 from kcuda_validate.report import Sections
 from kcuda_validate.worker_protocol import ErrorKind, WorkerError
 

@@ -17,7 +17,8 @@ from kcuda_validate.errors import ExitCode
 from kcuda_validate.llm.llamalog import LoadEvidence
 from kcuda_validate.llm.loader import LoadOptions, ModelLoader
 from kcuda_validate.model import fit
-from kcuda_validate.model.gguf_file import GgufInfo, TensorInfo, read_gguf
+from kcuda_validate.model.gguf_file import read_gguf
+from kcuda_validate.model.gguf_info import GgufInfo, TensorInfo
 from machine import HOST_ONLY, inprocess_llama_has_gpu
 
 MIB = 1024 * 1024

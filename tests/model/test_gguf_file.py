@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from kcuda_validate.errors import ModelInvalidError
-from kcuda_validate.model.gguf_file import FILE_TYPES, GGML_TYPES, ArraySummary, read_gguf
+from kcuda_validate.model.gguf_file import read_gguf
+from kcuda_validate.model.gguf_info import FILE_TYPES, GGML_TYPES, ArraySummary
 
 
 @pytest.mark.slow

@@ -22,14 +22,8 @@ from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode, ModelInvalidError
 from kcuda_validate.llm.loader import LoadOptions
 from kcuda_validate.model import fit
-from kcuda_validate.model.gguf_file import (
-    MAX_ARRAY_STRINGS,
-    MAX_LAYERS,
-    GgufHeaderError,
-    GgufInfo,
-    TensorInfo,
-    read_gguf,
-)
+from kcuda_validate.model.gguf_file import MAX_ARRAY_STRINGS, MAX_LAYERS, read_gguf
+from kcuda_validate.model.gguf_info import GgufHeaderError, GgufInfo, TensorInfo
 
 # GGUF metadata value types and ggml tensor types used below.
 U8, U32, I32, F32, BOOL, STR, ARR, U64 = 0, 4, 5, 6, 7, 8, 9, 10

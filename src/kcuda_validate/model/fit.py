@@ -18,7 +18,7 @@ from typing import Any
 
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.errors import ExitCode
-from kcuda_validate.model.gguf_file import GgufInfo
+from kcuda_validate.model.gguf_info import GgufInfo
 
 MIB = 1024 * 1024
 # What the CUDA runtime and cuBLAS take beyond llama.cpp's own buffers: NVML's used-memory delta over a load
