@@ -431,3 +431,12 @@ def test_all_devices_report_gives_a_row_per_gpu(real: RealReports) -> None:
         "infer",
         None,
     )
+
+
+def test_a_host_name_with_control_characters_cannot_drive_the_terminal(real: RealReports, tmp_path: Path) -> None:
+    write(tmp_path / "r", "evil.json", as_node(real.newer, "evil\x1b[2J\x07"))
+    result = fleet(str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert cells(result.stdout.splitlines()[4]) == row_cells(real.newer, "evil\\x1b[2J\\x07")
+    assert json.loads(fleet(str(tmp_path / "r"), "--json").stdout)["nodes"] == ["evil\x1b[2J\x07"]
