@@ -25,7 +25,8 @@ def timed(fn) -> float:
 
 
 def main() -> None:
-    from kcuda_validate.model.synthetic import ensure_synthetic, parse_size
+    from kcuda_validate.model.synthetic import ensure_synthetic
+    from kcuda_validate.model.synthetic_spec import parse_size
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

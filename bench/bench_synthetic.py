@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kcuda_validate.model.synthetic import SYNTHETIC_TYPES, parse_size, plan, write_synthetic
+from kcuda_validate.model.synthetic import write_synthetic
+from kcuda_validate.model.synthetic_spec import SYNTHETIC_TYPES, parse_size, plan
 
 
 def bench(size: int, qtype: str, runs: int, base: Path | None) -> tuple[int, list[float]]:

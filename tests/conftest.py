@@ -89,7 +89,8 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(model_cache: Path) -> Path:
     """A few-MB synthetic llama GGUF with a byte-level tokenizer: loads in llama.cpp in well under a second."""
-    from kcuda_validate.model.synthetic import ensure_synthetic, parse_size
+    from kcuda_validate.model.synthetic import ensure_synthetic
+    from kcuda_validate.model.synthetic_spec import parse_size
 
     return ensure_synthetic(parse_size("4MiB"), "Q8_0", seed=0, cache_dir=model_cache)
 

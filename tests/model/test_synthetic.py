@@ -16,18 +16,10 @@ from typing import Any
 import pytest
 
 from kcuda_validate.errors import DiskFullError, UsageError
-from kcuda_validate.model import synthetic
+from kcuda_validate.model import synthetic, synthetic_spec
 from kcuda_validate.model.gguf_file import read_gguf
-from kcuda_validate.model.synthetic import (
-    GIB,
-    MIB,
-    SYNTHETIC_TYPES,
-    SyntheticSpec,
-    ensure_synthetic,
-    parse_size,
-    plan,
-    write_synthetic,
-)
+from kcuda_validate.model.synthetic import ensure_synthetic, write_synthetic
+from kcuda_validate.model.synthetic_spec import GIB, MIB, SYNTHETIC_TYPES, SyntheticSpec, parse_size, plan
 
 SMALL = 4 * MIB
 
@@ -98,10 +90,12 @@ def test_plan_lands_close_to_the_requested_size_with_llama_proportions(size: int
     assert spec.n_head * spec.head_dim == spec.n_embd
     assert spec.n_head % spec.n_head_kv == 0
     assert spec.n_ff % 256 == 0 and 1.9 <= spec.n_ff / spec.n_embd <= 3.0
-    assert spec.n_vocab % 64 == 0 and spec.n_vocab >= synthetic.N_SILENT_TOKENS + 128
+    assert spec.n_vocab % 64 == 0 and spec.n_vocab >= synthetic_spec.N_SILENT_TOKENS + 128
     assert spec.n_layer >= 2 if size >= 4 * MIB else spec.n_layer >= 1
     # The closed form used for planning matches the tensors actually written.
-    listed = sum(synthetic._padded(synthetic._nbytes(ne, t)) for _, ne, t in synthetic._tensor_list(spec))
+    listed = sum(
+        synthetic_spec._padded(synthetic_spec._nbytes(ne, t)) for _, ne, t in synthetic_spec._tensor_list(spec)
+    )
     assert spec.tensor_bytes == listed
 
 
@@ -166,7 +160,7 @@ def test_bytes_are_deterministic_per_seed(tmp_path: Path) -> None:
 
 
 def test_vocabulary_has_no_duplicates() -> None:
-    tokens, scores, types = synthetic._vocab(synthetic.MAX_VOCAB)
+    tokens, scores, types = synthetic_spec._vocab(synthetic_spec.MAX_VOCAB)
     assert len(set(tokens)) == len(tokens) == len(scores) == len(types)
     assert tokens[5] == b"<0x00>" and tokens[260] == b"<0xFF>" and set(types[5:261]) == {6}
 

@@ -96,7 +96,8 @@ def resolve_model(spec: ModelSpec, progress: bool = True) -> ResolvedModel:
         check_model_file(spec.model_path)
         return ResolvedModel(spec.model_path, "local", {"path": str(spec.model_path)}, time.perf_counter() - start)
     if spec.synthetic is not None:
-        from kcuda_validate.model.synthetic import ensure_synthetic, parse_size
+        from kcuda_validate.model.synthetic import ensure_synthetic
+        from kcuda_validate.model.synthetic_spec import parse_size
 
         size = parse_size(spec.synthetic)
         path = ensure_synthetic(size, spec.synthetic_type, spec.synthetic_seed)
