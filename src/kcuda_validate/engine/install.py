@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kcuda_validate.cache_dir import kcuda_cache_dir
 from kcuda_validate.errors import DiskFullError, KcudaError
 
 DIST = "llama-cpp-python"
@@ -39,11 +40,7 @@ STAMP = "llama_cpp/lib/kcuda_engine.json"  # added to every wheel setup builds: 
 
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """$KCUDA_CACHE_DIR/engine, else the XDG cache: engines are rebuildable, so they are cache, not state."""
-    env = os.environ if environ is None else environ
-    if env.get("KCUDA_CACHE_DIR"):
-        return Path(env["KCUDA_CACHE_DIR"]) / "engine"
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kcuda-validate" / "engine"
+    return kcuda_cache_dir("engine", environ)
 
 
 def cached_keys(cache: Path) -> tuple[str, ...]:

@@ -14,17 +14,14 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from kcuda_validate.cache_dir import kcuda_cache_dir
 from kcuda_validate.errors import DiskFullError, KcudaError
 from kcuda_validate.model.synthetic_spec import GIB, SyntheticSpec, file_chunks, header_bytes, plan
 
 
 def default_cache_dir() -> Path:
     """$KCUDA_CACHE_DIR/synthetic, else the XDG cache: generated models are big and disposable."""
-    if os.environ.get("KCUDA_CACHE_DIR"):
-        return Path(os.environ["KCUDA_CACHE_DIR"]) / "synthetic"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "kcuda-validate" / "synthetic"
+    return kcuda_cache_dir("synthetic")
 
 
 def ensure_synthetic(
