@@ -16,6 +16,7 @@ from kcuda_validate.checks import MetricName, Status
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.isolation import Worker, WorkerOutcome
 from kcuda_validate.llm.inference import InferOptions
+from kcuda_validate.llm.llamalog import LogLine
 from kcuda_validate.llm.loader import LoadOptions, LoadResult
 from kcuda_validate.model.gguf_file import read_gguf
 from kcuda_validate.verdicts import (
@@ -57,6 +58,28 @@ def test_a_full_h100_offload_passes_with_the_nvml_delta_the_parent_read() -> Non
         1600 * MIB,
     )
     assert v.proceed and not v.halted and v.error_line is None
+
+
+def test_a_kv_cache_left_in_host_memory_is_not_a_full_offload() -> None:
+    """Synthesised from the recorded H100 log: the same load with its two KV buffers on the CPU, as llama.cpp
+    prints them when KV offload is off. Every layer on the GPU, yet not a full offload (issue 14)."""
+    lines = [LogLine(ln.level, ln.text.replace("CUDA0 KV buffer", "CPU KV buffer")) for ln in read_log(H100_LOG)]
+    assert lines != read_log(H100_LOG)
+    res = LoadResult(Path("/models/gemma-3-270m.gguf"), LoadOptions(n_ctx=512), 0.5, 512, tuple(lines))
+    gpu_mib = res.evidence.bytes_on("CUDA0") / MIB
+    v = load_verdict(res, 18, 1000 * MIB, 1600 * MIB, H100)
+    offload = v.checks[1]
+    assert (offload.id, offload.status, offload.summary, offload.exit_code) == (
+        "load.offload",
+        Status.FAIL,
+        f"19/19 layers on CUDA0 ({H100}), {gpu_mib:.0f} MiB VRAM (NVML +600 MiB); the KV cache (9 MiB) stayed in"
+        " host memory",
+        ExitCode.CHECK_FAILED,
+    )
+    assert offload.fix is not None and offload.fix.startswith("llama.cpp kept the KV cache on the CPU")
+    assert not v.proceed
+    allowed = load_verdict(res, 18, 1000 * MIB, 1600 * MIB, H100, require_full_offload=False)
+    assert allowed.checks[1].status == Status.WARN and allowed.proceed
 
 
 def test_a_gpu_request_on_a_cpu_only_build_stops_the_run_at_load() -> None:

@@ -228,6 +228,21 @@ def judge_offload(
             "Free VRAM (close other GPU processes) or lower --n-ctx so every layer fits.",
             ExitCode.CHECK_FAILED,
         )
+    host_kv = sum(v for k, v in evidence.kv_buffers.items() if device_family(k) == "CPU")
+    if host_kv > 0 and (wanted is None or wanted == total):  # a partial offload keeps its CPU layers' KV there
+        return OffloadVerdict(
+            Status.FAIL,
+            line + f"; the KV cache ({host_kv / MIB:.0f} MiB) stayed in host memory",
+            on_gpu,
+            total,
+            gpu,
+            desc,
+            gpu_bytes,
+            vram_delta,
+            "llama.cpp kept the KV cache on the CPU, so every token's attention reads it across PCIe: free VRAM or"
+            " lower --n-ctx, and check that nothing turns KV offload off (offload_kqv=False, --no-kv-offload).",
+            ExitCode.CHECK_FAILED,
+        )
     if vram_delta is not None and vram_delta < 0.5 * evidence.bytes_on(gpu or ""):
         return OffloadVerdict(
             Status.WARN,
