@@ -45,6 +45,7 @@ from kcuda_validate.worker_protocol import WorkerRequest
 
 if TYPE_CHECKING:
     from kcuda_validate.detect import DetectOptions
+    from kcuda_validate.model.hub_transfer import DownloadProgress
     from kcuda_validate.telemetry import TelemetrySampler, TelemetrySummary
 
 __all__ = [
@@ -77,6 +78,14 @@ def interrupt_hint(activity: str | None) -> str:
     return INTERRUPT_HINTS.get(activity or "", AGAIN)
 
 
+class DownloadBarUI(Protocol):
+    """A model download's progress as the CLI draws it (cli._output.DownloadBar is one)."""
+
+    def update(self, p: DownloadProgress) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class ProgressUI(Protocol):
     """What the stages tell the person running them (cli._output.Output is one)."""
 
@@ -86,6 +95,8 @@ class ProgressUI(Protocol):
     def progress(self, message: str) -> None: ...
 
     def end_progress(self) -> None: ...
+
+    def download_bar(self) -> DownloadBarUI: ...
 
     def stream(self, text: str) -> None: ...
 
@@ -214,15 +225,17 @@ class ModelValidation:
                 self.gpu.close()
 
     def resolve(self, spec: ModelSpec) -> ResolvedModel | None:
-        # The Hub download draws its own progress bar on stderr; a spinner would fight it.
-        self.ui.end_progress()
+        self.ui.end_progress()  # a download draws its own bar; a spinner would fight it
+        bar = self.ui.download_bar()
         try:
-            resolved = resolve_model(spec, progress=self.ui.human)
+            resolved = resolve_model(spec, on_progress=bar.update)
         except UsageError:
             raise
         except KcudaError as exc:
             self.keep(halt("model", error_check(exc, "model.source", "model", "Model source")))
             return None
+        finally:
+            bar.close()
         detail = source_detail(resolved)
         section = {"origin": resolved.origin, **detail, "resolve_s": resolved.resolve_s}
         label = resolved.describe()

@@ -24,6 +24,7 @@ from fakes.hardware import (
     Installed,
     build_root,
 )
+from kcuda_validate.cache_dir import hub_cache_dir
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.detect import DetectOptions, DetectReport, parse_visible_devices
 from kcuda_validate.detect import run_detect as detect_all
@@ -31,7 +32,6 @@ from kcuda_validate.errors import ExitCode, UsageError
 from kcuda_validate.gpu.nvml import GpuInfo, GpuLostError, Nvml, NvmlInitError
 from kcuda_validate.gpu.platform import mount_fstype, on_windows_mount, probe_platform
 from kcuda_validate.llm.build import setup_fix
-from kcuda_validate.model.source import hub_cache_dir
 
 ALL = sorted(SCENARIOS)
 

@@ -49,7 +49,7 @@ from kcuda_validate.errors import (
     ModelNotFoundError,
     UsageError,
 )
-from kcuda_validate.model import hub
+from kcuda_validate.model import hub, hub_transfer
 
 REPO = "acme/Tiny-GGUF"
 FILE = "tiny-q4_k_m.gguf"
@@ -97,7 +97,7 @@ class HubEnv:
     @property
     def partial(self) -> Path:
         """Where an unfinished plain-HTTP download of FILE waits for the next run."""
-        return hub._partial_path(self.storage, SHA, FILE)
+        return hub_transfer.partial_path(self.storage, SHA, FILE)
 
     def leftovers(self) -> list[str]:
         """Everything in the repo's cache folder that could be mistaken for (part of) the file."""
@@ -149,7 +149,7 @@ def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubEnv]
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(hub, "_RETRY_WAIT_S", 0.05)  # the pause before reconnecting a dropped download (1 s)
+    monkeypatch.setattr(hub_transfer, "RETRY_WAIT_S", 0.05)  # the pause before reconnecting a dropped download (1 s)
     env = HubEnv(cache=cache, monkeypatch=monkeypatch)
     env.offline(False)
     env.endpoint(f"http://127.0.0.1:{_free_port()}")
@@ -373,6 +373,14 @@ def one_line(err: Exception) -> str:
     return text
 
 
+def library_finds(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """What huggingface_hub itself finds complete in the cache: what we wrote must read as its own."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    hit = try_to_load_from_cache(repo_id, filename, cache_dir=constants.HF_HUB_CACHE, revision=revision)
+    return Path(hit) if isinstance(hit, str) else None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Cache, no network
 
@@ -411,19 +419,19 @@ def test_cached_file_is_served_online_without_asking_the_hub(hub_env: HubEnv, fa
 def test_find_cached_resolves_branch_tag_and_commit_without_network(hub_env: HubEnv) -> None:
     pointer = seed_cache(hub_env.cache, refs=("main", "v1.0"))
 
-    assert hub.find_cached(REPO, FILE) == pointer
-    assert hub.find_cached(REPO, FILE, "v1.0") == pointer
-    assert hub.find_cached(REPO, FILE, COMMIT) == pointer
-    assert hub.find_cached(REPO, FILE, "v2.0") is None
-    assert hub.find_cached(REPO, "other.gguf") is None
-    assert hub.find_cached("acme/absent", FILE) is None
+    assert library_finds(REPO, FILE) == pointer
+    assert library_finds(REPO, FILE, "v1.0") == pointer
+    assert library_finds(REPO, FILE, COMMIT) == pointer
+    assert library_finds(REPO, FILE, "v2.0") is None
+    assert library_finds(REPO, "other.gguf") is None
+    assert library_finds("acme/absent", FILE) is None
 
 
 def test_snapshot_link_without_its_blob_is_not_cached(hub_env: HubEnv) -> None:
     seed_cache(hub_env.cache, with_blob=False)  # e.g. a blob deleted by hand or by a cleaner
     hub_env.offline()
 
-    assert hub.find_cached(REPO, FILE) is None
+    assert library_finds(REPO, FILE) is None
     with pytest.raises(ModelNotFoundError):
         hub.fetch_model(REPO, FILE)
 
@@ -496,7 +504,7 @@ def test_blackholed_hub_fails_within_five_seconds(hub_env: HubEnv, first_contact
     The configured timeouts leave the command's start-up room within the promised 5 s (4 s + grace took 5.4 s
     end to end); the elapsed bound is loose so a loaded machine does not fail the test.
     """
-    assert hub.METADATA_TIMEOUT_S + hub._DEADLINE_GRACE_S <= 4.0
+    assert hub.METADATA_TIMEOUT_S + hub.DEADLINE_GRACE_S <= 4.0
     from huggingface_hub import constants
 
     if first_contact:
@@ -710,7 +718,7 @@ def test_download_lands_in_the_cache_and_the_next_run_uses_it(
     stale.write_bytes(CONTENT[:100])
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
 
-    first = hub.fetch_model(REPO, FILE, progress=True)
+    first = hub.fetch_model(REPO, FILE)
 
     assert first.source == "download"
     assert first.download_s is not None
@@ -747,7 +755,7 @@ def test_file_already_in_the_cache_under_another_revision_is_not_downloaded(hub_
 
     assert (mf.source, mf.revision, mf.commit_hash) == ("cache", "v1.0", COMMIT)
     assert fake_hub.requests("GET", "/cdn/") == []
-    assert hub.find_cached(REPO, FILE, "v1.0") == mf.path  # refs/v1.0 written: offline next time
+    assert library_finds(REPO, FILE, "v1.0") == mf.path  # refs/v1.0 written: offline next time
 
 
 def test_dropped_connection_is_resumed_in_the_same_run(hub_env: HubEnv, fake_hub: FakeHub) -> None:
@@ -790,7 +798,7 @@ def assert_resumed_from(hub_env: HubEnv, fake_hub: FakeHub, offset: int, *others
     assert get.served == len(CONTENT) - offset
     assert hub_env.leftovers() == sorted([*COMPLETE, *(str(p.relative_to(hub_env.storage)) for p in others)])
     assert (hub_env.storage / "refs" / "main").read_text() == COMMIT
-    assert hub.find_cached(REPO, FILE) == mf.path
+    assert library_finds(REPO, FILE) == mf.path
 
 
 def test_failed_download_keeps_a_partial_that_the_next_run_resumes(hub_env: HubEnv, fake_hub: FakeHub) -> None:
@@ -807,7 +815,7 @@ def test_failed_download_keeps_a_partial_that_the_next_run_resumes(hub_env: HubE
     assert (info.value.fix or "").startswith("Run again in a minute to resume; ")
     assert hub_env.leftovers() == partial_only(hub_env)  # no blob, no snapshot link: never taken for the file
     assert hub_env.partial.read_bytes() == CONTENT[:HALF]
-    assert hub.find_cached(REPO, FILE) is None
+    assert library_finds(REPO, FILE) is None
     hub_env.offline()
     with pytest.raises(ModelNotFoundError):
         hub.fetch_model(REPO, FILE)
@@ -830,7 +838,7 @@ def test_interrupted_download_is_resumed_by_the_next_run(hub_env: HubEnv, fake_h
 
     assert hub_env.leftovers() == partial_only(hub_env)
     assert hub_env.partial.read_bytes() == CONTENT[:HALF]
-    assert hub.find_cached(REPO, FILE) is None
+    assert library_finds(REPO, FILE) is None
 
     fake_hub.seen.clear()
     assert_resumed_from(hub_env, fake_hub, HALF)
@@ -896,7 +904,7 @@ def test_download_that_is_not_the_file_is_an_error_and_leaves_nothing(
     assert msg.endswith("nothing partial was kept")
     assert len(fake_hub.requests("GET", "/cdn/")) == 1
     assert hub_env.leftovers() == []
-    assert hub.find_cached(REPO, FILE) is None
+    assert library_finds(REPO, FILE) is None
 
 
 def test_a_second_run_waits_for_the_first_and_finds_the_file(hub_env: HubEnv, fake_hub: FakeHub) -> None:
@@ -911,8 +919,7 @@ def test_a_second_run_waits_for_the_first_and_finds_the_file(hub_env: HubEnv, fa
     half_sent = threading.Event()
     fake_hub.on_half_sent = half_sent.set
     script = (
-        "from kcuda_validate.model import hub; "
-        f"mf = hub.fetch_model({REPO!r}, {FILE!r}, progress=False); print(mf.source, mf.path)"
+        f"from kcuda_validate.model import hub; mf = hub.fetch_model({REPO!r}, {FILE!r}); print(mf.source, mf.path)"
     )
     first = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
@@ -963,7 +970,7 @@ def test_killed_run_is_resumed_by_the_next(hub_env: HubEnv, fake_hub: FakeHub) -
     fake_hub.cdn_plan = ["hang_half"]
     half_sent = threading.Event()
     fake_hub.on_half_sent = half_sent.set
-    script = f"from kcuda_validate.model import hub; hub.fetch_model({REPO!r}, {FILE!r}, progress=False)"
+    script = f"from kcuda_validate.model import hub; hub.fetch_model({REPO!r}, {FILE!r})"
     child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL, env=dict(os.environ))
     try:
         assert half_sent.wait(20), "no GET from the child"
@@ -996,9 +1003,9 @@ def test_outdated_partials_go_and_an_old_partial_of_the_current_file_is_resumed(
     fail_half_way(hub_env, fake_hub)
     day_ago = time.time() - 86400
     os.utime(hub_env.partial, (day_ago, day_ago))  # yesterday's partial of today's file: still good
-    outdated = hub._partial_path(hub_env.storage, "0" * 64, FILE)  # this file, an older version
-    live = hub._partial_path(hub_env.storage, "1" * 64, FILE)  # touched just now: another run may be writing it
-    other = hub._partial_path(hub_env.storage, "2" * 64, "other.gguf")  # another file's, not ours to judge
+    outdated = hub_transfer.partial_path(hub_env.storage, "0" * 64, FILE)  # this file, an older version
+    live = hub_transfer.partial_path(hub_env.storage, "1" * 64, FILE)  # touched just now: another run may be writing it
+    other = hub_transfer.partial_path(hub_env.storage, "2" * 64, "other.gguf")  # another file's, not ours to judge
     for path in (outdated, live, other):
         path.write_bytes(b"partial")
     for path in (outdated, other):
@@ -1101,8 +1108,8 @@ def test_disk_filling_up_mid_download_keeps_what_fits(
     hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_hub.serve_file()
-    real_open = hub._open_partial
-    monkeypatch.setattr(hub, "_open_partial", lambda path: _DiskFillsUp(real_open(path), room=40_000))
+    real_open = hub_transfer.open_partial
+    monkeypatch.setattr(hub_transfer, "open_partial", lambda path: _DiskFillsUp(real_open(path), room=40_000))
 
     with pytest.raises(DiskFullError) as info:
         hub.fetch_model(REPO, FILE)
@@ -1115,7 +1122,7 @@ def test_disk_filling_up_mid_download_keeps_what_fits(
     assert hub_env.leftovers() == partial_only(hub_env)
     assert hub_env.partial.read_bytes() == CONTENT[:40_000]
 
-    monkeypatch.setattr(hub, "_open_partial", real_open)
+    monkeypatch.setattr(hub_transfer, "open_partial", real_open)
     fake_hub.seen.clear()
     assert_resumed_from(hub_env, fake_hub, 40_000)
 
@@ -1155,11 +1162,9 @@ def test_xet_file_is_downloaded_resumably_by_default(
     hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, xet_installed: bool
 ) -> None:
     """Unless KCUDA_HUB_XET=1, a Xet file comes over resumable HTTP (from /resolve, redirected), hf_xet or not."""
-    from huggingface_hub import file_download
-
     hub_env.monkeypatch.setenv("HF_TOKEN", SECRET)
     monkeypatch.delenv("KCUDA_HUB_XET", raising=False)
-    monkeypatch.setattr(file_download, "is_xet_available", lambda: xet_installed)
+    monkeypatch.setattr(hub, "xet_usable", lambda: xet_installed)
     fail_half_way(hub_env, fake_hub, xet=True)
 
     mf = hub.fetch_model(REPO, FILE)
@@ -1173,34 +1178,74 @@ def test_xet_file_is_downloaded_resumably_by_default(
     assert hub_env.leftovers() == COMPLETE
 
 
-def test_progress_bar_goes_to_stderr_only(
-    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
-    terminal = Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
+
+def test_progress_is_drawn_by_the_output_object_on_stderr_only(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """The download reports bytes to a callback; the CLI's DownloadBar draws them on a terminal's stderr."""
+    from kcuda_validate.cli._output import Output, OutputOptions
+
+    stdout, stderr = Terminal(), Terminal()
+    out = Output(OutputOptions(width=100), stdout=stdout, stderr=stderr)
+    seen: list[hub.DownloadProgress] = []
+    bar = out.download_bar()
+
+    def report(p: hub.DownloadProgress) -> None:
+        seen.append(p)
+        bar.update(p)
+
     fake_hub.serve_file()
+    hub.fetch_model(REPO, FILE, on_progress=report)
+    bar.close()
 
-    hub.fetch_model(REPO, FILE, progress=True)
-
-    assert capsys.readouterr().out == ""
-    drawn = terminal.getvalue()
+    assert stdout.getvalue() == ""
+    drawn = stderr.getvalue()
     assert f"{REPO}/{FILE} @ main" in drawn
     assert "65.5/65.5 kB" in drawn  # rich's DownloadColumn (decimal units) when the transfer is complete
+    label = f"{REPO}/{FILE} @ main"
+    assert (seen[0], seen[-1]) == (
+        hub.DownloadProgress(label, 0, len(CONTENT)),
+        hub.DownloadProgress(label, len(CONTENT), len(CONTENT)),
+    )
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
 
 
-def test_no_progress_when_asked_not_to(hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
+def test_a_cache_hit_reports_no_progress(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    fake_hub.serve_file()
+    hub.fetch_model(REPO, FILE)
+    seen: list[hub.DownloadProgress] = []
 
-    terminal = Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
+    assert hub.fetch_model(REPO, FILE, on_progress=seen.append).source == "cache"
+    assert seen == []
+
+
+def test_no_progress_when_huggingface_hub_bars_are_disabled(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+    fake_hub.serve_file()
+    seen: list[hub.DownloadProgress] = []
+
+    assert hub.fetch_model(REPO, FILE, on_progress=seen.append).source == "download"
+    assert seen == []
+
+
+def test_the_bar_draws_nothing_off_a_terminal_or_outside_human_mode(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    from kcuda_validate.cli._output import Output, OutputOptions
+
+    piped, json_terminal = io.StringIO(), Terminal()
+    bars = [
+        Output(OutputOptions(), stderr=piped).download_bar(),
+        Output(OutputOptions(json=True), stdout=io.StringIO(), stderr=json_terminal).download_bar(),
+    ]
     fake_hub.serve_file()
 
-    hub.fetch_model(REPO, FILE, progress=False)
+    hub.fetch_model(REPO, FILE, on_progress=lambda p: [bar.update(p) for bar in bars])
+    for bar in bars:
+        bar.close()
 
-    assert terminal.getvalue() == ""
+    assert (piped.getvalue(), json_terminal.getvalue()) == ("", "")

@@ -109,6 +109,10 @@ class Output:
         """A progress bar with an ETA for a long build (ninja's [n/N]); quiet unless on a terminal."""
         return BuildBar(self)
 
+    def download_bar(self) -> DownloadBar:
+        """A model download's bar (size, speed, ETA) on stderr; drawn only on a terminal, in human mode."""
+        return DownloadBar(self)
+
     def error(self, message: str, fix: str | None = None) -> None:
         """One line on stderr naming the input; the fix and the log file on the next lines."""
         self.end_progress()
@@ -260,5 +264,54 @@ class BuildBar:
 
     def close(self) -> None:
         if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class DownloadBar:
+    """rich's download bar on stderr, one line whatever the width: the numbers keep their room, the bar shrinks
+    and the label is cut short (…). Nothing off a terminal: a CI log gets the download's time in the report."""
+
+    def __init__(self, out: Output) -> None:
+        self._out = out
+        self._progress: Any = None
+        self._task: Any = None
+
+    def update(self, p: Any) -> None:
+        if self._out.opts.mode != "human" or not self._out._stderr.isatty():
+            return
+        if self._progress is None:
+            from rich.markup import escape
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+            from rich.table import Column
+
+            self._out.end_progress()
+            console = self._out.err_console
+            label_width = max(12, console.width - 14 - 10 - 7 - 6 - 4)  # the numbers, a 6-cell bar, the gaps
+            self._progress = Progress(
+                TextColumn(
+                    "{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=label_width)
+                ),
+                BarColumn(bar_width=None, table_column=Column(min_width=6, ratio=1)),
+                DownloadColumn(table_column=Column(no_wrap=True, min_width=14)),
+                TransferSpeedColumn(table_column=Column(no_wrap=True, min_width=10)),
+                TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)),
+                console=console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(escape(p.label), total=p.total, completed=p.done)
+            return
+        self._progress.update(self._task, completed=p.done, total=p.total)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.refresh()
             self._progress.stop()
             self._progress = None

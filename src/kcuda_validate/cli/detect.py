@@ -52,9 +52,9 @@ def detect(
     **kw: Any,
 ) -> int:
     """Detect NVIDIA GPUs and diagnose the driver, CUDA, PyTorch and llama-cpp-python."""
+    from kcuda_validate.cache_dir import hub_cache_dir
     from kcuda_validate.detect import CHECKS, DetectOptions, run_detect
     from kcuda_validate.detect.registry import select
-    from kcuda_validate.model.source import hub_cache_dir
     from kcuda_validate.report import Report
 
     ui = make_output(ctx, **kw)

@@ -66,8 +66,8 @@ def validate_all(ctx: click.Context, /, **kw: Any) -> int:
         refuse_cpu_run(kw.get("device"))
 
     def detect_options(run: Any) -> Any:
+        from kcuda_validate.cache_dir import hub_cache_dir
         from kcuda_validate.detect import DetectOptions
-        from kcuda_validate.model.source import hub_cache_dir
 
         return DetectOptions(
             device=run.device,

@@ -8,22 +8,13 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcuda_validate import defaults
 from kcuda_validate.errors import ModelInvalidError, UsageError
 
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face Hub cache directory, resolved as huggingface_hub does (HF_HUB_CACHE, else HF_HOME/hub,
-    else $XDG_CACHE_HOME or ~/.cache, then huggingface/hub), without importing it: detect reads it too."""
-    cache = os.environ.get("HF_HUB_CACHE")
-    if cache:
-        return Path(cache).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
+if TYPE_CHECKING:
+    from kcuda_validate.model.hub_transfer import OnProgress
 
 
 @dataclass(frozen=True)
@@ -88,8 +79,10 @@ class ResolvedModel:
         return str(self.path)
 
 
-def resolve_model(spec: ModelSpec, progress: bool = True) -> ResolvedModel:
-    """Get the file onto this machine; errors are the project's one-line KcudaErrors."""
+def resolve_model(spec: ModelSpec, on_progress: OnProgress | None = None) -> ResolvedModel:
+    """Get the file onto this machine; errors are the project's one-line KcudaErrors.
+
+    `on_progress` hears of a Hub download's bytes (the CLI draws the bar)."""
     spec.validate()
     start = time.perf_counter()
     if spec.model_path is not None:
@@ -116,7 +109,7 @@ def resolve_model(spec: ModelSpec, progress: bool = True) -> ResolvedModel:
             f"--repo-id {repo}: --filename is required with --repo-id",
             fix="Name the .gguf file in the repo, e.g. --filename model-q4_k_m.gguf.",
         )
-    mf = hub.fetch_model(repo, filename, spec.revision, progress=progress)
+    mf = hub.fetch_model(repo, filename, spec.revision, on_progress=on_progress)
     return ResolvedModel(
         mf.path,
         "hub",
