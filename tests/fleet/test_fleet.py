@@ -22,13 +22,12 @@ from kcuda_validate.fleet import (
     OUTLIER_BELOW_MEDIAN,
     OUTLIER_MIN_PEERS,
     FileProblem,
-    FleetRow,
     judge_mixed,
     judge_outliers,
     newest,
-    rows_from_report,
     summarize,
 )
+from kcuda_validate.fleet_rows import FleetRow, rows_from_report
 
 pytestmark = pytest.mark.fleet
 
