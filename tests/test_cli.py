@@ -18,7 +18,7 @@ from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
 from machine import driver_present
 
-COMMANDS = ["detect", "load", "infer", "validate-all", "exit-codes"]
+COMMANDS = ["detect", "setup", "load", "infer", "validate-all", "health", "fleet", "exit-codes"]
 
 
 def invoke(*args: str, **kw: object) -> object:
@@ -33,6 +33,7 @@ def test_every_command_has_help_text() -> None:
                 assert param.help, f"{name} {param.opts} has no help"
     result = invoke("--help")
     assert result.exit_code == 0
+    assert sorted(cli.commands) == sorted(COMMANDS)  # a new command joins the list, and its help is checked
     for name in COMMANDS:
         assert name in result.output
 
