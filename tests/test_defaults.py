@@ -40,6 +40,7 @@ SHARED = [  # (option name, commands that take it, the service field it becomes,
     ("temperature", ["infer", "validate-all"], (InferOptions, "temperature"), defaults.TEMPERATURE),
     ("seed", ["infer", "validate-all"], (InferOptions, "seed"), defaults.SEED),
     ("repeat", ["infer", "validate-all"], (InferOptions, "repeat"), defaults.REPEAT),
+    ("sampling", ["infer", "validate-all"], (InferOptions, "sampling"), defaults.SAMPLING),
 ]
 
 

@@ -42,6 +42,10 @@ def test_validate_all_offloads_every_layer_and_measures(source: list[str] | str,
     assert doc["metrics"]["speedup_vs_cpu"]["value"] > 1.0
     assert isinstance(doc["sections"]["compare_cpu"]["tokens_identical"], bool)  # greedy: compared token for token
     assert doc["metrics"]["bandwidth_pct_of_peak"]["value"] > 0
+    # The path llama-server takes: greedy sampling on the GPU by default, CPU-sampled runs beside it, same tokens.
+    assert doc["sections"]["inference"]["sampling"] == "backend"
+    assert doc["sections"]["inference"]["deterministic"] is True
+    assert doc["metrics"]["gen_tps_wall_cpu_sampling"]["value"] > 0
 
 
 def test_ready_file_is_written_only_by_a_gpu_pass(tmp_path: Path) -> None:

@@ -80,9 +80,32 @@ def cpu_run() -> Report:
     return _base("cpu", "CPU run: 0/19 layers offloaded (by request), 248 MiB of weights in host memory", Status.SKIP)
 
 
-@pytest.mark.parametrize("name", ["h100", "wsl2_no_telemetry", "cpu_run"])
+def cpu_run_backend_sampling() -> Report:
+    """`--sampling backend`: the sampler call shrinks to reading the token the decode graph picked, and the
+    CPU-sampled runs sit beside it on their own row (figures typed in, as the rest of this file)."""
+    report = _base("cpu", "CPU run: 0/19 layers offloaded (by request), 248 MiB of weights in host memory", Status.SKIP)
+    report.metrics = [m for m in report.metrics if m.name != "sample_ms_per_token"]
+    report.add_metrics(
+        [
+            Metric("sample_ms_per_token", 0.08, "ms", "wall", samples=(0.08, 0.08, 0.09), stddev=0.01),
+            Metric("gen_tps_wall_cpu_sampling", 488.0, "tokens/s", "wall", samples=(486.9, 488.0, 489.1), stddev=1.1),
+            Metric("sample_ms_per_token_cpu_sampling", 0.47, "ms", "wall", samples=(0.45, 0.47, 0.49), stddev=0.02),
+        ]
+    )
+    return report
+
+
+PANELS = {
+    "h100": h100,
+    "wsl2_no_telemetry": wsl2_no_telemetry,
+    "cpu_run": cpu_run,
+    "cpu_run_backend_sampling": cpu_run_backend_sampling,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PANELS))
 def test_inference_panel_golden(name: str) -> None:
-    report = {"h100": h100, "wsl2_no_telemetry": wsl2_no_telemetry, "cpu_run": cpu_run}[name]()
+    report = PANELS[name]()
     console = Console(width=100, no_color=True, color_system=None, force_terminal=False, record=True)
     console.print(inference_panel(report))
     got = "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"

@@ -103,6 +103,8 @@ class MetricName(StrEnum):
     DECODE_MS_PER_TOKEN_WALL = "decode_ms_per_token_wall"
     SAMPLE_MS_PER_TOKEN = "sample_ms_per_token"
     OTHER_MS_PER_TOKEN = "other_ms_per_token"
+    GEN_TPS_WALL_CPU_SAMPLING = "gen_tps_wall_cpu_sampling"  # the runs sampled on the CPU, beside backend ones
+    SAMPLE_MS_PER_TOKEN_CPU_SAMPLING = "sample_ms_per_token_cpu_sampling"
     PROMPT_TPS = "prompt_tps"
     PROMPT_TPS_WALL = "prompt_tps_wall"
     TTFT_WARM_MS = "ttft_warm_ms"

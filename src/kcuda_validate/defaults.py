@@ -20,3 +20,4 @@ MAX_TOKENS = 128
 TEMPERATURE = 0.0  # greedy
 SEED = 42
 REPEAT = 3  # measured runs after one warm-up
+SAMPLING = "auto"  # greedy sampling in the decode graph on a GPU run (as llama-server does), on the CPU otherwise

@@ -65,7 +65,15 @@ KNOWN: dict[str, tuple[str, str]] = {
     "gen_tps_wall": ("gen_wall_tokens_per_second", "Generation speed by the wall clock (mean of measured runs)."),
     "decode_ms_per_token": ("decode_per_token_seconds", "Decode time per generated token, llama.cpp perf counters."),
     "decode_ms_per_token_wall": ("decode_per_token_wall_seconds", "Decode time per generated token, wall clock."),
-    "sample_ms_per_token": ("sample_per_token_seconds", "Sampling time per generated token (CPU), wall clock."),
+    "sample_ms_per_token": ("sample_per_token_seconds", "Sampling time per generated token, wall clock."),
+    "gen_tps_wall_cpu_sampling": (
+        "gen_wall_cpu_sampling_tokens_per_second",
+        "Generation speed by the wall clock of the runs sampled on the CPU, beside backend-sampled ones.",
+    ),
+    "sample_ms_per_token_cpu_sampling": (
+        "sample_per_token_cpu_sampling_seconds",
+        "Sampling time per generated token on the CPU in those runs, wall clock.",
+    ),
     "other_ms_per_token": ("other_per_token_seconds", "Time per generated token outside decode and sampling."),
     "prompt_tps": ("prompt_tokens_per_second", "Prompt processing speed by llama.cpp's perf counters."),
     "prompt_tps_wall": ("prompt_wall_tokens_per_second", "Prompt processing speed by the wall clock."),

@@ -122,6 +122,14 @@ def inference_panel(report: Any) -> Panel | None:
             f"decode {fmt_metric(dec, '{:.2f}', False, ' ms')} · sampling {fmt_metric(smp, '{:.2f}', False, ' ms')}"
             f" · other {fmt_metric(oth, '{:.2f}', False, ' ms')}",
         )
+    cpu_sampled = _m(report, MetricName.GEN_TPS_WALL_CPU_SAMPLING)
+    if cpu_sampled is not None:  # --sampling backend (auto on a GPU run): the CPU-sampled runs beside it
+        cpu_sample_ms = _m(report, MetricName.SAMPLE_MS_PER_TOKEN_CPU_SAMPLING)
+        rows.add_row(
+            "Sampling",
+            f"in the decode graph · CPU-sampled {fmt_metric(cpu_sampled, unit=' tok/s')} (wall),"
+            f" sampling {fmt_metric(cpu_sample_ms, '{:.2f}', False, ' ms')}",
+        )
     rows.add_row(
         "Prompt",
         f"{fmt_metric(_m(report, MetricName.PROMPT_TPS), unit=' tok/s')} (perf) · "

@@ -167,3 +167,41 @@ def test_a_run_that_stops_at_max_tokens_counts_one_decode_per_token_after_the_fi
     run = inferencer.run(InferOptions(prompt="Once upon a time", max_tokens=12, repeat=1, ignore_eos=True)).runs[0]
     assert run.stop_reason == "length"
     assert run.decode_calls == run.perf_gen_n == run.generated_tokens - 1 == 11
+
+
+def test_greedy_sampling_runs_on_the_backend_with_cpu_sampled_runs_beside_it(inferencer: Inferencer) -> None:
+    """The path llama-server takes: greedy sampling inside the decode graph (llama_set_sampler). On this CPU build
+    the backend is the CPU one, and it still saves the per-token pass over the 262k-token logits in Python's
+    sampler call; the CPU-sampled runs, alternated, give the figure beside it and must pick the same tokens."""
+    opts = InferOptions(prompt="Once upon a time", max_tokens=24, repeat=2, ignore_eos=True, sampling="backend")
+    result = inferencer.run(opts)
+    assert result.sampling == "backend"
+    assert len(result.cpu_sampled_runs) == len(result.runs) == 2
+    assert result.deterministic is True  # backend argmax and CPU greedy agree token for token
+    assert {r.token_ids for r in (*result.runs, *result.cpu_sampled_runs)} == {result.warmup.token_ids}
+    backend_ms = sum(r.sample_ms for r in result.runs) / 2
+    cpu_ms = sum(r.sample_ms for r in result.cpu_sampled_runs) / 2
+    assert backend_ms < cpu_ms  # reading a sampled token is cheaper than sampling 262k logits in the call
+    for run in (*result.runs, *result.cpu_sampled_runs):
+        # llama.cpp's counters stay true across the attach/detach (the graph re-reserve is primed off the clock).
+        assert abs(1 - run.prompt_tps_wall / run.prompt_tps_perf) <= PERF_WALL_TOLERANCE
+        assert abs(1 - run.decode_ms_perf / run.decode_ms_wall) <= PERF_WALL_TOLERANCE
+    names = {m.name: m for m in result.metrics()}
+    assert "inside the decode graph" in names["sample_ms_per_token"].method
+    assert names["gen_tps_wall_cpu_sampling"].samples and names["sample_ms_per_token_cpu_sampling"].value
+    # Across the process boundary (the worker's JSON) nothing is lost.
+    again = type(result).from_json(result.to_json())
+    assert (again.sampling, again.cpu_sampled_runs) == (result.sampling, result.cpu_sampled_runs)
+
+
+def test_cpu_runs_non_greedy_sampling_and_sampling_cpu_stay_on_the_cpu(inferencer: Inferencer) -> None:
+    """auto (the default) samples on the backend on GPU runs only: on a CPU build the in-graph argmax costs more
+    per token than it saves. Seeded sampling (temperature > 0) stays on the CPU, as --sampling cpu does."""
+    prompt = "Once upon a time"
+    auto = inferencer.run(InferOptions(prompt=prompt, max_tokens=8, repeat=1))
+    cpu = inferencer.run(InferOptions(prompt=prompt, max_tokens=8, repeat=1, sampling="cpu"))
+    seeded = inferencer.run(InferOptions(prompt=prompt, max_tokens=8, repeat=1, temperature=0.9, sampling="backend"))
+    for result in (auto, cpu, seeded):
+        assert (result.sampling, result.cpu_sampled_runs) == ("cpu", ())
+        names = {m.name for m in result.metrics()}
+        assert "gen_tps_wall_cpu_sampling" not in names

@@ -187,6 +187,14 @@ def infer_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--no-warmup", is_flag=True, help="Skip the warm-up run (the first measured run is cold)."),
         click.option(
+            "--sampling",
+            type=click.Choice(["auto", "backend", "cpu"]),
+            default=defaults.SAMPLING,
+            show_default=True,
+            help="Where greedy sampling runs. backend: inside the decode graph (as llama-server does), with as many"
+            " CPU-sampled runs alternated beside it; auto: backend on a GPU run, cpu on a CPU run.",
+        ),
+        click.option(
             "--prompt-tokens",
             type=click.IntRange(1, 1 << 20),
             default=None,
@@ -293,6 +301,7 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
             seed=kw.get("seed", defaults.SEED),
             repeat=kw.get("repeat", defaults.REPEAT),
             warmup=not kw.get("no_warmup", False),
+            sampling=kw.get("sampling", defaults.SAMPLING),
             prompt_tokens=kw.get("prompt_tokens"),
             chat=not kw.get("raw", False),
         )

@@ -55,6 +55,7 @@ class InferOptions:
     seed: int = defaults.SEED
     repeat: int = defaults.REPEAT
     warmup: bool = True
+    sampling: str = defaults.SAMPLING  # auto: greedy on the backend where the build can; cpu: always on the CPU
     prompt_tokens: int | None = None  # build a synthetic prompt of exactly N tokens
     chat: bool = True  # apply the model's chat template when it has one
     top_k: int = 40
@@ -199,6 +200,9 @@ class InferenceResult:
     deterministic: bool | None
     divergence: int | None  # first token index where runs differ
     options: InferOptions
+    sampling: str = "cpu"  # where the measured runs sampled: "backend" (in the decode graph) or "cpu"
+    # With backend sampling, as many CPU-sampled runs, alternated with the measured ones: the figure beside it.
+    cpu_sampled_runs: tuple[RunMeasure, ...] = ()
 
     @property
     def first(self) -> RunMeasure:
@@ -231,12 +235,30 @@ class InferenceResult:
             "wall clock around llama_decode + llama_synchronize, per single-token decode",
             [r.decode_ms_wall for r in runs],
         )
-        add(
-            MetricName.SAMPLE_MS_PER_TOKEN,
-            "ms",
-            "wall clock around llama_sampler_sample (logits to token, on the CPU), per single-token decode",
-            [r.sample_ms for r in runs],
-        )
+        if self.sampling == "backend":
+            sample_method = (
+                "wall clock around llama_sampler_sample, which returns the token the backend sampled inside the"
+                " decode graph (greedy), per single-token decode"
+            )
+        else:
+            sample_method = (
+                "wall clock around llama_sampler_sample (logits to token, on the CPU), per single-token decode"
+            )
+        add(MetricName.SAMPLE_MS_PER_TOKEN, "ms", sample_method, [r.sample_ms for r in runs])
+        cpu_runs = list(self.cpu_sampled_runs)
+        if cpu_runs:
+            add(
+                MetricName.GEN_TPS_WALL_CPU_SAMPLING,
+                "tokens/s",
+                "wall clock, as gen_tps_wall, of the runs sampled on the CPU (alternated with the measured runs)",
+                [r.gen_tps_wall for r in cpu_runs],
+            )
+            add(
+                MetricName.SAMPLE_MS_PER_TOKEN_CPU_SAMPLING,
+                "ms",
+                "wall clock around llama_sampler_sample (logits to token, on the CPU) in those runs",
+                [r.sample_ms for r in cpu_runs],
+            )
         add(
             MetricName.OTHER_MS_PER_TOKEN,
             "ms",
@@ -296,6 +318,8 @@ class InferenceResult:
             "divergence_token": self.divergence,
             "formatted_prompt": self.formatted_prompt,
             "options": dataclasses.asdict(self.options),
+            "sampling": self.sampling,
+            "cpu_sampled_runs": [r.to_json() for r in self.cpu_sampled_runs],
         }
 
     @classmethod
@@ -310,6 +334,8 @@ class InferenceResult:
             deterministic=d["deterministic"],
             divergence=d.get("divergence_token"),
             options=InferOptions(**d["options"]),
+            sampling=d.get("sampling", "cpu"),
+            cpu_sampled_runs=tuple(RunMeasure.from_json(r) for r in d.get("cpu_sampled_runs", ())),
         )
 
 
@@ -327,6 +353,7 @@ class Inferencer:
         self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx))
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.llm.model))
         self.n_batch = int(self.llm.n_batch)
+        self._graph_changed = False  # a backend sampler was detached: the next decode would re-reserve the graph
 
     # -- prompt handling -------------------------------------------------------------------------------
     def chat_template(self) -> bytes | None:
@@ -399,6 +426,18 @@ class Inferencer:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(opts.seed))
         return chain
 
+    def _prime(self) -> None:
+        """One untimed single-token decode, so the graph re-reserve that attaching or detaching a backend
+        sampler schedules happens here, not in the measured prompt: llama.cpp starts its prompt timer before that
+        reserve, whose synchronize then books the prompt at ~0 ms and leaves its compute uncounted."""
+        lc = self._lc
+        arr = (lc.llama_token * 1)(lc.llama_vocab_bos(self.vocab))
+        rc = lc.llama_decode(self.ctx, lc.llama_batch_get_one(arr, 1))
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        lc.llama_synchronize(self.ctx)
+        self._graph_changed = False
+
     def _reset(self) -> None:
         lc = self._lc
         mem = lc.llama_get_memory(self.ctx)
@@ -418,13 +457,40 @@ class Inferencer:
         # counter also stops at this synchronisation).
         lc.llama_synchronize(self.ctx)
 
-    def generate(
-        self, tokens: list[int], opts: InferOptions, on_text: Callable[[str], None] | None = None
-    ) -> RunMeasure:
-        """One measured generation from an empty cache."""
-        lc = self._lc
-        self._reset()
+    def backend_sampling(self, opts: InferOptions) -> bool:
+        """Whether greedy sampling runs inside the decode graph (llama_set_sampler: llama.cpp's backend sampling,
+        llama-server's default): `auto` on a GPU run, `backend` on any, when this build and context accept it.
+
+        Not `auto` on a CPU run: there the in-graph argmax costs more than it saves (docs/benchmarks.md)."""
+        wanted = opts.sampling == "backend" or (opts.sampling == "auto" and not self.model.result.options.cpu_mode)
+        if not wanted or opts.temperature > 0 or not hasattr(self._lc, "llama_set_sampler"):
+            return False
         sampler = self._sampler(opts)
+        try:
+            attached = bool(self._lc.llama_set_sampler(self.ctx, 0, sampler))
+        finally:
+            self._lc.llama_set_sampler(self.ctx, 0, None)
+            self._lc.llama_sampler_free(sampler)
+        if not attached:
+            log.info("this llama.cpp build cannot sample on the backend; sampling on the CPU")
+        return attached
+
+    def generate(
+        self,
+        tokens: list[int],
+        opts: InferOptions,
+        on_text: Callable[[str], None] | None = None,
+        backend: bool = False,
+    ) -> RunMeasure:
+        """One measured generation from an empty cache; `backend`: greedy sampling inside the decode graph."""
+        lc = self._lc
+        sampler = self._sampler(opts)
+        if backend and not lc.llama_set_sampler(self.ctx, 0, sampler):
+            lc.llama_sampler_free(sampler)
+            raise RuntimeError("llama_set_sampler refused the greedy sampler it accepted before")
+        if backend or self._graph_changed:
+            self._prime()
+        self._reset()
         stream = TextStream()
         out_ids: list[int] = []
         pieces: list[str] = []
@@ -472,6 +538,9 @@ class Inferencer:
                     on_text(tail)
             perf = lc.llama_perf_context(self.ctx)
         finally:
+            if backend:
+                lc.llama_set_sampler(self.ctx, 0, None)  # detached before it is freed
+                self._graph_changed = True
             lc.llama_sampler_free(sampler)
         return RunMeasure(
             prompt_tokens=len(tokens),
@@ -511,12 +580,16 @@ class Inferencer:
                 f"--n-ctx {self.n_ctx}",
                 fix=context_fix(len(tokens), opts.max_tokens, self.n_ctx, self.n_ctx_train),
             )
-        warm = self.generate(tokens, opts, on_text) if opts.warmup else None
+        backend = self.backend_sampling(opts)
+        warm = self.generate(tokens, opts, on_text, backend) if opts.warmup else None
         runs: list[RunMeasure] = []
+        cpu_runs: list[RunMeasure] = []
         for i in range(max(1, opts.repeat)):
             streamed = on_text if (warm is None and i == 0) else None
-            runs.append(self.generate(tokens, opts, streamed))
-        all_runs = ([warm] if warm else []) + runs
+            runs.append(self.generate(tokens, opts, streamed, backend))
+            if backend:  # alternated, so drift (clocks, heat) hits both figures alike
+                cpu_runs.append(self.generate(tokens, opts))
+        all_runs = ([warm] if warm else []) + runs + cpu_runs  # greedy on either side: the same tokens
         ref = all_runs[0].token_ids
         divergence = None
         for r in all_runs[1:]:
@@ -537,4 +610,6 @@ class Inferencer:
             deterministic=deterministic,
             divergence=divergence,
             options=opts,
+            sampling="backend" if backend else "cpu",
+            cpu_sampled_runs=tuple(cpu_runs),
         )
