@@ -202,6 +202,7 @@ EXPECT: dict[str, Expect] = {
     "llama_missing_cudart": expect(
         failing=("llama.build",),
         summary=(("llama.build", "libllama failed to load: libcudart.so.12"),),
+        fix=(("llama.build", "Run `kcuda-validate setup`: it puts back the CUDA 12 runtime libraries"),),
     ),
     "arch_mismatch": expect(
         failing=("llama.archs.0",),
@@ -642,3 +643,22 @@ def test_scenarios_do_not_leak_into_the_environment() -> None:
     assert Path("/") == platform_mod.ROOT
     assert nvml_mod.import_pynvml.__module__ == "kcuda_validate.gpu.nvml"
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_an_engine_missing_its_cuda_library_gets_the_fix_for_where_that_library_comes_from() -> None:
+    from kcuda_validate.detect.software import load_error_fix
+
+    cu12 = "libllama failed to load: libcublasLt.so.12: cannot open shared object file: No such file or directory"
+    assert load_error_fix("kcuda-validate", cu12) == (
+        "Run `kcuda-validate setup`: it puts back the CUDA 12 runtime libraries this build loads (libcublasLt.so.12; "
+        "a plain `uv sync` removes the ones setup added, `uv run` keeps them), from its cache in seconds, or rebuilds."
+    )
+    cu13 = "libllama failed to load: libcudart.so.13: cannot open shared object file: No such file or directory"
+    assert load_error_fix("uv run kcuda-validate", cu13) == (
+        "Run `uv sync`: it restores the environment's NVIDIA runtime wheels, which hold libcudart.so.13; "
+        "then `uv run kcuda-validate setup` if this check still fails."
+    )
+    other = "libllama failed to load: undefined symbol: ggml_backend_cuda_init"
+    assert load_error_fix("kcuda-validate", other) == setup_fix(
+        "kcuda-validate", "installs a llama-cpp-python build that loads here"
+    )

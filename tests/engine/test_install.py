@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from wheels import make_wheel, uv_command
+from wheels import make_dist_wheel, make_wheel, uv_command
 
 from kcuda_validate.engine import install as inst
 
@@ -131,16 +131,32 @@ def _fresh_engine(python: str, pythonpath: Path | None) -> str:
     return subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
+CUDART_12 = "nvidia/cuda_runtime/lib/libcudart.so.12"
+
+
+def _cuda12_runtime_index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """NVIDIA's CUDA 12 runtime wheels as small real wheels in a local index, which setup's uv calls use
+    offline (the real ones are hundreds of megabytes; their layout is what matters here)."""
+    index = tmp_path / "cuda12-index"
+    make_dist_wheel(index, "nvidia-cuda-runtime-cu12", "12.4.127", {CUDART_12: "fake libcudart\n"})
+    make_dist_wheel(index, "nvidia-cublas-cu12", "12.4.5.8", {"nvidia/cublas/lib/libcublas.so.12": "fake\n"})
+    monkeypatch.setenv("UV_FIND_LINKS", str(index))
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+
+
 def _cached_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
     from test_plan import RTX4090_DRIVER_560, facts_for
 
     from kcuda_validate.engine.plan import SetupOptions, cache_key, make_plan
 
+    _cuda12_runtime_index(monkeypatch, tmp_path)
     key = cache_key("0.3.36", (12, 4), (89,))
     make_wheel(tmp_path / "cache" / "engine" / "wheels" / key, "new")
     facts = facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path, cached=(key,), compiler=None, uv=tuple(uv_command()))
     plan = make_plan(facts, SetupOptions())
     assert (plan.action, plan.key) == ("install_cached", key)
+    assert plan.runtime_packages == ("nvidia-cuda-runtime-cu12>=12.4,<12.5", "nvidia-cublas-cu12>=12.4,<12.5")
     return plan
 
 
@@ -159,13 +175,24 @@ def test_a_cached_engine_is_checked_then_installed_and_uv_keeps_it(
 
     def verify(staged: Path | None) -> inst.Verification:
         engine = _fresh_engine(_python(project), staged)
-        seen.append(f"{'staged' if staged else 'installed'}:{engine}")
+        # A CUDA-12 build loads libcudart.so.12 through $ORIGIN/../../nvidia: the scratch check needs it too.
+        cudart = (staged or _site(project)) / CUDART_12
+        seen.append(f"{'staged' if staged else 'installed'}:{engine}:{'cudart' if cudart.is_file() else 'no cudart'}")
         return inst.Verification(engine == "new", f"imports the {engine} build")
 
     result = _run(plan, project, verify)
     assert (result.outcome, result.exit_code, result.rolled_back) == ("installed", 0, False)
-    assert seen == ["staged:new", "installed:new"]
+    assert seen == ["staged:new:cudart", "installed:new:cudart"]
     assert _engine_via_uv_run(project, tmp_path) == "new"
+    assert (_site(project) / CUDART_12).is_file(), "uv run removed the CUDA 12 runtime"
+    # What README and specs say of a plain `uv sync`: exact by default, it keeps the engine but removes the
+    # runtime packages setup added (detect then names `setup`, which puts them back from the cache).
+    done = subprocess.run(
+        [*uv_command(), "sync", "--locked"], cwd=project, env=_env(tmp_path), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert _engine_via_uv_run(project, tmp_path) == "new"
+    assert not (_site(project) / CUDART_12).exists()
     assert not list((tmp_path / "cache" / "engine" / "tmp").iterdir()), "scratch left behind"
 
 

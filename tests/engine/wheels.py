@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-NAME = "llama_cpp_python"
 VERSION = "0.3.36"
 
 
@@ -25,16 +24,21 @@ def _hash(data: bytes) -> str:
 
 def make_wheel(directory: Path, engine: str, version: str = VERSION, extra: dict[str, str] | None = None) -> Path:
     """A wheel whose `import llama_cpp; llama_cpp.ENGINE` is `engine`."""
+    files = {"llama_cpp/__init__.py": f"ENGINE = {engine!r}\n", "llama_cpp/lib/README": f"{engine} build\n"}
+    return make_dist_wheel(directory, "llama-cpp-python", version, {**files, **(extra or {})})
+
+
+def make_dist_wheel(directory: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """A valid wheel of distribution `name` holding `files` (path -> text)."""
     directory.mkdir(parents=True, exist_ok=True)
-    info = f"{NAME}-{version}.dist-info"
+    norm = name.replace("-", "_")
+    info = f"{norm}-{version}.dist-info"
     files = {
-        "llama_cpp/__init__.py": f"ENGINE = {engine!r}\n",
-        "llama_cpp/lib/README": f"{engine} build\n",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: llama-cpp-python\nVersion: {version}\n",
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: kcuda-tests\nRoot-Is-Purelib: false\nTag: py3-none-any\n",
-        **(extra or {}),
     }
-    path = directory / f"{NAME}-{version}-py3-none-any.whl"
+    path = directory / f"{norm}-{version}-py3-none-any.whl"
     record = [f"{name},{_hash(text.encode())},{len(text.encode())}" for name, text in files.items()]
     record.append(f"{info}/RECORD,,")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:

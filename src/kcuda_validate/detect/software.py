@@ -5,6 +5,7 @@ that decide what they see. Each is a function of the facts that returns its chec
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from kcuda_validate.checks import Check, Status
@@ -155,12 +156,34 @@ def check_torch_kernels(facts: Facts) -> tuple[Check, ...]:
 # -- llama-cpp-python --------------------------------------------------------------------------------------
 
 
+# A CUDA library the engine links that the loader cannot find: for a CUDA 12 engine these come from the
+# nvidia-*-cu12 wheels setup adds, which a plain (exact) `uv sync` removes as extraneous.
+_MISSING_CUDA_LIB = re.compile(r"\b(lib(?:cudart|cublasLt|cublas)\.so\.\d+): cannot open shared object file")
+
+
+def load_error_fix(invocation: str, error: str) -> str:
+    """The fix for an engine that does not load: a missing CUDA library has a cause setup or `uv sync` repairs."""
+    missing = _MISSING_CUDA_LIB.search(error)
+    if missing and missing.group(1).endswith(".so.12"):
+        return (
+            f"Run `{invocation} setup`: it puts back the CUDA 12 runtime libraries this build loads "
+            f"({missing.group(1)}; a plain `uv sync` removes the ones setup added, `uv run` keeps them), "
+            "from its cache in seconds, or rebuilds."
+        )
+    if missing:
+        return (
+            f"Run `uv sync`: it restores the environment's NVIDIA runtime wheels, which hold {missing.group(1)}; "
+            f"then `{invocation} setup` if this check still fails."
+        )
+    return setup_fix(invocation, "installs a llama-cpp-python build that loads here")
+
+
 def check_llama_build(facts: Facts) -> tuple[Check, ...]:
     llama, title = facts.llama, "llama-cpp-python GPU offload"
     ev = llama.to_json()
     if not llama.installed or llama.error:
         fix = (
-            setup_fix(facts.invocation, "installs a llama-cpp-python build that loads here")
+            load_error_fix(facts.invocation, llama.error or "")
             if llama.installed
             else f"Reinstall the tool's dependencies (`uv sync`), then run `{facts.invocation} setup`."
         )

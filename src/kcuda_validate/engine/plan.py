@@ -493,9 +493,13 @@ def _steps(
     cache = facts.cache_dir
     py = sys.executable
     out: list[str] = []
-    if runtime:
-        out.append(f"uv pip install --python {py} " + " ".join(f"'{r}'" for r in runtime) + "   (CUDA 12 runtime)")
+    if runtime and action != "build_only":
+        runtime_step = f"uv pip install --python {py} " + " ".join(f"'{r}'" for r in runtime) + "   (CUDA 12 runtime)"
+    else:
+        runtime_step = None
     if action == "install_cached":
+        if runtime_step:
+            out.append(runtime_step)
         out.append(f"verify {cache}/wheels/{key}/*.whl in a scratch directory (a fresh process loads it)")
         out.append(f"uv pip install --python {py} --no-deps --reinstall {cache}/wheels/{key}/*.whl")
         out.append("verify again in a fresh process; roll back to the previous build if it fails")
@@ -510,6 +514,8 @@ def _steps(
     out.append(f"fetch the llama-cpp-python {facts.llama_version} sdist (sha256 from uv.lock or PyPI)")
     out.append("uv build --wheel <sdist>   (CMAKE_ARGS as listed, CMAKE_BUILD_PARALLEL_LEVEL=jobs)")
     out.append(f"keep the wheel in {cache}/wheels/{key}/")
+    if runtime_step:
+        out.append(runtime_step)
     if action == "build":
         out.append("verify in a scratch directory, install with uv (--no-deps --reinstall), verify again")
     return tuple(out)

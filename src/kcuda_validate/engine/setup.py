@@ -199,6 +199,10 @@ def run_setup(
                     os.replace(tmp_keep, keep)
                     wheel = keep / result.wheel.name
                 size = wheel.stat().st_size
+                if plan.action != "build_only":
+                    # Before the check: a CUDA-12 build loads libcudart.so.12 from the environment's nvidia/
+                    # folder, which the scratch directory links to. Adding them leaves the old engine as it was.
+                    inst.install_runtime(uv, python, plan.runtime_packages, log_fh, log_file)
                 on_step("Verifying the new build in a scratch directory…")
                 t0 = time.monotonic()
                 staged = inst.stage(uv, python, wheel, scratch, site, log_fh, log_file)
@@ -219,7 +223,6 @@ def run_setup(
                         log_file=log_file,
                     )
                 on_step("Installing…")
-                inst.install_runtime(uv, python, plan.runtime_packages, log_fh, log_file)
                 backup = inst.repack_installed(site, scratch / "backup")
                 rolled_back = False
                 with inst.signals_deferred():
