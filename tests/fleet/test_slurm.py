@@ -98,7 +98,9 @@ def test_srun_runs_health_json_with_the_nodes_hostname(cluster: SlurmCluster) ->
 def test_failing_check_drains_the_node_with_its_reason(node: SlurmCluster) -> None:
     runs = _install_check(node)
     _wait_state(node, NodeState("DRAINED", OUR_REASON))
-    assert _runs(runs)[0] == "1"  # slurmd's log shows the failure too
+    # The wrapper drains before it exits, so its status is written just after the node shows DRAINED.
+    assert wait_for(lambda: bool(_runs(runs)), 10.0, 0.1), "the health check's exit status was never written"
+    assert _runs(runs)[0] == "1"
     listed = node.run("sinfo", "-R", "-h", "-o", "%E|%N").stdout.strip()
     assert listed == f"{OUR_REASON}|{node.node}"
     shown = node.scontrol("show", "node", node.node).stdout
@@ -110,7 +112,7 @@ def test_passing_check_resumes_its_own_drain(node: SlurmCluster) -> None:
     # The real tool, with a subset of its checks that passes on this machine (the OS check): healthy.
     runs = _install_check(node, "--check", "platform.os")
     _wait_state(node, NodeState("IDLE", None))
-    assert "0" in _runs(runs)
+    assert wait_for(lambda: "0" in _runs(runs), 10.0, 0.1), _runs(runs)
     assert "slurm: node " + node.node + " resumed: OK: 1 check passed" in (node.root / "healthcheck.out").read_text()
 
 
