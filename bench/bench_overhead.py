@@ -36,8 +36,9 @@ def main() -> None:
     args = ap.parse_args()
     model = args.model or real_model()
 
-    from kcuda_validate.llm.inference import Inferencer, InferOptions
+    from kcuda_validate.llm.inference import Inferencer
     from kcuda_validate.llm.loader import LoadOptions, ModelLoader, default_threads
+    from kcuda_validate.llm.measures import InferOptions
 
     threads = args.threads or default_threads()
     cpu = args.gpu_layers == 0

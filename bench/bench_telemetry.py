@@ -78,8 +78,9 @@ def main() -> None:
     args.tokens = args.tokens or 96
 
     from kcuda_validate.gpu.nvml import Nvml
-    from kcuda_validate.llm.inference import Inferencer, InferOptions
+    from kcuda_validate.llm.inference import Inferencer
     from kcuda_validate.llm.loader import LoadOptions, ModelLoader
+    from kcuda_validate.llm.measures import InferOptions
     from kcuda_validate.telemetry import TelemetrySampler
 
     loaded = ModelLoader(LoadOptions(n_ctx=1024, cpu_mode=not args.gpu)).load(model)

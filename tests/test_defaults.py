@@ -12,8 +12,8 @@ import pytest
 from kcuda_validate import defaults
 from kcuda_validate.cli import cli
 from kcuda_validate.detect import DetectOptions
-from kcuda_validate.llm.inference import InferOptions
 from kcuda_validate.llm.loader import LoadOptions
+from kcuda_validate.llm.measures import InferOptions
 from kcuda_validate.model.source import ModelSpec
 from kcuda_validate.pipeline import ModelRun
 

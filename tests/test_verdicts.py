@@ -15,9 +15,9 @@ import pytest
 from kcuda_validate.checks import MetricName, Status
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.isolation import Worker, WorkerOutcome
-from kcuda_validate.llm.inference import InferOptions
 from kcuda_validate.llm.llamalog import LogLine
 from kcuda_validate.llm.loader import LoadOptions, LoadResult
+from kcuda_validate.llm.measures import InferOptions
 from kcuda_validate.model.gguf_file import read_gguf
 from kcuda_validate.verdicts import (
     NOT_MEASURED_FIX,

@@ -197,8 +197,8 @@ def test_the_lifeline_alone_stops_llama_cpp_in_the_middle_of_compute(
     real_model: Path, tmp_path: Path, marker: str
 ) -> None:
     """The watchdog thread runs while llama.cpp computes in C (ctypes releases the GIL): no kernel help."""
-    from kcuda_validate.llm.inference import InferOptions
     from kcuda_validate.llm.loader import LoadOptions
+    from kcuda_validate.llm.measures import InferOptions
 
     ready = tmp_path / "ready"
     request = {

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 from kcuda_validate.errors import Interrupted
 
 if TYPE_CHECKING:  # the protocol imports the llm modules: not before the early worker is spawned
-    from kcuda_validate.llm.inference import InferenceResult
     from kcuda_validate.llm.loader import LoadResult
+    from kcuda_validate.llm.measures import InferenceResult
     from kcuda_validate.worker_protocol import WorkerError, WorkerEvent, WorkerRequest
 
 log = logging.getLogger(__name__)

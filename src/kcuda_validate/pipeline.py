@@ -23,8 +23,8 @@ from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.gpu.nvml import read_gpus, usable_gpus, worker_pin
 from kcuda_validate.gpu_choice import GpuContext, select_gpu
 from kcuda_validate.isolation import Interrupted, Worker, WorkerOutcome
-from kcuda_validate.llm.inference import InferOptions
 from kcuda_validate.llm.loader import LoadOptions, LoadResult
+from kcuda_validate.llm.measures import InferOptions
 from kcuda_validate.model.gguf_file import read_gguf
 from kcuda_validate.model.gguf_info import GgufInfo
 from kcuda_validate.model.source import ModelSpec, ResolvedModel, resolve_model

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from kcuda_validate.checks import Check, Metric, MetricName, Status, failed, mean_of, passed, warned
 from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.isolation import WorkerOutcome
-from kcuda_validate.llm.inference import InferenceResult
 from kcuda_validate.llm.loader import LoadResult, judge_offload
+from kcuda_validate.llm.measures import InferenceResult
 from kcuda_validate.model.gguf_info import GgufInfo
 from kcuda_validate.report import Sections
 from kcuda_validate.worker_protocol import ErrorKind, WorkerError

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from kcuda_validate.errors import ExitCode, KcudaError, UsageError
-from kcuda_validate.llm.inference import InferenceResult, InferOptions
 from kcuda_validate.llm.loader import LoadOptions, LoadResult
+from kcuda_validate.llm.measures import InferenceResult, InferOptions
 
 # The parent's go-ahead for the measured inference, sent once it has read NVML after the load.
 GO = "go"

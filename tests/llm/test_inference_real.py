@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from kcuda_validate.errors import UsageError
-from kcuda_validate.llm.inference import Inferencer, InferOptions, TextStream
+from kcuda_validate.llm.inference import Inferencer, TextStream
 from kcuda_validate.llm.loader import LoadedModel, LoadOptions, ModelLoader
+from kcuda_validate.llm.measures import InferOptions
 from kcuda_validate.pipeline import PERF_WALL_TOLERANCE
 
 pytestmark = pytest.mark.slow

@@ -250,8 +250,8 @@ def _check_utf8(text: str, name: str) -> None:
 def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
     """Parsed options -> pipeline.ModelRun (validated where click cannot)."""
     from kcuda_validate.errors import UsageError
-    from kcuda_validate.llm.inference import DEFAULT_PROMPT, InferOptions
     from kcuda_validate.llm.loader import LoadOptions
+    from kcuda_validate.llm.measures import DEFAULT_PROMPT, InferOptions
     from kcuda_validate.model.source import ModelSpec
     from kcuda_validate.pipeline import ModelRun, Thresholds
 
