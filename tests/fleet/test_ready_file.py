@@ -63,6 +63,22 @@ def test_a_bad_option_value_still_removes_the_old_ready_file(stale: Path) -> Non
     assert not stale.exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--ready-file", "{stale}", "--max-tokenz", "8"),  # an unknown option: click stops before any callback
+        ("--max-tokenz", "8", "--ready-file={stale}"),
+        ("--ready-file", "{stale}", "--max-tokens"),  # a missing value
+    ],
+    ids=["typo-after", "typo-before-equals-form", "missing-value"],
+)
+def test_a_command_line_click_cannot_parse_still_removes_the_old_ready_file(stale: Path, args: tuple[str, ...]) -> None:
+    code, _, err = invoke("validate-all", *(a.format(stale=stale) for a in args))
+    assert code == ExitCode.USAGE
+    assert err.startswith("Error: "), err
+    assert not stale.exists()
+
+
 def test_a_cpu_run_is_refused_and_closes_the_gate(stale: Path) -> None:
     code, out, err = invoke("validate-all", "--device", "cpu", "--ready-file", str(stale))
     assert (code, out) == (ExitCode.USAGE, "")

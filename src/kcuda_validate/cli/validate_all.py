@@ -31,7 +31,38 @@ def _clear_ready_file(ctx: click.Context, param: click.Parameter, value: Path | 
     return value
 
 
-@click.command("validate-all")
+def _ready_file_in(args: list[str]) -> Path | None:
+    """The --ready-file value as typed, for a command line click could not parse (the last one wins, as in
+    click)."""
+    found: Path | None = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--ready-file" and i + 1 < len(args):
+            found = Path(args[i + 1])
+        elif arg.startswith("--ready-file="):
+            found = Path(arg.split("=", 1)[1])
+    return found
+
+
+class _GatedCommand(click.Command):
+    """An unknown option or a missing value stops click before any option callback, the eager --ready-file
+    one included: the old gate is closed here too, since that run is not a GPU pass either."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        raw = list(args)  # click's parser consumes the list it is given
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError:
+            path = _ready_file_in(raw)
+            if path is not None and path.is_file():
+                from kcuda_validate.readyfile import clear
+
+                clear(path)
+            raise
+
+
+@click.command("validate-all", cls=_GatedCommand)
 @click.argument("prompt", required=False)
 @click.option(
     "--setup",
