@@ -8,7 +8,9 @@
 # "--sdist /path/llama_cpp_python-0.3.36.tar.gz" on a machine without network). It stops at once, exit 3 or 4, where
 # `detect` fails: nothing is measured on a machine that cannot offload. PYTHON overrides the interpreter
 # (default: the locked environment through uv); KCUDA_TEST_MODEL names an assembled Gemma-3-270M GGUF
-# where the PyPI parts are not installed.
+# where the PyPI parts are not installed. LLAMA_BENCH names a llama-bench built beforehand by
+# bench/build_llama_bench.sh (CPU code, portable: one built on another Linux box can be carried); else it is built
+# here from LLAMA_SDIST or the sdist in the engine cache.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +60,18 @@ step validate_all "${PY[@]}" -m kcuda_validate validate-all --synthetic 64MiB --
 step bench_gpu "${PY[@]}" bench/bench_gpu.py --save "$OUT/bench_gpu.json"
 step telemetry_tool "${PY[@]}" bench/bench_telemetry.py --tool
 step telemetry_same_process "${PY[@]}" bench/bench_telemetry.py --gpu
+
+# Against llama.cpp's own llama-bench on the same engine libraries (issue 14). LLAMA_BENCH names one built
+# beforehand (bench/build_llama_bench.sh; CPU code only, so one built elsewhere can be carried); else it is
+# built here from LLAMA_SDIST (or the sdist setup fetched).
+if [[ -z "${LLAMA_BENCH:-}" ]]; then
+    step build_llama_bench bash bench/build_llama_bench.sh /tmp/kcuda-llama-bench
+    LLAMA_BENCH=/tmp/kcuda-llama-bench/llama-bench
+fi
+step llama_bench "${PY[@]}" bench/bench_llama_bench.py --llama-bench "$LLAMA_BENCH" --gpu-layers -1 \
+    --save "$OUT/llama_bench.json"
+step llama_bench_flash_attn "${PY[@]}" bench/bench_llama_bench.py --llama-bench "$LLAMA_BENCH" --gpu-layers -1 \
+    --flash-attn on --save "$OUT/llama_bench_flash_attn.json"
 
 echo "results: $OUT"
 exit "$failed"
