@@ -24,6 +24,12 @@ def test_detect_passes_on_a_real_gpu() -> None:
     assert doc["exit_code"] == 0, [c for c in doc["checks"] if c["status"] == "fail"]
     assert any(c["id"].startswith("torch.kernel.") and c["status"] == "pass" for c in doc["checks"])
     assert any(c["id"] == "llama.build" and c["status"] == "pass" for c in doc["checks"])
+    # The timed copies: a real card's memory reaches a sizeable share of NVML's peak, never more than it.
+    (bw,) = [c for c in doc["checks"] if c["id"] == "torch.bandwidth.0"]
+    assert bw["status"] == "pass", bw
+    ev = bw["evidence"]
+    assert 0.3 * ev["peak_bandwidth_bytes_per_s"] < ev["mem_bw_bytes_s"] < 1.05 * ev["peak_bandwidth_bytes_per_s"]
+    assert 1e9 < ev["h2d_bytes_s"] < 130e9  # between a PCIe gen3 x1 and a gen6 x16 link
 
 
 @pytest.mark.parametrize("source", [["--synthetic", "64MiB"], "real"])

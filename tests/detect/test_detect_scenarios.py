@@ -662,3 +662,23 @@ def test_an_engine_missing_its_cuda_library_gets_the_fix_for_where_that_library_
     assert load_error_fix("kcuda-validate", other) == setup_fix(
         "kcuda-validate", "installs a llama-cpp-python build that loads here"
     )
+
+
+def test_a_gpu_too_full_to_probe_reports_bandwidth_as_na_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from fakes.hardware import MIB, Scenario, install
+
+    full = dataclasses.replace(RTX_4090, memory_used=RTX_4090.memory_total - 6 * MIB)
+    install(Scenario("full_gpu", "a GPU another process has filled", ExitCode.OK, gpus=(full,)), monkeypatch, tmp_path)
+    bw = by_id(run_detect())["torch.bandwidth.0"]
+    assert (bw.status, bw.summary) == (Status.SKIP, "n/a: too little free GPU memory to probe (6 MiB)")
+    assert bw.evidence["mem_bw_bytes_s"] is None and bw.evidence["h2d_bytes_s"] is None
+
+
+@pytest.mark.parametrize("scenario", ["degraded_pcie"], indirect=True)
+def test_a_narrow_link_shows_in_the_host_to_gpu_figure(scenario: Installed) -> None:
+    """degraded_pcie: an x4 link on an x16 card moves a quarter of what the link's maximum allows."""
+    bw = by_id(run_detect())["torch.bandwidth.0"]
+    assert bw.status == Status.PASS
+    assert "host→GPU 6.3 GB/s (gen4 x16: 31.5 GB/s max)" in bw.summary

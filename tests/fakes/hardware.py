@@ -16,8 +16,10 @@ Importing ``pynvml`` here is only for its exception classes and constants: it lo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,10 +113,24 @@ class FakeGpu:
     lost_from_init: int | None = None
     handle_error: int | None = None  # nvmlDeviceGetHandleByIndex raises this NVML_ERROR_* code
     processes: tuple[FakeProcess, ...] = ()  # other processes with a CUDA context on this GPU
+    # What torch's timed copies find (bytes/s). None: what a healthy card of this kind gets, 90 % of its
+    # memory's peak for a device-to-device copy, and for host-to-device 80 % of its link at the link's top
+    # generation (an idle link's low one recovers under load) and its present width (a narrow one does not).
+    copy_bw: float | None = None
+    h2d_bw: float | None = None
 
     @property
     def memory_free(self) -> int:
         return self.memory_total - self.memory_used
+
+    @property
+    def achieved_copy_bw(self) -> float:
+        return self.copy_bw or 0.9 * self.memory_bus_width / 8 * self.max_mem_clock_mhz * 1e6 * 2
+
+    @property
+    def achieved_h2d_bw(self) -> float:
+        per_lane = {1: 0.25e9, 2: 0.5e9, 3: 0.985e9, 4: 1.969e9, 5: 3.938e9, 6: 7.563e9}[self.pcie_gen[1]]
+        return self.h2d_bw or 0.8 * per_lane * self.pcie_width[0]
 
 
 @dataclass(frozen=True)
@@ -492,6 +508,40 @@ class FakeTensor:
         return FakeTensor(self.array @ other.array, self.device, self._kernel_error)
 
 
+class FakeBuffer:
+    """torch.empty(n, dtype=torch.uint8, ...): no bytes behind it, only where it lives. A copy into it costs the
+    fake GPU the time its scenario's bandwidth gives, on the clock the fake CUDA events read."""
+
+    def __init__(self, nbytes: int, device: str, pinned: bool, cuda: FakeTorchCuda) -> None:
+        self.nbytes, self.device, self.pinned, self._cuda = nbytes, device, pinned, cuda
+
+    def copy_(self, src: FakeBuffer, non_blocking: bool = False) -> FakeBuffer:
+        assert src.nbytes == self.nbytes, "copy between buffers of different sizes"
+        if self.device.startswith("cuda") and src.device.startswith("cuda"):
+            gpu = self._cuda._device(int(self.device.split(":")[1]))
+            self._cuda.clock_s += 2 * self.nbytes / gpu.achieved_copy_bw  # read and write every byte
+        elif self.device.startswith("cuda"):
+            assert src.pinned, "the probe copies from pinned memory"
+            gpu = self._cuda._device(int(self.device.split(":")[1]))
+            self._cuda.clock_s += self.nbytes / gpu.achieved_h2d_bw
+        return self
+
+
+class FakeEvent:
+    def __init__(self, cuda: FakeTorchCuda, enable_timing: bool = False) -> None:
+        self._cuda, self._timing, self.at = cuda, enable_timing, None
+
+    def record(self) -> None:
+        self.at = self._cuda.clock_s
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, end: FakeEvent) -> float:
+        assert self._timing and self.at is not None and end.at is not None
+        return (end.at - self.at) * 1000
+
+
 class FakeGenerator:
     def __init__(self) -> None:
         self.rng = np.random.default_rng(0)
@@ -513,6 +563,24 @@ class FakeTorchCuda:
         self._spec = spec
         self._devices = devices
         self.synchronized: list[int] = []
+        self.clock_s = 0.0  # the fake GPU's time, which its copies advance and its events read
+        self.current = 0
+
+    def Event(self, enable_timing: bool = False) -> FakeEvent:
+        return FakeEvent(self, enable_timing)
+
+    @contextlib.contextmanager
+    def device(self, index: int) -> Iterator[None]:
+        self._device(index)
+        before, self.current = self.current, index
+        try:
+            yield
+        finally:
+            self.current = before
+
+    def mem_get_info(self, index: int = 0) -> tuple[int, int]:
+        gpu = self._device(index)
+        return gpu.memory_free, gpu.memory_total
 
     def _usable(self) -> bool:
         return self._spec.cuda is not None and self._spec.available
@@ -558,6 +626,16 @@ class FakeTorch:
         self.version = TorchVersion(spec.cuda)
         self.cuda = FakeTorchCuda(spec, devices)
         self._kernel_error = spec.kernel_error
+
+    uint8 = "uint8"
+
+    def empty(self, n: int, dtype: str, device: str = "cpu", pin_memory: bool = False) -> FakeBuffer:
+        assert dtype == self.uint8
+        if str(device).startswith("cuda"):
+            gpu = self.cuda._device(int(str(device).split(":")[1]))
+            if n > gpu.memory_free:
+                raise RuntimeError(f"CUDA out of memory. Tried to allocate {n >> 20} MiB")
+        return FakeBuffer(n, str(device), pin_memory, self.cuda)
 
     @staticmethod
     def Generator() -> FakeGenerator:

@@ -61,6 +61,12 @@ CHECKS: tuple[DetectCheck, ...] = (
     _entry("cuda.driver_api", "CUDA driver API (cuInit)", stack.check_cuda_driver_api, "platform nvml cuda", NODE),
     _entry("torch.cuda", "PyTorch CUDA", software.check_torch, "nvml env torch"),
     _entry("torch.kernel", "PyTorch kernel on each GPU", software.check_torch_kernels, "nvml env torch"),
+    _entry(
+        "torch.bandwidth",
+        "Memory and host-link bandwidth of each GPU (timed copies)",
+        software.check_torch_bandwidth,
+        "nvml env torch",
+    ),
     _entry("llama.build", "llama-cpp-python GPU offload", software.check_llama_build, "nvml env llama", NODE),
     _entry("llama.archs", "CUDA archs for each GPU", software.check_llama_archs, "nvml env llama", NODE),
     _entry("min", "Minimums for each GPU (--min-vram-gb, --min-compute)", stack.check_minimums, "nvml env"),

@@ -153,6 +153,48 @@ def check_torch_kernels(facts: Facts) -> tuple[Check, ...]:
     )
 
 
+def _rate(bytes_s: float) -> str:
+    if bytes_s >= 1e12:
+        return f"{bytes_s / 1e12:.2f} TB/s"
+    return f"{bytes_s / 1e9:.0f} GB/s" if bytes_s >= 100e9 else f"{bytes_s / 1e9:.1f} GB/s"
+
+
+# PCIe bytes/s per lane after line encoding, by generation: the link's theoretical rate, said beside the probe.
+PCIE_LANE_BYTES_S = {1: 0.25e9, 2: 0.5e9, 3: 0.985e9, 4: 1.969e9, 5: 3.938e9, 6: 7.563e9}
+
+
+def check_torch_bandwidth(facts: Facts) -> tuple[Check, ...]:
+    """Per GPU torch ran its kernel on: what its memory and its host link deliver, measured with timed copies,
+    beside NVML's peak and the link's theoretical rate. Reported, not judged: n/a (skip) with its reason
+    when the probe could not run."""
+    if _torch_not_probed(facts) is not None or facts.torch.problem is not None:
+        return ()
+    out: list[Check] = []
+    for dev in facts.torch.devices:
+        if not dev.kernel_ok:
+            continue
+        cid, title = f"torch.bandwidth.{dev.index}", f"Memory bandwidth of cuda:{dev.index}"
+        ev = {k: getattr(dev, k) for k in ("index", "name", "mem_bw_bytes_s", "h2d_bytes_s", "bandwidth_error")}
+        if dev.mem_bw_bytes_s is None or dev.h2d_bytes_s is None:
+            summary = f"n/a: {dev.bandwidth_error or 'the probe did not run'}"
+            out.append(detect_check(cid, title, Status.SKIP, summary, **ev))
+            continue
+        # torch numbers the GPUs left visible in CUDA's order; trust NVML's facts only for the same card.
+        visible = facts.visible
+        gpu = visible[dev.index] if dev.index < len(visible) and visible[dev.index].name == dev.name else None
+        peak = gpu.peak_bandwidth_bytes_s if gpu else None
+        mem = f"memory {_rate(dev.mem_bw_bytes_s)}"
+        if peak:
+            mem += f", {dev.mem_bw_bytes_s / peak * 100:.0f} % of {_rate(peak)} peak"
+        link = f"host→GPU {_rate(dev.h2d_bytes_s)}"
+        if gpu and gpu.pcie_gen_max in PCIE_LANE_BYTES_S and gpu.pcie_width_max:
+            theory = PCIE_LANE_BYTES_S[gpu.pcie_gen_max] * gpu.pcie_width_max
+            link += f" (gen{gpu.pcie_gen_max} x{gpu.pcie_width_max}: {_rate(theory)} max)"
+        ev |= {"peak_bandwidth_bytes_per_s": peak}
+        out.append(detect_check(cid, title, Status.PASS, f"{mem}; {link}", **ev))
+    return tuple(out)
+
+
 # -- llama-cpp-python --------------------------------------------------------------------------------------
 
 

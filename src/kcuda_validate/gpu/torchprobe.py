@@ -32,6 +32,11 @@ class TorchDevice:
     kernel_ok: bool | None
     kernel_ms: float | None = None
     kernel_error: str | None = None
+    # The bandwidth probes (CUDA events around copies): device memory read+written per second by a
+    # device-to-device copy, and host-to-device bytes per second from pinned memory. None: not measured.
+    mem_bw_bytes_s: float | None = None
+    h2d_bytes_s: float | None = None
+    bandwidth_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,61 @@ def _matmul_check(torch: ModuleType, index: int) -> TorchDevice:
         return TorchDevice(index, name, capability, False, None, f"{type(exc).__name__}: {first}".strip())
 
 
+D2D_BYTES = 256 << 20  # per buffer; two are needed (capped at an eighth of free memory on small GPUs)
+H2D_BYTES = 64 << 20
+COPIES = 10
+
+
+def _timed_copies(torch: ModuleType, dst: Any, src: Any, copies: int) -> float:
+    """Milliseconds the GPU took for `copies` copies of src into dst, after one untimed copy."""
+    dst.copy_(src, non_blocking=True)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(copies):
+        dst.copy_(src, non_blocking=True)
+    end.record()
+    end.synchronize()
+    return float(start.elapsed_time(end))
+
+
+def _bandwidth_probe(torch: ModuleType, index: int) -> tuple[float | None, float | None, str | None]:
+    """(device-memory bytes/s, host-to-device bytes/s, why not): well under a second on any GPU. The copy
+    count is as CUDA's bandwidthTest counts it: a device-to-device copy reads and writes every byte."""
+    try:
+        with torch.cuda.device(index):
+            free, _total = torch.cuda.mem_get_info(index)
+            n = min(D2D_BYTES, (int(free) // 8) >> 20 << 20)
+            if n < 1 << 20:
+                return None, None, f"too little free GPU memory to probe ({int(free) >> 20} MiB)"
+            src = torch.empty(n, dtype=torch.uint8, device=f"cuda:{index}")
+            dst = torch.empty(n, dtype=torch.uint8, device=f"cuda:{index}")
+            ms = _timed_copies(torch, dst, src, COPIES)
+            d2d = 2 * n * COPIES / (ms / 1000) if ms > 0 else None
+            del src, dst
+            host = torch.empty(H2D_BYTES, dtype=torch.uint8, pin_memory=True)
+            dev = torch.empty(H2D_BYTES, dtype=torch.uint8, device=f"cuda:{index}")
+            ms = _timed_copies(torch, dev, host, COPIES)
+            h2d = H2D_BYTES * COPIES / (ms / 1000) if ms > 0 else None
+            del host, dev
+            return d2d, h2d, None
+    except Exception as exc:  # noqa: BLE001 - the probe's failure is reported as n/a with its reason
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return None, None, f"{type(exc).__name__}: {first}".strip()
+
+
+def _checked_device(torch: ModuleType, index: int) -> TorchDevice:
+    """The matmul check, then, on a GPU that passed it, the bandwidth probes."""
+    import dataclasses
+
+    dev = _matmul_check(torch, index)
+    if not dev.kernel_ok:
+        return dev
+    d2d, h2d, why = _bandwidth_probe(torch, index)
+    return dataclasses.replace(dev, mem_bw_bytes_s=d2d, h2d_bytes_s=h2d, bandwidth_error=why)
+
+
 def probe_torch(run_kernel: bool = True, isolated: bool = True, timeout_s: float = 180.0) -> TorchInfo:
-    """Import torch, ask it about CUDA, and run a checked matmul on each visible GPU.
+    """Import torch, ask it about CUDA, and run a checked matmul and the bandwidth probes on each visible GPU.
 
     `isolated`: do it in a short-lived child process. torch's CUDA initialisation can crash the process on a
     broken driver, and its CUDA context would otherwise hold ~0.3-0.5 GiB of VRAM in this process for the
@@ -154,7 +212,7 @@ def _probe_here(run_kernel: bool) -> TorchInfo:
         problem = classify_cuda_message(message or "") or "no_device"
         return TorchInfo(True, version, cuda_build, False, 0, problem=problem, message=message, import_s=import_s)
     count = int(torch.cuda.device_count())
-    devices = tuple(_matmul_check(torch, i) for i in range(count)) if run_kernel else ()
+    devices = tuple(_checked_device(torch, i) for i in range(count)) if run_kernel else ()
     failed = "kernel_failed" if any(d.kernel_ok is False for d in devices) else None
     if failed:
         message = "; ".join(f"cuda:{d.index}: {d.kernel_error}" for d in devices if d.kernel_ok is False)
