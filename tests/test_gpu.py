@@ -48,6 +48,9 @@ def test_validate_all_offloads_every_layer_and_measures(source: list[str] | str,
     assert doc["metrics"]["speedup_vs_cpu"]["value"] > 1.0
     assert isinstance(doc["sections"]["compare_cpu"]["tokens_identical"], bool)  # greedy: compared token for token
     assert doc["metrics"]["bandwidth_pct_of_peak"]["value"] > 0
+    # validate-all ran detect's timed copies on this GPU: the roofline's second ceiling.
+    assert doc["metrics"]["bandwidth_probed"]["value"] > 0
+    assert doc["metrics"]["bandwidth_pct_of_probed"]["value"] > doc["metrics"]["bandwidth_pct_of_peak"]["value"] * 0.9
     # The path llama-server takes: greedy sampling on the GPU by default, CPU-sampled runs beside it, same tokens.
     assert doc["sections"]["inference"]["sampling"] == "backend"
     assert doc["sections"]["inference"]["deterministic"] is True

@@ -143,6 +143,38 @@ def test_a_gpu_run_judges_its_performance_under_load(cpu_outcome: WorkerOutcome,
     assert "gpu.performance" not in [c.id for c in on_cpu.checks]
 
 
+def test_the_roofline_also_measures_against_the_probed_bandwidth(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:
+    """On a GPU run the achieved bandwidth is set against NVML's peak and against what detect's timed copies
+    reached on that GPU (found by NVML index in the detect verdict); without a probe that share is n/a."""
+    from kcuda_validate.checks import Check
+    from kcuda_validate.verdicts import StageVerdict, probed_bandwidth
+
+    probe = Check(
+        "torch.bandwidth.0",
+        "detect",
+        "Memory bandwidth of cuda:0",
+        Status.PASS,
+        "memory 3.02 TB/s",
+        evidence={"nvml_index": 1, "mem_bw_bytes_s": 3.0e12},
+    )
+    detect = StageVerdict("detect", (probe,))
+    assert probed_bandwidth([detect], 1) == 3.0e12
+    assert probed_bandwidth([detect], 0) is None  # another GPU than the one probed
+    assert cpu_outcome.inferred is not None
+    info = read_gguf(tiny_model)
+    v = inference_verdict(cpu_outcome.inferred, info, Thresholds(), None, 3.35e12, True, None, 3.0e12)
+    achieved = find(v.metrics, MetricName.BANDWIDTH_ACHIEVED)
+    probed, share = find(v.metrics, MetricName.BANDWIDTH_PROBED), find(v.metrics, MetricName.BANDWIDTH_PCT_OF_PROBED)
+    assert achieved is not None and achieved.value and probed is not None and share is not None
+    assert (probed.value, probed.estimate, share.estimate) == (3.0e12, False, True)
+    assert share.value == pytest.approx(achieved.value / 3.0e12 * 100)
+    unprobed = inference_verdict(cpu_outcome.inferred, info, Thresholds(), None, 3.35e12, True, None, None)
+    assert [(m.name, m.value) for m in unprobed.metrics if "probed" in m.name] == [
+        (MetricName.BANDWIDTH_PROBED, None),
+        (MetricName.BANDWIDTH_PCT_OF_PROBED, None),
+    ]
+
+
 def test_thresholds_are_judged_on_the_measured_figures(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:
     assert cpu_outcome.inferred is not None
     v = inference_verdict(cpu_outcome.inferred, read_gguf(tiny_model), Thresholds(min_gen_tps=1e9, max_ttft_ms=1e9))

@@ -116,6 +116,8 @@ class MetricName(StrEnum):
     BANDWIDTH_ACHIEVED = "bandwidth_achieved"
     BANDWIDTH_PEAK = "bandwidth_peak"
     BANDWIDTH_PCT_OF_PEAK = "bandwidth_pct_of_peak"
+    BANDWIDTH_PROBED = "bandwidth_probed"
+    BANDWIDTH_PCT_OF_PROBED = "bandwidth_pct_of_probed"
     CPU_GEN_TPS = "cpu_gen_tps"
     SPEEDUP_VS_CPU = "speedup_vs_cpu"
     # telemetry.py

@@ -37,6 +37,7 @@ from kcuda_validate.verdicts import (
     error_check,
     halt,
     interrupted,
+    probed_bandwidth,
     speedup_threshold_checks,
     token_agreement,
     worker_verdicts,
@@ -319,6 +320,7 @@ class ModelValidation:
             peak_bandwidth=self.gpu.info.peak_bandwidth_bytes_s if self.gpu is not None else None,
             on_gpu=self.gpu is not None,
             gpu=self.gpu.info if self.gpu is not None else None,
+            probed_bandwidth=probed_bandwidth(self.verdicts, self.gpu.info.index) if self.gpu is not None else None,
         )
         proceed = [self.keep(v) for v in verdicts]
         return outcome if all(proceed) else None

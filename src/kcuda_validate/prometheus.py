@@ -86,6 +86,11 @@ KNOWN: dict[str, tuple[str, str]] = {
     "bandwidth_achieved": ("bandwidth_achieved_bytes_per_second", "Estimate: memory bandwidth achieved."),
     "bandwidth_peak": ("bandwidth_peak_bytes_per_second", "Estimate: the GPU's peak memory bandwidth."),
     "bandwidth_pct_of_peak": ("bandwidth_of_peak_ratio", "Estimate: achieved over peak memory bandwidth."),
+    "bandwidth_probed": ("bandwidth_probed_bytes_per_second", "Device memory bandwidth of detect's timed copies."),
+    "bandwidth_pct_of_probed": (
+        "bandwidth_of_probed_ratio",
+        "Estimate: achieved over the probed memory bandwidth.",
+    ),
     "gpu_util_mean": ("gpu_utilization_mean_ratio", "NVML GPU utilisation during inference, mean (0-1)."),
     "gpu_util_max": ("gpu_utilization_max_ratio", "NVML GPU utilisation during inference, max (0-1)."),
     "vram_peak": ("vram_peak_bytes", "NVML used GPU memory during inference, peak."),

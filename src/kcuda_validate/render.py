@@ -163,8 +163,17 @@ def inference_panel(report: Any) -> Panel | None:
         bw = _m(report, MetricName.BANDWIDTH_PCT_OF_PEAK)
         bw_abs = _m(report, MetricName.BANDWIDTH_ACHIEVED)
         achieved = na(bw_abs.value / 1e9 if bw_abs and bw_abs.value else None, "{:.0f}", " GB/s")
+        probed = _m(report, MetricName.BANDWIDTH_PCT_OF_PROBED)
+        probed_abs = _m(report, MetricName.BANDWIDTH_PROBED)
+        beside = ""
+        if probed is not None and probed.value is not None and probed_abs is not None and probed_abs.value:
+            pct = fmt_metric(probed, "{:.0f}", False, " %")
+            v = probed_abs.value
+            copy = f"{v / 1e12:.2f} TB/s" if v >= 1e12 else f"{v / 1e9:.0f} GB/s"
+            beside = f", {pct} of the {copy} a copy reached"
         if bw is not None and bw.value is not None:
-            rows.add_row("Bandwidth", f"{achieved} = {fmt_metric(bw, '{:.0f}', False, ' %')} of peak (estimate)")
+            pct = fmt_metric(bw, "{:.0f}", False, " %")
+            rows.add_row("Bandwidth", f"{achieved} = {pct} of peak{beside} (estimate)")
         else:
             rows.add_row("Bandwidth", f"{achieved} (estimate; the GPU's peak is n/a)")
     speed = _m(report, MetricName.SPEEDUP_VS_CPU)

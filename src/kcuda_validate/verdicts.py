@@ -214,11 +214,13 @@ def inference_verdict(
     peak_bandwidth: float | None = None,
     on_gpu: bool = False,
     gpu: GpuInfo | None = None,
+    probed_bandwidth: float | None = None,
 ) -> StageVerdict:
     """Generation, determinism, the two clocks, telemetry, the roofline estimate, the GPU's performance health
     under load and the speed thresholds.
 
-    `on_gpu`: the run used a GPU, so the achieved bandwidth's share of its `peak_bandwidth` is reported, and
+    `on_gpu`: the run used a GPU, so the achieved bandwidth's share of its `peak_bandwidth` (and of the
+    `probed_bandwidth` detect measured, the ceiling a copy really reaches) is reported, and
     the telemetry sampled during the decode is judged against the GPU's own limits (`gpu`, read at detect)."""
     sections = Sections(inference=result.to_json())
     metrics = list(result.metrics())
@@ -259,7 +261,9 @@ def inference_verdict(
             from kcuda_validate.gpu_performance import judge_gpu_performance
 
             checks.append(judge_gpu_performance(telemetry, gpu))
-    metrics += roofline_metrics(info, result, find(metrics, MetricName.GEN_TPS), on_gpu, peak_bandwidth)
+    metrics += roofline_metrics(
+        info, result, find(metrics, MetricName.GEN_TPS), on_gpu, peak_bandwidth, probed_bandwidth
+    )
     checks += speed_threshold_checks(thresholds, metrics)
     return StageVerdict("infer", tuple(checks), tuple(metrics), sections)
 
@@ -320,10 +324,16 @@ def timing_agreement_checks(metrics: Sequence[Metric]) -> list[Check]:
 
 
 def roofline_metrics(
-    info: GgufInfo, result: InferenceResult, gen: Metric | None, on_gpu: bool = False, peak: float | None = None
+    info: GgufInfo,
+    result: InferenceResult,
+    gen: Metric | None,
+    on_gpu: bool = False,
+    peak: float | None = None,
+    probed: float | None = None,
 ) -> list[Metric]:
     """Achieved bandwidth = tokens/s × bytes read per token (weights except embedding lookup + KV); on a GPU
-    also its share of the peak (`peak` None: NVML could not tell, the share is n/a)."""
+    also its share of the peak (`peak` None: NVML could not tell, the share is n/a) and of what detect's
+    timed copies reached (`probed` None: not probed in this run, e.g. `infer` or --skip-torch)."""
     if gen is None or not gen.value:
         return []
     tensors = {t.name: t for t in info.tensors}
@@ -360,6 +370,19 @@ def roofline_metrics(
                 achieved / peak * 100 if peak else None,
                 "%",
                 "bandwidth_achieved / bandwidth_peak",
+                estimate=True,
+            ),
+            Metric(
+                MetricName.BANDWIDTH_PROBED,
+                probed,
+                "bytes/s",
+                "detect's timed device-to-device copies (torch.bandwidth)",
+            ),
+            Metric(
+                MetricName.BANDWIDTH_PCT_OF_PROBED,
+                achieved / probed * 100 if probed else None,
+                "%",
+                "bandwidth_achieved / bandwidth_probed",
                 estimate=True,
             ),
         ]
@@ -529,6 +552,7 @@ def worker_verdicts(
     peak_bandwidth: float | None = None,
     on_gpu: bool = False,
     gpu: GpuInfo | None = None,
+    probed_bandwidth: float | None = None,
 ) -> list[StageVerdict]:
     """The load stage's verdict, then (when asked for and the load passed) the inference stage's.
 
@@ -558,4 +582,17 @@ def worker_verdicts(
     if out.inferred is None:
         check = failed("infer.generate", "infer", "Inference", "the worker returned no result", None)
         return [load, halt("infer", check, announce=False)]
-    return [load, inference_verdict(out.inferred, info, thresholds, telemetry, peak_bandwidth, on_gpu, gpu)]
+    return [
+        load,
+        inference_verdict(out.inferred, info, thresholds, telemetry, peak_bandwidth, on_gpu, gpu, probed_bandwidth),
+    ]
+
+
+def probed_bandwidth(verdicts: Iterable[StageVerdict], nvml_index: int) -> float | None:
+    """What detect's timed copies measured on this GPU (NVML index) in this run, if it ran them."""
+    for verdict in verdicts:
+        for c in verdict.checks:
+            if c.id.startswith("torch.bandwidth.") and c.evidence.get("nvml_index") == nvml_index:
+                value = c.evidence.get("mem_bw_bytes_s")
+                return float(value) if value else None
+    return None

@@ -190,7 +190,7 @@ def check_torch_bandwidth(facts: Facts) -> tuple[Check, ...]:
         if gpu and gpu.pcie_gen_max in PCIE_LANE_BYTES_S and gpu.pcie_width_max:
             theory = PCIE_LANE_BYTES_S[gpu.pcie_gen_max] * gpu.pcie_width_max
             link += f" (gen{gpu.pcie_gen_max} x{gpu.pcie_width_max}: {_rate(theory)} max)"
-        ev |= {"peak_bandwidth_bytes_per_s": peak}
+        ev |= {"peak_bandwidth_bytes_per_s": peak, "nvml_index": gpu.index if gpu else None}
         out.append(detect_check(cid, title, Status.PASS, f"{mem}; {link}", **ev))
     return tuple(out)
 
