@@ -80,6 +80,12 @@ def classify_cuda_message(text: str) -> str | None:
     return None
 
 
+def _error_line(exc: BaseException) -> str:
+    """torch appends "CUDA kernel errors might be asynchronously reported..." boilerplate: keep the first line."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}".strip()
+
+
 def _matmul_check(torch: ModuleType, index: int) -> TorchDevice:
     name = capability = None
     try:
@@ -98,9 +104,7 @@ def _matmul_check(torch: ModuleType, index: int) -> TorchDevice:
         ok = bool(torch.allclose(got, expected, rtol=1e-2, atol=5e-1))
         return TorchDevice(index, name, capability, ok, elapsed, None if ok else "matmul result differs from CPU")
     except Exception as exc:  # noqa: BLE001 - any failure here is the evidence we report
-        # torch appends "CUDA kernel errors might be asynchronously reported..." boilerplate: keep the first line.
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return TorchDevice(index, name, capability, False, None, f"{type(exc).__name__}: {first}".strip())
+        return TorchDevice(index, name, capability, False, None, _error_line(exc))
 
 
 D2D_BYTES = 256 << 20  # per buffer; two are needed (capped at an eighth of free memory on small GPUs)
@@ -141,8 +145,7 @@ def _bandwidth_probe(torch: ModuleType, index: int) -> tuple[float | None, float
             del host, dev
             return d2d, h2d, None
     except Exception as exc:  # noqa: BLE001 - the probe's failure is reported as n/a with its reason
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return None, None, f"{type(exc).__name__}: {first}".strip()
+        return None, None, _error_line(exc)
 
 
 def _checked_device(torch: ModuleType, index: int) -> TorchDevice:
