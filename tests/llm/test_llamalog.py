@@ -514,3 +514,66 @@ def test_gpu_buffers_without_the_offload_summary_still_fail() -> None:
     lines = [ln for ln in read_log(FULL) if "offloaded" not in ln.text]
     v = judge_offload(parse_load_log(lines), LoadOptions(), 24, None)
     assert v.status == Status.FAIL and v.exit_code == ExitCode.GPU_UNUSABLE
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weights llama.cpp moved off their layer's preferred buffer type (issue 14: where the output layer really went)
+
+H100_FALLBACK = "done_getting_tensors: tensor 'token_embd.weight' (q8_0) (and 0 others) cannot be used with preferred"
+
+
+def test_the_recorded_h100_load_moved_only_the_input_embedding_between_host_buffers() -> None:
+    """Under mmap llama.cpp keeps the input embedding in plain CPU memory instead of pinned CUDA_Host: benign."""
+    ev = evidence(H100_LOG)
+    assert ev.tensor_fallbacks == (
+        {"tensor": "token_embd.weight", "type": "q8_0", "others": 0, "preferred": "CUDA_Host", "used": "CPU"},
+    )
+    assert ev.gpu_weights_on_cpu() is None
+    assert ev.to_json()["tensor_fallbacks"] == list(ev.tensor_fallbacks)
+    assert evidence(CPU_LOG).gpu_weights_on_cpu() is None  # CPU_REPACK -> CPU stays in host memory too
+
+
+def with_fallback(text: str) -> list[LogLine]:
+    lines = read_log(H100_LOG)
+    out = [LogLine(ln.level, text) if ln.text.startswith(H100_FALLBACK) else ln for ln in lines]
+    assert out != lines
+    return out
+
+
+def test_a_weight_the_gpu_backend_refused_makes_a_full_offload_fail() -> None:
+    """Synthesised from the recorded H100 log with llama.cpp's format string: every layer is assigned to CUDA0 and
+    the count says 19/19, but the output weights' type could not use CUDA0, so they sit in host memory."""
+    moved = (
+        "done_getting_tensors: tensor 'output.weight' (iq1_m) (and 18 others) cannot be used with preferred"
+        " buffer type CUDA0, using CPU instead"
+    )
+    ev = parse_load_log(with_fallback(moved))
+    assert ev.gpu_weights_on_cpu() == {
+        "tensor": "output.weight",
+        "type": "iq1_m",
+        "others": 18,
+        "preferred": "CUDA0",
+        "used": "CPU",
+    }
+    v = judge_offload(ev, LoadOptions(gpu_layers=-1), 18, None, gpu_name=H100)
+    assert (v.status, v.exit_code, v.layers_on_gpu, v.layers_total) == (Status.FAIL, ExitCode.CHECK_FAILED, 19, 19)
+    assert v.line == (
+        f"19/19 layers on CUDA0 ({H100}), 757 MiB VRAM; weight 'output.weight' (iq1_m) could not use CUDA0 and went"
+        " to CPU, 18 more weight(s) moved"
+    )
+    assert v.fix == (
+        "This llama.cpp build cannot use iq1_m weights on CUDA0, so their matmuls run on the CPU: pick a GGUF in a"
+        " quantization the CUDA backend runs (Q4_K_M, Q8_0) with --model-path or --filename."
+    )
+    allowed = v.check(ev, cpu_mode=False, require_full=False)  # --allow-partial-offload
+    assert (allowed.status, allowed.exit_code) == (Status.WARN, ExitCode.OK)
+    assert allowed.evidence["llama_log"]["tensor_fallbacks"][0]["tensor"] == "output.weight"
+
+
+def test_a_move_between_gpu_buffer_types_or_in_a_requested_partial_offload_is_not_a_failure() -> None:
+    split = "done_getting_tensors: tensor 'blk.0.attn_q.weight' (q8_0) (and 0 others) cannot be used with preferred"
+    ev = parse_load_log(with_fallback(split + " buffer type CUDA_Split, using CUDA0 instead"))
+    assert ev.gpu_weights_on_cpu() is None
+    assert judge_offload(ev, LoadOptions(gpu_layers=-1), 18, None).status == Status.PASS
+    partial = evidence(H100_LOG_NGL4)
+    assert judge_offload(partial, LoadOptions(gpu_layers=4), 18, None).status == Status.PASS

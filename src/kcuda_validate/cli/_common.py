@@ -222,7 +222,8 @@ def threshold_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--allow-partial-offload",
             is_flag=True,
-            help="Do not fail when layers or the KV cache stay on the CPU (a full offload is required by default).",
+            help="Do not fail when layers, weights or the KV cache stay on the CPU (a full offload is required by"
+            " default).",
         ),
     ]
     for opt in reversed(opts):

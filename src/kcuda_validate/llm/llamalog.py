@@ -160,6 +160,11 @@ _RE_MODEL_BUF = re.compile(r"^\S*:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 _RE_KV_BUF = re.compile(r"^\S*:\s+(\S+) KV buffer size =\s+([\d.]+) MiB")
 _RE_COMPUTE_BUF = re.compile(r"^\S*:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
 _RE_OUTPUT_BUF = re.compile(r"^\S*:\s+(\S+)\s+output buffer size =\s+([\d.]+) MiB")
+# llama-model-loader.cpp's done_getting_tensors(): one debug line per load naming the first weight that could not
+# use its layer's preferred buffer type, how many more did the same (any move, not only this one), and the pair.
+_RE_FALLBACK = re.compile(
+    r"tensor '([^']+)' \(([^)]*)\) \(and (\d+) others\) cannot be used with preferred buffer type (\S+), using (\S+)"
+)
 
 
 def device_family(buffer_name: str) -> str:
@@ -185,6 +190,8 @@ class LoadEvidence:
     kv_buffers: dict[str, int] = field(default_factory=dict)
     compute_buffers: dict[str, int] = field(default_factory=dict)
     output_buffers: dict[str, int] = field(default_factory=dict)
+    # {"tensor", "type", "others", "preferred", "used"} per fallback line (buffer type names as llama.cpp prints them)
+    tensor_fallbacks: tuple[dict[str, Any], ...] = ()
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -211,6 +218,18 @@ class LoadEvidence:
     def layers_on(self, family: str) -> int:
         return sum(1 for d in self.layer_devices.values() if d == family)
 
+    def gpu_weights_on_cpu(self) -> dict[str, Any] | None:
+        """The fallback line whose weight wanted a GPU buffer and got host memory, if llama.cpp logged one.
+
+        A move between host buffer types (CUDA_Host or CPU_REPACK to CPU, as the input embedding always does under
+        mmap) is not one. llama.cpp names only the first move of a load, so a GPU-to-host move behind a benign first
+        one is not visible here; the layer count and the buffer sizes still are.
+        """
+        for fb in self.tensor_fallbacks:
+            if device_family(fb["preferred"]) != "CPU" and device_family(fb["used"]) == "CPU":
+                return fb
+        return None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "devices": list(self.devices),
@@ -221,6 +240,7 @@ class LoadEvidence:
             "kv_buffers_bytes": self.kv_buffers,
             "compute_buffers_bytes": self.compute_buffers,
             "output_buffers_bytes": self.output_buffers,
+            "tensor_fallbacks": list(self.tensor_fallbacks),
             "errors": list(self.errors),
             "warnings": list(self.warnings),
         }
@@ -241,6 +261,7 @@ def parse_load_log(lines: list[LogLine] | str) -> LoadEvidence:
     kv_b: dict[str, int] = {}
     comp_b: dict[str, int] = {}
     out_b: dict[str, int] = {}
+    fallbacks: list[dict[str, Any]] = []
     errors: list[str] = []
     warnings: list[str] = []
     for line in lines:
@@ -265,6 +286,16 @@ def parse_load_log(lines: list[LogLine] | str) -> LoadEvidence:
             _add_size(comp_b, m.group(1), m.group(2))
         elif m := _RE_OUTPUT_BUF.search(text):
             _add_size(out_b, m.group(1), m.group(2))
+        elif m := _RE_FALLBACK.search(text):
+            fallbacks.append(
+                {
+                    "tensor": m.group(1),
+                    "type": m.group(2),
+                    "others": int(m.group(3)),
+                    "preferred": m.group(4),
+                    "used": m.group(5),
+                }
+            )
     return LoadEvidence(
         devices=tuple(devices),
         offloaded=offloaded,
@@ -274,6 +305,7 @@ def parse_load_log(lines: list[LogLine] | str) -> LoadEvidence:
         kv_buffers=kv_b,
         compute_buffers=comp_b,
         output_buffers=out_b,
+        tensor_fallbacks=tuple(fallbacks),
         errors=tuple(errors),
         warnings=tuple(warnings),
     )

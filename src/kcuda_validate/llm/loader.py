@@ -214,6 +214,7 @@ def judge_offload(
             "Pass --gpu-layers -1 and check that this build can offload; if it cannot, " + setup_fix(invocation()),
             ExitCode.GPU_UNUSABLE,
         )
+    full = wanted is None or wanted == total  # a partial offload keeps its CPU layers' weights and KV there
     if wanted is not None and on_gpu < wanted:
         missing = wanted - on_gpu
         return OffloadVerdict(
@@ -228,8 +229,28 @@ def judge_offload(
             "Free VRAM (close other GPU processes) or lower --n-ctx so every layer fits.",
             ExitCode.CHECK_FAILED,
         )
+    # llama.cpp assigns the output layer to a GPU first whenever any layer goes there, so its placement shows in the
+    # layer count; what the count cannot show is a weight whose type the GPU backend refused and put in host memory.
+    moved = evidence.gpu_weights_on_cpu()
+    if moved is not None and full:
+        others = f", {moved['others']} more weight(s) moved" if moved["others"] else ""
+        return OffloadVerdict(
+            Status.FAIL,
+            line + f"; weight '{moved['tensor']}' ({moved['type']}) could not use {moved['preferred']} and went to"
+            f" {moved['used']}{others}",
+            on_gpu,
+            total,
+            gpu,
+            desc,
+            gpu_bytes,
+            vram_delta,
+            f"This llama.cpp build cannot use {moved['type']} weights on {moved['preferred']}, so their matmuls run on"
+            " the CPU: pick a GGUF in a quantization the CUDA backend runs (Q4_K_M, Q8_0) with --model-path or"
+            " --filename.",
+            ExitCode.CHECK_FAILED,
+        )
     host_kv = sum(v for k, v in evidence.kv_buffers.items() if device_family(k) == "CPU")
-    if host_kv > 0 and (wanted is None or wanted == total):  # a partial offload keeps its CPU layers' KV there
+    if host_kv > 0 and full:
         return OffloadVerdict(
             Status.FAIL,
             line + f"; the KV cache ({host_kv / MIB:.0f} MiB) stayed in host memory",
