@@ -62,3 +62,28 @@ def test_a_bad_arch_is_a_one_line_usage_error(value: str) -> None:
     assert result.exit_code == ExitCode.USAGE
     assert value in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("scenario", ["llama_cpu_only_with_gpu"], indirect=True)
+def test_validate_all_setup_passes_toolkit_through_to_the_plan(scenario: Installed) -> None:
+    """The scenario's driver supports CUDA 12.4: a system toolkit, if any, is CUDA 13.0 here or absent, so forcing
+    `system` is refused by the plan (exit 4) before anything is built, and the run stops at setup."""
+    args = ["validate-all", "--setup", "--toolkit", "system", "--json", "--synthetic", "tiny"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == ExitCode.GPU_UNUSABLE, result.output
+    doc = json.loads(result.stdout)
+    jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert doc["stopped_at"] == "setup"
+    assert doc["sections"]["setup"]["outcome"] == "refused"
+    (failed,) = [c for c in doc["checks"] if c["status"] == "fail"]
+    assert failed["stage"] == "setup" and failed["summary"].startswith("--toolkit system: ")
+    assert [c["stage"] for c in doc["checks"]] == ["setup"]  # no worker, no model
+
+
+def test_validate_all_toolkit_without_setup_is_a_one_line_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["validate-all", "--toolkit", "pypi", "--synthetic", "tiny"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.output == (
+        "Error: --toolkit: only means something with --setup\n"
+        "Fix: Add --setup, or run `kcuda-validate setup --toolkit pypi` first.\n"
+    )

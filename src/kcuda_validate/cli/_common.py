@@ -374,7 +374,7 @@ def run_model_command(
 
         ui = make_output(ctx, **kw)
         build_run(kw, with_infer=with_infer)  # usage errors first, before minutes of building
-        result = run_setup_step(ui, {})
+        result = run_setup_step(ui, {"toolkit": kw.get("toolkit")})
         setup_checks = judge_setup(result, no_gpu_is_skip=True)
         setup_section = result.to_json()
         if any(c.status == Status.FAIL for c in setup_checks):

@@ -70,6 +70,11 @@ class _GatedCommand(click.Command):
     help="First make the CUDA engine ready (`kcuda-validate setup`: from the cache in seconds, else a build).",
 )
 @click.option(
+    "--toolkit",
+    type=click.Choice(["auto", "system", "pypi"]),
+    help="With --setup: the CUDA toolkit to build with, as `setup --toolkit` (default auto).",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=True, path_type=Path),
     callback=_clear_ready_file,
@@ -91,6 +96,13 @@ class _GatedCommand(click.Command):
 @click.pass_context
 def validate_all(ctx: click.Context, /, **kw: Any) -> int:
     """Run the whole check: GPU stack, model load with offload proof, measured inference."""
+    if kw.get("toolkit") is not None and not kw.get("setup"):
+        from kcuda_validate.errors import UsageError
+
+        raise UsageError(
+            "--toolkit: only means something with --setup",
+            fix=f"Add --setup, or run `kcuda-validate setup --toolkit {kw['toolkit']}` first.",
+        )
     if kw.get("ready_file") is not None:
         from kcuda_validate.readyfile import refuse_cpu_run
 
