@@ -10,7 +10,8 @@ join with everyone else's:
 * GPUs carry dcgm-exporter's labels, `gpu` (the NVML index) and `UUID`, so `kcuda_gen_tokens_per_second`
   joins `DCGM_FI_DEV_GPU_UTIL` on them; every series also carries `command`, `device_mode` (a CPU run is
   `cpu`, never mistaken for a GPU figure) and `model` (the GGUF file name). A check about one GPU (`gpu.N`,
-  `perf.idle.N`, `min.N`, `llama.archs.N`: N the NVML index) carries that GPU's labels; the run-wide series
+  `perf.idle.N`, `min.N`, `llama.archs.N`: N the NVML index; `torch.kernel.N`, `torch.bandwidth.N`: N torch's
+  CUDA index, mapped to NVML's by the check's `nvml_index`) carries that GPU's labels; the run-wide series
   carry the GPU the model ran on, or none (`gpu=""`) when the run is about several (`detect` or `health` on a
   multi-GPU node, `--all-devices`);
 * every family has HELP and TYPE lines. HELP texts are fixed per name (never the run's own method text,
@@ -108,6 +109,8 @@ _UNIT_WORDS = {"ms", "s", "tps", "pct"}  # unit spellings inside report names, r
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]+")
 _GPU_PREFIX = re.compile(r"^gpu(\d+)\.(.+)$")
 _PER_NVML_GPU = re.compile(r"^(?:gpu|perf\.idle|min|llama\.archs)\.(\d+)$")  # detect's checks of GPU N
+# detect's checks of torch's cuda:N: N is CUDA's numbering, not NVML's; the evidence's nvml_index maps it
+_PER_TORCH_GPU = re.compile(r"^torch\.(?:kernel|bandwidth)\.\d+$")
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
@@ -235,13 +238,17 @@ def textfile(doc: Mapping[str, Any]) -> str:
     run_gpu = {"gpu": "", "UUID": ""} if about_all else _gpu_labels(doc.get("gpu"))
     device_gpu = {str(k): _gpu_labels((v or {}).get("gpu") or {"index": k}) for k, v in devices.items()}
 
-    def gpu_of(name: str) -> tuple[dict[str, str], str]:
+    def gpu_of(name: str, evidence: Any = None) -> tuple[dict[str, str], str]:
         m = _GPU_PREFIX.match(name)
         if m and devices:
             return device_gpu.get(m.group(1), {"gpu": m.group(1), "UUID": ""}), m.group(2)
         one = _PER_NVML_GPU.match(name)
         if one and one.group(1) in seen:
             return seen[one.group(1)], name
+        if _PER_TORCH_GPU.match(name):
+            index = evidence.get("nvml_index") if isinstance(evidence, Mapping) else None
+            # unmapped (torch and NVML disagree on the card): no GPU's labels rather than the wrong one's
+            return seen.get(str(index), {"gpu": "", "UUID": ""}), name
         return run_gpu, name
 
     b.add(
@@ -297,7 +304,7 @@ def textfile(doc: Mapping[str, Any]) -> str:
         **run_gpu,
     )
     for check in _checks(doc.get("checks")):
-        labels, check_id = gpu_of(str(check.get("id") or ""))
+        labels, check_id = gpu_of(str(check.get("id") or ""), check.get("evidence"))
         status = str(check.get("status") or "")
         for s in STATUSES:
             b.add(

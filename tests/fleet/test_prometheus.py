@@ -94,6 +94,11 @@ def test_multi_gpu_detect_labels_each_gpu_check_with_its_own_gpu(
             else:
                 assert line in text, (check, index)
     assert 'kcuda_check_status{UUID="",check="driver.nvml",command="detect",device_mode="gpu",gpu=""' in text
+    # torch numbers only the visible GPU, NVML's 1, as cuda:0: its checks carry GPU 1's labels, not GPU 0's
+    for check in ("torch.kernel.0", "torch.bandwidth.0"):
+        labels = f'UUID="{uuid["1"]}",check="{check}",command="detect",device_mode="gpu",gpu="1",model=""'
+        assert f'kcuda_check_status{{{labels},stage="detect",status="pass"}} 1' in text, check
+        assert f'UUID="{uuid["0"]}",check="{check}"' not in text
 
 
 def test_one_gpu_detect_labels_the_run_with_that_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -127,3 +132,18 @@ def test_every_command_writes_a_valid_textfile(args: list[str], code: int, tiny_
     assert f'command="{args[0]}"' in _lines(text, "kcuda_info")[0]
     if args[0] == "infer":
         assert _lines(text, "kcuda_gen_tokens_per_second")  # a measured figure, written
+
+
+def test_a_torch_device_nvml_cannot_match_carries_no_gpu_labels_rather_than_another_gpus() -> None:
+    """torch's cuda:0 whose name NVML's visible GPU 0 does not share (nvml_index null): labelled with no GPU."""
+    from kcuda_validate.prometheus import textfile
+
+    gpus = [{"index": 0, "uuid": "GPU-a", "name": "A"}, {"index": 1, "uuid": "GPU-b", "name": "B"}]
+    check = {"id": "torch.kernel.0", "stage": "detect", "status": "pass", "evidence": {"nvml_index": None}}
+    doc = {"command": "detect", "device_mode": "gpu", "sections": {"detect": {"gpus": gpus}}, "checks": [check]}
+    labels = 'UUID="",check="torch.kernel.0",command="detect",device_mode="gpu",gpu="",model="",stage="detect"'
+    assert f'kcuda_check_status{{{labels},status="pass"}} 1\n' in textfile(doc)
+    check["evidence"] = {"nvml_index": 1}
+    assert 'kcuda_check_status{UUID="GPU-b",check="torch.kernel.0",command="detect",device_mode="gpu",gpu="1"' in (
+        textfile(doc)
+    )

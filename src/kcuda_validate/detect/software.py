@@ -11,6 +11,7 @@ from typing import Any
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.detect.facts import Facts, detect_check
 from kcuda_validate.errors import ExitCode
+from kcuda_validate.gpu.nvml import GpuInfo
 from kcuda_validate.llm.build import arch_compatibility, setup_fix
 from kcuda_validate.versions import dist_version
 
@@ -136,6 +137,14 @@ def check_torch(facts: Facts) -> tuple[Check, ...]:
     return (detect_check("torch.cuda", title, Status.PASS, summary, **ev),)
 
 
+def _nvml_gpu(facts: Facts, index: int, name: str | None) -> GpuInfo | None:
+    """The NVML GPU behind torch's cuda:`index`, or None.
+
+    torch numbers the GPUs left visible in CUDA's order; trust NVML's facts only for the same card."""
+    visible = facts.visible
+    return visible[index] if index < len(visible) and visible[index].name == name else None
+
+
 def check_torch_kernels(facts: Facts) -> tuple[Check, ...]:
     """One check per device torch ran its matmul on. A failed kernel is torch.cuda's failure (kernel_failed)."""
     if _torch_not_probed(facts) is not None or facts.torch.problem is not None:
@@ -147,6 +156,7 @@ def check_torch_kernels(facts: Facts) -> tuple[Check, ...]:
             Status.PASS,
             f"512×512 matmul on {dev.name} matches CPU ({dev.kernel_ms:.1f} ms)",
             **dev.__dict__,
+            nvml_index=gpu.index if (gpu := _nvml_gpu(facts, dev.index, dev.name)) else None,
         )
         for dev in facts.torch.devices
         if dev.kernel_ok and dev.kernel_ms is not None
@@ -179,9 +189,7 @@ def check_torch_bandwidth(facts: Facts) -> tuple[Check, ...]:
             summary = f"n/a: {dev.bandwidth_error or 'the probe did not run'}"
             out.append(detect_check(cid, title, Status.SKIP, summary, **ev))
             continue
-        # torch numbers the GPUs left visible in CUDA's order; trust NVML's facts only for the same card.
-        visible = facts.visible
-        gpu = visible[dev.index] if dev.index < len(visible) and visible[dev.index].name == dev.name else None
+        gpu = _nvml_gpu(facts, dev.index, dev.name)
         peak = gpu.peak_bandwidth_bytes_s if gpu else None
         mem = f"memory {_rate(dev.mem_bw_bytes_s)}"
         if peak:
