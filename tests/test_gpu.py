@@ -57,6 +57,22 @@ def test_validate_all_offloads_every_layer_and_measures(source: list[str] | str,
     assert doc["metrics"]["gen_tps_wall_cpu_sampling"]["value"] > 0
 
 
+def test_all_devices_gives_each_gpu_its_own_probed_ceiling() -> None:
+    doc = run_json("validate-all", "--synthetic", "64MiB", "--max-tokens", "16", "--all-devices")
+    assert doc["exit_code"] == 0, [c for c in doc["checks"] if c["status"] == "fail"]
+    indices = sorted(doc["sections"]["devices"])
+    assert indices
+    for index in indices:  # detect ran once for the node; each GPU's roofline uses that GPU's own copies
+        probe = next(
+            c
+            for c in doc["checks"]
+            if c["id"].startswith("torch.bandwidth.")
+            and c["status"] == "pass"
+            and c["evidence"]["nvml_index"] == int(index)
+        )
+        assert doc["metrics"][f"gpu{index}.bandwidth_probed"]["value"] == probe["evidence"]["mem_bw_bytes_s"]
+
+
 def test_ready_file_is_written_only_by_a_gpu_pass(tmp_path: Path) -> None:
     ready = tmp_path / "validations" / "inference-ready"
     doc = run_json("validate-all", "--synthetic", "64MiB", "--max-tokens", "16", "--ready-file", str(ready))

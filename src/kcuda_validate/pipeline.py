@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -185,9 +185,10 @@ class ModelValidation:
     verdict to `verdicts`. `activity` is the model's origin while it is fetched (`hub`, `synthetic`,
     `local`), so an interrupt then gets the hint that fits it."""
 
-    def __init__(self, ui: ProgressUI, verdicts: list[StageVerdict]) -> None:
+    def __init__(self, ui: ProgressUI, verdicts: list[StageVerdict], earlier: Sequence[StageVerdict] = ()) -> None:
         self.ui = ui
         self.verdicts = verdicts
+        self.earlier = earlier  # the run's verdicts before this GPU's stages (detect's, for an --all-devices sub-run)
         self.gpu: GpuContext | None = None
         self.activity: str | None = None
 
@@ -320,7 +321,9 @@ class ModelValidation:
             peak_bandwidth=self.gpu.info.peak_bandwidth_bytes_s if self.gpu is not None else None,
             on_gpu=self.gpu is not None,
             gpu=self.gpu.info if self.gpu is not None else None,
-            probed_bandwidth=probed_bandwidth(self.verdicts, self.gpu.info.index) if self.gpu is not None else None,
+            probed_bandwidth=probed_bandwidth([*self.earlier, *self.verdicts], self.gpu.info.index)
+            if self.gpu is not None
+            else None,
         )
         proceed = [self.keep(v) for v in verdicts]
         return outcome if all(proceed) else None
@@ -419,7 +422,7 @@ def all_devices(report: Report, run: ModelRun, stages: ModelValidation) -> None:
         sub = Report(report.command, report.argv)
         sub.device_mode = report.device_mode
         one = dataclasses.replace(run, device=idx, all_devices=False)
-        sub_stages = ModelValidation(stages.ui, [])
+        sub_stages = ModelValidation(stages.ui, [], earlier=stages.verdicts)
         try:
             sub_stages.run(one, Worker(pin=early_pin(one)).start())
         except (KeyboardInterrupt, Interrupted):
