@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from kcuda_validate.safetext import SafeStream, printable, redact, safe, safe_json
+from kcuda_validate.safetext import SafeStream, printable, redact, safe, safe_json, spelled_out
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,19 @@ def test_safe_stream_filters_every_write() -> None:
     assert raw.getvalue() == "to http://***@c \\xff\nx?token=***\n"
     assert stream.isatty() is False
     assert safe("http://a:b@c \udcff") == "http://***@c \\xff"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain ascii / ünïcode ✓", "plain ascii / ünïcode ✓"),
+        ("a\nb\tc\rd", "a\\nb\\tc\\rd"),
+        ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
+        ("\x1b]0;title\x07", "\\x1b]0;title\\x07"),
+        ("c1\x9bcsi del\x7f", "c1\\x9bcsi del\\x7f"),
+        ("zero\u200bwidth", "zero\\u200bwidth"),
+    ],
+    ids=["printable", "whitespace", "sgr", "osc-title", "c1-del", "zero-width"],
+)
+def test_spelled_out_writes_every_non_printable_character_as_its_escape(text: str, shown: str) -> None:
+    assert spelled_out(text) == shown

@@ -124,6 +124,30 @@ def test_model_whose_name_is_not_utf8_loads(tiny_model: Path, tmp_path: Path) ->
     assert shown in text and "/proc/self/fd" not in text  # the report names the user's path, not the fd
 
 
+def test_path_with_control_characters_is_spelled_out_on_one_line_everywhere(isolated_env: Path, tmp_path: Path) -> None:
+    """A newline, an ESC sequence and a tab in a path: each output line stays one line, and no escape sequence
+    reaches the terminal or the log; the JSON keeps the real path (JSON escapes it itself)."""
+    path = "no\nsuch\x1b[31m\t.gguf"
+    shown = "no\\nsuch\\x1b[31m\\t.gguf"
+    proc = run(["load", "--device", "cpu", "--model-path", path], cwd=tmp_path)
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stderr == (
+        f"Error: {shown}: no such file\nFix: Check the path passed to --model-path.\n"
+        f"Log: {isolated_env / 'logs' / 'kcuda-validate.log'}\n"
+    )
+    assert f"FAIL   Model source    {shown}: no such file" in proc.stdout
+    assert (
+        f"FAIL Model source: {shown}: no such file\n     fix: Check the path passed to --model-path.\n" in proc.stdout
+    )
+    assert "\x1b" not in proc.stdout + proc.stderr
+    log = log_text(isolated_env)
+    assert f"check FAIL model.source: {shown}: no such file | fix: Check the path passed to --model-path.\n" in log
+    assert "\x1b" not in log and "\t" not in log
+    doc = strict_json(run(["load", "--device", "cpu", "--model-path", path, "--json"], cwd=tmp_path).stdout)
+    assert isinstance(doc, dict)
+    assert [c["summary"] for c in doc["checks"] if c["id"] == "model.source"] == [f"{path}: no such file"]
+
+
 def test_path_with_markup_in_it_is_shown_verbatim(tmp_path: Path) -> None:
     """rich must not read a path as markup (`[/x]` was a MarkupError, exit 70) nor eat `[bold]` from it."""
     for path in ("[/x].gguf", "[bold]y.gguf"):

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from kcuda_validate.safetext import safe
+from kcuda_validate.safetext import printable, safe, spelled_out
 
 LOG_FILE_NAME = "kcuda-validate.log"
 MAX_BYTES = 5 * 1024 * 1024
@@ -60,10 +60,16 @@ def _warn_once(what: str, err: BaseException | None) -> None:
 
 
 class SafeFormatter(logging.Formatter):
-    """The house format, with the whole record (message, arguments, traceback) passed through `safe`."""
+    """The house format, with the whole record (message, arguments, traceback) passed through `safe`, and the
+    message on one line."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # One record, one line: a newline or an ESC in a path cannot forge a record or drive a `tail -f`.
+        # The traceback that format() appends after it keeps its lines.
+        return spelled_out(printable(super().formatMessage(record)))
 
     def format(self, record: logging.LogRecord) -> str:
         return safe(super().format(record))

@@ -23,7 +23,7 @@ from rich.text import Text
 from kcuda_validate.checks import Check, Metric, MetricName, Status
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.report import Report
-from kcuda_validate.safetext import safe, safe_json
+from kcuda_validate.safetext import safe, safe_json, spelled_out
 
 STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.SKIP: "dim"}
 LABEL = {Status.PASS: "PASS", Status.WARN: "WARN", Status.FAIL: "FAIL", Status.SKIP: "SKIP"}
@@ -76,8 +76,9 @@ def checks_table(checks: list[Check], title: str | None = None) -> Table:
 
 
 def _text(value: Any, style: str = "") -> Text:
-    """Outside text as it may be shown: printable, without credentials, never read as markup."""
-    return Text(safe(str(value)), style=style)
+    """Outside text as it may be shown: printable, without credentials, on its own line (a newline or an ESC
+    in a path is spelled out, never obeyed), never read as markup."""
+    return Text(spelled_out(safe(str(value))), style=style)
 
 
 def fixes(checks: list[Check]) -> list[Text]:
@@ -86,8 +87,8 @@ def fixes(checks: list[Check]) -> list[Text]:
         if c.status in (Status.FAIL, Status.WARN) and c.fix:
             line = Text()
             line.append(f"{LABEL[c.status]} ", style=STYLE[c.status])
-            line.append(safe(f"{c.title}: "), style="bold")
-            line.append(safe(c.summary))
+            line.append(spelled_out(safe(f"{c.title}: ")), style="bold")
+            line.append(spelled_out(safe(c.summary)))
             out.append(line)
             out.append(_text(f"     fix: {c.fix}"))
     return out

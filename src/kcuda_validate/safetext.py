@@ -11,6 +11,7 @@ error lines and the rich renderers): one place decides what leaves the process.
   `HF_ENDPOINT=http://user:token@host`) and the value of token-looking query parameters (`?token=`,
   `access_token`, `X-Amz-Signature`, ...) — Hugging Face tokens (`hf_...`), `Bearer` values, and the
   literal value of `HF_TOKEN` / `HUGGING_FACE_HUB_TOKEN` if one is set, each become `***`.
+* `spelled_out`: non-printable characters as their escapes, for outside text in a one-line message.
 * `safe` = both; `safe_json` applies `safe` to every string of a JSON-able document and turns the floats
   JSON cannot carry (NaN, ±infinity) into null.
 """
@@ -106,6 +107,16 @@ def redact(text: str) -> str:
 def safe(text: str) -> str:
     """What may leave the process: printable, and without credentials."""
     return redact(printable(text))
+
+
+def spelled_out(text: str) -> str:
+    """`text` with every non-printable character (newline, tab, ESC, C1, zero-width) written as its Python escape.
+
+    For text from outside (a path, a report's field) on its way to a terminal: it cannot break a one-line
+    message or drive the terminal, and the user still sees which character was there."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def safe_json(value: Any) -> Any:

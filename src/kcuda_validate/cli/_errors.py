@@ -19,7 +19,7 @@ import click
 
 from kcuda_validate.errors import ExitCode, Interrupted, KcudaError
 from kcuda_validate.logs import log_path, setup_logging
-from kcuda_validate.safetext import safe
+from kcuda_validate.safetext import safe, spelled_out
 
 log = logging.getLogger("kcuda_validate.cli")
 
@@ -35,7 +35,8 @@ def _say(message: str, fix: str | None = None, show_log: bool = True) -> None:
     path = log_path()
     if show_log and path is not None:
         lines.append(f"Log: {path}")
-    sys.stderr.write(safe("\n".join(lines)) + "\n")
+    # one line each, whatever a path in them holds (a newline, an ESC sequence)
+    sys.stderr.write("\n".join(spelled_out(safe(line)) for line in lines) + "\n")
     sys.stderr.flush()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kcuda_validate.logs import log_path
-from kcuda_validate.safetext import safe, safe_json, safe_stream
+from kcuda_validate.safetext import safe, safe_json, safe_stream, spelled_out
 
 
 @dataclass
@@ -123,7 +123,8 @@ class Output:
         path = log_path()
         if path is not None:
             lines.append(f"Log: {path}")
-        self._stderr.write("\n".join(lines) + "\n")
+        # one line each, whatever a path in them holds (a newline, an ESC sequence)
+        self._stderr.write("\n".join(spelled_out(safe(line)) for line in lines) + "\n")
         self._stderr.flush()
 
     def result(self, report: Any, line: str | None = None) -> None:

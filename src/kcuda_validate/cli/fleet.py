@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from kcuda_validate.cli._common import make_output, output_options
+from kcuda_validate.safetext import spelled_out
 
 COLUMNS = (
     "Node",
@@ -108,22 +109,22 @@ def render(summary: Any) -> str:
     ]
     out = [f"Fleet: {summary.files} report files, {len(summary.nodes)} nodes", ""]
     if table:
-        out += _columns([COLUMNS, *([_clean(c) for c in row] for row in table)])
+        out += _columns([COLUMNS, *([spelled_out(c) for c in row] for row in table)])
         out.append("")
     if summary.problems:
         out.append("Files that gave no report (each counts as a failure):")
-        out += [f"  FAIL {_clean(p.message)}" for p in summary.problems]
+        out += [f"  FAIL {spelled_out(p.message)}" for p in summary.problems]
         out.append("")
     if summary.outliers:
         out.append(
             f"Outliers (gen tok/s ≥ {OUTLIER_BELOW_MEDIAN:.0%} below the median of ≥ {OUTLIER_MIN_PEERS} other nodes"
             " with the same GPU model, model file and settings):"
         )
-        out += [f"  {_clean(o.message)}" for o in summary.outliers]
+        out += [f"  {spelled_out(o.message)}" for o in summary.outliers]
         out.append("")
     if summary.mixed:
         out.append("Mixed versions:")
-        out += [f"  {_clean(m.message)}" for m in summary.mixed]
+        out += [f"  {spelled_out(m.message)}" for m in summary.mixed]
         out.append("")
     if summary.superseded:
         out.append(
@@ -139,13 +140,6 @@ def render(summary: Any) -> str:
 
 def _num(value: float | None, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
-
-
-def _clean(text: str) -> str:
-    """Control characters (ANSI escapes included) spelled out, so a report's text cannot drive the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _columns(rows: list[Any]) -> list[str]:
