@@ -201,31 +201,23 @@ def judge_offload(
     if vram_delta is not None:
         nvml = f" (NVML +{vram_delta / MIB:.0f} MiB)"
     line = f"{on_gpu}/{total} layers on {where}, {vram}{nvml}"
+
+    def judged(status: Status, summary: str, fix: str | None = None, code: ExitCode = ExitCode.OK) -> OffloadVerdict:
+        return OffloadVerdict(status, summary, on_gpu, total, gpu, desc, gpu_bytes, vram_delta, fix, code)
+
     if gpu_bytes == 0 or on_gpu == 0:
-        return OffloadVerdict(
+        return judged(
             Status.FAIL,
             f"0/{total} layers on a GPU: llama.cpp kept the model in host memory",
-            on_gpu,
-            total,
-            gpu,
-            desc,
-            gpu_bytes,
-            vram_delta,
             "Pass --gpu-layers -1 and check that this build can offload; if it cannot, " + setup_fix(invocation()),
             ExitCode.GPU_UNUSABLE,
         )
     full = wanted is None or wanted == total  # a partial offload keeps its CPU layers' weights and KV there
     if wanted is not None and on_gpu < wanted:
         missing = wanted - on_gpu
-        return OffloadVerdict(
+        return judged(
             Status.FAIL,
             line + f"; {missing} layer(s) stayed on the CPU",
-            on_gpu,
-            total,
-            gpu,
-            desc,
-            gpu_bytes,
-            vram_delta,
             "Free VRAM (close other GPU processes) or lower --n-ctx so every layer fits.",
             ExitCode.CHECK_FAILED,
         )
@@ -234,16 +226,10 @@ def judge_offload(
     moved = evidence.gpu_weights_on_cpu()
     if moved is not None and full:
         others = f", {moved['others']} more weight(s) moved" if moved["others"] else ""
-        return OffloadVerdict(
+        return judged(
             Status.FAIL,
             line + f"; weight '{moved['tensor']}' ({moved['type']}) could not use {moved['preferred']} and went to"
             f" {moved['used']}{others}",
-            on_gpu,
-            total,
-            gpu,
-            desc,
-            gpu_bytes,
-            vram_delta,
             f"This llama.cpp build cannot use {moved['type']} weights on {moved['preferred']}, so their matmuls run on"
             " the CPU: pick a GGUF in a quantization the CUDA backend runs (Q4_K_M, Q8_0) with --model-path or"
             " --filename.",
@@ -251,34 +237,22 @@ def judge_offload(
         )
     host_kv = sum(v for k, v in evidence.kv_buffers.items() if device_family(k) == "CPU")
     if host_kv > 0 and full:
-        return OffloadVerdict(
+        return judged(
             Status.FAIL,
             line + f"; the KV cache ({host_kv / MIB:.0f} MiB) stayed in host memory",
-            on_gpu,
-            total,
-            gpu,
-            desc,
-            gpu_bytes,
-            vram_delta,
             "llama.cpp kept the KV cache on the CPU, so every token's attention reads it across PCIe: free VRAM or"
             " lower --n-ctx, and check that nothing turns KV offload off (offload_kqv=False, --no-kv-offload).",
             ExitCode.CHECK_FAILED,
         )
     if vram_delta is not None and vram_delta < 0.5 * evidence.bytes_on(gpu or ""):
-        return OffloadVerdict(
+        return judged(
             Status.WARN,
             line + "; NVML saw less VRAM in use than llama.cpp allocated",
-            on_gpu,
-            total,
-            gpu,
-            desc,
-            gpu_bytes,
-            vram_delta,
             "Another process may have freed VRAM during the load; rerun on an idle GPU for a clean cross-check.",
         )
     if options.gpu_layers >= 0 and total is not None and options.gpu_layers < total:
         line += f" (partial offload requested: --gpu-layers {options.gpu_layers})"
-    return OffloadVerdict(Status.PASS, line, on_gpu, total, gpu, desc, gpu_bytes, vram_delta)
+    return judged(Status.PASS, line)
 
 
 class LoadedModel:
