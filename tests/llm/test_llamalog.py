@@ -257,6 +257,15 @@ def test_load_failure_reason_prefers_allocation_lines_and_handles_no_errors() ->
     ]
     assert load_failure_reason(lines) == "alloc_tensor_range: failed to allocate CUDA0 buffer of size 41428779008"
     assert load_failure_reason(read_log(CPU_LOG)) is None  # warnings are not errors
+    # llama.cpp's own message for a tensor of the wrong shape, as it printed it for a truncated attn_q
+    shape = (
+        "llama_model_load: error loading model: check_tensor_dims: tensor 'blk.0.attn_q.weight' has wrong shape;"
+        " expected   768,   768, got   768,   767,     1,     1"
+    )
+    assert load_failure_reason([LogLine(4, shape)]) == (
+        "llama_model_load: error loading model: check_tensor_dims: tensor 'blk.0.attn_q.weight' has wrong shape;"
+        " expected 768, 768, got 768, 767, 1, 1"
+    )
 
 
 def test_oom_reason_becomes_a_below_threshold_load_error() -> None:

@@ -312,8 +312,10 @@ def parse_load_log(lines: list[LogLine] | str) -> LoadEvidence:
 
 
 def load_failure_reason(lines: list[LogLine]) -> str | None:
-    """The most telling error line of a failed load (llama.cpp logs the cause, then returns NULL)."""
-    errs = [ln.text.strip() for ln in lines if ln.level == 4 and ln.text.strip()]
+    """The most telling error line of a failed load (llama.cpp logs the cause, then returns NULL).
+
+    Runs of spaces are one space: llama.cpp pads its numbers (`expected    768,    768`) for aligned logs."""
+    errs = [" ".join(ln.text.split()) for ln in lines if ln.level == 4 and ln.text.strip()]
     if not errs:
         return None
     for needle in ("out of memory", "failed to allocate", "cudaMalloc", "tensor", "invalid", "unknown"):
