@@ -98,7 +98,7 @@ def _m(report: Report, name: MetricName) -> Metric | None:
     return report.metric(name)
 
 
-def inference_panel(report: Any) -> Panel | None:
+def inference_panel(report: Report) -> Panel | None:
     if _m(report, MetricName.GEN_TPS) is None and _m(report, MetricName.GEN_TPS_WALL) is None:
         return None
     rows = Table.grid(padding=(0, 2))
@@ -184,7 +184,7 @@ def inference_panel(report: Any) -> Panel | None:
     return Panel(rows, title=title, title_align="left", expand=False)
 
 
-def runs_table(report: Any) -> Table | None:
+def runs_table(report: Report) -> Table | None:
     """Every run, for -v: the spread behind the means."""
     inf = report.sections.get("inference")
     if not inf:
@@ -216,7 +216,7 @@ def runs_table(report: Any) -> Table | None:
     return table
 
 
-def gpu_table(report: Any) -> Table | None:
+def gpu_table(report: Report) -> Table | None:
     """-v on detect: every NVML field per GPU; n/a where the driver would not say (common on WSL2)."""
     gpus = (report.sections.get("detect") or {}).get("gpus") or []
     if not gpus:
@@ -260,7 +260,7 @@ def gpu_table(report: Any) -> Table | None:
     return table
 
 
-def evidence_lines(report: Any) -> list[Text]:
+def evidence_lines(report: Report) -> list[Text]:
     """-vv: the evidence behind every check that did not pass."""
     import json
 
@@ -273,7 +273,7 @@ def evidence_lines(report: Any) -> list[Text]:
     return out
 
 
-def verdict_line(report: Any) -> Text:
+def verdict_line(report: Report) -> Text:
     code = report.exit_code
     if code == ExitCode.OK:
         if report.device_mode == "cpu":
@@ -292,7 +292,7 @@ def verdict_line(report: Any) -> Text:
     return Text(f"FAILED{where}: {EXIT_TEXT.get(code, code.reason)} (exit {int(code)})", style="bold red")
 
 
-def render_report(report: Any, console: Console, verbose: int = 0, quiet: bool = False) -> None:
+def render_report(report: Report, console: Console, verbose: int = 0, quiet: bool = False) -> None:
     if quiet:
         console.print(verdict_line(report))
         return

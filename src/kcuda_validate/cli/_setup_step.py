@@ -5,12 +5,16 @@ Its own module so that the shared model-command glue (cli._common) can run it wi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcuda_validate.cli._output import Output
 
+if TYPE_CHECKING:  # the engine package is imported only once setup runs
+    from kcuda_validate.engine.plan import Plan, SetupOptions
+    from kcuda_validate.engine.setup import SetupResult
 
-def setup_options_from(kw: dict[str, Any]) -> Any:
+
+def setup_options_from(kw: dict[str, Any]) -> SetupOptions:
     from kcuda_validate.engine.plan import SetupOptions
 
     return SetupOptions(
@@ -23,7 +27,7 @@ def setup_options_from(kw: dict[str, Any]) -> Any:
     )
 
 
-def plan_lines(plan: Any) -> list[str]:
+def plan_lines(plan: Plan) -> list[str]:
     """The plan as a person reads it (and as --dry-run prints it)."""
     from kcuda_validate.engine import toolkit as tk
     from kcuda_validate.engine.setup import gpu_names
@@ -68,7 +72,7 @@ def plan_lines(plan: Any) -> list[str]:
     return lines
 
 
-def run_setup_step(ui: Output, kw: dict[str, Any], dry_run: bool = False) -> Any:
+def run_setup_step(ui: Output, kw: dict[str, Any], dry_run: bool = False) -> SetupResult:
     """Plan, then (unless a dry run) carry it out with progress on stderr. Returns the SetupResult."""
     from kcuda_validate.engine.facts import gather_facts
     from kcuda_validate.engine.plan import make_plan
