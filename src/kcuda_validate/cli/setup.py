@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ class ArchList(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
         return tuple(sorted(set(out)))
 
 
-def setup_options(f: Any) -> Any:
+def setup_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options of `setup` (validate-all --setup runs it with the defaults)."""
     opts = [
         click.option(
