@@ -1,20 +1,32 @@
-"""The inference panel, rendered from report figures, compared with golden files.
+"""The inference panel, and the whole `infer` output per GPU-performance scenario, compared with golden files.
 
 The figures are typed in (GPU runs cannot happen here): the H100 ones are those measured in
-docs/benchmarks.md §6, the WSL2 ones show what a driver that reports no telemetry looks like. What is
+docs/benchmarks.md §6, the WSL2 ones show what a driver that reports no telemetry looks like. The verdicts of
+the scenario runs are not typed in: the real offload judge reads a llama.cpp log (recorded, or with one line
+changed as llama.cpp would print it) and the real performance judge reads NVML sample series. What is
 tested is the rendering: units, spreads, n/a for every missing figure, labels. Regenerate after an
 intended change with KCUDA_UPDATE_GOLDEN=1 and review the diff.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+from pathlib import Path
+
 import pytest
 from rich.console import Console
 
 from goldens import GOLDEN, assert_golden
-from kcuda_validate.checks import Metric, Status, passed, skipped
-from kcuda_validate.render import inference_panel
+from kcuda_validate.checks import Check, Metric, Status, passed, skipped
+from kcuda_validate.llm.llamalog import LogLine, parse_load_log
+from kcuda_validate.llm.loader import LoadOptions, judge_offload
+from kcuda_validate.render import inference_panel, render_report
 from kcuda_validate.report import Report
+from test_gpu_performance import LOADED, judge, series
+
+sys.path.insert(0, str(Path(__file__).parent / "llm"))
+from test_llamalog import FULL, RTX4090, read_log
 
 MIB = 1024**2
 
@@ -95,6 +107,81 @@ def cpu_run_backend_sampling() -> Report:
         ]
     )
     return report
+
+
+def _rtx4090(offload: Check, performance: Check) -> Report:
+    """An RTX 4090 run whose offload and under-load verdicts come from the real judges (the performance one on a
+    scenario's NVML sample series, tests/test_gpu_performance.py); the speeds are typed in, as above."""
+    report = Report("infer", argv=[])
+    report.device_mode = "gpu"
+    report.add(offload, performance)
+    report.add_metrics([m for m in _base("gpu", "").metrics])
+    report.add_metrics(
+        [
+            Metric("vram_peak", 1890 * MIB, "bytes", "NVML"),
+            Metric("gpu_util_mean", 88.0, "%", "NVML"),
+            Metric("gpu_util_max", 97.0, "%", "NVML"),
+            Metric("power_mean", 310.0, "W", "NVML"),
+            Metric("energy_per_token", 0.346, "J/token", "NVML"),
+            Metric("bandwidth_achieved", 6.1e11, "bytes/s", "gen_tps × bytes_per_token", estimate=True),
+            Metric("bandwidth_pct_of_peak", 60.5, "%", "achieved / peak", estimate=True),
+        ]
+    )
+    return report
+
+
+def _full_offload(old: str = "", new: str = "") -> Check:
+    """The offload check of the RTX 4090 full-offload log (tests/data/llama_logs), with `old` replaced by `new`."""
+    lines = [LogLine(ln.level, ln.text.replace(old, new) if old else ln.text) for ln in read_log(FULL)]
+    ev = parse_load_log(lines)
+    return judge_offload(ev, LoadOptions(), 24, None, gpu_name=RTX4090).check(ev, cpu_mode=False)
+
+
+def _under_load(scenario: str) -> Check:
+    capped = dataclasses.replace(LOADED, power_limit_mw=200_000, power_default_mw=450_000)
+    states = {
+        "healthy": series(30, LOADED, dataclasses.replace(LOADED, clocks_event_reasons=0x4)),
+        "thermal": series(63, LOADED, dataclasses.replace(LOADED, clocks_event_reasons=0x40, temperature_c=89)),
+        "power_capped": series(80, capped, dataclasses.replace(capped, clocks_event_reasons=0x4)),
+        "degraded_pcie": [dataclasses.replace(LOADED, pcie_gen=(3, 4), pcie_width=(4, 16))] * 100,
+        "stuck_memory_clock": [dataclasses.replace(LOADED, mem_clock_mhz=405)] * 100,
+    }[scenario]
+    return judge(states)
+
+
+# llama.cpp's fallback line for a weight whose type the CUDA backend refused (its format string, another tensor)
+REFUSED = "tensor 'output.weight' (iq1_m) (and 24 others) cannot be used with preferred buffer type CUDA0"
+GPU_RUNS = {
+    "rtx4090_healthy": lambda: _rtx4090(_full_offload(), _under_load("healthy")),
+    "rtx4090_thermal_slowdown": lambda: _rtx4090(_full_offload(), _under_load("thermal")),
+    "rtx4090_power_capped": lambda: _rtx4090(_full_offload(), _under_load("power_capped")),
+    "rtx4090_degraded_pcie": lambda: _rtx4090(_full_offload(), _under_load("degraded_pcie")),
+    "rtx4090_stuck_memory_clock": lambda: _rtx4090(_full_offload(), _under_load("stuck_memory_clock")),
+    "rtx4090_kv_cache_on_cpu": lambda: _rtx4090(
+        _full_offload("CUDA0 KV buffer", "CPU KV buffer"), _under_load("healthy")
+    ),
+    "rtx4090_weights_refused_by_cuda": lambda: _rtx4090(
+        _full_offload(
+            "tensor 'token_embd.weight' (q8_0) (and 0 others) cannot be used with preferred buffer type CUDA_Host",
+            REFUSED,
+        ),
+        _under_load("healthy"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GPU_RUNS))
+def test_whole_output_golden_per_gpu_performance_scenario(name: str) -> None:
+    """The checks table, the fixes, the panel and the verdict as `infer` prints them, per scenario. The healthy
+    one must carry no WARN and no fix: a false positive is a defect too."""
+    report = GPU_RUNS[name]()
+    report.finish()
+    console = Console(width=110, no_color=True, color_system=None, force_terminal=False, record=True)
+    render_report(report, console)
+    got = "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+    assert_golden(GOLDEN / "gpu_runs" / f"{name}.txt", got)
+    if name == "rtx4090_healthy":
+        assert "WARN" not in got and "fix:" not in got and "PASSED" in got
 
 
 PANELS = {

@@ -148,6 +148,9 @@ def inference_panel(report: Report) -> Panel | None:
         f"({n_runs} measured run{'s' if n_runs != 1 else ''}, tokenizer counts)",
     )
     if report.device_mode == "gpu":
+        health = next((c for c in report.checks if c.id == "gpu.performance"), None)
+        if health is not None:  # the clocks, power, thermal and PCIe verdict under load, beside the speeds it explains
+            rows.add_row("Under load", _text(health.summary, style=STYLE[health.status]))
         vram = _m(report, MetricName.VRAM_PEAK)
         peak = na(vram.value / 1024**2 if vram and vram.value else None, "{:,.0f}", " MiB")
         rows.add_row("VRAM peak", peak + (" (whole GPU, every process on it)" if peak != "n/a" else ""))
