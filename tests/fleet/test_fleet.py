@@ -112,6 +112,16 @@ def test_three_nodes_from_real_reports_pass(real: RealReports, tmp_path: Path) -
     assert result.stderr == ""
 
 
+def test_one_report_is_said_in_the_singular(real: RealReports, tmp_path: Path) -> None:
+    result = fleet(str(write(tmp_path, "node-1.json", as_node(real.newer, "node-1"))))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert (lines[0], lines[-2:]) == (
+        "Fleet: 1 report file, 1 node",
+        ["1 row is a CPU run: not a GPU validation.", "PASS: 1 node, 1 row"],
+    )
+
+
 def test_the_newest_report_per_node_counts_and_the_older_are_counted(real: RealReports, tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     write(reports, "node-1-old.json", as_node(real.older, "node-1"))

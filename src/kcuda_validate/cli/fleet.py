@@ -107,7 +107,8 @@ def render(summary: Any) -> str:
         )
         for r in summary.rows
     ]
-    out = [f"Fleet: {summary.files} report files, {len(summary.nodes)} nodes", ""]
+    files, nodes = summary.files, len(summary.nodes)
+    out = [f"Fleet: {files} report file{'' if files == 1 else 's'}, {nodes} node{'' if nodes == 1 else 's'}", ""]
     if table:
         out += _columns([COLUMNS, *([spelled_out(c) for c in row] for row in table)])
         out.append("")
