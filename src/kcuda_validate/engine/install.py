@@ -23,10 +23,11 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,22 +175,78 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def add_stamp(wheel: Path, stamp: Mapping[str, Any]) -> None:
-    """Write what the wheel was built for into it (and its RECORD), so an installed engine says so itself."""
+# The libraries Python opens by file name (llama_cpp's load_shared_library, and llm/build.py's probe); the rest of
+# the package's lib/ is reached from them through DT_NEEDED sonames.
+LIB_DIR = "llama_cpp/lib/"
+LOADED_BY_NAME = ("libllama.so", "libggml.so", "libmtmd.so", "libllava.so")
+
+
+def elf_needed(data: bytes) -> tuple[str, ...] | None:
+    """The DT_NEEDED sonames of a 64-bit little-endian ELF file; None if `data` is not one or has no dynamic section."""
+    if data[:6] != b"\x7fELF\x02\x01" or len(data) < 64:
+        return None
+    shoff, shentsize, shnum = struct.unpack_from("<Q", data, 0x28)[0], *struct.unpack_from("<HH", data, 0x3A)
+    try:
+        sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+        dynamic = next((sh for sh in sections if sh[1] == 6), None)  # SHT_DYNAMIC
+        if dynamic is None:
+            return None
+        strtab = sections[dynamic[6]][4]  # sh_link -> the string table, its sh_offset
+        needed = []
+        for off in range(dynamic[4], dynamic[4] + dynamic[5], 16):
+            tag, val = struct.unpack_from("<qQ", data, off)
+            if tag == 0:  # DT_NULL
+                break
+            if tag == 1:  # DT_NEEDED
+                start = strtab + val
+                needed.append(data[start : data.index(b"\0", start)].decode())
+        return tuple(needed)
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def duplicate_libraries(record: Mapping[str, str], read: Callable[[str], bytes]) -> set[str]:
+    """The wheel's files that are only second copies of a library nothing opens under that name.
+
+    A wheel cannot hold symlinks, so scikit-build-core writes each library three times (lib*.so, .so.N, .so.N.M.P)
+    and twice over (llama_cpp/lib/ and a top-level lib/): six copies of a 100+ MB libggml-cuda. Kept: the names
+    Python opens and every soname they need, transitively; dropped: the other names of those same bytes (same
+    RECORD hash). A library nothing reaches is left exactly as built, so no file's last copy is ever dropped.
+    `record` maps each file name to its RECORD hash."""
+    libs = {n for n in record if n.startswith(LIB_DIR) and "/" not in n[len(LIB_DIR) :] and ".so" in n}
+    keep: set[str] = set()
+    todo = [LIB_DIR + name for name in LOADED_BY_NAME if LIB_DIR + name in libs]
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo += [LIB_DIR + so for so in elf_needed(read(name)) or () if LIB_DIR + so in libs]
+    kept_hashes = {record[n] for n in keep if record[n]}
+    return {n for n, h in record.items() if h in kept_hashes and n not in keep}
+
+
+def add_stamp(wheel: Path, stamp: Mapping[str, Any]) -> int:
+    """Write what the wheel was built for into it (and its RECORD), so an installed engine says so itself; leave
+    out the duplicate libraries (see duplicate_libraries). Returns the bytes left out."""
     data = (json.dumps(dict(stamp), indent=2, sort_keys=True) + "\n").encode()
     tmp = wheel.with_suffix(".tmp")
     with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
         record_name = next(n for n in zin.namelist() if n.endswith(".dist-info/RECORD"))
+        rows = [r for r in csv.reader(io.StringIO(zin.read(record_name).decode())) if r]
+        drop = duplicate_libraries({r[0]: r[1] if len(r) > 1 else "" for r in rows}, zin.read)
         for item in zin.infolist():
-            if item.filename in (record_name, STAMP):
+            if item.filename in (record_name, STAMP) or item.filename in drop:
                 continue
             zout.writestr(item, zin.read(item.filename))
         zout.writestr(STAMP, data)
-        record = zin.read(record_name).decode()
-        lines = [ln for ln in record.splitlines() if ln and not ln.startswith(STAMP + ",")]
-        lines.insert(len(lines) - 1, f"{STAMP},{_record_hash(data)},{len(data)}")
-        zout.writestr(record_name, "\n".join(lines) + "\n")
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerows(r for r in rows if r[0] not in (STAMP, record_name) and r[0] not in drop)
+        writer.writerows([[STAMP, _record_hash(data), str(len(data))], [record_name, "", ""]])
+        zout.writestr(record_name, out.getvalue())
+        left_out = sum(zin.getinfo(n).file_size for n in drop)
     os.replace(tmp, wheel)
+    return left_out
 
 
 def read_stamp(site: Path) -> dict[str, Any] | None:

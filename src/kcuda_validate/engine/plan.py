@@ -21,7 +21,8 @@ GIB = 1024**3
 
 # Measured on a real build of llama-cpp-python 0.3.36 for sm_90 with CUDA 13.0, 2 jobs, on a 2-core VM
 # (docs/benchmarks.md §7): 2166 s of compiler CPU time in all, 0.7 GB for the largest compiler process,
-# a 267 MB wheel (wheels cannot hold symlinks, so libggml-cuda is there three times). How the CPU time
+# a 267 MB wheel as built (wheels cannot hold symlinks, so libggml-cuda was there three times; the wheel setup
+# keeps has one: install.duplicate_libraries), so the disk figures are of the wheel as built. How the CPU time
 # splits between the fixed part and each extra architecture is an estimate (the CPU-only build's share).
 CORE_SECONDS_PER_ARCH = 1750.0
 CORE_SECONDS_FIXED = 420.0  # the CPU part and the non-template CUDA files
