@@ -177,7 +177,7 @@ def run_setup(
                         uv, sdist, out, build_env(root, plan.cmake_args, plan.jobs, cxx, env), log_file, on_progress
                     )
                     build_s = result.seconds
-                    inst.add_stamp(
+                    left_out = inst.add_stamp(
                         result.wheel,
                         {
                             "key": plan.key,
@@ -189,6 +189,10 @@ def run_setup(
                             "build_seconds": round(result.seconds, 1),
                             "jobs": plan.jobs,
                         },
+                    )
+                    log_fh.write(
+                        f"kcuda-validate: {result.wheel.name}: {result.wheel.stat().st_size / 2**20:.0f} MiB kept,"
+                        f" {left_out / 2**20:.0f} MiB of second copies of its libraries left out\n"
                     )
                     keep = cache / "wheels" / plan.key
                     tmp_keep = Path(tempfile.mkdtemp(prefix=f".{plan.key}.", dir=cache / "tmp"))
