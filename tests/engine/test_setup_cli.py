@@ -87,3 +87,96 @@ def test_validate_all_toolkit_without_setup_is_a_one_line_usage_error() -> None:
         "Error: --toolkit: only means something with --setup\n"
         "Fix: Add --setup, or run `kcuda-validate setup --toolkit pypi` first.\n"
     )
+
+
+# --- setup --wheel: a wheel `setup --wheel-dir` wrote on another machine ---------------------------------------
+
+STAMP = "llama_cpp/lib/kcuda_engine.json"
+
+
+def _stamped(directory: Path, key: str) -> Path:
+    """A small real wheel carrying setup's stamp for `key`, as `setup --wheel-dir` writes it."""
+    from wheels import make_wheel
+
+    return make_wheel(directory, "carried", extra={STAMP: json.dumps({"key": key, "archs": []})})
+
+
+@pytest.mark.parametrize("scenario", ["llama_cpu_only_with_gpu"], indirect=True)
+def test_a_carried_wheel_that_fits_is_planned_as_an_install_and_a_dry_run_copies_nothing(
+    scenario: Installed, tmp_path: Path
+) -> None:
+    """The scenario's RTX 4090 (sm_89) on a driver for CUDA 12.4: a wheel built for exactly that fits."""
+    wheel = _stamped(tmp_path / "carried", "llama-cpp-python-0.3.36-cuda12.4-sm89")
+    result = CliRunner().invoke(cli, ["setup", "--wheel", str(wheel), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["sections"]["setup"]["plan"]
+    assert (plan["action"], plan["key"]) == ("install_cached", "llama-cpp-python-0.3.36-cuda12.4-sm89")
+    assert not (tmp_path / "cache").exists()  # a dry run changes nothing (KCUDA_CACHE_DIR, from _cache)
+
+
+@pytest.mark.parametrize("scenario", ["llama_cpu_only_with_gpu"], indirect=True)
+def test_a_carried_wheel_for_other_gpus_is_refused_naming_both_and_is_never_a_build(
+    scenario: Installed, tmp_path: Path
+) -> None:
+    wheel = _stamped(tmp_path / "carried", "llama-cpp-python-0.3.36-cuda13.0-sm90")
+    result = CliRunner().invoke(cli, ["setup", "--wheel", str(wheel), "--dry-run", "--json"])
+    assert result.exit_code == ExitCode.GPU_UNUSABLE, result.output
+    doc = json.loads(result.stdout)
+    jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+    (check,) = doc["checks"]
+    assert check["status"] == "fail"
+    assert check["summary"].startswith("--wheel: built for sm_90 with CUDA 13.0; this machine needs sm_89 and CUDA 12.")
+    assert doc["sections"]["setup"]["plan"]["action"] == "refused"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("plain.whl", None, "not a wheel setup built (no llama_cpp/lib/kcuda_engine.json)"),
+        ("junk.whl", b"not a zip", "not a readable wheel (File is not a zip file)"),
+        ("engine.tar.gz", b"", "not a wheel file (*.whl)"),
+        ("old.whl", "llama-cpp-python-0.3.20-cuda12.4-sm89", "built from llama-cpp-python 0.3.20, this environment"),
+        ("nokey.whl", "", "its llama_cpp/lib/kcuda_engine.json names no build"),
+    ],
+    ids=["no-stamp", "not-a-zip", "not-whl", "other-version", "no-key"],
+)
+def test_a_wheel_setup_cannot_use_is_a_one_line_usage_error(
+    tmp_path: Path, name: str, content: bytes | str | None, message: str
+) -> None:
+    from wheels import make_wheel
+
+    if content is None:
+        path = make_wheel(tmp_path / "w", "plain")
+    elif isinstance(content, bytes):
+        path = tmp_path / name
+        path.write_bytes(content)
+    else:
+        path = _stamped(tmp_path / "w", content)
+    target = tmp_path / name
+    if path != target:
+        path.rename(target)
+    result = CliRunner().invoke(cli, ["setup", "--wheel", str(target), "--dry-run"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"Error: --wheel {target}: ") and message in first, first
+    assert "Traceback" not in result.output
+
+
+def test_wheel_with_force_is_a_usage_error(tmp_path: Path) -> None:
+    wheel = _stamped(tmp_path, "llama-cpp-python-0.3.36-cuda12.4-sm89")
+    result = CliRunner().invoke(cli, ["setup", "--wheel", str(wheel), "--force"])
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.startswith("Error: --wheel: installs a built wheel; --force and --sdist (they build) do not")
+
+
+def test_import_wheel_puts_it_under_the_key_its_stamp_names(tmp_path: Path) -> None:
+    from kcuda_validate.engine.install import cached_keys, cached_wheel
+    from kcuda_validate.engine.setup import import_wheel
+
+    wheel = _stamped(tmp_path / "carried", "llama-cpp-python-0.3.36-cuda13.0-sm80-sm90")
+    cache = tmp_path / "cache"
+    assert import_wheel(wheel, cache, "0.3.36") == "llama-cpp-python-0.3.36-cuda13.0-sm80-sm90"
+    assert cached_keys(cache) == ("llama-cpp-python-0.3.36-cuda13.0-sm80-sm90",)
+    kept = cached_wheel(cache, "llama-cpp-python-0.3.36-cuda13.0-sm80-sm90")
+    assert kept is not None and kept.read_bytes() == wheel.read_bytes()
+    assert [p.name for p in kept.parent.iterdir()] == [wheel.name]  # no temporary file left

@@ -80,7 +80,17 @@ def run_setup_step(ui: Output, kw: dict[str, Any], dry_run: bool = False) -> Set
 
     opts = setup_options_from(kw)
     ui.progress("Reading the GPUs, toolkits and the installed engine…")
-    plan = make_plan(gather_facts(), opts)
+    facts = gather_facts()
+    wheel = kw.get("wheel")
+    if wheel is None:
+        plan = make_plan(facts, opts)
+    else:  # a wheel built elsewhere: the only cached build the plan may use (a dry run leaves the cache alone)
+        from dataclasses import replace
+
+        from kcuda_validate.engine.setup import import_wheel, plan_for_wheel
+
+        key = import_wheel(wheel, facts.cache_dir, facts.llama_version, copy=not dry_run)
+        plan = plan_for_wheel(make_plan(replace(facts, cached=(key,)), opts), key)
     if dry_run:
         return SetupResult(
             plan,

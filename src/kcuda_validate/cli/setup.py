@@ -77,18 +77,29 @@ def setup_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.command("setup")
 @click.option("--dry-run", is_flag=True, help="Print the plan (GPUs, toolkit, packages, commands, disk, time) only.")
 @click.option("--wheel-dir", type=click.Path(path_type=Path, file_okay=False), help="Also copy the built wheel here.")
+@click.option(
+    "--wheel",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Install this wheel (from `setup --wheel-dir` on another machine) if it fits these GPUs; never build.",
+)
 @setup_options
 @output_options
 @click.pass_context
-def setup(ctx: click.Context, /, dry_run: bool, wheel_dir: Path | None, **kw: Any) -> int:
+def setup(ctx: click.Context, /, dry_run: bool, wheel_dir: Path | None, wheel: Path | None, **kw: Any) -> int:
     """Build (or reuse) a CUDA llama-cpp-python for this machine's GPUs and install it, verified, into this
     environment. Needs only the NVIDIA driver: a CUDA toolkit comes from the package index when none fits."""
     from kcuda_validate.engine.setup import setup_checks
     from kcuda_validate.report import Report
 
     ui = make_output(ctx, **kw)
+    if wheel is not None and (kw.get("force") or kw.get("sdist") is not None):
+        from kcuda_validate.errors import UsageError
+
+        raise UsageError(
+            "--wheel: installs a built wheel; --force and --sdist (they build) do not apply", fix="Drop one."
+        )
     report = Report("setup")
-    result = run_setup_step(ui, kw, dry_run=dry_run)
+    result = run_setup_step(ui, {**kw, "wheel": wheel}, dry_run=dry_run)
     report.add(*setup_checks(result))
     report.sections["setup"] = result.to_json()
     facts = result.plan.facts

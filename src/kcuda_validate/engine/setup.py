@@ -5,6 +5,7 @@ Nothing here prints. Steps and build progress reach the CLI through callbacks; t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -12,6 +13,7 @@ import signal
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +66,67 @@ class SetupResult:
             "build_log": None if self.log_file is None else str(self.log_file),
             "next": self.next_command,
         }
+
+
+def import_wheel(wheel: Path, cache: Path, llama_version: str, copy: bool = True) -> str:
+    """A wheel `setup --wheel-dir` wrote on another machine, put in this cache under the key its stamp names, so
+    the plan can install it like one built here. Returns the key; `copy=False` (a dry run) only reads it."""
+    from kcuda_validate.engine.plan import cache_key, parse_key
+    from kcuda_validate.errors import UsageError
+
+    fix = "Pass a wheel `kcuda-validate setup --wheel-dir DIR` wrote (it names its CUDA and architectures inside)."
+    if not wheel.name.endswith(".whl"):
+        raise UsageError(f"--wheel {wheel}: not a wheel file (*.whl)", fix=fix)
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            stamp = json.loads(z.read(inst.STAMP))
+    except KeyError:
+        raise UsageError(f"--wheel {wheel}: not a wheel setup built (no {inst.STAMP})", fix=fix) from None
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise UsageError(f"--wheel {wheel}: not a readable wheel ({exc})", fix=fix) from None
+    named = stamp.get("key") if isinstance(stamp, dict) else None
+    key = named if isinstance(named, str) else ""
+    parsed = parse_key(key)
+    if parsed is None:
+        raise UsageError(f"--wheel {wheel}: its {inst.STAMP} names no build", fix=fix)
+    if parsed[0] != llama_version:
+        raise UsageError(
+            f"--wheel {wheel}: built from llama-cpp-python {parsed[0]}, this environment locks {llama_version}",
+            fix=f"Build a wheel of {llama_version} (`kcuda-validate setup --wheel-dir DIR` where uv.lock is the same).",
+        )
+    key = cache_key(*parsed)  # rebuilt from its parts: the stamp's text never becomes a path as it is
+    if copy:
+        dest = cache / "wheels" / key
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = dest / f".{wheel.name}.tmp"
+        shutil.copyfile(wheel, tmp)
+        os.replace(tmp, dest / wheel.name)
+    return key
+
+
+def plan_for_wheel(plan: Plan, key: str) -> Plan:
+    """`setup --wheel` installs that wheel or refuses saying why it does not fit this machine; it never builds."""
+    from dataclasses import replace
+
+    from kcuda_validate.engine.plan import Problem, parse_key
+
+    if plan.action in ("nothing", "refused") or (plan.action == "install_cached" and plan.key == key):
+        return plan
+    parsed = parse_key(key)
+    assert parsed is not None
+    built = f"built for {', '.join(f'sm_{a}' for a in parsed[2])} with CUDA {tk.cuda_text(parsed[1])}"
+    need = ", ".join(f"sm_{a}" for a in plan.archs) or "no GPU"
+    lo_hi = plan.cuda_range
+    usable = f" and CUDA {tk.cuda_text(lo_hi[0])} to {tk.cuda_text(lo_hi[1])}" if lo_hi else ""
+    if plan.action == "build_only":
+        message = f"--wheel: {built}, and there is no GPU here it covers to install it for"
+        fix = "Install it where its GPU is; in an image build, `uv pip install --no-deps` it (setup checks on a GPU)."
+    else:
+        message = f"--wheel: {built}; this machine needs {need}{usable}"
+        fix = "Build one here with `kcuda-validate setup` (no --wheel), or bring a wheel built for these GPUs."
+    code = ExitCode.NO_GPU if plan.action == "build_only" else ExitCode.GPU_UNUSABLE
+    problem = Problem("wheel_mismatch", message, fix, code)
+    return replace(plan, action="refused", reason=message, problems=(problem,))
 
 
 StepFn = Callable[[str], None]
