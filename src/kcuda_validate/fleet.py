@@ -95,17 +95,17 @@ class FleetSummary:
     def line(self) -> str:
         """The verdict in one line (what `-q` prints)."""
         nodes, failed = self.nodes, self.failed_nodes
-        parts = [f"{len(nodes)} {_plural(len(nodes), 'node')}, {len(self.rows)} {_plural(len(self.rows), 'row')}"]
+        parts = [f"{len(nodes)} {plural(len(nodes), 'node')}, {len(self.rows)} {plural(len(self.rows), 'row')}"]
         if failed:
             parts.append(f"{len(failed)} failed ({_names(failed)})")
         if self.problems:
-            parts.append(f"{len(self.problems)} {_plural(len(self.problems), 'file')} unreadable")
+            parts.append(f"{len(self.problems)} {plural(len(self.problems), 'file')} unreadable")
         if self.outliers:
-            parts.append(f"{len(self.outliers)} {_plural(len(self.outliers), 'outlier')}")
+            parts.append(f"{len(self.outliers)} {plural(len(self.outliers), 'outlier')}")
         if self.mixed:
-            parts.append(f"{len(self.mixed)} mixed {_plural(len(self.mixed), 'version')}")
+            parts.append(f"{len(self.mixed)} mixed {plural(len(self.mixed), 'version')}")
         if self.superseded:
-            parts.append(f"{self.superseded} superseded {_plural(self.superseded, 'report')}")
+            parts.append(f"{self.superseded} superseded {plural(self.superseded, 'report')}")
         return ("PASS: " if self.passed else "FAIL: ") + "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -258,7 +258,7 @@ def judge_mixed(rows: Sequence[FleetRow]) -> tuple[Mixed, ...]:
             for i, (version, nodes) in enumerate(ordered):
                 n = len(nodes)
                 named = "" if i == 0 and largest_alone else f": {_names(sorted(nodes, key=natural_key))}"
-                parts.append(f"{version} ({n} {_plural(n, 'node')}{named})")
+                parts.append(f"{version} ({n} {plural(n, 'node')}{named})")
             message = f"{len(ordered)} {what} versions among {group} nodes: " + ", ".join(parts)
             found.append(Mixed(what, group, tuple((v, tuple(sorted(n, key=natural_key))) for v, n in ordered), message))
     return tuple(found)
@@ -280,7 +280,7 @@ def _tps(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return word if n == 1 else word + "s"
 
 

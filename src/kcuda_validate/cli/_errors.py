@@ -17,9 +17,10 @@ from typing import Any
 
 import click
 
+from kcuda_validate.cli._output import error_text
 from kcuda_validate.errors import ExitCode, Interrupted, KcudaError
-from kcuda_validate.logs import log_path, setup_logging
-from kcuda_validate.safetext import safe, spelled_out
+from kcuda_validate.logs import setup_logging
+from kcuda_validate.safetext import safe
 
 log = logging.getLogger("kcuda_validate.cli")
 
@@ -29,14 +30,7 @@ def _debug_requested(argv: list[str]) -> bool:
 
 
 def _say(message: str, fix: str | None = None, show_log: bool = True) -> None:
-    lines = [f"Error: {message}"]
-    if fix:
-        lines.append(f"Fix: {fix}")
-    path = log_path()
-    if show_log and path is not None:
-        lines.append(f"Log: {path}")
-    # one line each, whatever a path in them holds (a newline, an ESC sequence)
-    sys.stderr.write("\n".join(spelled_out(safe(line)) for line in lines) + "\n")
+    sys.stderr.write(error_text(message, fix, show_log))
     sys.stderr.flush()
 
 

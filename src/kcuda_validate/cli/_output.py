@@ -20,6 +20,17 @@ from kcuda_validate.logs import log_path
 from kcuda_validate.safetext import safe, safe_json, safe_stream, spelled_out
 
 
+def error_text(message: str, fix: str | None = None, show_log: bool = True) -> str:
+    """The Error:, Fix: and Log: lines, one line each whatever a path in them holds (a newline, an ESC sequence)."""
+    lines = [f"Error: {message}"]
+    if fix:
+        lines.append(f"Fix: {fix}")
+    path = log_path()
+    if show_log and path is not None:
+        lines.append(f"Log: {path}")
+    return "\n".join(spelled_out(safe(line)) for line in lines) + "\n"
+
+
 @dataclass
 class OutputOptions:
     json: bool = False
@@ -117,14 +128,7 @@ class Output:
         """One line on stderr naming the input; the fix and the log file on the next lines."""
         self.end_progress()
         self.end_stream()
-        lines = [f"Error: {message}"]
-        if fix:
-            lines.append(f"Fix: {fix}")
-        path = log_path()
-        if path is not None:
-            lines.append(f"Log: {path}")
-        # one line each, whatever a path in them holds (a newline, an ESC sequence)
-        self._stderr.write("\n".join(spelled_out(safe(line)) for line in lines) + "\n")
+        self._stderr.write(error_text(message, fix))
         self._stderr.flush()
 
     def result(self, report: Any, line: str | None = None) -> None:

@@ -88,7 +88,7 @@ class _Result:
 
 def render(summary: Any) -> str:
     """The human result: the table, then the unreadable files, outliers, mixed versions and the verdict line."""
-    from kcuda_validate.fleet import OUTLIER_BELOW_MEDIAN, OUTLIER_MIN_PEERS, row_labels
+    from kcuda_validate.fleet import OUTLIER_BELOW_MEDIAN, OUTLIER_MIN_PEERS, plural, row_labels
 
     labels = row_labels(summary.rows)
     table = [
@@ -108,7 +108,7 @@ def render(summary: Any) -> str:
         for r in summary.rows
     ]
     files, nodes = summary.files, len(summary.nodes)
-    out = [f"Fleet: {files} report file{'' if files == 1 else 's'}, {nodes} node{'' if nodes == 1 else 's'}", ""]
+    out = [f"Fleet: {files} report {plural(files, 'file')}, {nodes} {plural(nodes, 'node')}", ""]
     if table:
         out += _columns([COLUMNS, *([spelled_out(c) for c in row] for row in table)])
         out.append("")

@@ -15,7 +15,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,9 @@ from kcuda_validate.checks import Check, Status
 from kcuda_validate.engine import install as inst
 from kcuda_validate.engine import toolkit as tk
 from kcuda_validate.engine.build import BuildProgress, build_env, run_build
-from kcuda_validate.engine.plan import Plan, SetupOptions
+from kcuda_validate.engine.plan import Plan, Problem, SetupOptions, cache_key, parse_key
 from kcuda_validate.engine.toolkit import cc_text
-from kcuda_validate.errors import ExitCode, Interrupted, KcudaError
+from kcuda_validate.errors import ExitCode, Interrupted, KcudaError, UsageError
 from kcuda_validate.llm.build import invocation
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,6 @@ class SetupResult:
 def import_wheel(wheel: Path, cache: Path, llama_version: str, copy: bool = True) -> str:
     """A wheel `setup --wheel-dir` wrote on another machine, put in this cache under the key its stamp names, so
     the plan can install it like one built here. Returns the key; `copy=False` (a dry run) only reads it."""
-    from kcuda_validate.engine.plan import cache_key, parse_key
-    from kcuda_validate.errors import UsageError
-
     fix = "Pass a wheel `kcuda-validate setup --wheel-dir DIR` wrote (it names its CUDA and architectures inside)."
     if not wheel.name.endswith(".whl"):
         raise UsageError(f"--wheel {wheel}: not a wheel file (*.whl)", fix=fix)
@@ -106,10 +103,6 @@ def import_wheel(wheel: Path, cache: Path, llama_version: str, copy: bool = True
 
 def plan_for_wheel(plan: Plan, key: str) -> Plan:
     """`setup --wheel` installs that wheel or refuses saying why it does not fit this machine; it never builds."""
-    from dataclasses import replace
-
-    from kcuda_validate.engine.plan import Problem, parse_key
-
     if plan.action in ("nothing", "refused") or (plan.action == "install_cached" and plan.key == key):
         return plan
     parsed = parse_key(key)
@@ -121,10 +114,11 @@ def plan_for_wheel(plan: Plan, key: str) -> Plan:
     if plan.action == "build_only":
         message = f"--wheel: {built}, and there is no GPU here it covers to install it for"
         fix = "Install it where its GPU is; in an image build, `uv pip install --no-deps` it (setup checks on a GPU)."
+        code = ExitCode.NO_GPU
     else:
         message = f"--wheel: {built}; this machine needs {need}{usable}"
         fix = "Build one here with `kcuda-validate setup` (no --wheel), or bring a wheel built for these GPUs."
-    code = ExitCode.NO_GPU if plan.action == "build_only" else ExitCode.GPU_UNUSABLE
+        code = ExitCode.GPU_UNUSABLE
     problem = Problem("wheel_mismatch", message, fix, code)
     return replace(plan, action="refused", reason=message, problems=(problem,))
 
