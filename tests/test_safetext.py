@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from kcuda_validate.safetext import SafeStream, printable, redact, safe, safe_json, spelled_out
+from kcuda_validate.safetext import SafeStream, as_generated, printable, redact, safe, safe_json, spelled_out
 
 
 @pytest.mark.parametrize(
@@ -95,3 +95,19 @@ def test_safe_stream_filters_every_write() -> None:
 )
 def test_spelled_out_writes_every_non_printable_character_as_its_escape(text: str, shown: str) -> None:
     assert spelled_out(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("lines\n\tand tabs stay", "lines\n\tand tabs stay"),
+        ("\x1b[2J\x1b[31mred\x1b[0m", "\\x1b[2J\\x1b[31mred\\x1b[0m"),
+        ("\x1b]0;pwned\x07", "\\x1b]0;pwned\\x07"),
+        ("over\rwrite", "over\\rwrite"),
+        ("c1\x9bcsi del\x7f", "c1\\x9bcsi del\\x7f"),
+        ("family \U0001f468\u200d\U0001f469 and \u00e9", "family \U0001f468\u200d\U0001f469 and \u00e9"),
+    ],
+    ids=["newline-tab", "clear-sgr", "osc-title", "carriage-return", "c1-del", "zero-width-joiner"],
+)
+def test_as_generated_spells_out_control_codes_but_keeps_the_texts_own_layout(text: str, shown: str) -> None:
+    assert as_generated(text) == shown

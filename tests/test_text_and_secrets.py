@@ -353,3 +353,18 @@ def test_log_that_fails_mid_run_is_said_once(tmp_path: Path) -> None:
         f"Error: {tmp_path / 'none.gguf'}: no such file\nFix: Check the path passed to --model-path.\n"
     )
     assert "FAILED at model: model file invalid (exit 5)" in proc.stdout
+
+
+def test_streamed_model_text_cannot_drive_the_terminal() -> None:
+    """A model can generate ESC, CR or BEL; on stdout they arrive spelled out, its newlines and tabs as they are."""
+    import io
+
+    from kcuda_validate.cli._output import Output, OutputOptions
+
+    out, err = io.StringIO(), io.StringIO()
+    sink = Output(OutputOptions(), stdout=out, stderr=err)
+    for piece in ["Hello", "\x1b]0;pwned\x07", " \x1b[2J", "line\n\tnext", "\rgone"]:
+        sink.stream(piece)
+    sink.end_stream()
+    assert out.getvalue() == "Hello\\x1b]0;pwned\\x07 \\x1b[2Jline\n\tnext\\rgone\n"
+    assert err.getvalue() == ""

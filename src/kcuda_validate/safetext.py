@@ -119,6 +119,22 @@ def spelled_out(text: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
+def _is_control(c: str) -> bool:
+    """Unicode's category Cc, less newline and tab: C0, DEL and C1."""
+    n = ord(c)
+    return (n < 0x20 and c not in "\n\t") or 0x7F <= n <= 0x9F
+
+
+def as_generated(text: str) -> str:
+    """`text` with its control codes other than newline and tab (ESC, CR, BEL, DEL, C1) written as escapes.
+
+    For the model's own text on its way to a terminal: a model can emit an escape sequence that would
+    recolour, retitle or rewrite the user's terminal, but its lines, tabs and zero-width joiners are the text."""
+    if not any(_is_control(c) for c in text):
+        return text
+    return "".join(ascii(c)[1:-1] if _is_control(c) else c for c in text)
+
+
 def safe_json(value: Any) -> Any:
     """A copy of a JSON-able document that `json.dumps(..., allow_nan=False)` can write and that holds no secret.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kcuda_validate.logs import log_path
-from kcuda_validate.safetext import safe, safe_json, safe_stream, spelled_out
+from kcuda_validate.safetext import as_generated, safe, safe_json, safe_stream, spelled_out
 
 
 def error_text(message: str, fix: str | None = None, show_log: bool = True) -> str:
@@ -92,13 +92,15 @@ class Output:
             self._status = None
 
     def stream(self, text: str) -> None:
-        """Generated text as it arrives (human mode only; JSON carries the full text instead)."""
+        """Generated text as it arrives (human mode only; JSON carries the full text instead).
+
+        Its control codes are spelled out (`as_generated`): the model's text must not drive the terminal."""
         if self.opts.mode != "human":
             return
         if not self._streamed:
             self.end_progress()
             self._streamed = True
-        self._stdout.write(text)
+        self._stdout.write(as_generated(text))
         self._stdout.flush()
 
     def end_stream(self) -> None:
