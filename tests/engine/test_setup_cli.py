@@ -129,6 +129,26 @@ def test_a_carried_wheel_for_other_gpus_is_refused_naming_both_and_is_never_a_bu
     assert doc["sections"]["setup"]["plan"]["action"] == "refused"
 
 
+@pytest.mark.parametrize("scenario", ["no_driver"], indirect=True)
+def test_a_carried_wheel_without_a_gpu_says_there_is_nothing_to_install_it_for(
+    scenario: Installed, tmp_path: Path
+) -> None:
+    """Not the build's words ("nothing to build for", "pass --arch"): --wheel installs, it never builds."""
+    wheel = _stamped(tmp_path / "carried", "llama-cpp-python-0.3.36-cuda13.0-sm90")
+    result = CliRunner().invoke(cli, ["setup", "--wheel", str(wheel), "--dry-run"])
+    assert result.exit_code == ExitCode.NO_GPU, result.output
+    lines = result.stdout.splitlines()
+    assert "Action: refused (no NVIDIA GPU to install it for)" in lines
+    fail = next(line for line in lines if line.startswith("FAIL CUDA engine"))
+    assert fail.startswith("FAIL CUDA engine (llama-cpp-python): --wheel: built for sm_90 with CUDA 13.0; no NVIDIA")
+    assert fail.endswith(") to install it for")
+    assert lines[lines.index(fail) + 1] == (
+        "     fix: Install the NVIDIA driver (`kcuda-validate detect` says how); in an image build without a GPU, "
+        "`uv pip install --no-deps` the wheel (setup checks it on a GPU)."
+    )
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [

@@ -103,11 +103,21 @@ def import_wheel(wheel: Path, cache: Path, llama_version: str, copy: bool = True
 
 def plan_for_wheel(plan: Plan, key: str) -> Plan:
     """`setup --wheel` installs that wheel or refuses saying why it does not fit this machine; it never builds."""
-    if plan.action in ("nothing", "refused") or (plan.action == "install_cached" and plan.key == key):
-        return plan
     parsed = parse_key(key)
     assert parsed is not None
     built = f"built for {', '.join(f'sm_{a}' for a in parsed[2])} with CUDA {tk.cuda_text(parsed[1])}"
+    if plan.action == "refused" and [p.id for p in plan.problems] == ["setup.gpus"]:
+        # The plan's own words are for a build ("nothing to build for", "pass --arch"); --wheel never builds.
+        why = plan.facts.nvml_error if plan.facts is not None and plan.facts.nvml_error else "the driver lists no GPU"
+        message = f"--wheel: {built}; no NVIDIA GPU is visible here ({why}) to install it for"
+        fix = (
+            "Install the NVIDIA driver (`kcuda-validate detect` says how); in an image build without a GPU, "
+            "`uv pip install --no-deps` the wheel (setup checks it on a GPU)."
+        )
+        problem = Problem("setup.gpus", message, fix, ExitCode.NO_GPU)
+        return replace(plan, reason="no NVIDIA GPU to install it for", problems=(problem,))
+    if plan.action in ("nothing", "refused") or (plan.action == "install_cached" and plan.key == key):
+        return plan
     need = ", ".join(f"sm_{a}" for a in plan.archs) or "no GPU"
     lo_hi = plan.cuda_range
     usable = f" and CUDA {tk.cuda_text(lo_hi[0])} to {tk.cuda_text(lo_hi[1])}" if lo_hi else ""
