@@ -228,19 +228,16 @@ class Worker:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        finally:
-            self._close_lifeline()
+        self._wait_or_kill(3)
 
     def _reap(self) -> None:
+        self._wait_or_kill(10)
+
+    def _wait_or_kill(self, grace: float) -> None:
+        """Wait `grace` seconds for the child to end, then SIGKILL its group; the lifeline closes either way."""
         assert self.proc is not None
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
