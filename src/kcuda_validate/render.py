@@ -282,6 +282,11 @@ def verdict_line(report: Report) -> Text:
         if report.device_mode == "cpu":
             return Text("PASSED (CPU run): the pipeline works on the CPU; no GPU was validated.", style="bold yellow")
         if report.command == "detect":
+            only = report.sections.get("detect", {}).get("only")
+            if only is not None:  # --check: a subset says nothing about the rest
+                ran = safe(", ".join(only))
+                text = f"PASSED: nothing failed in {ran}; the rest of the stack was not checked."
+                return Text(text, style="bold green")
             return Text("PASSED: this machine's GPU stack is ready.", style="bold green")
         if report.command == "setup":
             outcome = report.sections.get("setup", {}).get("outcome")

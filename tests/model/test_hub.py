@@ -164,13 +164,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def seed_cache(cache: Path, *, refs: tuple[str, ...] = ("main",), with_blob: bool = True) -> Path:
+def seed_cache(
+    cache: Path, *, refs: tuple[str, ...] = ("main",), with_blob: bool = True, repo: str = REPO, filename: str = FILE
+) -> Path:
     """The layout huggingface_hub writes: blobs/<sha256>, snapshots/<commit>/<file> -> ../../blobs/<sha256>, refs/."""
-    storage = cache / ("models--" + REPO.replace("/", "--"))
+    storage = cache / ("models--" + repo.replace("/", "--"))
     (storage / "blobs").mkdir(parents=True)
     if with_blob:
         (storage / "blobs" / SHA).write_bytes(CONTENT)
-    pointer = storage / "snapshots" / COMMIT / FILE
+    pointer = storage / "snapshots" / COMMIT / filename
     pointer.parent.mkdir(parents=True)
     pointer.symlink_to(Path("..", "..", "blobs", SHA))
     (storage / "refs").mkdir()
@@ -226,7 +228,13 @@ class FakeHub:
     # -- routes ---------------------------------------------------------------------------------------------------
 
     def serve_file(
-        self, *, size: int | None = None, revs: tuple[str, ...] = ("main", COMMIT), xet: bool = False
+        self,
+        *,
+        size: int | None = None,
+        revs: tuple[str, ...] = ("main", COMMIT),
+        xet: bool = False,
+        repo: str = REPO,
+        filename: str = FILE,
     ) -> None:
         """FILE as an LFS file: HEAD/GET /resolve -> 302 to the CDN with the linked etag/size, CDN honours Range.
 
@@ -249,7 +257,7 @@ class FakeHub:
             h.reply(302, headers)
 
         for rev in revs:
-            self.routes[f"/{REPO}/resolve/{rev}/{FILE}"] = resolve
+            self.routes[f"/{repo}/resolve/{rev}/{filename}"] = resolve
         self.routes[f"/cdn/{SHA}"] = self._cdn
 
     def _cdn(self, h: _Handler, method: str) -> None:
@@ -1249,3 +1257,135 @@ def test_the_bar_draws_nothing_off_a_terminal_or_outside_human_mode(hub_env: Hub
         bar.close()
 
     assert (piped.getvalue(), json_terminal.getvalue()) == ("", "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# detect's Hub check: whether `load` could get the default model now (the real CLI, in process)
+
+DEFAULT = {"repo": hub.DEFAULT_REPO_ID, "filename": hub.DEFAULT_FILENAME}
+DEFAULT_LABEL = f"{hub.DEFAULT_REPO_ID}/{hub.DEFAULT_FILENAME} @ main"
+
+
+def hub_check(*args: str) -> tuple[int, dict[str, Any], str]:
+    """`detect --check env.hub`: exit code, the one check as JSON, and the human output's verdict line."""
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    result = CliRunner().invoke(cli, ["detect", "--check", "env.hub", "--json", *args])
+    (check,) = json.loads(result.stdout)["checks"]
+    human = CliRunner().invoke(cli, ["detect", "--check", "env.hub", *args])
+    return result.exit_code, check, human.stdout.rstrip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["offline", "online"])
+def test_hub_check_passes_without_asking_when_the_default_model_is_cached(
+    hub_env: HubEnv, fake_hub: FakeHub, offline: bool
+) -> None:
+    seed_cache(hub_env.cache, **DEFAULT)
+    hub_env.offline(offline)
+
+    code, check, verdict = hub_check()
+
+    assert code == 0
+    assert (check["status"], check["summary"], check["fix"]) == (
+        "pass",
+        "the default model is in the cache: load and validate-all need no network"
+        + (" (HF_HUB_OFFLINE=on)" if offline else ""),
+        None,
+    )
+    assert check["evidence"] == {
+        "token": "not set",
+        "model": DEFAULT_LABEL,
+        "hub": fake_hub.url.removeprefix("http://"),
+        "offline": offline,
+        "cached": True,
+        "answer_ms": None,
+        "size_bytes": None,
+        "error": None,
+    }
+    assert verdict == "PASSED: nothing failed in env.hub; the rest of the stack was not checked."
+    assert fake_hub.seen == []  # the cache answers: load would not ask the Hub either
+
+
+def test_hub_check_offline_without_the_model_warns(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    hub_env.offline()
+
+    code, check, _ = hub_check()
+
+    assert (code, check["status"], check["summary"], check["fix"]) == (
+        0,
+        "warn",
+        "HF_HUB_OFFLINE=on and the default model is not in the cache: only cached models can be loaded",
+        "Unset HF_HUB_OFFLINE to download, or pass --model-path / --synthetic.",
+    )
+    assert fake_hub.seen == []
+
+
+def test_hub_check_online_asks_once_and_names_the_measured_answer(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    fake_hub.serve_file(size=491_400_032, **DEFAULT)
+
+    code, check, _ = hub_check()
+
+    host = fake_hub.url.removeprefix("http://")
+    assert code == 0
+    assert check["status"] == "pass"
+    ms = check["evidence"]["answer_ms"]
+    assert isinstance(ms, float) and 0 < ms < 4000
+    assert check["summary"] == (
+        f"{host} answered in {ms:.0f} ms: the default model (491 MB) can be downloaded, HF_TOKEN not set"
+    )
+    assert (check["evidence"]["size_bytes"], check["evidence"]["error"]) == (491_400_032, None)
+    # Two commands ran (JSON, then human): one HEAD each, never a download.
+    assert [(s.method, s.path) for s in fake_hub.seen] == [
+        ("HEAD", f"/{hub.DEFAULT_REPO_ID}/resolve/main/{hub.DEFAULT_FILENAME}")
+    ] * 2
+
+
+def test_hub_check_warns_with_the_loads_own_error_when_the_hub_is_unreachable(hub_env: HubEnv) -> None:
+    from kcuda_validate.model.hub_errors import UNREACHABLE_FIX
+
+    port = _free_port()
+    hub_env.endpoint(f"http://127.0.0.1:{port}")
+
+    code, check, verdict = hub_check()
+
+    assert (code, check["status"], check["summary"], check["fix"]) == (
+        0,
+        "warn",
+        f"cannot reach 127.0.0.1:{port} (connection refused) to fetch {DEFAULT_LABEL}",
+        UNREACHABLE_FIX,
+    )
+    assert verdict == "PASSED: nothing failed in env.hub; the rest of the stack was not checked."
+
+
+def test_hub_check_names_a_rejected_token_and_never_shows_it(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    hub_env.monkeypatch.setenv("HF_TOKEN", SECRET)
+    path = f"/{hub.DEFAULT_REPO_ID}/resolve/main/{hub.DEFAULT_FILENAME}"
+    fake_hub.error(path, 401, None, "Invalid credentials in Authorization header")
+
+    code, check, _ = hub_check()
+
+    assert (code, check["status"], check["evidence"]["token"]) == (0, "warn", "set")
+    assert "rejected your token" in check["summary"]
+    assert SECRET not in json.dumps(check)
+    assert fake_hub.requests("HEAD")[0].headers.get("authorization") == f"Bearer {SECRET}"
+
+
+def test_hub_check_gives_up_on_a_silent_hub_within_its_deadline(hub_env: HubEnv) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)  # accepts (in the kernel's backlog), never answers
+    port = listener.getsockname()[1]
+    hub_env.endpoint(f"http://127.0.0.1:{port}")
+    hub_env.etag_timeout(1)
+
+    start = time.perf_counter()
+    probe = hub.probe_hub()
+    elapsed = time.perf_counter() - start
+    listener.close()
+
+    assert probe.error == f"cannot reach 127.0.0.1:{port} (no answer within 1 s) to fetch {DEFAULT_LABEL}"
+    assert probe.fix is not None and "HF_HUB_ETAG_TIMEOUT" in probe.fix
+    assert (probe.cached, probe.answer_ms) == (False, None)
+    assert elapsed < 4

@@ -7,12 +7,14 @@ Each fact is read by its service (gpu/, llm/build.py) at most once, and only whe
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kcuda_validate import defaults
 from kcuda_validate.checks import Check, Status, verdict
@@ -22,11 +24,13 @@ from kcuda_validate.gpu.nvml import DriverInfo, GpuInfo, Nvml, NvmlInitError, pa
 from kcuda_validate.gpu.platform import PlatformInfo, probe_platform
 from kcuda_validate.gpu.torchprobe import TorchInfo, probe_torch
 from kcuda_validate.llm.build import LlamaBuildInfo, LlamaBuildProbe, invocation
+from kcuda_validate.model.hub import HubProbe, probe_hub
 
 GIB = 1024**3
 DEFAULT_MIN_VRAM_GB = defaults.MIN_VRAM_GB
 DEFAULT_MIN_COMPUTE = defaults.MIN_COMPUTE
 STAGE = "detect"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,21 @@ def read_nvml() -> NvmlFacts:
         return NvmlFacts(driver, None, None, tuple(nvml.gpu(i) for i in range(driver.device_count)))
 
 
+def in_thread(fn: Callable[[], _T], name: str) -> Future[_T]:
+    """`fn()` in a daemon thread, its result (or exception) in the future: nothing waits for it at exit."""
+    future: Future[_T] = Future()
+    future.set_running_or_notify_cancel()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as err:  # noqa: BLE001 - handed to whoever asks for the result
+            future.set_exception(err)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 def detect_check(
     id: str, title: str, status: Status, summary: str, fix: str | None = None, code: ExitCode = ExitCode.OK, **ev: Any
 ) -> Check:
@@ -77,11 +96,17 @@ class Facts:
         self.env: dict[str, str] = dict(os.environ if environ is None else environ)
         self.invocation = invocation(self.env)  # for fix texts: `python3 -m uv run kcuda-validate` in a checkout
         self._llama_probe: LlamaBuildProbe | None = None
+        self._hub_probe: Future[HubProbe] | None = None
 
     def start_llama_probe(self) -> None:
         """Start the build probe's child now, so it loads libllama while the other facts are read."""
         if self._llama_probe is None and "llama" not in self.__dict__:
             self._llama_probe = LlamaBuildProbe()
+
+    def start_hub_probe(self) -> None:
+        """Ask the Hub in a thread now: its answer (up to 4 s when it is unreachable) overlaps the other facts."""
+        if self._hub_probe is None and "hub" not in self.__dict__:
+            self._hub_probe = in_thread(probe_hub, "kcuda-hub-probe")
 
     def close(self) -> None:
         """Stop a build probe nobody collected (a usage error ended the run first)."""
@@ -136,6 +161,11 @@ class Facts:
     def llama(self) -> LlamaBuildInfo:
         probe, self._llama_probe = self._llama_probe or LlamaBuildProbe(), None
         return probe.result()
+
+    @cached_property
+    def hub(self) -> HubProbe:
+        future, self._hub_probe = self._hub_probe, None
+        return probe_hub() if future is None else future.result()
 
     def env_evidence(self) -> dict[str, Any]:
         return {

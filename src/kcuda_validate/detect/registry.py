@@ -19,7 +19,7 @@ from kcuda_validate.checks import Check
 from kcuda_validate.detect.facts import DetectOptions, DetectReport, Facts, build_report
 from kcuda_validate.errors import UsageError
 
-# Tags. fast: no child process and no library heavier than NVML or libcuda (well under a second);
+# Tags. fast: no child process, no network and no library heavier than NVML or libcuda (well under a second);
 # no-torch: never starts PyTorch; no-model: needs no model file; node-health: part of NODE_HEALTH.
 FAST, NO_TORCH, NO_MODEL, NODE = "fast", "no-torch", "no-model", "node-health"
 
@@ -31,7 +31,7 @@ class DetectCheck:
     id: str
     title: str
     run: Callable[[Facts], tuple[Check, ...]]
-    reads: tuple[str, ...]  # the facts it gathers: platform, nvml, cuda, torch, llama, env
+    reads: tuple[str, ...]  # the facts it gathers: platform, nvml, cuda, torch, llama, env, hub
     tags: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
@@ -39,7 +39,7 @@ class DetectCheck:
 
 
 def _entry(id: str, title: str, run: Callable[[Facts], tuple[Check, ...]], reads: str, *tags: str) -> DetectCheck:
-    slow = {"torch", "llama"} & set(reads.split())
+    slow = {"torch", "llama", "hub"} & set(reads.split())
     base = (NO_MODEL,) + (() if "torch" in reads.split() else (NO_TORCH,)) + (() if slow else (FAST,))
     return DetectCheck(id, title, run, tuple(reads.split()), tuple(sorted(set(base + tags))))
 
@@ -71,7 +71,7 @@ CHECKS: tuple[DetectCheck, ...] = (
     _entry("llama.archs", "CUDA archs for each GPU", software.check_llama_archs, "nvml env llama", NODE),
     _entry("min", "Minimums for each GPU (--min-vram-gb, --min-compute)", stack.check_minimums, "nvml env"),
     _entry("env.cuda_visible_devices", "CUDA_VISIBLE_DEVICES", software.check_cuda_visible_devices, "nvml env"),
-    _entry("env.hub", "Hugging Face Hub access", software.check_hub_access, "env"),
+    _entry("env.hub", "Hugging Face Hub access", software.check_hub_access, "env hub"),
 )
 CHECK_IDS: tuple[str, ...] = tuple(c.id for c in CHECKS)
 
@@ -104,6 +104,8 @@ def run_detect(
     try:
         if any("llama" in e.reads for e in entries):
             facts.start_llama_probe()  # a child process: loads libllama while the other facts are read
+        if any("hub" in e.reads for e in entries):
+            facts.start_hub_probe()  # a thread: the Hub's answer, or its silence, overlaps the rest
         checks = tuple(c for entry in entries for c in entry.run(facts))
     finally:
         facts.close()

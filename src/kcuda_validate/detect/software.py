@@ -58,6 +58,7 @@ TORCH_CUDA_INDEXES = ((11, 8), (12, 1), (12, 4), (12, 6), (12, 8), (12, 9), (13,
 FIX_HIDES_ALL = "Unset it (`unset CUDA_VISIBLE_DEVICES`) or list a GPU index."
 FIX_HIDES_SOME = "Unset CUDA_VISIBLE_DEVICES if you meant to use every GPU."
 FIX_OFFLINE = "Unset HF_HUB_OFFLINE to download, or pass --model-path / --synthetic."
+FIX_HUB_UNKNOWN = "Check the network, any proxy (HTTPS_PROXY) and HF_ENDPOINT, or pass --model-path / --synthetic."
 
 
 def _version_gt(a: str | None, b: str | None) -> bool:
@@ -309,11 +310,23 @@ def check_cuda_visible_devices(facts: Facts) -> tuple[Check, ...]:
 
 
 def check_hub_access(facts: Facts) -> tuple[Check, ...]:
-    offline = facts.env.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether `load` can get its default model now: cached, or the Hub answered for it (one HEAD, 4 s at most).
+
+    A warning, never a failure: --model-path and --synthetic need no Hub, and neither does the GPU stack.
+    """
+    probe, title, cid = facts.hub, "Hugging Face Hub access", "env.hub"
     token = "set" if facts.env.get("HF_TOKEN") else "not set"
-    summary = f"HF_HUB_OFFLINE={'on' if offline else 'off'}, HF_TOKEN {token}"
-    title = "Hugging Face Hub access"
-    if offline:
-        summary += "; only models already in the cache can be loaded"
-        return (detect_check("env.hub", title, Status.WARN, summary, FIX_OFFLINE, offline=True, token=token),)
-    return (detect_check("env.hub", title, Status.PASS, summary, offline=False, token=token),)
+    ev: dict[str, Any] = {"token": token, **probe.to_json()}
+    name = "the default model"  # named in full in the evidence; `load --repo-id/--filename` picks another
+    if probe.cached:
+        mode = " (HF_HUB_OFFLINE=on)" if probe.offline else ""
+        summary = f"{name} is in the cache: load and validate-all need no network{mode}"
+        return (detect_check(cid, title, Status.PASS, summary, **ev),)
+    if probe.offline:
+        summary = f"HF_HUB_OFFLINE=on and {name} is not in the cache: only cached models can be loaded"
+        return (detect_check(cid, title, Status.WARN, summary, FIX_OFFLINE, **ev),)
+    if probe.error is not None:
+        return (detect_check(cid, title, Status.WARN, probe.error, probe.fix or FIX_HUB_UNKNOWN, **ev),)
+    size = "" if probe.size_bytes is None else f" ({probe.size_bytes / 1e6:.0f} MB)"
+    summary = f"{probe.host} answered in {probe.answer_ms:.0f} ms: {name}{size} can be downloaded, HF_TOKEN {token}"
+    return (detect_check(cid, title, Status.PASS, summary, **ev),)

@@ -322,6 +322,66 @@ def progress_class(label: str, on_progress: OnProgress | None) -> type:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Probe (for detect)
+
+
+@dataclass(frozen=True)
+class HubProbe:
+    """Whether `load` could get the default model now: from the cache, or from the Hub's answer to one HEAD.
+
+    detect's Hub check judges this instead of the environment alone: HF_HUB_OFFLINE unset says nothing about a
+    firewall, a dead proxy or a rejected token, and HF_HUB_OFFLINE set is harmless when the model is cached.
+    """
+
+    repo_id: str
+    filename: str
+    revision: str
+    host: str  # the Hub as messages name it (never HF_ENDPOINT's credentials)
+    offline: bool  # HF_HUB_OFFLINE, as huggingface_hub read it
+    cached: bool  # complete in the cache: load needs no network
+    answer_ms: float | None = None  # the HEAD's wall time, when the Hub answered for the file
+    size_bytes: int | None = None  # the file's size from that answer
+    error: str | None = None  # one line: why the file cannot be had now
+    fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": f"{self.repo_id}/{self.filename} @ {self.revision}",
+            "hub": self.host,
+            "offline": self.offline,
+            "cached": self.cached,
+            "answer_ms": None if self.answer_ms is None else round(self.answer_ms, 1),
+            "size_bytes": self.size_bytes,
+            "error": self.error,
+        }
+
+
+def probe_hub(
+    repo_id: str = DEFAULT_REPO_ID, filename: str = DEFAULT_FILENAME, revision: str = DEFAULT_REVISION
+) -> HubProbe:
+    """The cache, then (online and not cached) the same one HEAD `load` starts with, within the same deadline."""
+    from huggingface_hub import constants
+
+    host, offline = hub_host(), bool(constants.HF_HUB_OFFLINE)
+
+    def found(**answer: Any) -> HubProbe:
+        return HubProbe(repo_id, filename, revision, host, offline, cached=False, **answer)
+
+    if isinstance(lookup_cache(repo_id, filename, revision), tuple):
+        return HubProbe(repo_id, filename, revision, host, offline, cached=True)
+    if offline:
+        return found()
+    start = time.perf_counter()
+    try:
+        remote = fetch_metadata(repo_id, filename, revision, None, metadata_timeout())
+    except KcudaError as err:
+        return found(error=err.message, fix=err.fix)
+    except Exception as err:  # noqa: BLE001 - an unmapped failure is still an answer, in one line
+        return found(error=f"asking {host} for {repo_id}/{filename} @ {revision} failed: {one_line(err)}")
+    return found(answer_ms=(time.perf_counter() - start) * 1000, size_bytes=remote.size)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Metadata
 
 
@@ -466,7 +526,9 @@ __all__ = [
     "DEFAULT_REVISION",
     "METADATA_TIMEOUT_S",
     "DownloadProgress",
+    "HubProbe",
     "ModelFile",
     "cache_dir",
     "fetch_model",
+    "probe_hub",
 ]
