@@ -1389,3 +1389,37 @@ def test_hub_check_gives_up_on_a_silent_hub_within_its_deadline(hub_env: HubEnv)
     assert probe.fix is not None and "HF_HUB_ETAG_TIMEOUT" in probe.fix
     assert (probe.cached, probe.answer_ms) == (False, None)
     assert elapsed < 4
+
+
+def test_validate_all_asks_the_hub_for_its_own_model_and_skips_the_hub_for_a_local_one(
+    hub_env: HubEnv, fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    fake_hub.serve_file()
+    hub_env.monkeypatch.setenv("KCUDA_LOG_DIR", str(tmp_path / "logs"))
+
+    def env_hub(*args: str) -> dict[str, Any]:
+        result = CliRunner().invoke(cli, ["validate-all", "--device", "cpu", "--json", "--skip-torch", *args])
+        return next(c for c in json.loads(result.stdout)["checks"] if c["id"] == "env.hub")
+
+    asked = env_hub("--repo-id", REPO, "--filename", FILE)
+    ms = asked["evidence"]["answer_ms"]
+    assert (asked["status"], asked["summary"]) == (
+        "pass",
+        f"{fake_hub.url.removeprefix('http://')} answered in {ms:.0f} ms: {REPO}/{FILE} @ main (0.1 MB) can be "
+        "downloaded, HF_TOKEN not set",
+    )
+    heads = [s.path for s in fake_hub.requests("HEAD")]
+    assert heads[0] == f"/{REPO}/resolve/main/{FILE}"  # detect's HEAD, then the model stage's own
+
+    fake_hub.seen.clear()
+    (tmp_path / "local.gguf").write_bytes(CONTENT)
+    local = env_hub("--model-path", str(tmp_path / "local.gguf"))
+    assert (local["status"], local["summary"]) == (
+        "skip",
+        "the model is a local file (--model-path): this run needs no Hub",
+    )
+    assert fake_hub.seen == []

@@ -42,6 +42,10 @@ class DetectOptions:
     cpu_mode: bool = False  # a CPU-only run: no GPU is required and none is claimed
     model_dir: Path | None = None  # checked for a slow Windows mount on WSL2
     root: Path | None = None  # None = kcuda_validate.gpu.platform.ROOT
+    # The model the run will use (validate-all): `hub` with (repo, filename, revision), None = the default model;
+    # `local` or `synthetic` need no Hub, and the Hub check then skips.
+    model_origin: str = "hub"
+    hub_model: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class Facts:
         self.env: dict[str, str] = dict(os.environ if environ is None else environ)
         self.invocation = invocation(self.env)  # for fix texts: `python3 -m uv run kcuda-validate` in a checkout
         self._llama_probe: LlamaBuildProbe | None = None
-        self._hub_probe: Future[HubProbe] | None = None
+        self._hub_probe: Future[HubProbe | None] | None = None
 
     def start_llama_probe(self) -> None:
         """Start the build probe's child now, so it loads libllama while the other facts are read."""
@@ -106,7 +110,7 @@ class Facts:
     def start_hub_probe(self) -> None:
         """Ask the Hub in a thread now: its answer (up to 4 s when it is unreachable) overlaps the other facts."""
         if self._hub_probe is None and "hub" not in self.__dict__:
-            self._hub_probe = in_thread(probe_hub, "kcuda-hub-probe")
+            self._hub_probe = in_thread(self._probe_hub, "kcuda-hub-probe")
 
     def close(self) -> None:
         """Stop a build probe nobody collected (a usage error ended the run first)."""
@@ -163,9 +167,15 @@ class Facts:
         return probe.result()
 
     @cached_property
-    def hub(self) -> HubProbe:
+    def hub(self) -> HubProbe | None:
+        """None: the run's model is a local or synthetic file, nothing to ask the Hub for."""
         future, self._hub_probe = self._hub_probe, None
-        return probe_hub() if future is None else future.result()
+        return self._probe_hub() if future is None else future.result()
+
+    def _probe_hub(self) -> HubProbe | None:
+        if self.options.model_origin != "hub":
+            return None
+        return probe_hub(*(self.options.hub_model or ()))
 
     def env_evidence(self) -> dict[str, Any]:
         return {

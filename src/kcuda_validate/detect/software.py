@@ -316,8 +316,12 @@ def check_hub_access(facts: Facts) -> tuple[Check, ...]:
     """
     probe, title, cid = facts.hub, "Hugging Face Hub access", "env.hub"
     token = "set" if facts.env.get("HF_TOKEN") else "not set"
+    if probe is None:
+        origin = facts.options.model_origin
+        what = "a local file (--model-path)" if origin == "local" else "generated here (--synthetic)"
+        return (detect_check(cid, title, Status.SKIP, f"the model is {what}: this run needs no Hub", token=token),)
     ev: dict[str, Any] = {"token": token, **probe.to_json()}
-    name = "the default model"  # named in full in the evidence; `load --repo-id/--filename` picks another
+    name = "the default model" if facts.options.hub_model is None else ev["model"]  # in full in the evidence
     if probe.cached:
         mode = " (HF_HUB_OFFLINE=on)" if probe.offline else ""
         summary = f"{name} is in the cache: load and validate-all need no network{mode}"
@@ -327,6 +331,7 @@ def check_hub_access(facts: Facts) -> tuple[Check, ...]:
         return (detect_check(cid, title, Status.WARN, summary, FIX_OFFLINE, **ev),)
     if probe.error is not None:
         return (detect_check(cid, title, Status.WARN, probe.error, probe.fix or FIX_HUB_UNKNOWN, **ev),)
-    size = "" if probe.size_bytes is None else f" ({probe.size_bytes / 1e6:.0f} MB)"
+    mb = None if probe.size_bytes is None else probe.size_bytes / 1e6
+    size = "" if mb is None else f" ({mb:.0f} MB)" if mb >= 10 else f" ({mb:.1f} MB)"
     summary = f"{probe.host} answered in {probe.answer_ms:.0f} ms: {name}{size} can be downloaded, HF_TOKEN {token}"
     return (detect_check(cid, title, Status.PASS, summary, **ev),)

@@ -36,6 +36,23 @@ class ModelSpec:
             return "local"
         return "synthetic" if self.synthetic is not None else "hub"
 
+    def hub_file(self) -> tuple[str, str, str]:
+        """(repo, filename, revision) a Hub model resolves to; --repo-id without --filename is a usage error."""
+        from kcuda_validate.model import hub
+
+        repo = self.repo_id or hub.DEFAULT_REPO_ID
+        filename = self.filename or (hub.DEFAULT_FILENAME if self.repo_id is None else None)
+        if filename is None:
+            raise UsageError(
+                f"--repo-id {repo}: --filename is required with --repo-id",
+                fix="Name the .gguf file in the repo, e.g. --filename model-q4_k_m.gguf.",
+            )
+        return repo, filename, self.revision or hub.DEFAULT_REVISION
+
+    @property
+    def default_model(self) -> bool:
+        return self.origin == "hub" and self.repo_id is None and self.filename is None and self.revision is None
+
     def validate(self) -> None:
         chosen = [
             name
@@ -102,13 +119,7 @@ def resolve_model(spec: ModelSpec, on_progress: OnProgress | None = None) -> Res
         )
     from kcuda_validate.model import hub
 
-    repo = spec.repo_id or hub.DEFAULT_REPO_ID
-    filename = spec.filename or (hub.DEFAULT_FILENAME if spec.repo_id is None else None)
-    if filename is None:
-        raise UsageError(
-            f"--repo-id {repo}: --filename is required with --repo-id",
-            fix="Name the .gguf file in the repo, e.g. --filename model-q4_k_m.gguf.",
-        )
+    repo, filename, _ = spec.hub_file()
     mf = hub.fetch_model(repo, filename, spec.revision, on_progress=on_progress)
     return ResolvedModel(
         mf.path,
