@@ -1423,3 +1423,21 @@ def test_validate_all_asks_the_hub_for_its_own_model_and_skips_the_hub_for_a_loc
         "the model is a local file (--model-path): this run needs no Hub",
     )
     assert fake_hub.seen == []
+
+
+@pytest.mark.parametrize("value", ["junk", "", "nan", "1e10"])
+@pytest.mark.parametrize("name", ["HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"])
+def test_a_setting_huggingface_hub_cannot_import_with_is_a_one_line_error(
+    hub_env: HubEnv, name: str, value: str
+) -> None:
+    """huggingface_hub.constants int()s these at import: a bad one would be an internal error (exit 70)."""
+    hub_env.monkeypatch.setenv(name, value)
+    message = f"{name}={value!r} is not a whole number of seconds"
+    fix = f"Set {name} to a whole number of seconds (e.g. {name}=10), or unset it."
+
+    with pytest.raises(UsageError) as info:
+        hub.fetch_model(REPO, FILE)
+    assert (info.value.message, info.value.fix, info.value.exit_code) == (message, fix, ExitCode.USAGE)
+
+    probe = hub.probe_hub()  # detect's Hub check: a warning with the same line, never a crash
+    assert (probe.error, probe.fix, probe.cached, probe.answer_ms) == (message, fix, False, None)

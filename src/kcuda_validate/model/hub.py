@@ -51,8 +51,10 @@ from kcuda_validate.model.hub_errors import (
     SLOW_LINK_HINT,
     UNREACHABLE_FIX,
     Attempt,
+    environment_error,
     hub_host,
     map_error,
+    netloc,
     offline_error,
     one_line,
 )
@@ -182,6 +184,9 @@ def fetch_model(
     during a download (not when HF_HUB_DISABLE_PROGRESS_BARS is set). Raises ModelNotFoundError, HubAuthError,
     HubUnreachableError, DiskFullError or UsageError, all one line.
     """
+    bad = environment_error()
+    if bad is not None:
+        raise bad
     from huggingface_hub import constants
 
     rev = revision or DEFAULT_REVISION
@@ -360,6 +365,10 @@ def probe_hub(
     repo_id: str = DEFAULT_REPO_ID, filename: str = DEFAULT_FILENAME, revision: str = DEFAULT_REVISION
 ) -> HubProbe:
     """The cache, then (online and not cached) the same one HEAD `load` starts with, within the same deadline."""
+    bad = environment_error()
+    if bad is not None:  # huggingface_hub would not even import
+        endpoint = netloc(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+        return HubProbe(repo_id, filename, revision, endpoint, False, False, error=bad.message, fix=bad.fix)
     from huggingface_hub import constants
 
     host, offline = hub_host(), bool(constants.HF_HUB_OFFLINE)

@@ -12,14 +12,22 @@ huggingface_hub and httpx2 are imported inside functions only: `kcuda-validate -
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from kcuda_validate.cache_dir import hub_cache_dir
-from kcuda_validate.errors import DiskFullError, HubAuthError, HubUnreachableError, KcudaError, ModelNotFoundError
+from kcuda_validate.errors import (
+    DiskFullError,
+    HubAuthError,
+    HubUnreachableError,
+    KcudaError,
+    ModelNotFoundError,
+    UsageError,
+)
 from kcuda_validate.safetext import safe
 
 OR_OFFLINE = "or set HF_HUB_OFFLINE=1 to use the cache, or pass --model-path / --synthetic"
@@ -263,6 +271,27 @@ def endpoint() -> str:
     if not parts.scheme or not parts.netloc:
         return safe(constants.ENDPOINT)
     return safe(f"{parts.scheme}://{netloc(constants.ENDPOINT)}{parts.path}".rstrip("/"))
+
+
+# What huggingface_hub.constants reads with int() when it is first imported: a bad value makes that import raise.
+_INT_SETTINGS = ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT")
+
+
+def environment_error(environ: Mapping[str, str] | None = None) -> UsageError | None:
+    """A setting huggingface_hub cannot import with, as a one-line error, before anything imports it."""
+    env = os.environ if environ is None else environ
+    for name in _INT_SETTINGS:
+        value = env.get(name)
+        if value is None:
+            continue
+        try:
+            int(value)
+        except ValueError:
+            return UsageError(
+                f"{name}={safe(value)!r} is not a whole number of seconds",
+                fix=f"Set {name} to a whole number of seconds (e.g. {name}=10), or unset it.",
+            )
+    return None
 
 
 def netloc(url: str) -> str:
