@@ -274,6 +274,88 @@ def test_unwritable_report_destination_is_refused_before_the_run(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--report", "--junit-xml", "--prometheus"])
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink_to_fifo", "symlink_loop", "dangling_parent", "long"])
+def test_a_destination_that_is_no_file_to_write_is_refused_and_left_as_it_was(
+    tmp_path: Path, option: str, kind: str
+) -> None:
+    """Only a regular file is ever replaced: as root, `--report /dev/null` must not replace the device."""
+    tmp_path = tmp_path / "dest"  # the run's own log directory is tmp_path/logs
+    tmp_path.mkdir()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    cases = {
+        "fifo": (fifo, "is a FIFO (named pipe), not a file to write"),
+        "directory": (tmp_path / "outdir", None),  # click's own check: dir_okay=False
+        "symlink_to_fifo": (
+            tmp_path / "r.link",
+            f"is a FIFO (named pipe), not a file to write (the symlink leads to {fifo})",
+        ),
+        "symlink_loop": (tmp_path / "loop1", "cannot be resolved (Too many levels of symbolic links)"),
+        "dangling_parent": (
+            tmp_path / "gone" / "r.out",
+            f"{tmp_path / 'gone'} is a symlink to nowhere, which does not exist",
+        ),
+        "long": (tmp_path / ("r" * 300), "the file name is 300 bytes, more than this filesystem allows"),
+    }
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "r.link").symlink_to(fifo)
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    (tmp_path / "gone").symlink_to("nowhere")
+    before = sorted((p.name, p.lstat().st_mode) for p in tmp_path.iterdir())
+    dest, why = cases[kind]
+
+    result = invoke("detect", "--skip-torch", option, str(dest))
+
+    assert result.exit_code == ExitCode.USAGE, result.output
+    if why is None:
+        why = f"Invalid value for '{option}': File '{dest}' is a directory."
+        assert result.stderr.splitlines()[0] == f"Error: cli detect: {why}"
+    else:
+        assert result.stderr.splitlines()[0] == f"Error: {option} {dest}: {why}"
+    assert sorted((p.name, p.lstat().st_mode) for p in tmp_path.iterdir()) == before
+    assert result.stdout == ""
+
+
+def test_a_symlink_to_a_file_is_written_through_and_kept(tmp_path: Path) -> None:
+    target, link = tmp_path / "reports" / "node.json", tmp_path / "latest.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link.symlink_to(target)
+
+    result = invoke("detect", "--skip-torch", "--report", str(link))
+
+    assert result.exit_code in (ExitCode.OK, ExitCode.NO_GPU), result.output
+    assert link.is_symlink() and link.resolve() == target
+    assert json.loads(target.read_text())["command"] == "detect"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["node.json"]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("--report", "--prometheus"), ("--report", "--junit-xml"), ("--report", "--ready-file")]
+)
+def test_two_options_naming_one_file_are_refused(tmp_path: Path, first: str, second: str) -> None:
+    dest = tmp_path / "out.json"
+    command = "validate-all" if second == "--ready-file" else "detect"
+    result = invoke(command, "--skip-torch", second, str(dest), first, str(dest))  # named in a fixed order
+
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stderr.splitlines()[:2] == [
+        f"Error: {first} and {second} both name {dest}: each file would overwrite the other",
+        "Fix: Give each option its own file.",
+    ]
+    assert not dest.exists()
+
+
+def test_a_long_file_name_that_fits_is_written(tmp_path: Path) -> None:
+    """The temp file beside it must fit too: its name is not the final name plus a suffix."""
+    dest = tmp_path / ("r" * 250)
+    result = invoke("detect", "--skip-torch", "--report", str(dest))
+    assert result.exit_code in (ExitCode.OK, ExitCode.NO_GPU), result.output
+    assert json.loads(dest.read_text())["command"] == "detect"
+
+
 def test_report_parent_directories_are_created_at_the_end(tiny_model: Path, tmp_path: Path) -> None:
     dest = tmp_path / "ci" / "artifacts" / "report.json"
     result = invoke("load", "--device", "cpu", "--model-path", str(tiny_model), "--report", str(dest))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -128,11 +130,32 @@ def test_a_failed_write_removes_the_directories_it_created(tmp_path: Path) -> No
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [Path("kept")]  # kept was there before
 
 
-def test_a_failed_report_write_still_writes_the_junit_file_and_leaves_no_directory(
-    tiny_model: Path, tmp_path: Path
+@pytest.fixture
+def disk_full_for(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """The disk fills up during the run for these paths (no real full disk here): every other write is real.
+
+    Every name and path a run can be given is checked before the run (tests/test_cli.py), so a full disk, or a
+    directory changed under the run, is what is left to fail at the end."""
+    import kcuda_validate.report as report_mod
+
+    real = report_mod.write_atomic
+
+    def install(*paths: Path) -> None:
+        def write(path: Path, text: str) -> None:
+            if Path(path) in paths:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            real(path, text)
+
+        monkeypatch.setattr(report_mod, "write_atomic", write)
+
+    return install
+
+
+def test_a_failed_report_write_still_writes_the_junit_file(
+    tiny_model: Path, tmp_path: Path, disk_full_for: Callable[..., None]
 ) -> None:
-    """Real failures (a name over NAME_MAX passes the up-front probe, which writes a short name there)."""
-    report, junit = tmp_path / "out" / "deep" / TOO_LONG, tmp_path / "junit" / "j.xml"
+    report, junit = tmp_path / "out" / "r.json", tmp_path / "junit" / "j.xml"
+    disk_full_for(report)
     result = CliRunner().invoke(
         cli,
         ["--json", "load", "--device", "cpu", "--model-path", str(tiny_model)]
@@ -141,15 +164,17 @@ def test_a_failed_report_write_still_writes_the_junit_file_and_leaves_no_directo
     assert json.loads(result.stdout)["passed"] is True  # the result is printed first
     assert result.exit_code == ExitCode.USAGE
     assert result.stderr.splitlines()[:2] == [
-        f"Error: --report {report}: the report could not be written (File name too long); the result above stands",
+        f"Error: --report {report}: the report could not be written (No space left on device); the result above stands",
         "Fix: Pass a path in a directory you can write to, or leave the option out.",
     ]
-    assert not (tmp_path / "out").exists()  # the directories made for it are gone again
     assert ET.parse(junit).getroot().tag == "testsuite"  # the other file was still written
 
 
-def test_both_report_files_failing_is_one_error_naming_both(tiny_model: Path, tmp_path: Path) -> None:
-    report, junit = tmp_path / "a" / TOO_LONG, tmp_path / "b" / ("j" * 300 + ".xml")
+def test_both_report_files_failing_is_one_error_naming_both(
+    tiny_model: Path, tmp_path: Path, disk_full_for: Callable[..., None]
+) -> None:
+    report, junit = tmp_path / "a" / "r.json", tmp_path / "b" / "j.xml"
+    disk_full_for(report, junit)
     result = CliRunner().invoke(
         cli,
         ["load", "--device", "cpu", "--model-path", str(tiny_model)]
@@ -157,7 +182,19 @@ def test_both_report_files_failing_is_one_error_naming_both(tiny_model: Path, tm
     )
     assert result.exit_code == ExitCode.USAGE
     assert result.stderr.splitlines()[0] == (
-        f"Error: --report {report}: the report could not be written (File name too long); "
-        f"--junit-xml {junit}: the report could not be written (File name too long); the result above stands"
+        f"Error: --report {report}: the report could not be written (No space left on device); "
+        f"--junit-xml {junit}: the report could not be written (No space left on device); the result above stands"
     )
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not report.exists() and not junit.exists()
+
+
+def test_a_path_too_long_for_the_filesystem_is_refused_before_the_run(tiny_model: Path, tmp_path: Path) -> None:
+    report = tmp_path / "a" / Path(*["d" * 200] * 25) / "r.json"  # every name fits, the whole path does not
+    result = CliRunner().invoke(
+        cli, ["load", "--device", "cpu", "--model-path", str(tiny_model), "--report", str(report)]
+    )
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.splitlines()[0] == (
+        f"Error: --report {report}: the path is {len(os.fsencode(report))} bytes, more than this system allows"
+    )
+    assert result.stdout == "" and not (tmp_path / "a").exists()

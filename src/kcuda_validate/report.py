@@ -8,6 +8,7 @@ described by specs/report.schema.json, which the tests validate against.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -226,11 +227,14 @@ def write_atomic(path: Path, text: str) -> None:
 
     Missing parent directories are created; when the write then fails, the ones created here are removed
     again (those still empty), so a failed write leaves the filesystem as it found it."""
-    path = Path(path)
+    path = output_target(Path(path))
     created = _make_parents(path.parent)
     tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if path.exists() and not path.is_file():  # checked before the run too (check_writable); never replace it
+            raise IsADirectoryError(errno.EISDIR if path.is_dir() else errno.EINVAL, "not a regular file", str(path))
+        # Short enough for any name the final file may have (NAME_MAX counts the temp name too).
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             os.fchmod(fh.fileno(), 0o666 & ~_current_umask())  # mkstemp makes 0600; a report is for sharing
@@ -241,6 +245,16 @@ def write_atomic(path: Path, text: str) -> None:
                 os.unlink(tmp)
         _remove_empty(created)
         raise
+
+
+def output_target(path: Path) -> Path:
+    """Where writing `path` lands: a symlink is written through to the file it names, the link kept (a dangling
+    one creates that file, as `echo > link` does). Raises OSError (ELOOP) for a symlink loop."""
+    if not path.is_symlink():
+        return path
+    with contextlib.suppress(FileNotFoundError):
+        os.stat(path)  # ELOOP for a loop
+    return Path(os.path.realpath(path))
 
 
 def _make_parents(directory: Path) -> list[Path]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_a_cpu_run_is_refused_and_closes_the_gate(stale: Path) -> None:
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     code, _, err = invoke("validate-all", "--ready-file", str(tmp_path))
     assert code == ExitCode.USAGE
-    assert err.splitlines()[:2] == [f"Error: --ready-file {tmp_path}: is a directory", FIX]
+    assert err.splitlines()[:2] == [f"Error: --ready-file {tmp_path}: is a directory, not a file to write", FIX]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
@@ -139,3 +140,13 @@ def test_settle_keeps_the_gate_shut_when_another_file_failed(stale: Path) -> Non
 def test_settle_removes_the_file_for_anything_but_a_gpu_pass(stale: Path) -> None:
     assert settle(stale, {**GPU_PASS, "gpu_validated": False}) == []
     assert not stale.exists()
+
+
+def test_a_device_or_fifo_is_refused_and_never_removed(tmp_path: Path) -> None:
+    """Run as root, `--ready-file /dev/null` must not delete the device: only a regular file is a gate."""
+    fifo = tmp_path / "gate"
+    os.mkfifo(fifo)
+    code, _, err = invoke("validate-all", "--ready-file", str(fifo))
+    assert code == ExitCode.USAGE
+    assert err.splitlines()[:2] == [f"Error: --ready-file {fifo}: is a FIFO (named pipe), not a file to write", FIX]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)

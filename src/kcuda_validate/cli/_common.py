@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from kcuda_validate import defaults
-from kcuda_validate.cli._output import Output, OutputOptions, check_writable
+from kcuda_validate.cli._output import Output, OutputOptions, check_distinct, check_writable
 
 
 class DeviceType(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click; >=8.1 is allowed
@@ -92,6 +92,14 @@ def make_output(ctx: click.Context, **kw: Any) -> Output:
         check_writable(opts.junit_path, "--junit-xml")
     if opts.prometheus_path is not None:
         check_writable(opts.prometheus_path, "--prometheus")
+    check_distinct(
+        {
+            "--report": opts.report_path,
+            "--junit-xml": opts.junit_path,
+            "--prometheus": opts.prometheus_path,
+            "--ready-file": opts.ready_path,
+        }
+    )
     return Output(opts)
 
 

@@ -7,9 +7,11 @@ parse stdout. Colour follows the terminal: none when piped or NO_COLOR is set.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -180,26 +182,105 @@ class Output:
 
 
 WRITABLE_FIX = "Pass a path in a directory you can write to, or leave the option out."
+SHORTER = "Pass a shorter file name."
 
 
-def check_writable(path: Path, option: str) -> None:
-    """Refuse a report destination that cannot be written before the run, not after minutes of it.
+def check_writable(path: Path, option: str, fix: str = WRITABLE_FIX) -> None:
+    """Refuse a destination that cannot be written before the run, not after minutes of it.
 
-    Missing parent directories are created at the end (only then: an interrupted run leaves nothing
-    behind), so the probe is a temporary file in the nearest directory that exists now."""
+    Only a regular file is ever written (replaced whole, via a temp file): a path that is a device, a FIFO, a
+    socket or a directory, or a symlink to one, is refused, so `--report /dev/null` can never replace the
+    device when the tool runs as root. A symlink to a file is written through (the link stays). Missing parent
+    directories are created at the end (only then: an interrupted run leaves nothing behind), so the probe is a
+    temporary file in the nearest directory that exists now."""
     from kcuda_validate.errors import UsageError
+    from kcuda_validate.paths import special_kind
+    from kcuda_validate.report import output_target
 
-    where = Path(path).absolute().parent
+    name_max = _name_max(_existing_parent(Path(path)))
+    for part in _missing_parts(Path(path)):
+        if len(os.fsencode(part)) > name_max:
+            what = "file name" if part == Path(path).name else f"directory name {part[:40]}…"
+            raise UsageError(
+                f"{option} {path}: the {what} is {len(os.fsencode(part))} bytes, more than this filesystem allows",
+                fix=SHORTER,
+            )
+    try:
+        target = output_target(Path(path))
+    except OSError as exc:  # a symlink loop, or a path over PATH_MAX
+        if exc.errno == errno.ENAMETOOLONG:
+            size = len(os.fsencode(os.path.abspath(path)))
+            raise UsageError(
+                f"{option} {path}: the path is {size} bytes, more than this system allows", fix=SHORTER
+            ) from None
+        raise UsageError(f"{option} {path}: cannot be resolved ({exc.strerror or exc})", fix=fix) from exc
+    try:
+        st = os.stat(target)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        via = f" (the symlink leads to {target})" if target != Path(path) else ""
+        raise UsageError(f"{option} {path}: is {special_kind(st.st_mode)}, not a file to write{via}", fix=fix)
+    where = target.absolute().parent
     while not where.exists():
+        if where.is_symlink():
+            raise UsageError(
+                f"{option} {path}: {where} is a symlink to {os.readlink(where)}, which does not exist",
+                fix=fix,
+            )
         where = where.parent
     if not where.is_dir():
-        raise UsageError(f"{option} {path}: {where} is not a directory", fix=WRITABLE_FIX)
+        raise UsageError(f"{option} {path}: {where} is not a directory", fix=fix)
+    if len(os.fsencode(target.name)) > _name_max(where):
+        raise UsageError(f"{option} {path}: the file it leads to, {target}, has too long a name", fix=SHORTER)
     try:
         fd, probe = tempfile.mkstemp(prefix=".kcuda-validate-probe.", dir=where)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise UsageError(f"{option} {path}: cannot write in {where} ({exc.strerror or exc})", fix=WRITABLE_FIX) from exc
+        raise UsageError(f"{option} {path}: cannot write in {where} ({exc.strerror or exc})", fix=fix) from exc
+
+
+def check_distinct(paths: dict[str, Path | None]) -> None:
+    """Two options naming one file would overwrite each other (or a gate would delete the report)."""
+    from kcuda_validate.errors import UsageError
+    from kcuda_validate.report import output_target
+
+    seen: dict[str, str] = {}
+    for option, path in paths.items():
+        if path is None:
+            continue
+        key = os.path.normcase(os.path.abspath(output_target(Path(path))))
+        if key in seen:
+            raise UsageError(
+                f"{seen[key]} and {option} both name {path}: each file would overwrite the other",
+                fix="Give each option its own file.",
+            )
+        seen[key] = option
+
+
+def _missing_parts(path: Path) -> list[str]:
+    """The names of `path` and of its parents that do not exist yet (they are created at the end)."""
+    parts: list[str] = [path.name]
+    here = path.absolute().parent
+    while not os.path.isdir(here) and here != here.parent:
+        parts.append(here.name)
+        here = here.parent
+    return parts
+
+
+def _existing_parent(path: Path) -> Path:
+    where = path.absolute().parent
+    while not os.path.isdir(where) and where != where.parent:
+        where = where.parent
+    return where
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def _write_report(path: Path, option: str, text: str) -> list[str]:

@@ -24,9 +24,9 @@ def _clear_ready_file(ctx: click.Context, param: click.Parameter, value: Path | 
     way after this, a bad option value included, leaves no stale gate from an older pass."""
     if value is not None:
         from kcuda_validate.cli._output import check_writable
-        from kcuda_validate.readyfile import OPTION, clear
+        from kcuda_validate.readyfile import FIX, OPTION, clear
 
-        check_writable(value, OPTION)
+        check_writable(value, OPTION, FIX)
         clear(value)
     return value
 

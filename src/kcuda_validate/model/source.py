@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from kcuda_validate import defaults
 from kcuda_validate.errors import ModelInvalidError, UsageError
+from kcuda_validate.paths import special_kind
 
 if TYPE_CHECKING:
     from kcuda_validate.model.hub_transfer import OnProgress
@@ -137,13 +138,6 @@ def resolve_model(spec: ModelSpec, on_progress: OnProgress | None = None) -> Res
     )
 
 
-# What a path that is not a regular file is, by its st_mode (a directory has its own message).
-_SPECIAL_KINDS = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
 REGULAR_FIX = "Pass a regular .gguf file (a symlink to one is fine)."
 
 
@@ -187,6 +181,6 @@ def check_model_file(path: Path) -> None:
         return
     if stat.S_ISDIR(st.st_mode):
         raise ModelInvalidError(f"{path}: is a directory, not a GGUF file", fix="Pass the .gguf file itself.")
-    kind = next((name for test, name in _SPECIAL_KINDS if test(st.st_mode)), "a special file")
+    kind = special_kind(st.st_mode)
     via = f" (the symlink leads to {os.path.realpath(path)})" if os.path.islink(path) else ""
     raise ModelInvalidError(f"{path}: is {kind}, not a regular file{via}", fix=REGULAR_FIX)
