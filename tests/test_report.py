@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -105,6 +106,22 @@ def test_junit_has_one_testcase_per_check_and_readable_failures() -> None:
     props = {p.get("name"): p.get("value") for p in properties}
     assert props["exit_code"] == "4"
     assert props["metric.gen_tps"] == "51.5 tokens/s"  # measured figures ride along for CI dashboards
+
+
+def test_junit_is_well_formed_whatever_the_text_held_and_times_only_what_was_timed() -> None:
+    r = Report("detect", argv=["detect"])
+    r.add(
+        warned("env.hub", "detect", "Hub", "cannot reach a\x1bb\x01.invalid", "check \x00 HF_ENDPOINT"),
+        dataclasses.replace(passed("platform.os", "detect", "OS", "Linux \ud800"), duration_s=0.25),
+    )
+    root = ET.fromstring(r.to_junit_xml().split("\n", 1)[1])  # raw ESC or NUL would not parse at all
+
+    hub, os_case = root.findall("testcase")
+    out = hub.find("system-out")
+    assert out is not None and out.text == "[warn] cannot reach a\\x1bb\\x01.invalid\nFix: check \\x00 HF_ENDPOINT"
+    assert hub.get("time") is None  # not timed on its own: no figure, rather than a 0 nobody measured
+    assert os_case.get("time") == "0.250"
+    assert root.get("time") is not None
 
 
 def test_write_atomic_leaves_nothing_on_failure(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Any, TypedDict
 from kcuda_validate import __version__
 from kcuda_validate.checks import Check, Metric, Status, verdict
 from kcuda_validate.errors import ExitCode
+from kcuda_validate.safetext import xml_text
 from kcuda_validate.versions import dist_version
 
 SCHEMA_VERSION = "1.0"
@@ -181,10 +182,11 @@ class Report:
             failures=str(sum(1 for c in self.checks if c.status == Status.FAIL)),
             skipped=str(sum(1 for c in self.checks if c.status == Status.SKIP)),
             errors="0",
-            time=f"{self.duration_s or 0:.3f}",
             timestamp=self.started_at,
             hostname=platform.node(),
         )
+        if self.duration_s is not None:
+            suite.set("time", f"{self.duration_s:.3f}")
         props = ET.SubElement(suite, "properties")
         for key, value in (
             ("device_mode", self.device_mode),
@@ -203,8 +205,9 @@ class Report:
                 "testcase",
                 classname=f"kcuda_validate.{c.stage}",
                 name=f"{c.id}: {c.title}",
-                time=f"{c.duration_s or 0:.3f}",
             )
+            if c.duration_s is not None:  # a check not timed on its own has no time, never a 0
+                case.set("time", f"{c.duration_s:.3f}")
             evidence = json.dumps(dict(c.evidence), indent=2, default=str, sort_keys=True)
             if c.status == Status.FAIL:
                 fail = ET.SubElement(case, "failure", message=c.summary, type=c.exit_code.reason)
@@ -214,7 +217,8 @@ class Report:
             out = ET.SubElement(case, "system-out")
             out.text = f"[{c.status.value}] {c.summary}" + (f"\nFix: {c.fix}" if c.fix else "")
         ET.indent(suite)
-        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+        # What XML cannot carry at all (ESC from a path or a server's message) is spelled out, never written raw.
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + xml_text(ET.tostring(suite, encoding="unicode")) + "\n"
 
 
 def _value_text(m: Metric) -> str:

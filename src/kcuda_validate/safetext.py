@@ -135,6 +135,17 @@ def as_generated(text: str) -> str:
     return "".join(ascii(c)[1:-1] if _is_control(c) else c for c in text)
 
 
+# What XML 1.0 forbids in a document at all, escaped or not (its Char production): C0 but tab, LF and CR,
+# lone surrogates, U+FFFE and U+FFFF.
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """`text` with what XML 1.0 cannot carry written as escapes: a JUnit file stays well-formed whatever a
+    path or a server's message held (ESC included), and a reader still sees which character was there."""
+    return _XML_FORBIDDEN.sub(lambda m: ascii(m[0])[1:-1], text)
+
+
 def safe_json(value: Any) -> Any:
     """A copy of a JSON-able document that `json.dumps(..., allow_nan=False)` can write and that holds no secret.
 
