@@ -80,6 +80,26 @@ def test_a_command_line_click_cannot_parse_still_removes_the_old_ready_file(stal
     assert not stale.exists()
 
 
+@pytest.mark.parametrize(
+    ("group", "expected"),
+    [
+        (("--bogus",), "Error: cli: No such option '--bogus'. Did you mean '--verbose'?"),
+        (("--report", "{dir}"), "Error: cli: Invalid value for '--report': File '{dir}' is a directory."),
+    ],
+    ids=["unknown-group-option", "bad-group-option-value"],
+)
+def test_a_group_option_click_cannot_parse_still_removes_the_old_ready_file(
+    stale: Path, tmp_path: Path, group: tuple[str, ...], expected: str
+) -> None:
+    """The group's own parse fails before validate-all is reached: the gate still closes."""
+    (tmp_path / "d").mkdir()
+    fill = {"dir": str(tmp_path / "d")}
+    code, _, err = invoke(*(a.format(**fill) for a in group), "validate-all", "--ready-file", str(stale))
+    assert code == ExitCode.USAGE
+    assert err.splitlines()[0] == expected.format(**fill)
+    assert not stale.exists()
+
+
 def test_a_cpu_run_is_refused_and_closes_the_gate(stale: Path) -> None:
     code, out, err = invoke("validate-all", "--device", "cpu", "--ready-file", str(stale))
     assert (code, out) == (ExitCode.USAGE, "")

@@ -53,6 +53,19 @@ class KcudaGroup(click.Group):
         )
         sys.exit(code)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """A group option click cannot parse (`kcuda-validate --bogus validate-all --ready-file F`) stops before
+        validate-all is reached: its old gate is closed here too, as validate-all does for its own options."""
+        raw = list(args)  # click's parser consumes the list it is given
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError:
+            if "validate-all" in raw:
+                from kcuda_validate.cli.validate_all import close_stale_gate
+
+                close_stale_gate(raw[raw.index("validate-all") + 1 :])
+            raise
+
 
 @click.group(cls=KcudaGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(

@@ -54,12 +54,17 @@ class _GatedCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError:
-            path = _ready_file_in(raw)
-            if path is not None and path.is_file():
-                from kcuda_validate.readyfile import clear
-
-                clear(path)
+            close_stale_gate(raw)
             raise
+
+
+def close_stale_gate(args: list[str]) -> None:
+    """Remove the ready file a command line that click could not parse names, if it is a regular file."""
+    path = _ready_file_in(args)
+    if path is not None and path.is_file():
+        from kcuda_validate.readyfile import clear
+
+        clear(path)
 
 
 @click.command("validate-all", cls=_GatedCommand)
