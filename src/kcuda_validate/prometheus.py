@@ -199,7 +199,7 @@ def model_label(doc: Mapping[str, Any]) -> str:
     if not path:
         source = sections.get("model_source") or {}
         path = source.get("filename") or ""
-    return str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    return str(path).rsplit("/", 1)[-1]  # a POSIX path: a backslash is part of a Linux file name
 
 
 def _gpu_labels(gpu: Mapping[str, Any] | None) -> dict[str, str]:

@@ -147,3 +147,15 @@ def test_a_torch_device_nvml_cannot_match_carries_no_gpu_labels_rather_than_anot
     assert 'kcuda_check_status{UUID="GPU-b",check="torch.kernel.0",command="detect",device_mode="gpu",gpu="1"' in (
         textfile(doc)
     )
+
+
+def test_the_model_label_is_the_whole_linux_file_name_and_the_textfile_stays_valid(tmp_path: Path) -> None:
+    """A backslash is an ordinary character in a Linux file name; quote, newline and ESC are escaped by the writer."""
+    from kcuda_validate.prometheus import model_label, textfile
+
+    name = 'we"ird\\na\nme\x1b[1m.gguf'
+    doc = {"command": "load", "device_mode": "cpu", "sections": {"model": {"path": f"/models/{name}"}}, "checks": []}
+    assert model_label(doc) == name
+    out = tmp_path / "m.prom"
+    out.write_text(textfile(doc))
+    promtool_check(out)
