@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -40,6 +41,17 @@ def test_list_checks_json_is_a_list() -> None:
         "reads": ["platform", "nvml"],
     }
     assert [d["id"] for d in doc if "node-health" in d["tags"]] == list(NODE_HEALTH)
+
+
+def test_list_checks_with_a_results_file_is_refused_rather_than_writing_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "r.prom"
+    result = invoke("--prometheus", str(dest), "detect", "--list-checks")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[:2] == [
+        f"Error: --list-checks runs no check, so --prometheus {dest} would get no results",
+        "Fix: Drop --list-checks to run the checks and write the file, or drop the file option.",
+    ]
+    assert result.stdout == "" and not dest.exists()
 
 
 @pytest.mark.parametrize("scenario", ["healthy_one_gpu"], indirect=True)

@@ -60,6 +60,17 @@ def detect(
     ui = make_output(ctx, **kw)
     only = select(check_ids or None) if check_ids else None  # an unknown ID fails before any work
     if list_checks:
+        opts = ui.opts
+        named = {"--report": opts.report_path, "--junit-xml": opts.junit_path, "--prometheus": opts.prometheus_path}
+        files = [(option, path) for option, path in named.items() if path is not None]
+        if files:  # nothing runs, so there would be nothing to write: say so rather than write nothing
+            from kcuda_validate.errors import UsageError
+
+            option, path = files[0]
+            raise UsageError(
+                f"--list-checks runs no check, so {option} {path} would get no results",
+                fix="Drop --list-checks to run the checks and write the file, or drop the file option.",
+            )
         if ui.opts.json:
             click.echo(json.dumps([c.to_json() for c in CHECKS], indent=2))
         else:
