@@ -13,6 +13,7 @@ import json
 import os
 import re
 import stat
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -297,17 +298,29 @@ class NoReportsError(ValueError):
     """A path that does not exist, or a directory with no *.json in it (a usage error, exit 2)."""
 
 
+def file_identity(path: Path | str) -> tuple[Any, ...]:
+    """What names one file: its device and inode (a symlink or hard link is the same file), or, for a path that
+    cannot be stat'ed (missing, a dangling link), its resolved path."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return ("path", os.path.realpath(path))
+    return ("inode", info.st_dev, info.st_ino)
+
+
 def find_report_files(paths: Sequence[Path]) -> list[Path]:
-    """Files named on the command line, and the `*.json` directly inside each directory (not recursive; names
-    starting with `.`, such as the temporary files of an atomic write, are skipped). Each file once."""
+    """Files named on the command line, and the `*.json` files directly inside each directory (not recursive; a
+    directory named `*.json` is no file, and names starting with `.`, such as the temporary files of an atomic
+    write, are skipped). Each file once, however often it is named (through a symlink too)."""
     found: list[Path] = []
-    seen: set[str] = set()
+    seen: set[tuple[Any, ...]] = set()
     for path in paths:
         if not os.path.lexists(path):
             raise NoReportsError(f"REPORT {path}: no such file or directory")
         if path.is_dir():
             try:
-                names = sorted(n for n in os.listdir(path) if n.endswith(".json") and not n.startswith("."))
+                with os.scandir(path) as entries:
+                    names = sorted(e.name for e in entries if _report_name(e))
             except OSError as exc:
                 raise NoReportsError(f"REPORT {path}: cannot list the directory ({exc.strerror or exc})") from exc
             if not names:
@@ -316,11 +329,21 @@ def find_report_files(paths: Sequence[Path]) -> list[Path]:
         else:
             candidates = [path]
         for c in candidates:
-            key = os.path.abspath(c)
+            key = file_identity(c)
             if key not in seen:
                 seen.add(key)
                 found.append(c)
     return found
+
+
+def _report_name(entry: os.DirEntry[str]) -> bool:
+    """A `*.json` entry that is not a directory. A FIFO or a dangling link stays: load_report names it a failure."""
+    if not entry.name.endswith(".json") or entry.name.startswith("."):
+        return False
+    try:
+        return not entry.is_dir()  # follows a symlink: a link to a directory is skipped too
+    except OSError:
+        return True
 
 
 def load_report(path: Path, limit: int = MAX_REPORT_BYTES) -> tuple[tuple[FleetRow, ...], FileProblem | None]:
@@ -352,6 +375,8 @@ def load_report(path: Path, limit: int = MAX_REPORT_BYTES) -> tuple[tuple[FleetR
         return (), FileProblem(name, f"not JSON ({re.sub(r' [(]char [0-9]+[)]$', '', str(exc))})")
     except RecursionError:
         return (), FileProblem(name, "not a report (JSON nested too deeply)")
+    except ValueError:  # int() refuses a JSON integer of more digits than this (4300 by default)
+        return (), FileProblem(name, f"not a report (an integer of over {sys.get_int_max_str_digits()} digits)")
     try:
         return rows_from_report(doc, name), None
     except ReportShapeError as exc:
@@ -360,7 +385,11 @@ def load_report(path: Path, limit: int = MAX_REPORT_BYTES) -> tuple[tuple[FleetR
 
 def load_fleet(paths: Sequence[Path]) -> FleetSummary:
     """Every report under `paths`, summarized. NoReportsError for a path that gives none."""
-    files = find_report_files(paths)
+    return load_files(find_report_files(paths))
+
+
+def load_files(files: Sequence[Path]) -> FleetSummary:
+    """The report files `find_report_files` found, read and summarized."""
     rows: list[FleetRow] = []
     problems: list[FileProblem] = []
     for f in files:

@@ -106,7 +106,11 @@ def rows_from_report(doc: Any, file: str) -> tuple[FleetRow, ...]:
     """The rows one report gives: one, or one per GPU for `--all-devices`. ReportShapeError when it is no report."""
     if not isinstance(doc, dict):
         raise ReportShapeError(f"a JSON {type(doc).__name__}, not a report object")
-    version = doc.get("schema_version")
+    if "schema_version" not in doc:
+        raise ReportShapeError("schema_version is missing")
+    version = doc["schema_version"]
+    if not isinstance(version, str):  # 1.0 (a number) looks like "1.0" when shown bare
+        raise ReportShapeError(f'schema_version is {_show(version)}, not the string "{REPORT_SCHEMA_VERSION}"')
     if version != REPORT_SCHEMA_VERSION:
         raise ReportShapeError(f"schema_version {_show(version)}, this tool reads {REPORT_SCHEMA_VERSION}")
     tool = _field(doc, "tool", dict)
@@ -250,7 +254,11 @@ def _metric(metrics: Mapping[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ReportShapeError(f"metrics.{name}.value is {_show(value)}, not a number or null")
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)  # a JSON integer has no size limit; a float does
+    except OverflowError:
+        raise ReportShapeError(f"metrics.{name}.value is {_show(value)}, too large for a figure") from None
+    return number if math.isfinite(number) else None
 
 
 def _engine_build(detect: Any) -> str | None:
@@ -288,5 +296,7 @@ def _model_fields(sections: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
-    """node-2 before node-10."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+    """node-2 before node-10. Runs of ASCII digits only ('²' is isdigit() but no int), compared by length then
+    digits rather than by int(), which refuses a run of over 4300 digits."""
+    parts = re.split(r"([0-9]+)", text)  # digit runs at the odd places, so like is always compared with like
+    return tuple((len(p.lstrip("0")), p.lstrip("0")) if i % 2 else p for i, p in enumerate(parts))

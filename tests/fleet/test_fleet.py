@@ -63,7 +63,7 @@ def real(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> RealRepo
 
 def as_node(doc: dict[str, Any], node: str) -> dict[str, Any]:
     """The same report, as if another node had written it: only the host name changes."""
-    copy = json.loads(json.dumps(doc))
+    copy: dict[str, Any] = json.loads(json.dumps(doc))
     copy["host"]["hostname"] = node
     return copy
 
@@ -195,6 +195,136 @@ def test_files_that_are_not_reports_are_lines_not_tracebacks(real: RealReports, 
     assert [p["file"] for p in doc["problems"]] == [
         f"{d}/{n}.json" for n in ("binary", "dangling", "fifo", "future", "huge", "list", "no-host", "truncated")
     ]
+
+
+def test_hostile_numbers_are_lines_not_tracebacks(real: RealReports, tmp_path: Path) -> None:
+    """JSON integers have no size limit; a float and Python's int() parser have one."""
+    reports = tmp_path / "reports"
+    huge_figure = as_node(real.newer, "node-1")
+    huge_figure["metrics"]["gen_tps"]["value"] = 10**400
+    write(reports, "huge-figure.json", huge_figure)
+    (reports / "many-digits.json").write_text(
+        json.dumps(as_node(real.newer, "node-2"))[:-1] + ', "x": 1' + "0" * 4300 + "}"
+    )
+    write(reports, "number-version.json", {**as_node(real.newer, "node-3"), "schema_version": 1.0})
+    no_version = as_node(real.newer, "node-4")
+    del no_version["schema_version"]
+    write(reports, "no-version.json", no_version)
+    result = fleet(str(reports))
+    assert result.exit_code == 1, result.output
+    d = str(reports)
+    assert result.stdout.splitlines()[2:] == [
+        "Files that gave no report (each counts as a failure):",
+        f"  FAIL {d}/huge-figure.json: not a kcuda-validate report: metrics.gen_tps.value is 1{'0' * 36}..., too"
+        " large for a figure",
+        f"  FAIL {d}/many-digits.json: not a report (an integer of over 4300 digits)",
+        f"  FAIL {d}/no-version.json: not a kcuda-validate report: schema_version is missing",
+        f'  FAIL {d}/number-version.json: not a kcuda-validate report: schema_version is 1.0, not the string "1.0"',
+        "",
+        "FAIL: 0 nodes, 0 rows; 4 files unreadable",
+    ]
+    assert result.stderr == ""
+
+
+def test_digits_that_are_no_ascii_digits_or_too_many_sort_without_a_crash(real: RealReports, tmp_path: Path) -> None:
+    """'²' is str.isdigit() but int() refuses it; int() refuses a run of over 4300 digits too."""
+    long = "node-" + "9" * 5000
+    for node in ("²", "node-10", "node-2", long):
+        write(tmp_path / "r", f"{node[:10]}.json", as_node(real.newer, node))
+    doc = json.loads(fleet(str(tmp_path / "r"), "--json").stdout)
+    assert doc["nodes"] == ["node-2", "node-10", long, "²"]
+    assert doc["summary"] == "PASS: 4 nodes, 4 rows"
+
+
+def test_a_device_key_that_is_no_number_is_a_row(real: RealReports) -> None:
+    doc = json.loads(json.dumps(real.newer))
+    doc["sections"]["devices"] = {
+        key: {"gpu": {"index": i, "name": "made-up GPU (test)"}, "exit_code": 0, "stopped_at": None, "sections": {}}
+        for i, key in ((1, "²"), (0, "10"), (2, "2"))
+    }
+    assert [r.gpu_index for r in rows_from_report(doc, "r.json")] == [2, 0, 1]  # "2", "10", then "²"
+
+
+def test_the_verdict_line_spells_out_control_characters(real: RealReports, tmp_path: Path) -> None:
+    node = "evil\x1b[2J\nx\u202e"
+    write(tmp_path / "r", "evil.json", as_node(real.failed, node))
+    human, quiet = fleet(str(tmp_path / "r")), fleet(str(tmp_path / "r"), "-q")
+    assert (human.exit_code, quiet.exit_code) == (1, 1)
+    assert human.stdout.splitlines()[-1] == "FAIL: 1 node, 1 row; 1 failed (evil\\x1b[2J\\nx\\u202e)"
+    assert quiet.stdout == "FAIL: 1 node, 1 row; 1 failed (evil\\x1b[2J\\nx\\u202e)\n"
+    doc = json.loads(fleet(str(tmp_path / "r"), "--json").stdout)
+    assert doc["summary"] == f"FAIL: 1 node, 1 row; 1 failed ({node})"  # JSON keeps the text as it is
+
+
+def test_a_file_named_twice_is_one_report(real: RealReports, tmp_path: Path) -> None:
+    report = write(tmp_path, "a.json", as_node(real.newer, "node-1"))
+    (tmp_path / "alias.json").symlink_to(report)
+    os.link(report, tmp_path / "hard.json")
+    result = fleet(str(report), str(tmp_path / "alias.json"), str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["files"], doc["summary"]) == ({"read": 1, "superseded": 0}, "PASS: 1 node, 1 row")
+    assert [r["file"] for r in doc["rows"]] == [str(report)]
+
+
+def test_a_directory_named_json_in_a_report_directory_is_skipped(real: RealReports, tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    write(reports, "node-1.json", as_node(real.newer, "node-1"))
+    (reports / "sub.json").mkdir()
+    (reports / "link.json").symlink_to(reports / "sub.json")
+    result = fleet(str(reports), "-q")
+    assert (result.exit_code, result.stdout) == (0, "PASS: 1 node, 1 row\n")
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "sub.json").mkdir()
+    alone = fleet(str(tmp_path / "only"))
+    assert (alone.exit_code, alone.stderr) == (
+        2,
+        f"Error: REPORT {tmp_path}/only: a directory with no reports (*.json) in it\n"
+        "Fix: Name report files written by `--json`/`--report`, or directories of them.\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "target"),
+    [
+        ((), ("{d}/a.json",), "{d}/a.json"),  # the file named
+        ((), ("{d}",), "{d}/a.json"),  # a file in a directory named
+        ((), ("{d}/a.json",), "{d}/alias.json"),  # the file, through a symlink
+        (("--report", "{d}/a.json"), ("{d}/a.json",), None),  # given before the command name
+    ],
+)
+def test_report_over_an_input_is_refused_before_reading(
+    real: RealReports, tmp_path: Path, before: tuple[str, ...], after: tuple[str, ...], target: str | None
+) -> None:
+    d = tmp_path / "reports"
+    report = write(d, "a.json", as_node(real.newer, "node-1"))
+    (tmp_path / "alias.json").symlink_to(report)
+    original = report.read_bytes()
+    args = [a.format(d=d) for a in before] + ["fleet"] + [a.format(d=d) for a in after]
+    if target is not None:
+        args += ["--report", target.format(d=d if "alias" not in target else tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    named = args[args.index("--report") + 1]
+    assert (result.exit_code, result.stdout, report.read_bytes()) == (2, "", original)
+    assert result.stderr == (
+        f"Error: --report {named}: is one of the REPORT files, which the fleet JSON would replace\n"
+        "Fix: Write the fleet JSON to a path that is not one of the reports.\n"
+    )
+
+
+def test_help_lists_only_the_options_fleet_takes(tmp_path: Path) -> None:
+    result = fleet("--help")
+    assert result.exit_code == 0
+    options = [line.split()[0].rstrip(",") for line in result.stdout.split("Options:\n")[1].splitlines()]
+    assert options == ["--json", "-v", "-q", "--report", "--debug", "-h"]
+    (tmp_path / "r").mkdir()
+    for args in (["fleet", str(tmp_path / "r"), "--junit-xml", "j.xml"], ["--junit-xml", "j.xml", "fleet", "x"]):
+        refused = CliRunner().invoke(cli, args)
+        assert (refused.exit_code, refused.stderr) == (
+            2,
+            "Error: --junit-xml: fleet writes no junit-xml file (each node's own run writes one)\n"
+            "Fix: Leave --junit-xml out; `--report PATH` writes the fleet JSON.\n",
+        )
 
 
 def test_an_explicit_bad_file_alone_exits_1(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def fleet(ctx: click.Context, /, reports: tuple[Path, ...], **kw: Any) -> int:
     """Many nodes' JSON reports (files, or directories of *.json) as one table: verdicts, versions, speed,
     outliers and mixed drivers or engines. Exit 0 when every node passed, 1 otherwise."""
     from kcuda_validate.errors import UsageError
-    from kcuda_validate.fleet import NoReportsError, load_fleet
+    from kcuda_validate.fleet import NoReportsError, file_identity, find_report_files, load_files
 
     ui = make_output(ctx, **kw)
     for option, path in (("--junit-xml", ui.opts.junit_path), ("--prometheus", ui.opts.prometheus_path)):
@@ -50,13 +50,27 @@ def fleet(ctx: click.Context, /, reports: tuple[Path, ...], **kw: Any) -> int:
                 fix=f"Leave {option} out; `--report PATH` writes the fleet JSON.",
             )
     try:
-        summary = load_fleet(list(reports))
+        files = find_report_files(list(reports))
     except NoReportsError as exc:
         raise UsageError(
             str(exc), fix="Name report files written by `--json`/`--report`, or directories of them."
         ) from None
-    ui.result(_Result(summary), line=summary.line if ui.opts.quiet else render(summary))
+    dest = ui.opts.report_path
+    if dest is not None and file_identity(dest) in {file_identity(f) for f in files}:
+        raise UsageError(  # checked before a report is read: the fleet JSON would replace one of them
+            f"--report {dest}: is one of the REPORT files, which the fleet JSON would replace",
+            fix="Write the fleet JSON to a path that is not one of the reports.",
+        )
+    summary = load_files(files)
+    ui.result(_Result(summary), line=spelled_out(summary.line) if ui.opts.quiet else render(summary))
     return summary.exit_code
+
+
+# Accepted (before or after the command name, as everywhere) only to be refused with a message that says why,
+# so they are left out of fleet's --help.
+for _param in fleet.params:
+    if _param.name in ("junit_path", "prometheus_path") and isinstance(_param, click.Option):
+        _param.hidden = True
 
 
 class _Result:
@@ -135,7 +149,7 @@ def render(summary: Any) -> str:
     cpu = sum(1 for r in summary.rows if r.device_mode == "cpu")
     if cpu:
         out.append(f"{cpu} {'row is a CPU run' if cpu == 1 else 'rows are CPU runs'}: not a GPU validation.")
-    out.append(summary.line)
+    out.append(spelled_out(summary.line))  # it names the failed nodes: text from the reports
     return "\n".join(out)
 
 
