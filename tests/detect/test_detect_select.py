@@ -83,3 +83,36 @@ def test_unknown_check_is_a_usage_error_naming_it(scenario: Installed) -> None:
         "Error: --check nope: no such check\n"
         "Fix: Use one of: " + ", ".join(c.id for c in CHECKS) + " (see `kcuda-validate detect --list-checks`).\n"
     )
+
+
+@pytest.mark.parametrize("scenario", ["no_driver"], indirect=True)
+@pytest.mark.parametrize("check_id", ["gpu", "perf.idle", "min", "llama.archs"])
+def test_a_gpu_check_with_no_gpu_to_check_fails_as_the_driver_does(scenario: Installed, check_id: str) -> None:
+    """`detect --check gpu` on a machine without a driver: not an empty table that exits 0 and reads as a pass."""
+    result = invoke("detect", "--check", check_id)
+    assert result.exit_code == 3
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "FAILED: no NVIDIA driver or GPU (exit 3)"
+    doc = json.loads(invoke("detect", "--json", "--check", check_id).stdout)
+    ((cid, status, summary),) = [(c["id"], c["status"], c["summary"]) for c in doc["checks"]]
+    assert (cid, status) == (check_id, "fail")
+    assert summary == "no GPU to check: No NVIDIA driver: libnvidia-ml.so.1 was not found"
+
+
+@pytest.mark.parametrize("scenario", ["no_driver"], indirect=True)
+def test_with_the_driver_check_asked_for_too_the_gpu_check_defers_to_it(scenario: Installed) -> None:
+    doc = json.loads(invoke("detect", "--json", "--check", "driver.nvml", "--check", "gpu").stdout)
+    assert [(c["id"], c["status"], c["summary"]) for c in doc["checks"]] == [
+        ("driver.nvml", "fail", "No NVIDIA driver: libnvidia-ml.so.1 was not found"),
+        ("gpu", "skip", "no GPU to check (see NVIDIA driver (NVML))"),
+    ]
+
+
+@pytest.mark.parametrize("scenario", ["healthy_one_gpu"], indirect=True)
+def test_a_check_with_nothing_to_judge_says_so(scenario: Installed) -> None:
+    result = invoke("detect", "--check", "env.cuda_visible_devices")
+    assert result.exit_code == 0
+    assert "CUDA_VISIBLE_DEVICES is not set: CUDA sees every GPU" in result.stdout
+    assert result.stdout.splitlines()[-1] == (
+        "PASSED: nothing failed in env.cuda_visible_devices; the rest of the stack was not checked."
+    )

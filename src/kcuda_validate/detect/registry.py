@@ -15,8 +15,8 @@ from typing import Any
 import kcuda_validate.detect.idle as idle
 import kcuda_validate.detect.software as software
 import kcuda_validate.detect.stack as stack
-from kcuda_validate.checks import Check
-from kcuda_validate.detect.facts import DetectOptions, DetectReport, Facts, build_report
+from kcuda_validate.checks import Check, Status
+from kcuda_validate.detect.facts import DetectOptions, DetectReport, Facts, build_report, detect_check
 from kcuda_validate.errors import UsageError
 
 # Tags. fast: no child process, no network and no library heavier than NVML or libcuda (well under a second);
@@ -95,9 +95,16 @@ def select(only: Sequence[str] | None) -> tuple[DetectCheck, ...]:
 
 
 def run_detect(
-    options: DetectOptions, only: Sequence[str] | None = None, environ: dict[str, str] | None = None
+    options: DetectOptions,
+    only: Sequence[str] | None = None,
+    environ: dict[str, str] | None = None,
+    *,
+    answer_each: bool = False,
 ) -> DetectReport:
-    """Run every check (or the registry IDs in `only`) and build the report from the facts they read."""
+    """Run every check (or the registry IDs in `only`) and build the report from the facts they read.
+
+    `answer_each` (`detect --check`): a check asked for by name that has nothing to judge still answers, with
+    why (see `unanswered`), instead of leaving an empty table that reads as a pass."""
     entries = select(only)
     started = time.perf_counter()
     facts = Facts(options, environ)
@@ -106,7 +113,35 @@ def run_detect(
             facts.start_llama_probe()  # a child process: loads libllama while the other facts are read
         if any("hub" in e.reads for e in entries):
             facts.start_hub_probe()  # a thread: the Hub's answer, or its silence, overlaps the rest
-        checks = tuple(c for entry in entries for c in entry.run(facts))
+        asked = {e.id for e in entries}
+        checks = tuple(
+            c
+            for entry in entries
+            for c in (entry.run(facts) or (unanswered(entry, facts, asked) if answer_each else ()))
+        )
     finally:
         facts.close()
     return build_report(facts, checks, started, None if only is None else tuple(e.id for e in entries))
+
+
+def unanswered(entry: DetectCheck, facts: Facts, asked: set[str]) -> tuple[Check, ...]:
+    """The answer of a check that found nothing to judge: about GPUs with none to look at, the driver's own
+    failure (unless driver.nvml was asked for too and says it); otherwise a skip that says so."""
+    if "nvml" in entry.reads and not facts.nvml.gpus:
+        (driver,) = stack.check_driver(facts)
+        if "driver.nvml" in asked:
+            summary = "no GPU to check (see NVIDIA driver (NVML))"
+            return (detect_check(entry.id, entry.title, Status.SKIP, summary),)
+        summary, code = f"no GPU to check: {driver.summary}", driver.exit_code
+        return (detect_check(entry.id, entry.title, driver.status, summary, driver.fix, code, **driver.evidence),)
+    why = NOTHING_TO_JUDGE.get(entry.id, "nothing to judge on this machine")
+    return (detect_check(entry.id, entry.title, Status.SKIP, why),)
+
+
+# Why a check that needs no GPU can still have nothing to say.
+NOTHING_TO_JUDGE = {
+    "env.cuda_visible_devices": "CUDA_VISIBLE_DEVICES is not set: CUDA sees every GPU",
+    "platform.wsl_libs": "not WSL2: no WSL GPU libraries to check",
+    "platform.wsl_linux_driver": "not WSL2: no Linux driver to look for inside it",
+    "platform.model_dir": "not WSL2, or the model directory is not on a Windows drive",
+}
