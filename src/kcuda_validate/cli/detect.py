@@ -91,7 +91,7 @@ def detect(
         cpu_mode=cpu,
         model_dir=hub_cache_dir(),
     )
-    result = run_detect(options, only=None if only is None else [c.id for c in only], answer_each=True)
+    result = run_detect(options, only=None if only is None else [c.id for c in only], answer_each=only is not None)
     report.add(*result.checks)
     report.sections["detect"] = result.to_json()
     if result.driver is not None:
