@@ -9,6 +9,11 @@ The conventions it answers to:
   tool set is ever resumed by it, never one an admin set.
 - LBNL NHC's `check_cmd_status` (exit status only) and its 30 s timeout.
 
+The answer is OK only when a selected check passed (or warned) and none failed. Checks that give no verdict
+(nothing applied, or every one skipped) never read as OK: when NVML saw no usable GPU that is "unknown" with
+the code the driver check would give (3 or 4), which node-problem-detector reads as unknown and Slurm drains
+for; when nothing about the node explains it, the `--check` choice is a usage error (2).
+
 `run_health` returns a frozen result; the Slurm part is a pure decision (`decide`) from the node's state and
 that result, applied by `Slurm`, which is the only code here that starts a process.
 """
@@ -31,16 +36,23 @@ from typing import Any
 
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.detect import CHECKS, NODE_HEALTH, DetectOptions, DetectReport, run_detect
+from kcuda_validate.detect.stack import FIX_INSTALL_DRIVER, FIX_NO_DEVICE, NVML_INIT_FAILURES
 from kcuda_validate.errors import ExitCode, KcudaError, UsageError
+from kcuda_validate.gpu.nvml import GpuInfo
+from kcuda_validate.safetext import spelled_out
 
 STAGE = "health"
 MAX_LINE = 80  # node-problem-detector keeps the first 80 characters (bytes) of stdout
 DEFAULT_TIMEOUT_S = 4.0  # answers before node-problem-detector's default 5 s kills it
 SLURM_TIMEOUT_S = 30.0  # --slurm: slurmd waits for its HealthCheckProgram; NHC's default is 30 s too
+MAX_TIMEOUT_S = 3600.0  # --timeout's upper bound: an hour is no node health probe (and setitimer overflows)
 DRAIN_PREFIX = "kcuda-validate:"
 # slurmd runs HealthCheckProgram with no PATH; Debian and the upstream RPMs put scontrol in one of these.
 SLURM_PATH = "/usr/bin:/usr/local/bin:/usr/sbin:/usr/local/sbin:/opt/slurm/bin:/bin"
-SCONTROL_TIMEOUT_S = 20.0
+SCONTROL_TIMEOUT_S = 20.0  # any one scontrol call, at most
+# The scontrol calls share what is left of --timeout, but get at least this long in all (from when they start),
+# so that a node whose checks used all of --timeout (a hung driver) can still be drained.
+SLURM_FLOOR_S = 5.0
 
 # Checks `health --check` accepts: the node-health subset and any other check that needs no child process.
 ALLOWED: tuple[str, ...] = tuple(c.id for c in CHECKS if c.id in NODE_HEALTH or "fast" in c.tags)
@@ -48,6 +60,11 @@ ALLOWED: tuple[str, ...] = tuple(c.id for c in CHECKS if c.id in NODE_HEALTH or 
 
 class HealthTimeout(Exception):
     """The checks did not finish within --timeout."""
+
+
+# The checks run_health adds itself when the selected checks give no verdict: their code is the exit status.
+UNKNOWN_IDS = ("health.deadline", "health.verdict")
+VERDICTS = (Status.PASS, Status.WARN, Status.FAIL)
 
 
 @dataclass(frozen=True)
@@ -60,8 +77,22 @@ class HealthResult:
     timeout_s: float
 
     @property
+    def unknown(self) -> Check | None:
+        """The check that says why there is no verdict (did not finish, no usable GPU); None when there is one."""
+        return next((c for c in self.checks if c.id in UNKNOWN_IDS), None)
+
+    @property
     def healthy(self) -> bool:
-        return not any(c.status == Status.FAIL for c in self.checks)
+        """A verdict, and a good one: a check passed or warned, none failed (nothing checked is never healthy)."""
+        return (
+            self.unknown is None
+            and not any(c.status == Status.FAIL for c in self.checks)
+            and any(c.status in (Status.PASS, Status.WARN) for c in self.checks)
+        )
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if self.healthy else "unknown" if self.unknown is not None else "problem"
 
     @property
     def timed_out(self) -> bool:
@@ -69,14 +100,18 @@ class HealthResult:
 
     @property
     def exit_code(self) -> int:
-        """0 healthy, 1 a problem, 124 unknown (did not finish): node-problem-detector's three answers."""
-        if self.timed_out:
-            return int(ExitCode.TIMEOUT)
-        return 0 if self.healthy else 1
+        """0 healthy, 1 a problem, else unknown (124 did not finish, 3/4 no usable GPU, 2 the checks asked for
+        gave no verdict at all): node-problem-detector's three answers."""
+        if (unknown := self.unknown) is not None:
+            return int(unknown.exit_code)
+        if self.healthy:
+            return 0
+        return 1 if any(c.status == Status.FAIL for c in self.checks) else int(ExitCode.USAGE)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "line": self.line,
+            "verdict": self.verdict,
             "healthy": self.healthy,
             "timed_out": self.timed_out,
             "timeout_s": self.timeout_s,
@@ -113,22 +148,82 @@ def fit(text: str, limit: int = MAX_LINE) -> str:
     return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def health_line(checks: Sequence[Check], report: DetectReport | None) -> str:
-    """`OK: ...` naming the GPUs and driver, `WARN <id>: ...` or `FAIL <id> (+N more): <summary>`."""
+    """`OK: ...` naming the GPUs and driver (or counting the checks passed), `WARN <id>: ...`,
+    `FAIL <id> (+N more): <summary>`, or `UNKNOWN: <why>` when a check in UNKNOWN_IDS says there is no verdict."""
+    unknown = next((c for c in checks if c.id in UNKNOWN_IDS), None)
+    if unknown is not None:
+        return fit(f"UNKNOWN: {unknown.summary}")
     failed = [c for c in checks if c.status == Status.FAIL]
     warned = [c for c in checks if c.status == Status.WARN]
     for word, bad in (("FAIL", failed), ("WARN", warned)):
         if bad:
             more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
             return fit(f"{word} {bad[0].id}{more}: {bad[0].summary}")
-    if report is None:
-        return fit("OK")
-    gpus = report.usable_gpus
-    names = sorted({g.name for g in gpus if g.name})
-    what = f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''}" + (f" ({', '.join(names)})" if names else "")
-    driver = f", driver {report.driver.driver_version}" if report.driver is not None else ""
-    return fit(
-        f"OK: {what}{driver}" if gpus or driver else f"OK: {len(checks)} check{'s' if len(checks) != 1 else ''} passed"
+    passed = sum(1 for c in checks if c.status == Status.PASS)
+    if not passed:
+        return fit("UNKNOWN: no check gave a verdict")
+    gpus = () if report is None else report.usable_gpus
+    if gpus and report is not None:
+        names = sorted({g.name for g in gpus if g.name})
+        what = _plural(len(gpus), "GPU") + (f" ({', '.join(names)})" if names else "")
+        driver = f", driver {report.driver.driver_version}" if report.driver is not None else ""
+        return fit(f"OK: {what}{driver}")
+    skipped = sum(1 for c in checks if c.status == Status.SKIP)
+    return fit(f"OK: {_plural(passed, 'check')} passed" + (f", {skipped} skipped" if skipped else ""))
+
+
+def _gpu_problem(g: GpuInfo, hidden: Sequence[int]) -> str:
+    if g.index in hidden:
+        return f"GPU {g.index} hidden by CUDA_VISIBLE_DEVICES"
+    return f"GPU {g.index} lost" if g.lost else f"GPU {g.index} cannot be opened"
+
+
+def no_verdict(report: DetectReport, ids: Sequence[str]) -> Check | None:
+    """When the checks in `report` gave no verdict (none passed, warned or failed) because NVML saw no usable
+    GPU: a failed check saying so, with the code the driver check would give (3 or 4). None when they gave a
+    verdict; a usage error when nothing about this node explains the silence (the checks do not apply here)."""
+    if any(c.status in VERDICTS for c in report.checks):
+        return None
+    asked = ", ".join(ids)
+    results = {c.id: c.status.value for c in report.checks}
+    # driver.nvml fails in the first two cases below: had it been asked for, there would be a verdict.
+    driver = (
+        "" if "driver.nvml" in ids else " driver.nvml, which fails here, was not asked for: add --check driver.nvml."
+    )
+    evidence: dict[str, Any] = {"checks": list(ids), "results": results}
+    if report.driver is None and report.nvml_error is not None:
+        why, fix, code = NVML_INIT_FAILURES.get(
+            report.nvml_error, (f"NVML did not start ({report.nvml_error})", FIX_INSTALL_DRIVER, ExitCode.NO_GPU)
+        )
+        summary = f"no GPU visible ({why})"
+        evidence["nvml_error"] = report.nvml_error
+    elif report.driver is not None and not report.gpus:
+        summary = f"no GPU visible (driver {report.driver.driver_version} loaded but it sees no GPU)"
+        fix, code = FIX_NO_DEVICE, ExitCode.NO_GPU
+    elif report.driver is not None and not report.usable_gpus:
+        summary = "no usable GPU (" + ", ".join(_gpu_problem(g, report.hidden) for g in report.gpus) + ")"
+        fix = "Run `kcuda-validate detect` for each GPU's state; unset or fix CUDA_VISIBLE_DEVICES if it hides them."
+        code, driver = ExitCode.GPU_UNUSABLE, ""
+    else:
+        what = "; ".join(f"{c.id} skipped: {c.summary}" for c in report.checks) or "nothing to check here"
+        raise UsageError(
+            f"--check {asked}: no verdict on this node ({what})",
+            fix="Choose checks that apply to this node, or drop --check to run the node-health set.",
+        )
+    return Check(
+        "health.verdict",
+        STAGE,
+        "A verdict from the checks asked for",
+        Status.FAIL,
+        summary,
+        evidence,
+        f"{asked}: no verdict without a usable GPU.{driver} {fix}",
+        code,
     )
 
 
@@ -158,6 +253,8 @@ def run_health(
     environ: dict[str, str] | None = None,
 ) -> HealthResult:
     """Run the node-health checks (or `only`) within `timeout_s`; never PyTorch, never a model."""
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:  # also refuses nan
+        raise UsageError(f"--timeout {timeout_s:g}: out of range", fix=f"Give 0.1 to {MAX_TIMEOUT_S:g} seconds.")
     ids = select_checks(only)
     opts = options or DetectOptions(skip_torch=True)
     started = time.perf_counter()
@@ -180,7 +277,9 @@ def run_health(
         return HealthResult(
             None, (check,), fit(f"UNKNOWN: node health checks did not finish in {timeout_s:g} s"), timeout_s
         )
-    return HealthResult(report, report.checks, health_line(report.checks, report), timeout_s)
+    unknown = no_verdict(report, ids)
+    checks = report.checks if unknown is None else (*report.checks, unknown)
+    return HealthResult(report, checks, health_line(checks, report), timeout_s)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,7 +327,8 @@ def drain_reason(line: str) -> str:
 
 def decide(node: SlurmNode, result: HealthResult) -> Decision:
     """What to do with `node` given the health result. Pure; never touches a drain an admin set."""
-    # A check that cannot finish in its time (a hung driver, as a rule) is a problem for a scheduler too.
+    # A check that cannot finish in its time (a hung driver, as a rule), or a GPU node whose NVML sees no usable
+    # GPU, is a problem for a scheduler too: only a healthy answer ever resumes.
     if not result.healthy:
         reason = drain_reason(result.line)
         if not node.drained:
@@ -254,13 +354,25 @@ def parse_node(name: str, text: str) -> SlurmNode:
     state = next((m.group(1) for line in text.splitlines() if (m := _STATE.search(line))), None)
     if state is None:
         raise KcudaError(f"scontrol show node {name}: no State= in its answer", fix="Check that NAME is a node.")
-    reason = next((m.group(1) for line in text.splitlines() if (m := _REASON.match(line))), None)
+    reason = next((spelled_out(m.group(1)) for line in text.splitlines() if (m := _REASON.match(line))), None)
     return SlurmNode(name, state, None if reason in (None, "", "(null)", "none") else reason)
 
 
 def node_name(environ: Mapping[str, str]) -> str:
     """slurmd gives its HealthCheckProgram SLURMD_NODENAME; otherwise the short host name."""
     return environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+
+
+def slurm_until(started: float, timeout_s: float, now: float | None = None) -> float:
+    """When (time.monotonic) the scontrol calls must be done: what is left of `timeout_s` counted from `started`,
+    but at least SLURM_FLOOR_S from `now`, so that a node whose checks ran out of time can still be drained."""
+    now = time.monotonic() if now is None else now
+    return max(started + timeout_s, now + SLURM_FLOOR_S)
+
+
+def _decoded(raw: bytes | None) -> str:
+    """scontrol's output as text whatever its bytes (an admin's Latin-1 reason): never raises."""
+    return (raw or b"").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -279,9 +391,10 @@ class SlurmOutcome:
 class Slurm:
     """`scontrol` for one node: read its state, drain it with a reason, resume it."""
 
-    def __init__(self, node: str, environ: Mapping[str, str]) -> None:
+    def __init__(self, node: str, environ: Mapping[str, str], until: float | None = None) -> None:
         self.node = node
         self.env = dict(environ)
+        self.until = until  # time.monotonic() by which every call must be done (None: SCONTROL_TIMEOUT_S each)
         path = self.env.get("PATH") or SLURM_PATH
         found = shutil.which("scontrol", path=path + ":" + SLURM_PATH)
         if found is None:
@@ -293,22 +406,27 @@ class Slurm:
 
     def _run(self, *args: str) -> str:
         argv = [self.scontrol, *args]
+        limit = SCONTROL_TIMEOUT_S if self.until is None else min(SCONTROL_TIMEOUT_S, self.until - time.monotonic())
+        what = f"scontrol {' '.join(args)}"
+        late = (
+            f"no answer in {SCONTROL_TIMEOUT_S:g} s"
+            if limit == SCONTROL_TIMEOUT_S
+            else f"no answer within --timeout (Slurm gets what is left of it, at least {SLURM_FLOOR_S:g} s)"
+        )
+        fix = "Check that slurmctld is up (`scontrol ping`)."
+        if limit <= 0:
+            raise KcudaError(f"{what}: not run, {late}", fix=fix)
         try:
-            done = subprocess.run(
-                argv, env=self.env, capture_output=True, text=True, timeout=SCONTROL_TIMEOUT_S, check=False
-            )
+            done = subprocess.run(argv, env=self.env, capture_output=True, timeout=limit, check=False)
         except subprocess.TimeoutExpired:
-            raise KcudaError(
-                f"scontrol {' '.join(args)}: no answer in {SCONTROL_TIMEOUT_S:g} s",
-                fix="Check that slurmctld is up (`scontrol ping`).",
-            ) from None
+            raise KcudaError(f"{what}: {late}", fix=fix) from None
         if done.returncode != 0:
-            said = " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
+            said = " ".join(_decoded(done.stderr or done.stdout).split()) or f"exit {done.returncode}"
             raise KcudaError(
-                f"scontrol {' '.join(args)}: {said}",
+                f"{what}: {spelled_out(said)}",
                 fix="Check that slurmctld answers (`scontrol ping`) and that this runs as root or SlurmUser.",
             )
-        return done.stdout
+        return _decoded(done.stdout)
 
     def read(self) -> SlurmNode:
         return parse_node(self.node, self._run("show", "node", self.node))
@@ -325,4 +443,8 @@ class Slurm:
         if decision.action == Action.NONE:
             return SlurmOutcome(before, decision, before)
         self.apply(decision)
-        return SlurmOutcome(before, decision, self.read())
+        try:
+            after = self.read()
+        except KcudaError:  # done, only not confirmed (the time left ran out): the outcome says `after: null`
+            after = None
+        return SlurmOutcome(before, decision, after)
