@@ -21,3 +21,6 @@ TEMPERATURE = 0.0  # greedy
 SEED = 42
 REPEAT = 3  # measured runs after one warm-up
 SAMPLING = "auto"  # greedy sampling in the decode graph on a GPU run (as llama-server does), on the CPU otherwise
+
+# health --timeout's upper bound: an hour is no node health probe (and setitimer overflows past it).
+HEALTH_MAX_TIMEOUT_S = 3600.0

@@ -34,9 +34,10 @@ from enum import StrEnum
 from types import FrameType
 from typing import Any
 
+from kcuda_validate import defaults
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.detect import CHECKS, NODE_HEALTH, DetectOptions, DetectReport, run_detect
-from kcuda_validate.detect.stack import FIX_INSTALL_DRIVER, FIX_NO_DEVICE, NVML_INIT_FAILURES
+from kcuda_validate.detect.stack import FIX_NO_DEVICE, nvml_failure
 from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.gpu.nvml import GpuInfo
 from kcuda_validate.safetext import spelled_out
@@ -45,7 +46,7 @@ STAGE = "health"
 MAX_LINE = 80  # node-problem-detector keeps the first 80 characters (bytes) of stdout
 DEFAULT_TIMEOUT_S = 4.0  # answers before node-problem-detector's default 5 s kills it
 SLURM_TIMEOUT_S = 30.0  # --slurm: slurmd waits for its HealthCheckProgram; NHC's default is 30 s too
-MAX_TIMEOUT_S = 3600.0  # --timeout's upper bound: an hour is no node health probe (and setitimer overflows)
+MAX_TIMEOUT_S = defaults.HEALTH_MAX_TIMEOUT_S
 DRAIN_PREFIX = "kcuda-validate:"
 # slurmd runs HealthCheckProgram with no PATH; Debian and the upstream RPMs put scontrol in one of these.
 SLURM_PATH = "/usr/bin:/usr/local/bin:/usr/sbin:/usr/local/sbin:/opt/slurm/bin:/bin"
@@ -197,9 +198,7 @@ def no_verdict(report: DetectReport, ids: Sequence[str]) -> Check | None:
     )
     evidence: dict[str, Any] = {"checks": list(ids), "results": results}
     if report.driver is None and report.nvml_error is not None:
-        why, fix, code = NVML_INIT_FAILURES.get(
-            report.nvml_error, (f"NVML did not start ({report.nvml_error})", FIX_INSTALL_DRIVER, ExitCode.NO_GPU)
-        )
+        why, fix, code = nvml_failure(report.nvml_error, f"NVML did not start ({report.nvml_error})")
         summary = f"no GPU visible ({why})"
         evidence["nvml_error"] = report.nvml_error
     elif report.driver is not None and not report.gpus:

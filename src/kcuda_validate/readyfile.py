@@ -21,10 +21,9 @@ FIX = "Pass a file path in a directory this user can write to (e.g. a hostPath l
 def clear(path: Path) -> None:
     """Remove a ready file left by an earlier run, before this run can fail; refuse a path that cannot be one.
 
-    The caller has already checked that its directory is writable (cli._output.check_writable)."""
+    The caller has already refused what is no regular file and checked that its directory is writable
+    (cli._output.check_writable), or found it a regular file."""
     path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{OPTION} {path}: is a directory", fix=FIX)
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:

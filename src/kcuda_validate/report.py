@@ -236,7 +236,7 @@ def write_atomic(path: Path, text: str) -> None:
     tmp: str | None = None
     try:
         if path.exists() and not path.is_file():  # checked before the run too (check_writable); never replace it
-            raise IsADirectoryError(errno.EISDIR if path.is_dir() else errno.EINVAL, "not a regular file", str(path))
+            raise OSError(errno.EISDIR if path.is_dir() else errno.EINVAL, "not a regular file", str(path))
         # Short enough for any name the final file may have (NAME_MAX counts the temp name too).
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

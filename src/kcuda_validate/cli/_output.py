@@ -197,8 +197,9 @@ def check_writable(path: Path, option: str, fix: str = WRITABLE_FIX) -> None:
     from kcuda_validate.paths import special_kind
     from kcuda_validate.report import output_target
 
-    name_max = _name_max(_existing_parent(Path(path)))
-    for part in _missing_parts(Path(path)):
+    existing, missing = _existing_and_missing(Path(path))
+    name_max = _name_max(existing)
+    for part in missing:
         if len(os.fsencode(part)) > name_max:
             what = "file name" if part == Path(path).name else f"directory name {part[:40]}…"
             raise UsageError(
@@ -259,21 +260,14 @@ def check_distinct(paths: dict[str, Path | None]) -> None:
         seen[key] = option
 
 
-def _missing_parts(path: Path) -> list[str]:
-    """The names of `path` and of its parents that do not exist yet (they are created at the end)."""
-    parts: list[str] = [path.name]
+def _existing_and_missing(path: Path) -> tuple[Path, list[str]]:
+    """The nearest directory of `path` that exists, and the names below it still to make (the file's included)."""
+    missing: list[str] = [path.name]
     here = path.absolute().parent
     while not os.path.isdir(here) and here != here.parent:
-        parts.append(here.name)
+        missing.append(here.name)
         here = here.parent
-    return parts
-
-
-def _existing_parent(path: Path) -> Path:
-    where = path.absolute().parent
-    while not os.path.isdir(where) and where != where.parent:
-        where = where.parent
-    return where
+    return here, missing
 
 
 def _name_max(directory: Path) -> int:

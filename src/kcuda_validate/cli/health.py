@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
+from kcuda_validate import defaults
 from kcuda_validate.cli._common import FiniteFloatRange, make_output, output_options
 
-MAX_TIMEOUT_S = 3600.0  # = nodehealth.MAX_TIMEOUT_S (not imported here: that would load detect for every command)
+MAX_TIMEOUT_S = defaults.HEALTH_MAX_TIMEOUT_S
 
 
 class HealthCommand(click.Command):

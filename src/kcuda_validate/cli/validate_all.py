@@ -125,7 +125,7 @@ def validate_all(ctx: click.Context, /, **kw: Any) -> int:
             cpu_mode=run.load.cpu_mode,
             model_dir=hub_cache_dir(),
             model_origin=run.spec.origin,
-            hub_model=None if run.spec.default_model or run.spec.origin != "hub" else run.spec.hub_file(),
+            hub_model=run.spec.hub_file() if run.spec.origin == "hub" else None,
         )
 
     return run_model_command(ctx, kw, "validate-all", with_infer=True, detect_options=detect_options)

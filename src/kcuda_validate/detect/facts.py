@@ -7,14 +7,13 @@ Each fact is read by its service (gpu/, llm/build.py) at most once, and only whe
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kcuda_validate import defaults
 from kcuda_validate.checks import Check, Status, verdict
@@ -24,13 +23,12 @@ from kcuda_validate.gpu.nvml import DriverInfo, GpuInfo, Nvml, NvmlInitError, pa
 from kcuda_validate.gpu.platform import PlatformInfo, probe_platform
 from kcuda_validate.gpu.torchprobe import TorchInfo, probe_torch
 from kcuda_validate.llm.build import LlamaBuildInfo, LlamaBuildProbe, invocation
-from kcuda_validate.model.hub import HubProbe, probe_hub
+from kcuda_validate.model.hub import HubProbe, in_thread, probe_hub
 
 GIB = 1024**3
 DEFAULT_MIN_VRAM_GB = defaults.MIN_VRAM_GB
 DEFAULT_MIN_COMPUTE = defaults.MIN_COMPUTE
 STAGE = "detect"
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -68,21 +66,6 @@ def read_nvml() -> NvmlFacts:
         if driver.device_count == 0:
             return NvmlFacts(driver, "no_device", None, ())
         return NvmlFacts(driver, None, None, tuple(nvml.gpu(i) for i in range(driver.device_count)))
-
-
-def in_thread(fn: Callable[[], _T], name: str) -> Future[_T]:
-    """`fn()` in a daemon thread, its result (or exception) in the future: nothing waits for it at exit."""
-    future: Future[_T] = Future()
-    future.set_running_or_notify_cancel()
-
-    def run() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as err:  # noqa: BLE001 - handed to whoever asks for the result
-            future.set_exception(err)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
 
 
 def detect_check(

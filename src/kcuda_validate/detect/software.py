@@ -321,7 +321,7 @@ def check_hub_access(facts: Facts) -> tuple[Check, ...]:
         what = "a local file (--model-path)" if origin == "local" else "generated here (--synthetic)"
         return (detect_check(cid, title, Status.SKIP, f"the model is {what}: this run needs no Hub", token=token),)
     ev: dict[str, Any] = {"token": token, **probe.to_json()}
-    name = "the default model" if facts.options.hub_model is None else ev["model"]  # in full in the evidence
+    name = "the default model" if probe.default else ev["model"]  # in full in the evidence
     if probe.cached:
         mode = " (HF_HUB_OFFLINE=on)" if probe.offline else ""
         summary = f"{name} is in the cache: load and validate-all need no network{mode}"

@@ -196,13 +196,17 @@ def check_model_dir(facts: Facts) -> tuple[Check, ...]:
 # -- driver, NVML and each GPU ----------------------------------------------------------------------------
 
 
+def nvml_failure(kind: str, otherwise: str) -> tuple[str, str, ExitCode]:
+    """(summary, fix, exit code) for an NVML that did not start, by NvmlInitError.kind; `otherwise` for a kind
+    the table does not know."""
+    return NVML_INIT_FAILURES.get(kind, (otherwise, FIX_INSTALL_DRIVER, ExitCode.NO_GPU))
+
+
 def check_driver(facts: Facts) -> tuple[Check, ...]:
     nvml, cpu, title = facts.nvml, facts.options.cpu_mode, "NVIDIA driver (NVML)"
     if nvml.driver is None:
         kind = nvml.error or "other"
-        summary, fix, code = NVML_INIT_FAILURES.get(
-            kind, (f"NVML failed to start: {nvml.error_detail}", FIX_INSTALL_DRIVER, ExitCode.NO_GPU)
-        )
+        summary, fix, code = nvml_failure(kind, f"NVML failed to start: {nvml.error_detail}")
         if kind == "driver_not_loaded" and facts.wsl2:
             fix = FIX_WSL_NO_MODULE
         return (

@@ -39,6 +39,8 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -349,6 +351,10 @@ class HubProbe:
     error: str | None = None  # one line: why the file cannot be had now
     fix: str | None = None
 
+    @property
+    def default(self) -> bool:
+        return (self.repo_id, self.filename, self.revision) == (DEFAULT_REPO_ID, DEFAULT_FILENAME, DEFAULT_REVISION)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "model": f"{self.repo_id}/{self.filename} @ {self.revision}",
@@ -503,6 +509,21 @@ class NoAnswer(Exception):
     """The call did not return within its deadline."""
 
 
+def in_thread(fn: Callable[[], _T], name: str = "kcuda-hub-request") -> Future[_T]:
+    """`fn()` in a daemon thread, its result (or exception) in the future: nothing waits for it at exit."""
+    future: Future[_T] = Future()
+    future.set_running_or_notify_cancel()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as err:  # noqa: BLE001 - handed to whoever asks for the result
+            future.set_exception(err)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 def with_deadline(fn: Callable[[], _T], deadline_s: float) -> _T:
     """Run `fn` in a daemon thread and give up after `deadline_s`.
 
@@ -510,23 +531,10 @@ def with_deadline(fn: Callable[[], _T], deadline_s: float) -> _T:
     own timeouts, 5 s or more per server). An abandoned thread ends on its own; being a daemon it never
     delays exit.
     """
-    value: list[_T] = []
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            value.append(fn())
-        except BaseException as err:  # noqa: BLE001 - handed over to the caller's thread
-            error.append(err)
-
-    worker = threading.Thread(target=run, name="kcuda-hub-request", daemon=True)
-    worker.start()
-    worker.join(deadline_s)
-    if worker.is_alive():
-        raise NoAnswer
-    if error:
-        raise error[0]
-    return value[0]
+    try:
+        return in_thread(fn).result(timeout=deadline_s)
+    except FutureTimeout:
+        raise NoAnswer from None
 
 
 __all__ = [

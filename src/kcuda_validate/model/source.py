@@ -50,10 +50,6 @@ class ModelSpec:
             )
         return repo, filename, self.revision or hub.DEFAULT_REVISION
 
-    @property
-    def default_model(self) -> bool:
-        return self.origin == "hub" and self.repo_id is None and self.filename is None and self.revision is None
-
     def validate(self) -> None:
         chosen = [
             name
