@@ -91,8 +91,9 @@ EXPECT: dict[str, Expect] = {
             ("platform.wsl_libs", "present in /usr/lib/wsl/lib"),
             ("gpu.0", "NVIDIA GeForce RTX 3060 Laptop GPU, cc 8.6, 6.0 GiB (6.0 free)"),
             ("min.0", "6.0 GiB ≥ 2 GiB"),
+            ("platform.wsl_linux_driver", "none installed: CUDA uses the Windows driver's libraries"),
         ),
-        absent=frozenset({"platform.wsl_linux_driver", "platform.model_dir"}),
+        absent=frozenset({"platform.model_dir"}),
     ),
     "wsl2_models_on_windows_drive": expect(
         warning=("platform.model_dir", "env.hub"),

@@ -253,6 +253,11 @@ def test_only_passes_count_as_passed(scenario: Installed) -> None:
     assert _health("--check", "platform.os", "--check", "llama.build") == (0, "OK: 1 check passed, 1 skipped\n", "")
 
 
+@pytest.mark.parametrize("scenario", ["wsl2_unsupported_fields"], indirect=True)
+def test_wsl2_without_a_linux_driver_is_a_pass_not_no_verdict(scenario: Installed) -> None:
+    assert _health("--check", "platform.wsl_linux_driver") == (0, "OK: 1 check passed\n", "")
+
+
 @pytest.mark.parametrize("scenario", ["all_gpus_hidden"], indirect=True)
 def test_ok_without_a_usable_gpu_counts_checks_not_zero_gpus(scenario: Installed) -> None:
     assert _health("--check", "perf.idle") == (0, "OK: 1 check passed\n", "")

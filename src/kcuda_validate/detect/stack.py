@@ -160,8 +160,11 @@ def check_wsl_libs(facts: Facts) -> tuple[Check, ...]:
 def check_wsl_linux_driver(facts: Facts) -> tuple[Check, ...]:
     """WSL2 only: a Linux NVIDIA driver installed inside the distro shadows the Windows one."""
     plat = facts.platform
-    if not plat.is_wsl2 or not plat.linux_driver_in_wsl:
+    if not plat.is_wsl2:
         return ()
+    if not plat.linux_driver_in_wsl:
+        summary = "none installed: CUDA uses the Windows driver's libraries"
+        return (detect_check("platform.wsl_linux_driver", "Linux driver inside WSL2", Status.PASS, summary),)
     return (
         detect_check(
             "platform.wsl_linux_driver",
