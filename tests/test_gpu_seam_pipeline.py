@@ -21,6 +21,7 @@ from kcuda_validate.errors import ExitCode
 from kcuda_validate.gpu.nvml import Nvml
 from kcuda_validate.pipeline import token_agreement
 from kcuda_validate.telemetry import TelemetrySampler, summarize
+from test_report import validate
 
 
 def run_json(*args: str) -> tuple[int, dict[str, Any]]:
@@ -69,6 +70,7 @@ def test_all_devices_validates_each_gpu_and_reports_the_worst(
     assert "gpu0.load.offload" in ids
     assert "gpu1.load.offload" in ids
     assert doc["stopped_at"] == "gpu0.load"
+    validate(doc)  # the gpuN. prefixes are ids the report schema accepts
 
 
 def test_all_devices_conflicts_with_device() -> None:
