@@ -64,6 +64,22 @@ def test_exit_codes_command_matches_enum() -> None:
     assert result.exit_code == 0
     table = json.loads(result.output)
     assert {int(k): v["name"] for k, v in table.items()} == {int(c): c.reason for c in ExitCode}
+    before = invoke("--json", "exit-codes")  # a global option before the command name counts as after it
+    assert (before.exit_code, json.loads(before.output)) == (0, table)
+
+
+@pytest.mark.parametrize(
+    ("option", "kind"), [("--report", "report"), ("--junit-xml", "junit-xml"), ("--prometheus", "prometheus")]
+)
+def test_exit_codes_refuses_output_files_it_would_not_write(tmp_path: Path, option: str, kind: str) -> None:
+    target = tmp_path / "out"
+    result = invoke(option, str(target), "exit-codes")
+    assert (result.exit_code, result.stdout) == (ExitCode.USAGE, "")
+    assert result.stderr.splitlines() == [
+        f"Error: {option}: exit-codes writes no {kind} file (it prints a fixed table)",
+        f"Fix: Leave {option} out; `kcuda-validate exit-codes --json` prints the table as JSON.",
+    ]
+    assert not target.exists()
 
 
 @pytest.mark.parametrize(

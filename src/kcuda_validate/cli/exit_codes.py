@@ -33,8 +33,24 @@ MEANING = {
 
 @click.command("exit-codes")
 @click.option("--json", "json_out", is_flag=True, help="Print the table as JSON.")
-def exit_codes(json_out: bool) -> int:
+@click.pass_context
+def exit_codes(ctx: click.Context, /, json_out: bool) -> int:
     """Print the exit-code table shared by every command."""
+    group = (ctx.obj or {}).get("output")  # the global options given before the command name
+    if group is not None:
+        from kcuda_validate.errors import UsageError
+
+        for option, path in (
+            ("--report", group.report_path),
+            ("--junit-xml", group.junit_path),
+            ("--prometheus", group.prometheus_path),
+        ):
+            if path is not None:
+                raise UsageError(
+                    f"{option}: exit-codes writes no {option[2:]} file (it prints a fixed table)",
+                    fix=f"Leave {option} out; `kcuda-validate exit-codes --json` prints the table as JSON.",
+                )
+        json_out = json_out or group.json
     if json_out:
         click.echo(json.dumps({str(int(c)): {"name": c.reason, "meaning": MEANING[c]} for c in ExitCode}, indent=2))
         return 0
