@@ -1,7 +1,7 @@
 #!/bin/sh
 # Slurm HealthCheckProgram for GPU nodes: kcuda-validate's node-health check, which drains this node itself
-# when it fails (Reason="kcuda-validate: FAIL <check>: <why>"), or cannot tell because its checks hang or no
-# GPU is visible (Reason="kcuda-validate: UNKNOWN: <why>"), and resumes it when it passes again, but only
+# when it fails (Reason="kcuda-validate: FAIL <check>: <why>"; no driver or no visible GPU is a FAIL of driver.nvml),
+# or cannot tell because its checks hang (Reason="kcuda-validate: UNKNOWN: <why>"), and resumes it when it passes again, but only
 # from a drain that carries that prefix: a drain an admin set is never touched.
 #
 # slurm.conf:

@@ -65,6 +65,8 @@ def test_the_job_and_the_gate_run_validate_all() -> None:
     (validate,) = _containers(job)
     assert validate["args"][0] == "validate-all"
     _parses(validate["args"])
+    # --all-devices checks the GPUs the pod was given: more than one, or it would check one GPU per node.
+    assert "--all-devices" in validate["args"] and validate["resources"]["limits"]["nvidia.com/gpu"] > 1
     init = gate["spec"]["template"]["spec"]["initContainers"][0]
     ready = init["args"][init["args"].index("--ready-file") + 1]
     assert init["args"][0] == "validate-all"
@@ -174,3 +176,14 @@ def test_container_recipe_builds_the_engine_for_the_common_archs_with_setup() ->
     _parses(args)
     assert args[args.index("--arch") + 1] == "80,86,89,90"
     assert re.search(r"^FROM nvidia/cuda:\$\{CUDA_VERSION\}-devel-", text, re.M)
+
+
+def test_github_actions_example_builds_the_engine_with_setup_and_parses() -> None:
+    """The runner needs no CUDA toolkit: `validate-all --setup` builds the engine; no hand CMAKE_ARGS build."""
+    workflow = yaml.safe_load((EXAMPLES / "github-actions-gpu.yml").read_text())
+    runs = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    tool = [shlex.split(r.split("kcuda-validate ", 1)[1]) for r in runs if "kcuda-validate " in r]
+    assert tool and all(args[0] == "validate-all" and "--setup" in args for args in tool)
+    for args in tool:
+        _parses(args)
+    assert not any("CMAKE_ARGS" in r for r in runs)

@@ -74,7 +74,7 @@ class KcudaGroup(click.Group):
     expose_value=False,
     is_eager=True,
     callback=_print_version,
-    help="Show the versions of the tool, llama-cpp-python, torch, nvidia-ml-py, huggingface-hub and the driver.",
+    help="Show the versions of the tool, llama-cpp-python, torch, nvidia-ml-py, huggingface-hub, gguf and the driver.",
 )
 @output_options
 @click.pass_context

@@ -146,7 +146,7 @@ def load_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(64, 1 << 20),
             default=defaults.N_CTX,
             show_default=True,
-            help="Context size in tokens (capped by the model's trained context).",
+            help="Context size in tokens, 64 up to the model's trained context (more is a usage error).",
         ),
         click.option("--device", type=DEVICE, default=None, help="GPU index to use, or 'cpu' for a CPU-only run."),
         click.option(

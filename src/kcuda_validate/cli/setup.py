@@ -75,7 +75,11 @@ def setup_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.command("setup")
-@click.option("--dry-run", is_flag=True, help="Print the plan (GPUs, toolkit, packages, commands, disk, time) only.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (GPUs, toolkit, packages, commands, disk, time) only; exit 0, or the code of its refusal.",
+)
 @click.option("--wheel-dir", type=click.Path(path_type=Path, file_okay=False), help="Also copy the built wheel here.")
 @click.option(
     "--wheel",

@@ -74,7 +74,7 @@ _FAILURES: tuple[tuple[re.Pattern[str], Failure], ...] = (
             re.IGNORECASE,
         ),
         Failure(
-            "the compiler ran out of memory (each CUDA template file takes gigabytes)",
+            "the compiler ran out of memory (each CUDA template file takes up to ~1 GiB)",
             "Run setup again with fewer parallel jobs, e.g. `--jobs 1`, or close other programs.",
         ),
     ),

@@ -132,7 +132,7 @@ def _estimate(n_archs: int, jobs: int) -> float:
 
 
 def choose_jobs(cpus: int, mem_available: int | None, requested: int | None) -> int:
-    """All cores, but never more compilers than memory holds: one CUDA template file takes gigabytes."""
+    """All cores, but never more compilers than memory holds: one CUDA template file takes up to ~1 GiB."""
     if requested:
         return requested
     by_memory = cpus if mem_available is None else max(1, mem_available // PEAK_BYTES_PER_JOB)
