@@ -171,3 +171,21 @@ def test_the_extra_scenarios_pin_their_detect_verdict(
     installed = install(name, monkeypatch, tmp_path)
     result = CliRunner().invoke(cli, ["detect", "--skip-torch"])
     assert result.exit_code == installed.scenario.exit_code, result.stdout
+
+
+@pytest.mark.parametrize("command", ["load", "infer", "validate-all"])
+@pytest.mark.parametrize(
+    ("size", "error"),
+    [
+        ("bogus", "--synthetic bogus: not a size: expected a number with an optional unit"),
+        ("10KiB", "--synthetic 10KiB: 10240 bytes is out of range: a synthetic model must be between 1MiB and 64GiB"),
+    ],
+)
+def test_a_bad_synthetic_size_is_a_usage_error_before_the_gpu_is_looked_at(
+    command: str, size: str, error: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On a machine without a GPU a typo in --synthetic is still named as the typo (exit 2), not as exit 3."""
+    install("no_driver", monkeypatch, tmp_path)
+    result = CliRunner().invoke(cli, [command, "--synthetic", size])
+    assert (result.exit_code, result.stdout) == (ExitCode.USAGE, "")
+    assert result.stderr.splitlines()[0].startswith(f"Error: {error}")

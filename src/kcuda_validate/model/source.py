@@ -65,6 +65,10 @@ class ModelSpec:
                 f"{' and '.join(chosen)}: choose one model source",
                 fix="Pass only one of --model-path, --repo-id/--filename, --synthetic.",
             )
+        if self.synthetic is not None:  # a size that cannot be is a usage error before anything runs
+            from kcuda_validate.model.synthetic_spec import parse_size
+
+            parse_size(self.synthetic)
         if self.filename is not None and self.repo_id is None and self.model_path is None and not self.synthetic:
             # --filename alone means "this file from the default repo".
             return
