@@ -37,6 +37,13 @@ def test_printable_spells_out_what_utf8_cannot_carry(text: str, shown: str) -> N
         ("http://h/?token=abc&access_token=def;api_key=ghi", "http://h/?token=***&access_token=***;api_key=***"),
         ("Authorization: Bearer abcdefghijk", "Authorization: Bearer ***"),
         ("token hf_abcdefghijklmnopqrstu leaked", "token hf_*** leaked"),
+        # a URL that went through pathlib keeps one slash (`--model-path https://u:p@h/f`)
+        ("https:/user:secretpw@example.com/m.gguf: no such file", "https:/***@example.com/m.gguf: no such file"),
+        ("/m.gguf?token=tokSECRET1: no such file", "/m.gguf?token=***: no such file"),  # the ":" is the message's
+        ("x?token=abc:def&y=1", "x?token=***&y=1"),
+        ("HTTP 401: bad token Basic dXNlcjpodW50ZXIycHc=", "HTTP 401: bad token Basic ***"),  # user:hunter2pw
+        ("Basic checks passed", "Basic checks passed"),
+        ("Basic information", "Basic information"),  # not base64 of user:password
         # left alone: no credential in these
         ("mail bob@example.com", "mail bob@example.com"),
         ("http://host:8080/path?revision=main", "http://host:8080/path?revision=main"),

@@ -368,3 +368,56 @@ def test_streamed_model_text_cannot_drive_the_terminal() -> None:
     sink.end_stream()
     assert out.getvalue() == "Hello\\x1b]0;pwned\\x07 \\x1b[2Jline\n\tnext\\rgone\n"
     assert err.getvalue() == ""
+
+
+@pytest.fixture
+def echoing_server() -> Iterator[int]:
+    """A real HTTP server that rejects every request and echoes the Authorization header it got, as some proxies
+    and misconfigured mirrors do in their error text."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        def _reject(self) -> None:
+            self.send_response(401)
+            self.send_header("X-Error-Message", f"bad token {self.headers.get('Authorization', '')}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET = _reject
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    thread = threading.Thread(target=server.serve_forever, name="echo-hub", daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join(2)
+
+
+def test_basic_credentials_a_server_echoes_are_never_shown(isolated_env: Path, echoing_server: int) -> None:
+    import base64
+
+    env = hub_env(isolated_env, echoing_server)
+    proc = run(["load", "--device", "cpu", "--repo-id", "a/b", "--filename", "m.gguf"], env=env)
+    assert proc.returncode == 12, proc.stderr
+    rejected = "Error: the Hub rejected your token for repo 'a/b' (HTTP 401: bad token "
+    assert proc.stderr.startswith(rejected), proc.stderr
+    basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    log = log_text(isolated_env)
+    for text in (proc.stdout, proc.stderr, log):
+        assert basic not in text and basic.rstrip("=") not in text
+    assert_no_secret(proc.stdout, proc.stderr, log)
+
+
+def test_a_url_given_as_model_path_is_named_as_one_without_its_credentials(isolated_env: Path) -> None:
+    url = f"https://{USER}:{PASSWORD}@example.com/m.gguf?token={QUERY_TOKEN}"
+    proc = run(["load", "--device", "cpu", "--model-path", url])
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stderr.splitlines()[:2] == [
+        "Error: https:/***@example.com/m.gguf?token=***: no such file (--model-path takes a local file, not a URL)",
+        "Fix: Download the file and pass its path, or use --repo-id/--filename for a Hugging Face model.",
+    ]
+    assert_no_secret(proc.stdout, proc.stderr, log_text(isolated_env))

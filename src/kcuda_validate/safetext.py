@@ -9,7 +9,8 @@ error lines and the rich renderers): one place decides what leaves the process.
   (the byte the user typed), any other lone surrogate as `\\uDXXX`. Valid text is returned unchanged.
 * `redact`: credentials in URLs — the userinfo of `scheme://user:secret@host` (as in
   `HF_ENDPOINT=http://user:token@host`) and the value of token-looking query parameters (`?token=`,
-  `access_token`, `X-Amz-Signature`, ...) — Hugging Face tokens (`hf_...`), `Bearer` values, and the
+  `access_token`, `X-Amz-Signature`, ...) — Hugging Face tokens (`hf_...`), `Bearer` values, HTTP Basic
+  credentials (`Basic <base64 of user:password>`, as a server may echo them), and the
   literal value of `HF_TOKEN` / `HUGGING_FACE_HUB_TOKEN` if one is set, each become `***`.
 * `spelled_out`: non-printable characters as their escapes, for outside text in a one-line message.
 * `safe` = both; `safe_json` applies `safe` to every string of a JSON-able document and turns the floats
@@ -26,7 +27,8 @@ from typing import Any, TextIO, cast
 MASK = "***"
 
 # scheme://userinfo@ : the userinfo is everything between "//" and the last "@" before the host ends.
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]+)@")
+# One slash is enough: a URL that went through pathlib (`--model-path https://u:p@h/f`) has lost the other.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*:/{1,3})(?P<userinfo>[^/?#\s]+)@")
 # A bare netloc with a password, as some messages print it: user:secret@host (no scheme).
 _NETLOC_USERINFO = re.compile(r"(?<![\w.%~+:/@-])(?P<userinfo>[\w.%~+-]+:[^/?#@\s]+)@(?=[\w.-]*\w)")
 _SECRET_PARAMS = (
@@ -55,11 +57,15 @@ _SECRET_PARAMS = (
     "key-pair-id",
 )
 _QUERY_SECRET = re.compile(
-    r"(?P<name>[?&;](?:" + "|".join(re.escape(p) for p in _SECRET_PARAMS) + r")=)(?P<value>[^&;#\s'\"]+)",
+    # The value ends where the URL does; a `:` or `,` right after it is the message's, not the secret's.
+    r"(?P<name>[?&;](?:" + "|".join(re.escape(p) for p in _SECRET_PARAMS) + r")=)"
+    r"(?P<value>[^&;#\s'\"]+?)(?=[:,]?(?:[&;#\s'\"]|$))",
     re.IGNORECASE,
 )
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{16,}\b")
 _BEARER = re.compile(r"(?P<name>\bBearer\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})", re.IGNORECASE)
+# HTTP Basic credentials (a server may echo the Authorization header it got): base64 of `user:password`.
+_BASIC = re.compile(r"(?P<name>\bBasic\s+)(?P<value>[A-Za-z0-9+/]{4,}={0,2})(?![A-Za-z0-9+/=])", re.IGNORECASE)
 _TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 _MIN_LITERAL = 8  # a shorter "token" would mask ordinary words
 
@@ -101,7 +107,21 @@ def redact(text: str) -> str:
         text = _HF_TOKEN.sub("hf_" + MASK, text)
     if "earer" in text:
         text = _BEARER.sub(lambda m: m["name"] + MASK, text)
+    if "asic" in text:
+        text = _BASIC.sub(lambda m: m["name"] + MASK if _is_basic_credential(m["value"]) else m[0], text)
     return text
+
+
+def _is_basic_credential(value: str) -> bool:
+    """Base64 of `user:password`, not an ordinary word after "Basic" (`Basic checks` stays as it is)."""
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return b":" in decoded
 
 
 def safe(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
@@ -154,6 +155,11 @@ def check_model_file(path: Path) -> None:
             raise ModelInvalidError(
                 f"{path}: a symlink to {os.readlink(path)}, which does not exist",
                 fix="Point the link at the .gguf file, or pass the file itself.",
+            ) from None
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(path)):  # a URL (pathlib kept one of its two slashes)
+            raise ModelInvalidError(
+                f"{path}: no such file (--model-path takes a local file, not a URL)",
+                fix="Download the file and pass its path, or use --repo-id/--filename for a Hugging Face model.",
             ) from None
         raise ModelInvalidError(f"{path}: no such file", fix="Check the path passed to --model-path.") from None
     except PermissionError:
