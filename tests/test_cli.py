@@ -90,6 +90,10 @@ def test_exit_codes_refuses_output_files_it_would_not_write(tmp_path: Path, opti
             "Error: cli load: Invalid value for '--n-ctx': 10 is not in the range 64<=x<=1048576.",
         ),
         (["infer", "--max-tokens", "0"], "Error: cli infer: Invalid value for '--max-tokens': 0 is not in the range"),
+        (  # llama.cpp's GGML_MAX_N_THREADS: 100000 threads crashed the worker with SIGSEGV
+            ["infer", "--threads", "100000", "--device", "cpu"],
+            "Error: cli infer: Invalid value for '--threads': 100000 is not in the range 1<=x<=512.",
+        ),
         (["detect", "--device", "gpu0"], "Error: cli detect: Invalid value for '--device': 'gpu0' is not a GPU index"),
         (["load", "--bogus"], "Error: cli load: No such option '--bogus'"),
         (["infer", "   ", "--device", "cpu"], "Error: prompt: the prompt is empty"),

@@ -24,3 +24,6 @@ SAMPLING = "auto"  # greedy sampling in the decode graph on a GPU run (as llama-
 
 # health --timeout's upper bound: an hour is no node health probe (and setitimer overflows past it).
 HEALTH_MAX_TIMEOUT_S = 3600.0
+
+# llama.cpp's own limit on CPU threads (GGML_MAX_N_THREADS in ggml.h): more crashed the worker (SIGSEGV).
+MAX_THREADS = 512

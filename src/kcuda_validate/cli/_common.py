@@ -156,7 +156,12 @@ def load_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Seconds each model stage (load, inference) may take before it is killed.",
         ),
-        click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for llama.cpp."),
+        click.option(
+            "--threads",
+            type=click.IntRange(1, defaults.MAX_THREADS),
+            default=None,
+            help=f"CPU threads for llama.cpp (1..{defaults.MAX_THREADS}, llama.cpp's limit).",
+        ),
         click.option(
             "--all-devices",
             is_flag=True,
