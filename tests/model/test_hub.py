@@ -866,6 +866,53 @@ def test_server_that_ignores_range_still_yields_the_right_file(hub_env: HubEnv, 
     assert hub_env.leftovers() == COMPLETE
 
 
+@pytest.mark.parametrize("earlier_partial", [False, True], ids=["fresh", "after-a-partial"])
+def test_server_that_ignores_range_and_keeps_dropping_gives_up(
+    hub_env: HubEnv, fake_hub: FakeHub, earlier_partial: bool
+) -> None:
+    """Every GET: a 200 with the whole file promised, half of it sent, the connection dropped; Range ignored.
+
+    Each reconnection starts again from byte 0 and gets no further than the one before: bytes written again are
+    not progress, so the reconnections run out (it used to ask forever: the count was reset by every chunk
+    written, old bytes included). One line naming the server and why; nothing kept, since neither this run nor
+    the next can resume from a server that restarts from byte 0.
+    """
+    if earlier_partial:
+        fail_half_way(hub_env, fake_hub)
+    else:
+        fake_hub.serve_file()
+    fake_hub.honour_range = False
+    fake_hub.cdn_plan = ["drop_half"] * (hub_transfer.RETRIES + 10)  # then "ok": the old loop would end there
+
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch_model(REPO, FILE)
+    assert time.perf_counter() - start < 5
+
+    gets = fake_hub.requests("GET", "/cdn/")
+    assert len(gets) == hub_transfer.RETRIES + 1  # the first try (or the resume), then RETRIES reconnections
+    assert all(g.served == HALF for g in gets)
+    tries = hub_transfer.RETRIES + (1 if earlier_partial else 0)  # a fresh run's first GET got new bytes
+    assert one_line(info.value) == (
+        f"{urlsplit(fake_hub.cdn).netloc} kept dropping the connection while downloading {REPO}/{FILE} @ main "
+        "and does not honour Range requests, so every reconnection started again from byte 0 "
+        f"({tries} tries in a row got no further than 32.0 KiB of 64.0 KiB); nothing partial was kept"
+    )
+    assert info.value.exit_code == ExitCode.HUB_UNREACHABLE
+    assert (info.value.fix or "").startswith("Run again later; ")
+    assert hub_env.leftovers() == []
+    assert library_finds(REPO, FILE) is None
+
+    fake_hub.honour_range = True  # the next run, from a server that behaves: from byte 0, the whole file
+    fake_hub.cdn_plan = []
+    fake_hub.seen.clear()
+    mf = hub.fetch_model(REPO, FILE)
+    assert mf.path.read_bytes() == CONTENT
+    (get,) = fake_hub.requests("GET", "/cdn/")
+    assert "range" not in get.headers
+    assert hub_env.leftovers() == COMPLETE
+
+
 def test_corrupt_partial_is_discarded_and_the_file_fetched_again(hub_env: HubEnv, fake_hub: FakeHub) -> None:
     """Bytes an earlier run left may be bad (a crash or power cut can leave garbage at the end of a file).
 

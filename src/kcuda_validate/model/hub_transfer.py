@@ -24,12 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
 
 from kcuda_validate.errors import HubUnreachableError
-from kcuda_validate.model.hub_errors import disk_full_error
+from kcuda_validate.model.hub_errors import amount, disk_full_error, netloc
 
-RETRIES = 5  # in-process reconnections in a row without new bytes, as huggingface_hub's http_get
+RETRIES = 5  # in-process reconnections in a row that get no further into the file, as huggingface_hub's http_get
 RETRY_WAIT_S = 1.0
 STALE_PARTIAL_S = 600.0  # a temp file untouched this long belongs to a download that died (killed process)
 _PARTIAL_TAG = "kcuda"  # blobs/<etag>.kcuda-<8 hex of the filename>.incomplete: see partial_path
@@ -74,6 +73,17 @@ class Kept:
 
 class Corrupt(Exception):
     """The server sent something that cannot be the file; the partial file must go."""
+
+
+class RangeIgnored(Exception):
+    """The server kept dropping the connection and answered every Range request with the file from byte 0: each
+    reconnection starts over, so neither this run nor the next can get further; the partial file must go."""
+
+    def __init__(self, furthest: int, size: int | None, tries: int) -> None:
+        super().__init__(f"no further than byte {furthest} in {tries} tries")
+        self.furthest = furthest  # the furthest any try got into the file
+        self.size = size
+        self.tries = tries  # GETs in a row that got no further
 
 
 def repo_folder(repo_id: str) -> str:
@@ -217,7 +227,7 @@ def fill_partial(
     discarded and the file fetched once more from byte 0 in the same call; a mismatch of bytes all fetched in
     this call is an error, and nothing is kept.
     """
-    host = urlsplit(remote.url).netloc or remote.url
+    host = netloc(remote.url) or remote.url
     try:
         for attempt in (1, 2):
             with open_partial(partial) as f:
@@ -246,6 +256,16 @@ def fill_partial(
             f"{host} sent {err} while downloading {label}; nothing partial was kept",
             fix="Run again; if it keeps failing, check HF_ENDPOINT and any proxy between you and the Hub.",
         ) from None
+    except RangeIgnored as err:
+        partial.unlink(missing_ok=True)  # bytes from 0 of a server that restarts from 0: nothing to resume from
+        of = f" of {amount(err.size)}" if err.size is not None else ""
+        raise HubUnreachableError(
+            f"{host} kept dropping the connection while downloading {label} and does not honour Range requests, "
+            f"so every reconnection started again from byte 0 ({err.tries} tries in a row got no further than "
+            f"{amount(err.furthest)}{of}); nothing partial was kept",
+            fix="Run again later; if it keeps failing, a proxy between you and the Hub may be cutting long "
+            "transfers and stripping Range: check HF_ENDPOINT and any proxy, or pass --model-path / --synthetic.",
+        ) from None
     except BaseException:
         kept.bytes = file_size(partial)
         if not kept.bytes:
@@ -262,6 +282,11 @@ def stream_rest(remote: Remote, sink: Sink, token: str | None) -> None:
     (`hf_raise_for_status`), and a dropped connection or a timeout resumed after 1 s from the bytes written, up
     to 5 times in a row without new bytes. A 200 to a Range request (the server ignored it) restarts the file
     from byte 0 with that body; a 416 or a 206 for another range gets the whole file asked for again.
+
+    New bytes means bytes beyond the furthest this call ever had (`furthest`): bytes written again after a
+    restart are not progress, or a server that ignores Range and drops every connection at the same point would
+    be asked again forever. When the reconnections run out, the transport error is raised as it is, or, if the
+    server ignored a Range request in this call, `RangeIgnored` (a next run would only start over too).
     """
     import httpx2
     from huggingface_hub import constants
@@ -273,11 +298,15 @@ def stream_rest(remote: Remote, sink: Sink, token: str | None) -> None:
     headers["Accept-Encoding"] = "identity"  # byte offsets must be the file's, not those of a compressed body
     size = remote.size
     retries = RETRIES
+    furthest = sink.have  # the furthest byte of the file this call has had on disk: only beyond it is progress
+    tries = 0  # GETs since the last progress
+    range_ignored = False  # the server answered a Range request of this call with the file from byte 0
     while size is None or sink.have < size:
         request = dict(headers)
         if sink.have:
             request["Range"] = f"bytes={sink.have}-"
         before = sink.have
+        tries += 1
         try:
             with http_stream_backoff(
                 "GET",
@@ -295,6 +324,7 @@ def stream_rest(remote: Remote, sink: Sink, token: str | None) -> None:
                 if start != sink.have:
                     if start == 0:  # Range ignored: the whole file follows
                         sink.restart()
+                        range_ignored = True
                     elif sink.have:
                         sink.restart()
                         continue
@@ -306,15 +336,19 @@ def stream_rest(remote: Remote, sink: Sink, token: str | None) -> None:
                     if size is not None and sink.have + len(chunk) > size:
                         raise Corrupt(f"more than the {size} bytes the Hub announced")
                     sink.write(chunk)
-                    retries = RETRIES
+                    if sink.have > furthest:
+                        furthest = sink.have
+                        retries, tries = RETRIES, 0
             if size is None:
                 return  # nothing announced the size: the end of the body is the end of the file
             if sink.have < size and (response.status_code != 206 or sink.have == before):
                 # A complete response, yet short: not a dropped connection (that raises), another file.
                 raise Corrupt(f"{sink.have} of the {size} bytes the Hub announced, then ended the transfer")
             # (a short 206 that made progress: a server that caps ranges; ask for the rest)
-        except (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError):
+        except (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError) as err:
             if retries <= 0:
+                if range_ignored:
+                    raise RangeIgnored(furthest, size, tries) from err
                 raise
             retries -= 1
             time.sleep(RETRY_WAIT_S)
