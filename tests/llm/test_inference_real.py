@@ -35,6 +35,10 @@ def test_generates_real_text(inferencer: Inferencer) -> None:
     )
     assert "Berlin" in result.text
     assert "".join(streamed) == result.text  # what the user saw is what we report
+    # One measured run has no spread: no stddev is reported (0.0 would be a number nobody measured).
+    gen = {m.name: m for m in result.metrics()}["gen_tps"]
+    assert (len(gen.samples), gen.stddev) == (1, None)
+    assert "stddev" not in gen.to_json()
 
 
 def test_counts_come_from_the_tokenizer_and_the_decode_loop(inferencer: Inferencer) -> None:

@@ -152,7 +152,7 @@ def _stats(values: list[float | None]) -> tuple[float | None, float | None, tupl
     import statistics  # off the start-up path: it pulls in fractions and decimal
 
     mean = statistics.fmean(vals)
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    std = statistics.stdev(vals) if len(vals) > 1 else None  # one sample has no spread to measure
     return mean, std, tuple(vals)
 
 
