@@ -49,7 +49,7 @@ def test_setup_without_a_gpu_or_arch_is_exit_3_naming_arch(scenario: Installed) 
 
 @pytest.mark.parametrize("scenario", ["no_driver"], indirect=True)
 def test_validate_all_setup_without_a_gpu_skips_setup_and_exits_3(scenario: Installed) -> None:
-    result = CliRunner().invoke(cli, ["validate-all", "--setup", "--json", "--synthetic", "tiny"])
+    result = CliRunner().invoke(cli, ["validate-all", "--setup", "--json", "--synthetic", "1GiB"])
     assert result.exit_code == ExitCode.NO_GPU, result.output
     doc = json.loads(result.stdout)
     setup = [c for c in doc["checks"] if c["stage"] == "setup"]
@@ -68,7 +68,7 @@ def test_a_bad_arch_is_a_one_line_usage_error(value: str) -> None:
 def test_validate_all_setup_passes_toolkit_through_to_the_plan(scenario: Installed) -> None:
     """The scenario's driver supports CUDA 12.4: a system toolkit, if any, is CUDA 13.0 here or absent, so forcing
     `system` is refused by the plan (exit 4) before anything is built, and the run stops at setup."""
-    args = ["validate-all", "--setup", "--toolkit", "system", "--json", "--synthetic", "tiny"]
+    args = ["validate-all", "--setup", "--toolkit", "system", "--json", "--synthetic", "1GiB"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == ExitCode.GPU_UNUSABLE, result.output
     doc = json.loads(result.stdout)
@@ -81,7 +81,7 @@ def test_validate_all_setup_passes_toolkit_through_to_the_plan(scenario: Install
 
 
 def test_validate_all_toolkit_without_setup_is_a_one_line_usage_error() -> None:
-    result = CliRunner().invoke(cli, ["validate-all", "--toolkit", "pypi", "--synthetic", "tiny"])
+    result = CliRunner().invoke(cli, ["validate-all", "--toolkit", "pypi", "--synthetic", "1GiB"])
     assert result.exit_code == ExitCode.USAGE, result.output
     assert result.output == (
         "Error: --toolkit: only means something with --setup\n"
