@@ -142,3 +142,29 @@ def test_a_tensor_of_the_wrong_shape_is_llama_cpps_one_line_error_and_exit_5(tin
         " 1, 1)"
     )
     assert "Traceback" not in result.output
+
+
+def test_bytes_llama_cpp_cannot_decode_are_shown_as_escapes_not_replacement_marks(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """llama.cpp quotes the file's architecture in its error; a byte that is not UTF-8 is shown as `\\xNN` (as every
+    other sink shows bytes), and ESC cannot reach the terminal."""
+    import struct
+
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    data = tiny_model.read_bytes()
+    key = b"general.architecture"
+    value = key + struct.pack("<IQ", 8, 5) + b"llama"  # GGUF string type 8, length 5
+    assert data.count(value) == 1
+    bad = tmp_path / "odd-arch.gguf"
+    bad.write_bytes(data.replace(value, key + struct.pack("<IQ", 8, 5) + b"\xff\x1b[2J"))
+    result = CliRunner().invoke(cli, ["load", "--device", "cpu", "-q", "--model-path", str(bad)])
+    assert result.exit_code == ExitCode.MODEL_INVALID, result.output
+    assert result.stderr.splitlines()[0] == (
+        f"Error: {bad}: llama.cpp could not load the model (llama_model_load: error loading model: unknown model"
+        " architecture: '\\xff\\x1b[2J')"
+    )
+    assert "\ufffd" not in result.output and "\x1b" not in result.output

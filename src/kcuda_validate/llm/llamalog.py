@@ -143,8 +143,9 @@ def _install_trampoline() -> None:
         if capture is None:
             return
         # An exception must never cross into C.
+        # A byte that is not UTF-8 becomes `\xNN`, as printable shows bytes everywhere else.
         with contextlib.suppress(Exception):
-            capture.feed(int(level), text.decode("utf-8", errors="replace") if text else "")
+            capture.feed(int(level), text.decode("utf-8", errors="backslashreplace") if text else "")
 
     _trampoline = _cb
     llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))

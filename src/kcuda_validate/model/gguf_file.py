@@ -147,12 +147,12 @@ class _Reader:
         if n > _MAX_STRING_KEEP or n > self.keep_bytes:
             return StringSummary(n)
         self.keep_bytes -= n
-        return self.buf[start : start + n].decode("utf-8", errors="replace")
+        return self.buf[start : start + n].decode("utf-8", errors="backslashreplace")
 
     def text(self, field_name: str, limit: int) -> str:
         """A string that is always kept (a key, a tensor name): `limit` keeps it short."""
         start, n = self._span(field_name, limit)
-        return self.buf[start : start + n].decode("utf-8", errors="replace")
+        return self.buf[start : start + n].decode("utf-8", errors="backslashreplace")
 
     def value(self, key: str, vtype: int) -> Any:
         if vtype in _SCALARS:
