@@ -102,6 +102,12 @@ def test_exit_codes_refuses_output_files_it_would_not_write(tmp_path: Path, opti
             "Error: --model-path and --synthetic: choose one model source",
         ),
         (["infer", "--compare-cpu", "--device", "cpu"], "Error: --compare-cpu: needs a GPU run"),
+        (  # refused before the run, not after a whole inference that could never measure it
+            ["infer", "--min-speedup", "2", "--device", "cpu", "--synthetic", "8MiB"],
+            "Error: --min-speedup 2: the GPU-over-CPU speedup is measured only with --compare-cpu",
+        ),
+        (["--report", "", "detect"], "Error: cli: Invalid value for '--report': an empty path names no file."),
+        (["detect", "--junit-xml", "/"], "Error: --junit-xml /: is a directory, not a file to write"),
         (
             ["infer", "hello", "--prompt-tokens", "10", "--device", "cpu"],
             "Error: --prompt-tokens 10: replaces the prompt with synthetic tokens, so a prompt cannot be given too",
@@ -306,7 +312,7 @@ def test_a_destination_that_is_no_file_to_write_is_refused_and_left_as_it_was(
     os.mkfifo(fifo)
     cases = {
         "fifo": (fifo, "is a FIFO (named pipe), not a file to write"),
-        "directory": (tmp_path / "outdir", None),  # click's own check: dir_okay=False
+        "directory": (tmp_path / "outdir", "is a directory, not a file to write"),
         "symlink_to_fifo": (
             tmp_path / "r.link",
             f"is a FIFO (named pipe), not a file to write (the symlink leads to {fifo})",
@@ -329,11 +335,7 @@ def test_a_destination_that_is_no_file_to_write_is_refused_and_left_as_it_was(
     result = invoke("detect", "--skip-torch", option, str(dest))
 
     assert result.exit_code == ExitCode.USAGE, result.output
-    if why is None:
-        why = f"Invalid value for '{option}': File '{dest}' is a directory."
-        assert result.stderr.splitlines()[0] == f"Error: cli detect: {why}"
-    else:
-        assert result.stderr.splitlines()[0] == f"Error: {option} {dest}: {why}"
+    assert result.stderr.splitlines()[0] == f"Error: {option} {dest}: {why}"
     assert sorted((p.name, p.lstat().st_mode) for p in tmp_path.iterdir()) == before
     assert result.stdout == ""
 

@@ -45,14 +45,16 @@ def test_missed_thresholds_fail_with_the_gap(tiny_model: Path) -> None:
     assert checks["threshold.min_prompt_tps"]["status"] == "pass"
 
 
-def test_speedup_threshold_without_a_cpu_comparison_cannot_pass(tiny_model: Path) -> None:
-    code, doc = run_json(
-        "infer", "--device", "cpu", "--model-path", str(tiny_model), "--max-tokens", "4", "--min-speedup", "2"
+def test_speedup_threshold_without_a_cpu_comparison_is_refused_before_the_run(tiny_model: Path) -> None:
+    """It could never be met: refused at once (exit 2), not after a whole inference (exit 6)."""
+    result = CliRunner().invoke(
+        cli, ["infer", "--device", "cpu", "--model-path", str(tiny_model), "--max-tokens", "4", "--min-speedup", "2"]
     )
-    assert code == ExitCode.BELOW_THRESHOLD
-    check = next(c for c in doc["checks"] if c["id"] == "threshold.min_speedup")
-    assert "was not measured" in check["summary"]
-    assert check["fix"].startswith("Add --compare-cpu")
+    assert (result.exit_code, result.stdout) == (ExitCode.USAGE, "")
+    assert result.stderr.splitlines() == [
+        "Error: --min-speedup 2: the GPU-over-CPU speedup is measured only with --compare-cpu",
+        "Fix: Add --compare-cpu (a GPU run), or drop --min-speedup.",
+    ]
 
 
 def test_without_a_warm_up_the_cold_run_is_not_counted_as_warm(tiny_model: Path) -> None:

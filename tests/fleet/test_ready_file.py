@@ -84,7 +84,7 @@ def test_a_command_line_click_cannot_parse_still_removes_the_old_ready_file(stal
     ("group", "expected"),
     [
         (("--bogus",), "Error: cli: No such option '--bogus'. Did you mean '--verbose'?"),
-        (("--report", "{dir}"), "Error: cli: Invalid value for '--report': File '{dir}' is a directory."),
+        (("--report", ""), "Error: cli: Invalid value for '--report': an empty path names no file."),
     ],
     ids=["unknown-group-option", "bad-group-option-value"],
 )

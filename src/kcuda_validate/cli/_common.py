@@ -42,6 +42,19 @@ class FiniteFloatRange(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
+class OutputPath(click.Path):
+    """A file the tool will write: an empty value is refused (pathlib reads it as `.`); a directory or any other
+    kind of file is left to `check_writable`, whose message says what the path is and what to do."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path names no file.", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--json, -v, -q, --report, --junit-xml, --prometheus, --debug: accepted before or after the command name."""
     opts = [
@@ -51,19 +64,19 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--report",
             "report_path",
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=OutputPath(),
             help="Also write the JSON report to this file.",
         ),
         click.option(
             "--junit-xml",
             "junit_path",
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=OutputPath(),
             help="Write a JUnit XML file with one test case per check.",
         ),
         click.option(
             "--prometheus",
             "prometheus_path",
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=OutputPath(),
             help="Write the verdict, checks and figures as a Prometheus textfile (node_exporter).",
         ),
         click.option("--debug", is_flag=True, default=None, help="Show tracebacks for unexpected errors."),
@@ -330,6 +343,12 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         raise UsageError("--all-devices: cannot be combined with --device", fix="Pass one of them.")
     if kw.get("compare_cpu") and cpu:
         raise UsageError("--compare-cpu: needs a GPU run", fix="Drop --device cpu or --compare-cpu.")
+    if kw.get("min_speedup") is not None and not kw.get("compare_cpu"):
+        # Checked after the run, it would fail a whole inference for a figure that was never going to be measured.
+        raise UsageError(
+            f"--min-speedup {kw['min_speedup']:g}: the GPU-over-CPU speedup is measured only with --compare-cpu",
+            fix="Add --compare-cpu (a GPU run), or drop --min-speedup.",
+        )
     return ModelRun(
         spec=spec,
         load=load,
