@@ -231,3 +231,42 @@ def test_a_build_that_fails_in_the_scratch_directory_never_touches_the_environme
         "the previous engine is unchanged"
     )
     assert {p.name: p.stat().st_mtime_ns for p in (_site(project) / "llama_cpp").iterdir()} == before
+
+
+def test_the_build_refuses_a_bad_sdist_as_the_plan_did(tmp_path: Path) -> None:
+    """fetch_sdist is where a real run takes --sdist: the same usage error as the CLI's check, not exit 4 later."""
+    from kcuda_validate.errors import ExitCode, UsageError
+
+    locked = inst.LockedLlama("0.3.36", None, None)
+    given = tmp_path / "model.gguf"
+    given.write_bytes(b"GGUF")
+    with pytest.raises(UsageError) as caught:
+        inst.fetch_sdist(tmp_path / "cache", locked, given)
+    assert caught.value.exit_code == ExitCode.USAGE
+    assert (
+        caught.value.message
+        == f"--sdist {given}: not a llama-cpp-python sdist (its name is not llama_cpp_python-0.3.36.tar.gz)"
+    )
+    assert not (tmp_path / "cache").exists()  # nothing downloaded instead
+
+
+def test_a_good_sdist_is_judged_by_its_first_header_only_and_given_back_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded: an archive cut short after its first entries still passes (reading it all would fail)."""
+    import tarfile
+
+    path = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in (("PKG-INFO", b"Version: 0.3.36\n"), ("vendor/blob", os.urandom(2 << 20))):
+            info = tarfile.TarInfo(f"llama_cpp_python-0.3.36/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with open(path, "r+b") as fh:
+        fh.truncate(1 << 20)
+    with pytest.raises((EOFError, tarfile.ReadError)), tarfile.open(path, "r:gz") as whole:
+        whole.getmembers()
+    monkeypatch.chdir(tmp_path)
+    locked = inst.LockedLlama("0.3.36", None, None)
+    got = inst.fetch_sdist(tmp_path / "cache", locked, Path(path.name))
+    assert got == path and got.is_absolute()

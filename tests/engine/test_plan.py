@@ -245,6 +245,20 @@ def test_jobs_are_capped_by_memory_not_only_cores(monkeypatch, tmp_path):
     assert make_plan(facts, SetupOptions(jobs=1)).jobs == 1
 
 
+def test_a_given_sdist_is_the_one_the_steps_build_and_nothing_is_fetched(monkeypatch, tmp_path):
+    sdist = tmp_path / "src" / "llama_cpp_python-0.3.36.tar.gz"
+    plan = make_plan(facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path), SetupOptions(sdist=sdist))
+    assert plan.action == "build"
+    assert f"use the given sdist {sdist} (--sdist: nothing is downloaded; its sha256 is not checked)" in plan.steps
+    assert f"uv build --wheel {sdist}   (CMAKE_ARGS as listed, CMAKE_BUILD_PARALLEL_LEVEL=jobs)" in plan.steps
+    assert not [s for s in plan.steps if s.startswith("fetch")]
+    fetched = make_plan(facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path), SetupOptions())
+    assert "fetch the llama-cpp-python 0.3.36 sdist (sha256 from uv.lock or PyPI)" in fetched.steps
+    unused = make_plan(facts_for("healthy_one_gpu", monkeypatch, tmp_path), SetupOptions(sdist=sdist))
+    assert unused.action == "nothing"
+    assert f"--sdist {sdist}: not used, nothing is built (--force builds it)." in unused.notes
+
+
 def test_torch_newer_than_the_driver_names_the_matching_build(monkeypatch, tmp_path):
     plan = make_plan(facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path), SetupOptions())
     (note,) = [n for n in plan.notes if n.startswith("PyTorch")]

@@ -200,3 +200,88 @@ def test_import_wheel_puts_it_under_the_key_its_stamp_names(tmp_path: Path) -> N
     kept = cached_wheel(cache, "llama-cpp-python-0.3.36-cuda13.0-sm80-sm90")
     assert kept is not None and kept.read_bytes() == wheel.read_bytes()
     assert [p.name for p in kept.parent.iterdir()] == [wheel.name]  # no temporary file left
+
+
+# --- setup --sdist, --cuda: bad input is a one-line usage error, the same in a dry run and a real one ----------
+
+SDIST_FIX = (
+    "Fix: Pass the llama-cpp-python 0.3.36 sdist (llama_cpp_python-0.3.36.tar.gz from PyPI), or leave out --sdist "
+    "to download it.\n"
+)
+
+
+def _bad_sdist(tmp_path: Path, kind: str) -> Path:
+    import gzip
+
+    from wheels import make_sdist
+
+    right = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+    if kind == "empty":
+        return tmp_path  # not used: the value passed is ""
+    if kind == "missing":
+        return right
+    if kind == "directory":
+        right.mkdir()
+        return right
+    if kind == "device":
+        return Path("/dev/null")
+    if kind == "gguf":
+        (tmp_path / "model.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+        return tmp_path / "model.gguf"
+    if kind == "other-version":
+        return make_sdist(tmp_path / "llama_cpp_python-0.3.20.tar.gz", top="llama_cpp_python-0.3.20")
+    if kind == "not-gzip":
+        right.write_bytes(b"not a gzip file at all")
+    elif kind == "gzip-not-tar":
+        right.write_bytes(gzip.compress(b"x" * 1024))
+    elif kind == "empty-tar":
+        right.write_bytes(gzip.compress(b"\0" * 2048))
+    elif kind == "other-project":
+        make_sdist(right, top="other_project-1.0")
+    return right
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("empty", "an empty path names no file"),
+        ("missing", "no such file"),
+        ("directory", "a directory"),
+        ("device", "not a regular file"),
+        ("gguf", "not a llama-cpp-python sdist (its name is not llama_cpp_python-0.3.36.tar.gz)"),
+        ("other-version", "llama-cpp-python 0.3.20, this environment locks 0.3.36"),
+        ("not-gzip", "not a readable gzip tar (not a gzip file)"),
+        ("gzip-not-tar", "not a readable gzip tar (invalid header)"),
+        ("empty-tar", "not a llama-cpp-python sdist (the archive holds nothing)"),
+        (
+            "other-project",
+            "not a llama-cpp-python sdist (the archive holds other_project-1.0/PKG-INFO, not llama_cpp_python-0.3.36/)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real"])
+@pytest.mark.parametrize("scenario", ["no_driver"], indirect=True)
+def test_an_sdist_setup_cannot_build_is_a_usage_error_before_anything_runs(
+    scenario: Installed, tmp_path: Path, kind: str, why: str, dry_run: bool
+) -> None:
+    """The real run has no --arch: were the file let through, the plan would refuse (no GPU), never build."""
+    sdist = _bad_sdist(tmp_path, kind)
+    value = "" if kind == "empty" else str(sdist)
+    args = ["setup", "--dry-run", "--arch", "8.9"] if dry_run else ["setup"]
+    result = CliRunner().invoke(cli, [*args, "--sdist", value])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stdout == ""
+    assert result.stderr == f"Error: --sdist {value or repr(value)}: {why}\n" + SDIST_FIX
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_given_sdist_travels_to_the_plan_as_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build runs in a scratch directory: a relative --sdist must not reach it as given."""
+    from wheels import make_sdist
+
+    from kcuda_validate.cli._setup_step import setup_options_from
+
+    make_sdist(tmp_path / "llama_cpp_python-0.3.36.tar.gz")
+    monkeypatch.chdir(tmp_path)
+    opts = setup_options_from({"sdist": Path("llama_cpp_python-0.3.36.tar.gz")})
+    assert opts.sdist == tmp_path / "llama_cpp_python-0.3.36.tar.gz"

@@ -59,3 +59,18 @@ def uv_command() -> list[str]:
         return [uv_module.find_uv_bin()]
     except ImportError:
         pytest.skip("no uv here")
+
+
+def make_sdist(path: Path, top: str = f"llama_cpp_python-{VERSION}") -> Path:
+    """A small gzip tar at `path` shaped like an sdist: its entries under `top/` (PKG-INFO, pyproject.toml)."""
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in {"PKG-INFO": f"Name: llama_cpp_python\nVersion: {VERSION}\n", "pyproject.toml": ""}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -15,15 +15,22 @@ if TYPE_CHECKING:  # the engine package is imported only once setup runs
 
 
 def setup_options_from(kw: dict[str, Any]) -> SetupOptions:
+    """The options as the plan takes them; a bad --sdist is a usage error here, before the machine is read and
+    the same for a dry run as for a real one. A given sdist travels as an absolute path."""
     from kcuda_validate.engine.plan import SetupOptions
 
+    sdist = kw.get("sdist")
+    if sdist is not None:
+        from kcuda_validate.engine.install import check_sdist, locked_llama
+
+        sdist = check_sdist(sdist, locked_llama().version)
     return SetupOptions(
         toolkit=kw.get("toolkit") or "auto",
         archs=kw.get("archs"),
         cuda=kw.get("cuda"),
         jobs=kw.get("jobs"),
         force=bool(kw.get("force")),
-        sdist=kw.get("sdist"),
+        sdist=sdist,
     )
 
 

@@ -65,7 +65,7 @@ def setup_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--force", is_flag=True, help="Rebuild even when a matching build is installed or cached."),
         click.option(
             "--sdist",
-            type=click.Path(path_type=Path, dir_okay=False),
+            type=click.Path(),  # a str, judged by engine.install.check_sdist: one message per kind of bad file
             help="Build this llama-cpp-python sdist (offline machines) instead of downloading the locked one.",
         ),
     ]

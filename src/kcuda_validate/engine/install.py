@@ -21,19 +21,23 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import struct
 import subprocess
+import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kcuda_validate.cache_dir import kcuda_cache_dir
-from kcuda_validate.errors import DiskFullError, KcudaError
+from kcuda_validate.errors import DiskFullError, KcudaError, UsageError
 
 DIST = "llama-cpp-python"
 STAMP = "llama_cpp/lib/kcuda_engine.json"  # added to every wheel setup builds: what it was built for
@@ -114,12 +118,53 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_sdist(given: Path | str, version: str) -> Path:
+    """`--sdist FILE` as setup builds it, judged before anything is planned or changed (a dry run too): a regular
+    file named `llama_cpp_python-<version>.tar.gz` for the locked version that opens as a gzip tar whose first
+    entry lies under `llama_cpp_python-<version>/`. Only the first tar header is read (a few KiB, never an
+    extraction), so the check costs milliseconds whatever the size. Returns the file as an absolute path (the
+    build runs in a scratch directory, where a relative one would name nothing). A bad one is a UsageError."""
+    want = f"llama_cpp_python-{version}"
+    fix = f"Pass the llama-cpp-python {version} sdist ({want}.tar.gz from PyPI), or leave out --sdist to download it."
+    if not str(given).strip():  # pathlib would read it as `.`
+        raise UsageError(f"--sdist {str(given)!r}: an empty path names no file", fix=fix)
+    given = Path(given)
+    shown = f"--sdist {given}"
+    try:
+        mode = given.stat().st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{shown}: no such file", fix=fix) from None
+    except OSError as exc:
+        raise UsageError(f"{shown}: cannot be read ({exc.strerror or exc})", fix=fix) from None
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UsageError(f"{shown}: {what}", fix=fix)
+    named = re.fullmatch(r"llama[_-]cpp[_-]python-(.+)\.tar\.gz", given.name, re.IGNORECASE)
+    if named is not None and named.group(1) != version:
+        raise UsageError(f"{shown}: llama-cpp-python {named.group(1)}, this environment locks {version}", fix=fix)
+    if given.name != f"{want}.tar.gz":
+        raise UsageError(f"{shown}: not a llama-cpp-python sdist (its name is not {want}.tar.gz)", fix=fix)
+    try:
+        with open(given, "rb") as fh:
+            try:
+                with tarfile.open(fileobj=fh, mode="r:gz") as tar:
+                    first = tar.next()
+            except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+                raise UsageError(f"{shown}: not a readable gzip tar ({exc or type(exc).__name__})", fix=fix) from None
+    except OSError as exc:
+        raise UsageError(f"{shown}: cannot be read ({exc.strerror or exc})", fix=fix) from None
+    top = first.name.removeprefix("./").split("/", 1)[0] if first is not None else None
+    if top != want:
+        holds = "nothing" if first is None else f"{first.name}, not {want}/"
+        raise UsageError(f"{shown}: not a llama-cpp-python sdist (the archive holds {holds})", fix=fix)
+    return given.absolute()
+
+
 def fetch_sdist(cache: Path, locked: LockedLlama, given: Path | None, timeout_s: float = 60.0) -> Path:
-    """The sdist to build: --sdist, else the cached one, else a download checked against the lock's sha256."""
+    """The sdist to build: --sdist (checked as the plan was: `check_sdist`), else the cached one, else a download
+    checked against the lock's sha256."""
     if given is not None:
-        if not given.is_file():
-            raise KcudaError(f"--sdist {given}: no such file", fix="Pass the llama-cpp-python .tar.gz to build.")
-        return given
+        return check_sdist(given, locked.version)
     target = cache / "sdists" / f"llama_cpp_python-{locked.version}.tar.gz"
     if target.is_file() and (locked.sha256 is None or _sha256(target) == locked.sha256):
         return target

@@ -254,6 +254,11 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
             notes=tuple(notes),
         )
 
+    # --sdist with nothing to build: say so rather than leave it silently unused.
+    unused_sdist = (
+        () if opts.sdist is None else (f"--sdist {opts.sdist}: not used, nothing is built (--force builds it).",)
+    )
+
     # Already there? A build of the same version that has CUDA and covers every GPU.
     inst = facts.installed
     inst_archs = tuple(a // 10 for a in inst.archs)
@@ -271,7 +276,7 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
             + ", ".join(f"sm_{a}" for a in inst_archs),
             archs=archs,
             cuda_range=(lo, hi),
-            notes=tuple(notes),
+            notes=(*notes, *unused_sdist),
             facts=facts,
         )
 
@@ -297,7 +302,7 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
                 disk_needed=WHEEL_BYTES_PER_ARCH * len(archs) * 2,
                 estimate_s=5.0,
                 steps=_steps("install_cached", key, runtime, (), None, facts),
-                notes=tuple(notes),
+                notes=(*notes, *unused_sdist),
                 **common,
             )
 
@@ -433,7 +438,7 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
         disk_needed=disk,
         estimate_s=_estimate(len(archs), jobs),
         cmake_args=cmake,
-        steps=_steps(action, key, runtime, packages, system if source == "system" else None, facts),
+        steps=_steps(action, key, runtime, packages, system if source == "system" else None, facts, opts.sdist),
         rejected=tuple(rejected),
         notes=tuple(notes),
         **common,
@@ -490,6 +495,7 @@ def _steps(
     packages: tuple[str, ...],
     system: tk.SystemToolkit | None,
     facts: MachineFacts,
+    sdist: Path | None = None,
 ) -> tuple[str, ...]:
     cache = facts.cache_dir
     py = sys.executable
@@ -512,8 +518,11 @@ def _steps(
         assert system is not None
         where = str(system.prefix)
     out.append(f"assemble a toolkit root from {where} (+ this environment's cuBLAS where needed)")
-    out.append(f"fetch the llama-cpp-python {facts.llama_version} sdist (sha256 from uv.lock or PyPI)")
-    out.append("uv build --wheel <sdist>   (CMAKE_ARGS as listed, CMAKE_BUILD_PARALLEL_LEVEL=jobs)")
+    if sdist is None:
+        out.append(f"fetch the llama-cpp-python {facts.llama_version} sdist (sha256 from uv.lock or PyPI)")
+    else:
+        out.append(f"use the given sdist {sdist} (--sdist: nothing is downloaded; its sha256 is not checked)")
+    out.append(f"uv build --wheel {sdist or '<sdist>'}   (CMAKE_ARGS as listed, CMAKE_BUILD_PARALLEL_LEVEL=jobs)")
     out.append(f"keep the wheel in {cache}/wheels/{key}/")
     if runtime_step:
         out.append(runtime_step)
