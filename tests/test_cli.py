@@ -102,6 +102,11 @@ def test_exit_codes_refuses_output_files_it_would_not_write(tmp_path: Path, opti
             "Error: --model-path and --synthetic: choose one model source",
         ),
         (["infer", "--compare-cpu", "--device", "cpu"], "Error: --compare-cpu: needs a GPU run"),
+        (
+            ["load", "--synthetic", "8MiB", "--revision", "v1"],
+            "Error: --filename/--revision: only valid with --repo-id",
+        ),
+        (["load", "--model-path", "x.gguf", "--synthetic-type", "f16"], "Error: --synthetic-type F16: only used with"),
         (  # refused before the run, not after a whole inference that could never measure it
             ["infer", "--min-speedup", "2", "--device", "cpu", "--synthetic", "8MiB"],
             "Error: --min-speedup 2: the GPU-over-CPU speedup is measured only with --compare-cpu",

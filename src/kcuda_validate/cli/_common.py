@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from kcuda_validate import defaults
 from kcuda_validate.cli._output import Output, OutputOptions, check_distinct, check_writable
@@ -292,6 +293,13 @@ def build_run(kw: dict[str, Any], with_infer: bool) -> Any:
         synthetic_type=(kw.get("synthetic_type") or defaults.SYNTHETIC_TYPE).upper(),
     )
     spec.validate()
+    ctx = click.get_current_context(silent=True)
+    typed = ctx is not None and ctx.get_parameter_source("synthetic_type") == ParameterSource.COMMANDLINE
+    if typed and spec.synthetic is None:
+        raise UsageError(
+            f"--synthetic-type {spec.synthetic_type}: only used with --synthetic",
+            fix="Add --synthetic SIZE (e.g. --synthetic 1GiB), or drop --synthetic-type.",
+        )
     if not cpu and kw.get("gpu_layers") == 0:
         # Seen on an H100: with 0 layers llama.cpp still puts a compute buffer on the GPU, yet nothing about
         # GPU offload can be proven; a CPU run is what was meant, and it should say so.

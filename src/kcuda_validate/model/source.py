@@ -73,10 +73,11 @@ class ModelSpec:
         if self.filename is not None and self.repo_id is None and self.model_path is None and not self.synthetic:
             # --filename alone means "this file from the default repo".
             return
-        if self.model_path is not None and (self.filename or self.revision):
+        source = "--model-path" if self.model_path is not None else "--synthetic" if self.synthetic else None
+        if source is not None and (self.filename or self.revision):
             raise UsageError(
                 "--filename/--revision: only valid with --repo-id",
-                fix="Drop them, or use --repo-id instead of --model-path.",
+                fix=f"Drop them, or use --repo-id instead of {source}.",
             )
 
 
