@@ -245,6 +245,29 @@ def test_jobs_are_capped_by_memory_not_only_cores(monkeypatch, tmp_path):
     assert make_plan(facts, SetupOptions(jobs=1)).jobs == 1
 
 
+def test_more_jobs_than_cores_take_turns_in_the_estimate_and_the_plan_says_so(monkeypatch, tmp_path):
+    """2170 core-seconds measured (docs/benchmarks.md §7): 16 cores share them however many jobs are asked for."""
+    from kcuda_validate.cli._setup_step import plan_lines
+
+    facts = facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path, cpus=16, mem_available=64 * GIB)
+    default, many = make_plan(facts, SetupOptions()), make_plan(facts, SetupOptions(jobs=100000))
+    assert (default.jobs, many.jobs) == (16, 100000)
+    assert many.estimate_s == default.estimate_s == (420.0 + 1750.0) / 16
+    assert "Jobs: 16; time: about 2 min (estimate from a measured build)" in plan_lines(default)
+    lines = plan_lines(many)
+    assert (
+        "Jobs: 100000 (at most 16 compile at once: 16 cores); time: about 2 min (estimate from a measured build)"
+        in (lines)
+    )
+    assert (
+        "Note: --jobs 100000: memory here holds about 64 compilers at once (up to 1 GiB each, 64.0 GiB available); "
+        "more may run out of memory. Without --jobs setup runs 16 jobs."
+    ) in lines
+    assert not [n for n in default.notes if n.startswith("--jobs")]
+    big = facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path, cpus=192, mem_available=512 * GIB)
+    assert "Jobs: 192; time: about 1 min (estimate from a measured build)" in plan_lines(make_plan(big, SetupOptions()))
+
+
 def test_a_given_sdist_is_the_one_the_steps_build_and_nothing_is_fetched(monkeypatch, tmp_path):
     sdist = tmp_path / "src" / "llama_cpp_python-0.3.36.tar.gz"
     plan = make_plan(facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path), SetupOptions(sdist=sdist))

@@ -37,6 +37,7 @@ def setup_options_from(kw: dict[str, Any]) -> SetupOptions:
 def plan_lines(plan: Plan) -> list[str]:
     """The plan as a person reads it (and as --dry-run prints it)."""
     from kcuda_validate.engine import toolkit as tk
+    from kcuda_validate.engine.plan import parallelism
     from kcuda_validate.engine.setup import gpu_names
 
     facts = plan.facts
@@ -66,11 +67,13 @@ def plan_lines(plan: Plan) -> list[str]:
     if plan.action in ("build", "build_only", "install_cached"):
         lines.append(f"Disk needed: about {plan.disk_needed / gib:.1f} GiB in {facts.cache_dir if facts else '?'}")
     if plan.action in ("build", "build_only"):
+        jobs = f"Jobs: {plan.jobs}"
+        if facts is not None and parallelism(plan.jobs, facts.cpus) < plan.jobs:
+            jobs += f" (at most {facts.cpus} compile at once: {facts.cpus} cores)"
         est = plan.estimate_s
+        # Whole minutes, never "about 0 min": the estimate is CPU time shared by cores, not measured here.
         lines.append(
-            f"Jobs: {plan.jobs}; time: about {est / 60:.0f} min (estimate from a measured build)"
-            if est
-            else f"Jobs: {plan.jobs}"
+            f"{jobs}; time: about {max(1, round(est / 60))} min (estimate from a measured build)" if est else jobs
         )
     if plan.steps:
         lines.append("Steps:")

@@ -126,9 +126,14 @@ def _refuse(reason: str, problem: Problem, facts: MachineFacts, **kw: Any) -> Pl
     return Plan(action="refused", reason=reason, problems=(problem,), facts=facts, **kw)
 
 
-def _estimate(n_archs: int, jobs: int) -> float:
-    """Compiler CPU time over the jobs that run at once; the CUDA template files dominate."""
-    return (CORE_SECONDS_FIXED + CORE_SECONDS_PER_ARCH * n_archs) / max(1, jobs)
+def parallelism(jobs: int, cpus: int) -> int:
+    """How many compilers make progress at once: more jobs than cores only take turns."""
+    return max(1, min(jobs, cpus))
+
+
+def _estimate(n_archs: int, jobs: int, cpus: int) -> float:
+    """Compiler CPU time over the compilers that run at once; the CUDA template files dominate."""
+    return (CORE_SECONDS_FIXED + CORE_SECONDS_PER_ARCH * n_archs) / parallelism(jobs, cpus)
 
 
 def choose_jobs(cpus: int, mem_available: int | None, requested: int | None) -> int:
@@ -281,6 +286,14 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
         )
 
     jobs = choose_jobs(facts.cpus, facts.mem_available, opts.jobs)
+    jobs_notes: list[str] = []  # for a build only
+    held = None if facts.mem_available is None else max(1, facts.mem_available // PEAK_BYTES_PER_JOB)
+    if opts.jobs is not None and held is not None and facts.mem_available is not None and jobs > held:
+        jobs_notes.append(
+            f"--jobs {jobs}: memory here holds about {held} compilers at once (up to 1 GiB each, "
+            f"{facts.mem_available / GIB:.1f} GiB available); more may run out of memory. Without --jobs setup "
+            f"runs {choose_jobs(facts.cpus, facts.mem_available, None)} jobs."
+        )
     common: dict[str, Any] = {"archs": archs, "cuda_range": (lo, hi), "jobs": jobs, "facts": facts}
 
     # A cached wheel for these archs whose CUDA fits: installing it takes seconds and needs no toolkit.
@@ -436,11 +449,11 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
         runtime_packages=runtime,
         key=key,
         disk_needed=disk,
-        estimate_s=_estimate(len(archs), jobs),
+        estimate_s=_estimate(len(archs), jobs, facts.cpus),
         cmake_args=cmake,
         steps=_steps(action, key, runtime, packages, system if source == "system" else None, facts, opts.sdist),
         rejected=tuple(rejected),
-        notes=tuple(notes),
+        notes=(*notes, *jobs_notes),
         **common,
     )
     if facts.disk_free is not None and facts.disk_free < disk:
