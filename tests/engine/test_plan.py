@@ -268,6 +268,13 @@ def test_more_jobs_than_cores_take_turns_in_the_estimate_and_the_plan_says_so(mo
     assert "Jobs: 192; time: about 1 min (estimate from a measured build)" in plan_lines(make_plan(big, SetupOptions()))
 
 
+@pytest.mark.parametrize("value", ["13.2.1", "12", ""])
+def test_the_plan_itself_refuses_a_cuda_that_is_not_major_minor(monkeypatch, tmp_path, value):
+    plan = make_plan(facts_for("no_driver", monkeypatch, tmp_path), SetupOptions(archs=(89,), cuda=value))
+    assert plan.action == "refused"
+    assert [(p.id, p.exit_code) for p in plan.problems] == [("setup.cuda", ExitCode.USAGE)]
+
+
 def test_a_given_sdist_is_the_one_the_steps_build_and_nothing_is_fetched(monkeypatch, tmp_path):
     sdist = tmp_path / "src" / "llama_cpp_python-0.3.36.tar.gz"
     plan = make_plan(facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path), SetupOptions(sdist=sdist))

@@ -285,3 +285,37 @@ def test_a_given_sdist_travels_to_the_plan_as_an_absolute_path(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
     opts = setup_options_from({"sdist": Path("llama_cpp_python-0.3.36.tar.gz")})
     assert opts.sdist == tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+
+
+@pytest.mark.parametrize(
+    ("value", "lines"),
+    [
+        (
+            "13.2.1",
+            "Error: --cuda 13.2.1: not MAJOR.MINOR (a driver's CUDA version has no patch level)\n"
+            "Fix: Pass --cuda 13.2.\n",
+        ),
+        (
+            "12",
+            "Error: --cuda 12: not a CUDA version as MAJOR.MINOR\n"
+            "Fix: Pass the newest CUDA the target driver supports, e.g. --cuda 12.8 (`nvidia-smi` on that machine "
+            "shows it).\n",
+        ),
+        (
+            "cu128",
+            "Error: --cuda cu128: not a CUDA version as MAJOR.MINOR\n"
+            "Fix: Pass the newest CUDA the target driver supports, e.g. --cuda 12.8 (`nvidia-smi` on that machine "
+            "shows it).\n",
+        ),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real"])
+@pytest.mark.parametrize("scenario", ["no_driver"], indirect=True)
+def test_a_cuda_that_is_not_major_minor_is_a_usage_error(
+    scenario: Installed, value: str, lines: str, dry_run: bool
+) -> None:
+    args = ["setup", "--dry-run", "--arch", "8.9"] if dry_run else ["setup"]
+    result = CliRunner().invoke(cli, [*args, "--cuda", value])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stdout == ""
+    assert result.stderr == lines

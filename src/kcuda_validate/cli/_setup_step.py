@@ -15,10 +15,15 @@ if TYPE_CHECKING:  # the engine package is imported only once setup runs
 
 
 def setup_options_from(kw: dict[str, Any]) -> SetupOptions:
-    """The options as the plan takes them; a bad --sdist is a usage error here, before the machine is read and
-    the same for a dry run as for a real one. A given sdist travels as an absolute path."""
-    from kcuda_validate.engine.plan import SetupOptions
+    """The options as the plan takes them; a bad --cuda or --sdist is a usage error here, before the machine is
+    read and the same for a dry run as for a real one. A given sdist travels as an absolute path."""
+    from kcuda_validate.engine.plan import SetupOptions, cuda_option_problem
+    from kcuda_validate.errors import UsageError
 
+    cuda = kw.get("cuda")
+    bad = None if cuda is None else cuda_option_problem(cuda)
+    if bad is not None:
+        raise UsageError(bad.message, fix=bad.fix)
     sdist = kw.get("sdist")
     if sdist is not None:
         from kcuda_validate.engine.install import check_sdist, locked_llama
@@ -27,7 +32,7 @@ def setup_options_from(kw: dict[str, Any]) -> SetupOptions:
     return SetupOptions(
         toolkit=kw.get("toolkit") or "auto",
         archs=kw.get("archs"),
-        cuda=kw.get("cuda"),
+        cuda=cuda,
         jobs=kw.get("jobs"),
         force=bool(kw.get("force")),
         sdist=sdist,

@@ -122,6 +122,29 @@ def parse_key(key: str) -> tuple[str, tuple[int, int], tuple[int, ...]] | None:
     return m.group(1), (int(m.group(2)), int(m.group(3))), tuple(int(a) for a in m.group(4).split("-sm"))
 
 
+def cuda_option_problem(text: str) -> Problem | None:
+    """`--cuda X.Y` is a driver's CUDA version as `nvidia-smi` shows it: MAJOR.MINOR exactly. Anything else
+    (`12`, `13.2.1`, `cu128`) is a usage error, never read as something near it."""
+    import re
+
+    if re.fullmatch(r"\d+\.\d+", text.strip()):
+        return None
+    patch = re.fullmatch(r"\s*(\d+)\.(\d+)(?:\.\d+)+\s*", text)
+    if patch:
+        return Problem(
+            "setup.cuda",
+            f"--cuda {text}: not MAJOR.MINOR (a driver's CUDA version has no patch level)",
+            f"Pass --cuda {int(patch.group(1))}.{int(patch.group(2))}.",
+            ExitCode.USAGE,
+        )
+    return Problem(
+        "setup.cuda",
+        f"--cuda {text if text.strip() else repr(text)}: not a CUDA version as MAJOR.MINOR",
+        "Pass the newest CUDA the target driver supports, e.g. --cuda 12.8 (`nvidia-smi` on that machine shows it).",
+        ExitCode.USAGE,
+    )
+
+
 def _refuse(reason: str, problem: Problem, facts: MachineFacts, **kw: Any) -> Plan:
     return Plan(action="refused", reason=reason, problems=(problem,), facts=facts, **kw)
 
@@ -219,18 +242,10 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
     lo = max(lo, (12, 0))  # the oldest toolkit the package index carries, and llama.cpp's practical floor
     ceilings = [c for c in (tk.max_cuda_for_arch(cc) for cc in ccs) if c is not None]
     driver = tk.cuda_tuple(facts.driver_cuda)
-    wanted = tk.cuda_tuple(opts.cuda)
-    if opts.cuda and wanted is None:
-        return _refuse(
-            "bad --cuda",
-            Problem(
-                "setup.cuda",
-                f"--cuda {opts.cuda}: not a CUDA version",
-                "Pass it as MAJOR.MINOR, e.g. --cuda 12.8.",
-                ExitCode.USAGE,
-            ),
-            facts,
-        )
+    bad_cuda = None if opts.cuda is None else cuda_option_problem(opts.cuda)
+    if bad_cuda is not None:  # the CLI refuses it before planning; this keeps the plan itself honest
+        return _refuse("bad --cuda", bad_cuda, facts)
+    wanted = None if opts.cuda is None else tk.cuda_tuple(opts.cuda)
     if driver is not None:
         ceilings.append(driver)
     if wanted is not None:
