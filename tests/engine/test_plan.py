@@ -268,6 +268,38 @@ def test_more_jobs_than_cores_take_turns_in_the_estimate_and_the_plan_says_so(mo
     assert "Jobs: 192; time: about 1 min (estimate from a measured build)" in plan_lines(make_plan(big, SetupOptions()))
 
 
+def test_a_cuda_too_old_for_the_archs_is_refused_naming_cuda_not_the_driver(monkeypatch, tmp_path):
+    fix = (
+        "Pass --cuda 12.0 or newer, the newest CUDA the target driver supports (`nvidia-smi` on that machine shows "
+        "it); a driver older than CUDA 12.0 needs an update first."
+    )
+    for machine in ("no_driver", RTX4090_DRIVER_560):  # no driver here, and a driver here that allows more
+        plan = make_plan(facts_for(machine, monkeypatch, tmp_path), SetupOptions(archs=(89,), cuda="11.8"))
+        assert (plan.action, plan.cuda_range) == ("refused", ((12, 0), (11, 8)))
+        (problem,) = plan.problems
+        assert (problem.id, problem.exit_code, problem.fix) == ("setup.cuda", ExitCode.GPU_UNUSABLE, fix)
+        assert problem.message == "--cuda 11.8: no toolkit fits; the oldest CUDA setup supports for sm_89 is 12.0"
+    # --cuda no lower than the driver's: the driver is what must change.
+    plan = make_plan(facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path), SetupOptions(archs=(120,), cuda="12.6"))
+    (problem,) = plan.problems
+    assert problem.message == "sm_120 needs CUDA ≥ 12.8, but the driver's CUDA 12.6 is the newest usable here"
+    assert problem.fix.startswith("Update the NVIDIA driver to one that supports CUDA 12.8 or later")
+
+
+def test_architectures_without_a_common_cuda_are_refused_naming_them_not_the_driver(monkeypatch, tmp_path):
+    """CUDA 13 dropped Volta; compute capability 11.0 needs CUDA 13."""
+    plan = make_plan(facts_for("no_driver", monkeypatch, tmp_path), SetupOptions(archs=(70, 110), cuda="13.0"))
+    (problem,) = plan.problems
+    assert (problem.id, problem.exit_code) == ("setup.cuda", ExitCode.GPU_UNUSABLE)
+    assert problem.message == (
+        "no CUDA version targets all of sm_70, sm_110: sm_110 needs CUDA ≥ 13.0, CUDA 12.9 is the newest that "
+        "targets sm_70"
+    )
+    assert (
+        problem.fix == "Build one engine per group of GPUs: pass --arch with architectures that share a CUDA version."
+    )
+
+
 @pytest.mark.parametrize("value", ["13.2.1", "12", ""])
 def test_the_plan_itself_refuses_a_cuda_that_is_not_major_minor(monkeypatch, tmp_path, value):
     plan = make_plan(facts_for("no_driver", monkeypatch, tmp_path), SetupOptions(archs=(89,), cuda=value))

@@ -319,3 +319,20 @@ def test_a_cuda_that_is_not_major_minor_is_a_usage_error(
     assert result.exit_code == ExitCode.USAGE, result.output
     assert result.stdout == ""
     assert result.stderr == lines
+
+
+@pytest.mark.parametrize("scenario", ["no_driver"], indirect=True)
+def test_a_cuda_too_old_for_the_archs_names_cuda_not_the_driver_and_exits_4(scenario: Installed) -> None:
+    result = CliRunner().invoke(cli, ["setup", "--dry-run", "--arch", "8.9", "--cuda", "11.8"])
+    assert result.exit_code == ExitCode.GPU_UNUSABLE, result.output
+    lines = result.stdout.splitlines()
+    assert "Usable CUDA: none (needs ≥ 12.0, at most 11.8 allowed)" in lines
+    fail = lines.index(
+        "FAIL CUDA engine (llama-cpp-python): --cuda 11.8: no toolkit fits; the oldest CUDA setup supports for sm_89 "
+        "is 12.0"
+    )
+    assert lines[fail + 1] == (
+        "     fix: Pass --cuda 12.0 or newer, the newest CUDA the target driver supports (`nvidia-smi` on that machine "
+        "shows it); a driver older than CUDA 12.0 needs an update first."
+    )
+    assert "driver" not in lines[fail]

@@ -55,7 +55,11 @@ def plan_lines(plan: Plan) -> list[str]:
         lines.append("Architectures: " + ", ".join(f"sm_{a}" for a in plan.archs))
     if plan.cuda_range:
         lo, hi = plan.cuda_range
-        lines.append(f"Usable CUDA: {tk.cuda_text(lo)} to {tk.cuda_text(hi)}")
+        lines.append(
+            f"Usable CUDA: {tk.cuda_text(lo)} to {tk.cuda_text(hi)}"
+            if lo <= hi
+            else f"Usable CUDA: none (needs ≥ {tk.cuda_text(lo)}, at most {tk.cuda_text(hi)} allowed)"
+        )
     lines.append(f"Action: {plan.action.replace('_', ' ')} ({plan.reason})")
     if plan.toolkit_source == "system" and plan.toolkit is not None:
         lines.append(f"Toolkit: system CUDA {plan.toolkit.version} at {plan.toolkit.prefix} ({plan.toolkit.found_by})")

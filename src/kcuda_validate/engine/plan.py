@@ -255,19 +255,51 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
         ceilings.append(max((v for v in fallback if v), default=(13, 0)))
     hi = min(ceilings)
     names = ", ".join(f"sm_{a}" for a in archs)
+    # What sets the newest usable CUDA, so that a refusal names the thing to change: --cuda when it is the
+    # lowest ceiling (the driver here, if any, allows more), else the driver, else an architecture.
+    capped_by = (
+        "cuda"
+        if wanted is not None and hi == wanted and (driver is None or wanted < driver)
+        else "driver"
+        if driver is not None and hi == driver
+        else "arch"
+        if any(c == hi for c in (tk.max_cuda_for_arch(cc) for cc in ccs))
+        else "fallback"  # no driver here and no --cuda: the newest toolkit or runtime found here
+    )
     if lo > hi:
-        limit = (
-            f"the driver's CUDA {facts.driver_cuda}" if driver is not None and hi == driver else f"CUDA {hi[0]}.{hi[1]}"
+        message = (
+            f"{names} needs CUDA ≥ {tk.cuda_text(lo)}, but with no driver here and no --cuda the newest usable is "
+            f"taken to be CUDA {tk.cuda_text(hi)}"
         )
+        fix = f"Pass --cuda X.Y, the newest CUDA the target driver supports (≥ {tk.cuda_text(lo)} for {names})."
+        if capped_by == "cuda":
+            message = (
+                f"--cuda {opts.cuda}: no toolkit fits; the oldest CUDA setup supports for {names} is {tk.cuda_text(lo)}"
+            )
+            fix = (
+                f"Pass --cuda {tk.cuda_text(lo)} or newer, the newest CUDA the target driver supports (`nvidia-smi` "
+                f"on that machine shows it); a driver older than CUDA {tk.cuda_text(lo)} needs an update first."
+            )
+        elif capped_by == "driver":
+            message = (
+                f"{names} needs CUDA ≥ {tk.cuda_text(lo)}, but the driver's CUDA {facts.driver_cuda} is the newest "
+                "usable here"
+            )
+            fix = (
+                f"Update the NVIDIA driver to one that supports CUDA {tk.cuda_text(lo)} or later (`nvidia-smi` shows "
+                "the CUDA version it supports)."
+            )
+        elif capped_by == "arch":
+            old = ", ".join(f"sm_{a}" for a, cc in zip(archs, ccs, strict=True) if tk.max_cuda_for_arch(cc) == hi)
+            new = ", ".join(f"sm_{a}" for a, cc in zip(archs, ccs, strict=True) if tk.min_cuda_for_arch(cc) == lo)
+            message = (
+                f"no CUDA version targets all of {names}: {new or names} needs CUDA ≥ {tk.cuda_text(lo)}, "
+                f"CUDA {tk.cuda_text(hi)} is the newest that targets {old}"
+            )
+            fix = "Build one engine per group of GPUs: pass --arch with architectures that share a CUDA version."
         return _refuse(
             "no CUDA version fits",
-            Problem(
-                "setup.cuda",
-                f"{names} needs CUDA ≥ {tk.cuda_text(lo)}, but {limit} is the newest usable here",
-                "Update the NVIDIA driver to one that supports CUDA "
-                f"{tk.cuda_text(lo)} or later (`nvidia-smi` shows the CUDA version it supports).",
-                ExitCode.GPU_UNUSABLE,
-            ),
+            Problem("setup.cuda", message, fix, ExitCode.GPU_UNUSABLE),
             facts,
             archs=archs,
             cuda_range=(lo, hi),
@@ -417,8 +449,12 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
             Problem(
                 "setup.toolkit",
                 f"no packaged CUDA toolkit fits ({why}) for {names}",
-                "Install a host compiler nvcc supports (e.g. g++-12) and set CUDAHOSTCXX to it, or update the "
-                "NVIDIA driver.",
+                "Install a host compiler nvcc supports (e.g. g++-12) and set CUDAHOSTCXX to it"
+                + {
+                    "cuda": ", or pass a newer --cuda if the target driver supports one.",
+                    "driver": ", or update the NVIDIA driver.",
+                    "fallback": ", or pass --cuda X.Y, the newest CUDA the target driver supports.",
+                }.get(capped_by, "."),
                 ExitCode.GPU_UNUSABLE,
             ),
             facts,
