@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 arch="${1:-90}"
 toolkit="${2:-auto}"
 err="$(mktemp)"
-/usr/bin/time -v python3 -m uv run kcuda-validate setup --force --arch "$arch" --toolkit "$toolkit" 2> >(tee "$err" >&2)
+/usr/bin/time -v ./run kcuda-validate setup --force --arch "$arch" --toolkit "$toolkit" 2> >(tee "$err" >&2)
 grep -E "Elapsed|User time|System time|Maximum resident" "$err"
 cache="${KCUDA_CACHE_DIR:+$KCUDA_CACHE_DIR/engine}"
 cache="${cache:-${XDG_CACHE_HOME:-$HOME/.cache}/kcuda-validate/engine}"

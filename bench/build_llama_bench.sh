@@ -10,7 +10,7 @@
 # llama-bench and its two helper libraries. Measured: 3 min wall, 0.7 GB peak on the 2-core VM (docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ -n "${PYTHON:-}" ]]; then read -r -a PY <<<"$PYTHON"; else PY=(python3 -m uv run --locked python); fi
+if [[ -n "${PYTHON:-}" ]]; then read -r -a PY <<<"$PYTHON"; else PY=(./run --locked python); fi
 SDIST=${LLAMA_SDIST:-$("${PY[@]}" -c 'from kcuda_validate.engine import install as i; print(i.fetch_sdist(i.cache_dir(), i.locked_llama(), None))')}
 VERSION=$(basename "$SDIST" .tar.gz | sed 's/^llama_cpp_python-//')
 OUT=${1:-$HOME/.cache/kcuda-validate/llama-bench-$VERSION}

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 if [[ -n "${PYTHON:-}" ]]; then
     read -r -a PY <<<"$PYTHON"
 else
-    PY=(python3 -m uv run --locked python)
+    PY=(./run --locked python)
 fi
 OUT=${1:-/tmp/kcuda-gpu-session-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
