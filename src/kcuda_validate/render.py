@@ -297,7 +297,10 @@ def verdict_line(report: Report) -> Text:
             return Text("PASSED: the CUDA engine is installed and loads.", style="bold green")
         return Text(f"PASSED: {report.command} ran on the GPU.", style="bold green")
     where = safe(f" at {report.stopped_at}") if report.stopped_at else ""
-    return Text(f"FAILED{where}: {EXIT_TEXT.get(code, code.reason)} (exit {int(code)})", style="bold red")
+    text = EXIT_TEXT.get(code, code.reason)
+    if report.command == "setup" and code == ExitCode.GPU_UNUSABLE:  # setup says so with or without a GPU here
+        text = "no CUDA engine could be made"  # the FAIL line above says why
+    return Text(f"FAILED{where}: {text} (exit {int(code)})", style="bold red")
 
 
 def render_report(report: Report, console: Console, verbose: int = 0, quiet: bool = False) -> None:

@@ -336,3 +336,5 @@ def test_a_cuda_too_old_for_the_archs_names_cuda_not_the_driver_and_exits_4(scen
         "shows it); a driver older than CUDA 12.0 needs an update first."
     )
     assert "driver" not in lines[fail]
+    # No GPU here: the verdict does not claim one ("GPU present but the stack cannot use it").
+    assert lines[-1] == "FAILED: no CUDA engine could be made (exit 4)"
