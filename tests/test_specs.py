@@ -82,9 +82,9 @@ def test_readme_first_lines_and_ci_agree() -> None:
     readme = (REPO / "README.md").read_text().splitlines()
     commands = [line.strip() for line in readme[1:6] if line.startswith("    ")]
     assert len(commands) == 2
-    assert commands[0].endswith("uv run kcuda-validate validate-all --setup")
-    test_command = commands[1].split("&&")[-1].strip()
-    assert test_command == "python3 -m uv run pytest"
+    assert commands[0] == "./run kcuda-validate validate-all --setup"
+    test_command = commands[1]
+    assert test_command == "./run pytest"
     ci = (REPO / ".ci" / "run").read_text()
     assert test_command in ci.splitlines()
     assert "ruff check" in ci and "ruff format --check" in ci
