@@ -16,7 +16,7 @@ MEANING = {
     ExitCode.GPU_UNUSABLE: "GPU present but the stack cannot use it (driver, CUDA, PyTorch or llama.cpp)",
     ExitCode.MODEL_INVALID: "model file missing, unreadable, not GGUF, truncated or rejected by llama.cpp",
     ExitCode.BELOW_THRESHOLD: "below a threshold or minimum (VRAM, compute capability, speed, TTFT, memory fit)",
-    ExitCode.CRASHED: "the model worker crashed (native signal)",
+    ExitCode.CRASHED: "the model worker crashed (a native signal, or it exited without a result)",
     ExitCode.MODEL_NOT_FOUND: "no such repo, file or revision on the Hub (or not cached in offline mode)",
     ExitCode.HUB_UNREACHABLE: "the Hugging Face Hub is unreachable",
     ExitCode.HUB_AUTH: "gated or private repo: log in (401) or request access (403)",
