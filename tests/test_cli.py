@@ -102,6 +102,7 @@ def test_exit_codes_refuses_output_files_it_would_not_write(tmp_path: Path, opti
             "Error: --model-path and --synthetic: choose one model source",
         ),
         (["infer", "--compare-cpu", "--device", "cpu"], "Error: --compare-cpu: needs a GPU run"),
+        (["-v", "detect", "-q"], "Error: -q and -v: -q prints only the verdict line, -v more detail"),
         (
             ["load", "--synthetic", "8MiB", "--revision", "v1"],
             "Error: --filename/--revision: only valid with --repo-id",

@@ -100,6 +100,13 @@ def make_output(ctx: click.Context, **kw: Any) -> Output:
         ready_path=kw.get("ready_file"),
         debug=bool(kw.get("debug") if kw.get("debug") is not None else base.debug),
     )
+    if opts.quiet and opts.verbose:
+        from kcuda_validate.errors import UsageError
+
+        raise UsageError(
+            "-q and -v: -q prints only the verdict line, -v more detail",
+            fix="Pass one of them (the report files hold every detail either way).",
+        )
     if opts.report_path is not None:
         check_writable(opts.report_path, "--report")
     if opts.junit_path is not None:
