@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,3 +76,42 @@ def catches(pid: int, signum: int) -> bool:
         if line.startswith("SigCgt:"):
             return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
     raise AssertionError(f"no SigCgt line for pid {pid}")
+
+
+def full_pipe() -> tuple[int, int, int]:
+    """A pipe whose buffer is already full: (read end, write end, bytes of filler to read first).
+
+    Given as a child's stdout, the child's first write there blocks until the reader drains the filler, so a
+    test can hold a real process at that write (the result, printed just before the report files) and signal
+    it there."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest buffer: a page
+    os.set_blocking(write_end, False)
+    filler = 0
+    try:
+        while True:
+            filler += os.write(write_end, b"#" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(write_end, True)
+    return read_end, write_end, filler
+
+
+_SYS_WRITE = {"x86_64": 1, "aarch64": 64}
+
+
+def blocked_writing(pid: int, fd: int) -> bool:
+    """Whether the process's main thread is blocked in write(2) on `fd` (a full pipe)."""
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    number = _SYS_WRITE.get(os.uname().machine)
+    if number is not None and len(fields) > 1 and fields[0] != "running":
+        return int(fields[0]) == number and int(fields[1], 16) == fd
+    try:  # an architecture not listed: the kernel's wait channel (pipe_write, anon_pipe_write) says it
+        return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False

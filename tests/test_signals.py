@@ -9,6 +9,7 @@ SIGTERM still stops it with its reports written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,12 +17,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from procs import alive, catches, children_with_marker, ignores, wait_for, with_marker
+from procs import alive, blocked_writing, catches, children_with_marker, full_pipe, ignores, wait_for, with_marker
 
+REGENERATE_FIX = "Fix: Nothing partial is kept: run the same command again to generate the synthetic model."
 IGNORE_SIGINT_THEN_EXEC = (
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.executable, "
     "[sys.executable, *sys.argv[1:]])"
@@ -66,10 +69,6 @@ def _cli_ignoring_sigint(args: list[str], env: dict[str, str]) -> subprocess.Pop
     )
 
 
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("Error:")]
-
-
 def test_started_with_sigint_ignored_a_worker_stage_ignores_it_and_sigterm_stops_it(
     tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -93,7 +92,7 @@ def test_started_with_sigint_ignored_a_worker_stage_ignores_it_and_sigterm_stops
         proc.kill()
     assert proc.returncode == 143, err
     assert json.loads(out)["exit_code"] == 143  # stdout is still one JSON document
-    assert _error_lines(err) == ["Error: interrupted by SIGTERM during load; the worker process was stopped"]
+    assert err == "Error: interrupted by SIGTERM during load; the worker process was stopped\n"  # no Log: line
     doc = json.loads(report.read_text())
     assert doc["interrupted"] is True
     assert any(c["id"] == "load.interrupted" for c in doc["checks"])
@@ -117,7 +116,7 @@ def test_started_with_sigint_ignored_the_parent_s_own_stage_ignores_it_and_sigte
     finally:
         proc.kill()
     assert proc.returncode == 143, err
-    assert len(_error_lines(err)) == 1 and "interrupted by SIGTERM" in _error_lines(err)[0]
+    assert err == f"Error: interrupted by SIGTERM during the model stage\n{REGENERATE_FIX}\n"  # no Log: line
     assert json.loads(report.read_text())["interrupted"] is True
     assert [p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
 
@@ -138,3 +137,121 @@ def test_the_interrupt_tests_children_catch_the_signal_they_are_sent(tiny_model:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
+
+
+# -- a second signal while the first is being handled ----------------------------------------------------------
+# `timeout`, systemd and Kubernetes signal the whole process group, and `uv run` forwards the signal it got too:
+# the tool sees two SIGTERMs a moment apart. The second used to abort the stop the first had started: a second
+# `Error:` line, no result on stdout, and neither --report nor --junit-xml written.
+
+
+def _stop_lines(signum: int, stage: str) -> str:
+    """The whole stderr of an interrupted run (JSON mode): one Error: line, its Fix: if any, never a Log: line."""
+    name = signal.Signals(signum).name
+    if stage == "worker":
+        return f"Error: interrupted by {name} during load; the worker process was stopped\n"
+    return f"Error: interrupted by {name} during the model stage\n{REGENERATE_FIX}\n"
+
+
+def _cli_for(stage: str, tiny_model: Path, tmp_path: Path) -> tuple[list[str], dict[str, str], Callable[[], bool]]:
+    """The command, its environment, and when it is under way: the worker's load stage, or the parent's own
+    stage (writing a large synthetic model, where the early worker waits)."""
+    outputs = ["--json", "--report", str(tmp_path / "r.json"), "--junit-xml", str(tmp_path / "j.xml")]
+    if stage == "worker":
+        ready = tmp_path / "ready"
+        env = os.environ | {"KCUDA_TEST_FAULT": "hang:load", "KCUDA_TEST_FAULT_READY": str(ready)}
+
+        def loading() -> bool:
+            # The worker creates the file at its fault, just after it told the parent "load" started: give the
+            # parent a moment to read that, or the stop names the stage before it ("during start").
+            return ready.exists() and time.time() - ready.stat().st_mtime > 0.5
+
+        return ["load", "--device", "cpu", "--model-path", str(tiny_model), *outputs], env, loading
+    cache = tmp_path / "cache"
+    env = os.environ | {"KCUDA_CACHE_DIR": str(cache)}
+
+    def writing() -> bool:
+        return any(p.name.endswith(".tmp") for p in cache.rglob("*"))
+
+    return ["load", "--device", "cpu", "--synthetic", "6GiB", *outputs], env, writing
+
+
+def _assert_stopped_once(
+    proc: subprocess.Popen[bytes], out: str, err: str, signum: int, stage: str, tmp_path: Path
+) -> None:
+    code = 143 if signum == signal.SIGTERM else 130
+    assert (proc.returncode, err) == (code, _stop_lines(signum, stage))
+    doc = json.loads(out)  # stdout is still the one JSON document
+    assert (doc["exit_code"], doc["interrupted"]) == (code, True)
+    assert json.loads((tmp_path / "r.json").read_text())["interrupted"] is True
+    junit = (tmp_path / "j.xml").read_text()
+    assert "interrupted" in junit and "<testsuite" in junit
+
+
+@pytest.mark.parametrize(
+    ("stage", "first", "later"),
+    [
+        ("worker", signal.SIGTERM, (signal.SIGTERM, signal.SIGINT, signal.SIGTERM)),
+        ("worker", signal.SIGINT, (signal.SIGINT, signal.SIGTERM, signal.SIGINT)),
+        ("parent", signal.SIGTERM, (signal.SIGTERM, signal.SIGINT, signal.SIGTERM)),
+    ],
+)
+def test_signals_while_the_stop_writes_the_result_do_not_abort_it(
+    tiny_model: Path, tmp_path: Path, stage: str, first: signal.Signals, later: tuple[signal.Signals, ...]
+) -> None:
+    """Deterministic: the process is held at the point where it writes the result (its stdout is a full pipe;
+    the report files come right after) and signalled there, again and again, then let go."""
+    args, env, under_way = _cli_for(stage, tiny_model, tmp_path)
+    read_end, write_end, filler = full_pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kcuda_validate", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(write_end)
+    try:
+        assert wait_for(lambda: under_way() or proc.poll() is not None, 60) and proc.poll() is None
+        proc.send_signal(first)
+        assert wait_for(lambda: blocked_writing(proc.pid, 1), 60), "the stop never reached the result"
+        for signum in later:
+            proc.send_signal(signum)  # (a no-op once the process has exited: a test failure, said below)
+            time.sleep(0.2)  # each one handled on its own, none merged with the next
+        # Still there, back in the same write once each handler returned (a loaded machine may take a moment).
+        held = wait_for(lambda: proc.poll() is not None or blocked_writing(proc.pid, 1), 30) and proc.poll() is None
+        with os.fdopen(read_end, "rb") as stdout:
+            out = stdout.read()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert out[:filler] == b"#" * filler
+    assert held, f"a later signal ended the stop: {err.decode()}"
+    _assert_stopped_once(proc, out[filler:].decode(), err.decode(), first, stage, tmp_path)
+    log = (tmp_path / "logs" / "kcuda-validate.log").read_text()
+    assert f"ignored during the stop started by {first.name}: " in log  # the log says what was ignored
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.001, 0.003, 0.01, 0.03])
+def test_two_sigterms_back_to_back_stop_the_run_once(tiny_model: Path, tmp_path: Path, gap_s: float) -> None:
+    """What `timeout` under `uv run` does: the second SIGTERM lands somewhere in the stop the first started."""
+    args, env, under_way = _cli_for("worker", tiny_model, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kcuda_validate", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert wait_for(lambda: under_way() or proc.poll() is not None, 60) and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(gap_s)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    _assert_stopped_once(proc, out.decode(), err.decode(), signal.SIGTERM, "worker", tmp_path)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kcuda_validate import signals
 from kcuda_validate.errors import Interrupted
 
 if TYPE_CHECKING:  # the protocol imports the llm modules: not before the early worker is spawned
@@ -280,7 +281,7 @@ class Worker:
         def restart_clock() -> None:
             stage_deadline[0] = time.monotonic() + timeout_s if timeout_s else None
 
-        handlers = _install_signal_handlers()
+        handlers = signals.enter_worker_stage()
         try:
             self.send(encode_request(request))
             restart_clock()
@@ -319,7 +320,7 @@ class Worker:
             interrupted = WorkerInterrupt(stage, signal.SIGINT)
             self.kill()
         finally:
-            _restore_signal_handlers(handlers)
+            signals.leave_worker_stage(handlers)
         rc = self._finish()
         crash = None
         unfinished = inferred is None if request.infer is not None else loaded is None
@@ -353,25 +354,3 @@ class Worker:
         if self._stderr_thread is not None:
             self._stderr_thread.join(timeout=2)
         return rc
-
-
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
-
-
-def _install_signal_handlers() -> dict[int, Any]:
-    """SIGTERM and SIGINT stop the worker stage, except a SIGINT this process was started ignoring: a
-    background job or a `nohup` run must not become interruptible by a terminal's Ctrl-C here."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    old: dict[int, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        if sig == signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN:
-            continue
-        old[sig] = signal.signal(sig, _raise_interrupted)
-    return old
-
-
-def _restore_signal_handlers(old: dict[int, Any]) -> None:
-    for sig, handler in old.items():
-        signal.signal(sig, handler)

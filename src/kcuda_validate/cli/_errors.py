@@ -11,12 +11,12 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from kcuda_validate import signals
 from kcuda_validate.cli._output import error_text
 from kcuda_validate.errors import ExitCode, Interrupted, KcudaError
 from kcuda_validate.logs import setup_logging
@@ -34,16 +34,6 @@ def _say(message: str, fix: str | None = None, show_log: bool = True) -> None:
     sys.stderr.flush()
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
-
-
-def _route_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so reports are still written and the worker is stopped."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
-
-
 def _safe_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
     """--debug tracebacks quote exception texts (URLs among them): printed through safetext.safe too."""
     import traceback
@@ -53,12 +43,29 @@ def _safe_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -
 
 
 def run_with_boundary(invoke: Callable[[], Any], args: list[str] | None = None) -> int:
+    """Run the command; its exit code. SIGTERM unwinds like Ctrl-C (the reports are still written, the worker is
+    stopped), and only the first SIGINT or SIGTERM does: later ones are ignored while that stop finishes (see
+    kcuda_validate.signals)."""
+    try:
+        return _run(invoke, args)
+    finally:
+        signals.settle()
+
+
+def _interrupted(signum: int) -> int:
+    name = signal.Signals(signum).name
+    log.info("interrupted by %s", name)
+    _say(f"interrupted by {name}", show_log=False)
+    return int(ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED)
+
+
+def _run(invoke: Callable[[], Any], args: list[str] | None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     setup_logging()
     sys.excepthook = _safe_excepthook
     log.info("start: kcuda-validate %s", " ".join(argv))
     debug = _debug_requested(argv)
-    _route_sigterm()
+    signals.install()
     try:
         result = invoke()
     except click.exceptions.Exit as exc:
@@ -72,15 +79,12 @@ def run_with_boundary(invoke: Callable[[], Any], args: list[str] | None = None) 
         log.info("usage error: %s", exc.format_message())
         _say(where + exc.format_message().replace("\n", " "), hint, show_log=False)
         return int(ExitCode.USAGE)
-    except click.exceptions.Abort:
-        _say("interrupted", show_log=False)
-        return int(ExitCode.INTERRUPTED)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        log.info("interrupted")
         _say("interrupted", show_log=False)
         return int(ExitCode.INTERRUPTED)
     except Interrupted as exc:
-        _say(f"interrupted by {signal.Signals(exc.signum).name}", show_log=False)
-        return int(ExitCode.TERMINATED if exc.signum == signal.SIGTERM else ExitCode.INTERRUPTED)
+        return _interrupted(exc.signum)
     except KcudaError as exc:
         log.info("error (%s): %s", exc.exit_code.reason, exc.message, exc_info=debug)
         if debug:
