@@ -103,7 +103,7 @@ class ProgressUI(Protocol):
 
     def end_stream(self) -> None: ...
 
-    def error(self, message: str, fix: str | None = None) -> None: ...
+    def error(self, message: str, fix: str | None = None, show_log: bool = True) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,8 @@ class ModelValidation:
         """Keep a stage's verdict (and print its Error: line); True when the next stage may run."""
         self.verdicts.append(verdict)
         if verdict.error_line is not None:
-            self.ui.error(*verdict.error_line)
+            # An interrupt's line (exit_override: its 130/143) names no log file: the message is all it holds.
+            self.ui.error(*verdict.error_line, show_log=verdict.exit_override is None)
         return verdict.proceed
 
     def run(self, run: ModelRun, worker: Worker) -> None:

@@ -128,11 +128,13 @@ class Output:
         """A model download's bar (size, speed, ETA) on stderr; drawn only on a terminal, in human mode."""
         return DownloadBar(self)
 
-    def error(self, message: str, fix: str | None = None) -> None:
-        """One line on stderr naming the input; the fix and the log file on the next lines."""
+    def error(self, message: str, fix: str | None = None, show_log: bool = True) -> None:
+        """One line on stderr naming the input; the fix and the log file on the next lines.
+
+        `show_log=False` for an interrupt (exit 130/143): the message is all the log holds about it."""
         self.end_progress()
         self.end_stream()
-        self._stderr.write(error_text(message, fix))
+        self._stderr.write(error_text(message, fix, show_log))
         self._stderr.flush()
 
     def result(self, report: Any, line: str | None = None) -> None:
