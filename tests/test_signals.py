@@ -255,3 +255,35 @@ def test_two_sigterms_back_to_back_stop_the_run_once(tiny_model: Path, tmp_path:
         proc.kill()
         proc.wait(timeout=10)
     _assert_stopped_once(proc, out.decode(), err.decode(), signal.SIGTERM, "worker", tmp_path)
+
+
+def test_a_stop_whose_raise_was_lost_still_ends_the_next_wait_on_the_worker(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real run lost the handler's exception inside a C extension's import (`_elementtree` importing `pyexpat`):
+    the stop was marked started, so the later SIGTERMs were ignored, and the run waited on its hung worker for
+    ever. Here a real SIGTERM's exception is swallowed the same way; the worker stage that follows still stops."""
+    from kcuda_validate import signals
+    from kcuda_validate.errors import Interrupted
+    from kcuda_validate.isolation import Worker
+    from kcuda_validate.llm.loader import LoadOptions
+    from kcuda_validate.llm.measures import InferOptions
+    from kcuda_validate.worker_protocol import WorkerRequest
+
+    monkeypatch.setenv("KCUDA_TEST_FAULT", "hang:load")
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals.install()  # as the CLI does at the start of a run
+    try:
+        with contextlib.suppress(Interrupted):  # what the C extension did with it
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert signals.stopping() == signal.SIGTERM
+        started = time.monotonic()
+        request = WorkerRequest(tiny_model, LoadOptions(cpu_mode=True, n_ctx=256), InferOptions(max_tokens=4), "")
+        out = Worker(pin="").run(request, 120)
+        assert out.interrupted is not None and out.interrupted.signum == signal.SIGTERM
+        assert time.monotonic() - started < 30  # not the 120 s stage timeout: the wait ended at the stop
+    finally:
+        signals.reset()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -108,7 +108,7 @@ class DiskFullError(KcudaError):
     exit_code = ExitCode.DISK_FULL
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):  # not swallowed by a broad `except Exception`: the stop must go through
     """Ctrl-C or SIGTERM reached the parent: unwind, stop the worker, still write the reports."""
 
     def __init__(self, signum: int) -> None:

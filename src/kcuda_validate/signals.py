@@ -58,6 +58,17 @@ def _first(signum: int) -> bool:
     return True
 
 
+def check() -> None:
+    """Raise the stop again where the run waits (the worker's event loop), in case its first raise was lost.
+
+    A signal handler's exception can be swallowed where Python code cannot see it: seen in a real run, a SIGTERM
+    that arrived while a C extension was importing a module (`_elementtree` importing `pyexpat`) vanished, the
+    stop was marked started, and the run then waited on a hung worker with every later SIGTERM ignored. Called
+    only while nothing has caught the stop yet: the catchers leave the worker stage before they unwind."""
+    if _stop is not None:
+        raise Interrupted(_stop)
+
+
 def raise_interrupted(signum: int, frame: Any) -> None:
     """SIGTERM anywhere, and SIGINT in the worker stages: `Interrupted`, once per run."""
     if _first(signum):
