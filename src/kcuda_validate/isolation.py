@@ -44,8 +44,8 @@ __all__ = ["Interrupted", "Worker", "WorkerCrash", "WorkerInterrupt", "WorkerOut
 HINTS = {
     "SIGSEGV": "A segmentation fault inside llama.cpp or the CUDA driver: update the driver and llama-cpp-python, "
     "and rerun with --n-ctx lower; check `dmesg` for Xid errors.",
-    "SIGABRT": "llama.cpp aborted (GGML_ASSERT or CUDA error; often out of memory): read the last log lines above, "
-    "lower --n-ctx or --gpu-layers.",
+    "SIGABRT": "llama.cpp aborted (GGML_ASSERT or CUDA error; often out of memory): read llama.cpp's last output "
+    "(shown with this error, and in the report and the log file), lower --n-ctx or --gpu-layers.",
     "SIGKILL": "The kernel killed the process (out of host memory?): check `dmesg` for the OOM killer.",
     "SIGBUS": "A bus error reading the model (file truncated or changed while mapped, or a flaky disk).",
     "SIGILL": "An illegal instruction: llama.cpp was built for a newer CPU; rebuild with "
@@ -54,7 +54,8 @@ HINTS = {
 # A CPU run (--device cpu, or the --compare-cpu run) never touches the GPU: no driver, Xid or offload advice.
 CPU_HINTS = HINTS | {
     "SIGSEGV": "A segmentation fault inside llama.cpp: update llama-cpp-python, and rerun with --n-ctx lower.",
-    "SIGABRT": "llama.cpp aborted (GGML_ASSERT, or out of host memory): read the last log lines above, lower --n-ctx.",
+    "SIGABRT": "llama.cpp aborted (GGML_ASSERT, or out of host memory): read llama.cpp's last output (shown with "
+    "this error, and in the report and the log file), lower --n-ctx.",
 }
 
 
@@ -194,6 +195,7 @@ class Worker:
                     line, self._buf = self._buf.split("\n", 1)
                     if line.strip():
                         yield decode_event(line)
+                signals.check()  # a stop whose raise was lost before this stage (see signals.check)
                 until = deadline()
                 remaining = None if until is None else until - time.monotonic()
                 if remaining is not None and remaining <= 0:
