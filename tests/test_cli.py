@@ -96,6 +96,10 @@ def test_exit_codes_refuses_output_files_it_would_not_write(tmp_path: Path, opti
         ),
         (["detect", "--device", "gpu0"], "Error: cli detect: Invalid value for '--device': 'gpu0' is not a GPU index"),
         (["load", "--bogus"], "Error: cli load: No such option '--bogus'"),
+        (  # click's parser gives no context here: the command is still named, and its --help in the fix
+            ["validate-all", "--max-tokens"],
+            "Error: kcuda-validate validate-all: Option '--max-tokens' requires an argument.",
+        ),
         (["infer", "   ", "--device", "cpu"], "Error: prompt: the prompt is empty"),
         (
             ["load", "--model-path", "x.gguf", "--synthetic", "8MiB"],

@@ -42,6 +42,15 @@ def _safe_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -
     sys.stderr.flush()
 
 
+def _command_path(argv: list[str]) -> str | None:
+    """The command a parser error without a context belongs to (`validate-all --max-tokens` with no value):
+    the first argument that names one, so the message and its fix name the command, not only the tool."""
+    from kcuda_validate.cli import cli
+
+    name = next((a for a in argv if a in cli.commands), None)
+    return None if name is None else f"kcuda-validate {name}"
+
+
 def run_with_boundary(invoke: Callable[[], Any], args: list[str] | None = None) -> int:
     """Run the command; its exit code. SIGTERM unwinds like Ctrl-C (the reports are still written, the worker is
     stopped), and only the first SIGINT or SIGTERM does: later ones are ignored while that stop finishes (see
@@ -74,8 +83,9 @@ def _run(invoke: Callable[[], Any], args: list[str] | None) -> int:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         return 0
     except click.UsageError as exc:
-        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
-        hint = f"See `{exc.ctx.command_path} --help`." if exc.ctx is not None else "See `kcuda-validate --help`."
+        path = exc.ctx.command_path if exc.ctx is not None else _command_path(argv)
+        where = f"{path}: " if path else ""
+        hint = f"See `{path or 'kcuda-validate'} --help`."
         log.info("usage error: %s", exc.format_message())
         _say(where + exc.format_message().replace("\n", " "), hint, show_log=False)
         return int(ExitCode.USAGE)
