@@ -333,5 +333,6 @@ def check_hub_access(facts: Facts) -> tuple[Check, ...]:
         return (detect_check(cid, title, Status.WARN, probe.error, probe.fix or FIX_HUB_UNKNOWN, **ev),)
     mb = None if probe.size_bytes is None else probe.size_bytes / 1e6
     size = "" if mb is None else f" ({mb:.0f} MB)" if mb >= 10 else f" ({mb:.1f} MB)"
-    summary = f"{probe.host} answered in {probe.answer_ms:.0f} ms: {name}{size} can be downloaded, HF_TOKEN {token}"
+    ms = round(probe.answer_ms or 0.0, 1)  # the figure the evidence carries, so the two never read apart
+    summary = f"{probe.host} answered in {ms:.0f} ms: {name}{size} can be downloaded, HF_TOKEN {token}"
     return (detect_check(cid, title, Status.PASS, summary, **ev),)
