@@ -48,7 +48,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "KCUDA_DEBUG",
         "KCUDA_TEST_FAULT",
         "HF_ENDPOINT",
-        "UV_RUN_RECURSION_DEPTH",  # `uv run pytest` sets it; fix texts then name `python3 -m uv run`
+        "UV_RUN_RECURSION_DEPTH",  # `uv run pytest` sets it; fix texts then name `./run`
     ):
         monkeypatch.delenv(var, raising=False)
     return tmp_path

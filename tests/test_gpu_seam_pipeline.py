@@ -226,7 +226,7 @@ def test_an_idle_gpu_passes_and_an_unlistable_one_is_not_called_idle(
     assert (check["status"], check["summary"]) == (status, summary)
 
 
-@pytest.mark.parametrize(("depth", "command"), [(None, "kcuda-validate"), ("1", "python3 -m uv run kcuda-validate")])
+@pytest.mark.parametrize(("depth", "command"), [(None, "kcuda-validate"), ("1", "./run kcuda-validate")])
 def test_no_gpu_hint_names_the_command_as_it_was_started(
     depth: str | None, command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

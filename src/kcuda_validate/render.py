@@ -335,7 +335,7 @@ def render_report(report: Report, console: Console, verbose: int = 0, quiet: boo
             console.print(_text("  " + line), soft_wrap=True)
     console.print(verdict_line(report))
     if report.exit_code == ExitCode.NO_GPU and report.command in ("load", "infer", "validate-all"):
-        from kcuda_validate.llm.build import invocation  # `python3 -m uv run kcuda-validate` in a checkout
+        from kcuda_validate.llm.build import invocation  # `./run kcuda-validate` in a checkout
 
         console.print(
             Text(

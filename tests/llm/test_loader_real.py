@@ -28,7 +28,7 @@ def _verdict(result: LoadResult) -> OffloadVerdict:
 
 def _load(model: Path, options: LoadOptions) -> tuple[LoadResult, list[str]]:
     # Module-scoped, so conftest's per-test environment is not in place yet: `uv run pytest` would leave its
-    # UV_RUN_RECURSION_DEPTH here, and the fix texts would name `python3 -m uv run kcuda-validate`.
+    # UV_RUN_RECURSION_DEPTH here, and the fix texts would name `./run kcuda-validate`.
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("UV_RUN_RECURSION_DEPTH", raising=False)
         loader = ModelLoader(options)

@@ -81,7 +81,7 @@ class Facts:
     def __init__(self, options: DetectOptions, environ: Mapping[str, str] | None = None) -> None:
         self.options = options
         self.env: dict[str, str] = dict(os.environ if environ is None else environ)
-        self.invocation = invocation(self.env)  # for fix texts: `python3 -m uv run kcuda-validate` in a checkout
+        self.invocation = invocation(self.env)  # for fix texts: `./run kcuda-validate` in a checkout
         self._llama_probe: LlamaBuildProbe | None = None
         self._hub_probe: Future[HubProbe | None] | None = None
 

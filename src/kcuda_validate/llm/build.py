@@ -27,7 +27,7 @@ from kcuda_validate.versions import dist_version
 def invocation(environ: Mapping[str, str] | None = None) -> str:
     """How the user runs this tool, for fix texts: under `uv run` from a checkout, or installed."""
     env = os.environ if environ is None else environ
-    return "python3 -m uv run kcuda-validate" if env.get("UV_RUN_RECURSION_DEPTH") else "kcuda-validate"
+    return "./run kcuda-validate" if env.get("UV_RUN_RECURSION_DEPTH") else "kcuda-validate"  # README: ./run
 
 
 def setup_fix(invocation: str, what: str = "builds llama-cpp-python with CUDA for this machine's GPUs") -> str:
