@@ -262,6 +262,16 @@ def check_distinct(paths: dict[str, Path | None]) -> None:
         seen[key] = option
 
 
+def refuse_unwritten(command: str, options: dict[str, Path | None], why: str, fix: str) -> None:
+    """Output-file options a command accepts (before or after its name, as everywhere) only to refuse: it writes
+    no such file. The first one given is a usage error; `fix` may name it as `{option}`."""
+    from kcuda_validate.errors import UsageError
+
+    for option, path in options.items():
+        if path is not None:
+            raise UsageError(f"{option}: {command} writes no {option[2:]} file ({why})", fix=fix.format(option=option))
+
+
 def _existing_and_missing(path: Path) -> tuple[Path, list[str]]:
     """The nearest directory of `path` that exists, and the names below it still to make (the file's included)."""
     missing: list[str] = [path.name]

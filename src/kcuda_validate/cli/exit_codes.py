@@ -38,18 +38,14 @@ def exit_codes(ctx: click.Context, /, json_out: bool) -> int:
     """Print the exit-code table shared by every command."""
     group = (ctx.obj or {}).get("output")  # the global options given before the command name
     if group is not None:
-        from kcuda_validate.errors import UsageError
+        from kcuda_validate.cli._output import refuse_unwritten
 
-        for option, path in (
-            ("--report", group.report_path),
-            ("--junit-xml", group.junit_path),
-            ("--prometheus", group.prometheus_path),
-        ):
-            if path is not None:
-                raise UsageError(
-                    f"{option}: exit-codes writes no {option[2:]} file (it prints a fixed table)",
-                    fix=f"Leave {option} out; `kcuda-validate exit-codes --json` prints the table as JSON.",
-                )
+        refuse_unwritten(
+            "exit-codes",
+            {"--report": group.report_path, "--junit-xml": group.junit_path, "--prometheus": group.prometheus_path},
+            "it prints a fixed table",
+            "Leave {option} out; `kcuda-validate exit-codes --json` prints the table as JSON.",
+        )
         json_out = json_out or group.json
     if json_out:
         click.echo(json.dumps({str(int(c)): {"name": c.reason, "meaning": MEANING[c]} for c in ExitCode}, indent=2))

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from kcuda_validate.cli._common import make_output, output_options
+from kcuda_validate.cli._output import refuse_unwritten
 from kcuda_validate.safetext import spelled_out
 
 COLUMNS = (
@@ -43,12 +44,12 @@ def fleet(ctx: click.Context, /, reports: tuple[Path, ...], **kw: Any) -> int:
     from kcuda_validate.fleet import NoReportsError, file_identity, find_report_files, load_files
 
     ui = make_output(ctx, **kw)
-    for option, path in (("--junit-xml", ui.opts.junit_path), ("--prometheus", ui.opts.prometheus_path)):
-        if path is not None:
-            raise UsageError(
-                f"{option}: fleet writes no {option[2:]} file (each node's own run writes one)",
-                fix=f"Leave {option} out; `--report PATH` writes the fleet JSON.",
-            )
+    refuse_unwritten(
+        "fleet",
+        {"--junit-xml": ui.opts.junit_path, "--prometheus": ui.opts.prometheus_path},
+        "each node's own run writes one",
+        "Leave {option} out; `--report PATH` writes the fleet JSON.",
+    )
     try:
         files = find_report_files(list(reports))
     except NoReportsError as exc:
