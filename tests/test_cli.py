@@ -59,6 +59,35 @@ def test_version_names_the_stack() -> None:
         assert "nvidia driver not found (library not found)" in text
 
 
+@pytest.mark.parametrize("args", [("--json", "--version"), ("--version", "--json"), ("--json", "--version", "detect")])
+def test_version_as_json_says_what_the_text_says(args: tuple[str, ...]) -> None:
+    """`--version` is eager; `--json` after it must still be honoured, and a command name after it is not run."""
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    text = invoke("--version").output
+    assert doc["tool"] == "kcuda-validate"
+    assert text.splitlines()[0] == f"kcuda-validate {doc['version']}"
+    for name, version in doc["packages"].items():
+        assert f"  {name} {version or 'not installed'}" in text.splitlines()
+    if driver_present():
+        assert doc["nvidia_driver"]["found"] is True
+    else:
+        assert doc["nvidia_driver"] == {
+            "found": False,
+            "version": None,
+            "cuda_version": None,
+            "reason": "library not found",
+        }
+
+
+def test_version_names_the_driver_nvml_reports(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    install("healthy_one_gpu", monkeypatch, tmp_path)
+    doc = json.loads(invoke("--version", "--json").output)
+    assert doc["nvidia_driver"] == {"found": True, "version": "550.107.02", "cuda_version": "12.4", "reason": None}
+    assert "  nvidia driver 550.107.02 (CUDA 12.4)" in invoke("--version").output.splitlines()
+
+
 def test_exit_codes_command_matches_enum() -> None:
     result = invoke("exit-codes", "--json")
     assert result.exit_code == 0

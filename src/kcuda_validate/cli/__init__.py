@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -13,34 +14,48 @@ from kcuda_validate.cli._errors import run_with_boundary
 from kcuda_validate.cli._output import OutputOptions
 
 
-def _version_text() -> str:
-    """Tool, key packages and, when a driver answers, the NVIDIA driver — without importing them."""
+def version_info() -> dict[str, Any]:
+    """Tool, key packages and, when a driver answers, the NVIDIA driver — without importing them. One object for
+    the text and the `--json` form, so the two cannot say different things."""
     from kcuda_validate.report import package_versions
 
-    lines = [f"kcuda-validate {__version__}"]
-    for name, version in package_versions().items():
-        if name in ("click", "rich"):
-            continue
-        lines.append(f"  {name} {version or 'not installed'}")
+    packages = {name: v for name, v in package_versions().items() if name not in ("click", "rich")}
+    driver: dict[str, Any]
     try:
         from kcuda_validate.gpu.nvml import Nvml, NvmlInitError
 
         try:
             with Nvml.open() as nvml:
                 d = nvml.driver()
-                lines.append(f"  nvidia driver {d.driver_version} (CUDA {d.cuda_version or 'n/a'})")
+                driver = {"found": True, "version": d.driver_version, "cuda_version": d.cuda_version, "reason": None}
         except NvmlInitError as exc:
-            lines.append(f"  nvidia driver not found ({exc.kind.replace('_', ' ')})")
+            driver = {"found": False, "version": None, "cuda_version": None, "reason": exc.kind.replace("_", " ")}
     except ImportError:
-        lines.append("  nvidia driver unknown (nvidia-ml-py not installed)")
+        driver = {"found": None, "version": None, "cuda_version": None, "reason": "nvidia-ml-py not installed"}
+    return {"tool": "kcuda-validate", "version": __version__, "packages": packages, "nvidia_driver": driver}
+
+
+def _version_text(info: dict[str, Any]) -> str:
+    lines = [f"{info['tool']} {info['version']}"]
+    lines += [f"  {name} {version or 'not installed'}" for name, version in info["packages"].items()]
+    d = info["nvidia_driver"]
+    if d["found"]:
+        lines.append(f"  nvidia driver {d['version']} (CUDA {d['cuda_version'] or 'n/a'})")
+    elif d["found"] is False:
+        lines.append(f"  nvidia driver not found ({d['reason']})")
+    else:
+        lines.append(f"  nvidia driver unknown ({d['reason']})")
     return "\n".join(lines)
 
 
-def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if not value or ctx.resilient_parsing:
-        return
-    click.echo(_version_text())
-    ctx.exit(0)
+_VERSION_ASKED = "kcuda.version_asked"
+
+
+def _ask_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """Only noted here: `--version` is eager, so `--version --json` would reach it before --json is parsed.
+    KcudaGroup.parse_args prints it once every group option is known."""
+    if value and not ctx.resilient_parsing:
+        ctx.meta[_VERSION_ASKED] = True
 
 
 class KcudaGroup(click.Group):
@@ -58,13 +73,18 @@ class KcudaGroup(click.Group):
         validate-all is reached: its old gate is closed here too, as validate-all does for its own options."""
         raw = list(args)  # click's parser consumes the list it is given
         try:
-            return super().parse_args(ctx, args)
+            rest = super().parse_args(ctx, args)
         except click.UsageError:
             if "validate-all" in raw:
                 from kcuda_validate.cli.validate_all import close_stale_gate
 
                 close_stale_gate(raw[raw.index("validate-all") + 1 :])
             raise
+        if ctx.meta.get(_VERSION_ASKED):
+            info = version_info()
+            click.echo(json.dumps(info, indent=2) if ctx.params.get("json_out") else _version_text(info))
+            ctx.exit(0)
+        return rest
 
 
 @click.group(cls=KcudaGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -73,7 +93,7 @@ class KcudaGroup(click.Group):
     is_flag=True,
     expose_value=False,
     is_eager=True,
-    callback=_print_version,
+    callback=_ask_version,
     help="Show the versions of the tool, llama-cpp-python, torch, nvidia-ml-py, huggingface-hub, gguf and the driver.",
 )
 @output_options
