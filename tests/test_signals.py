@@ -287,3 +287,35 @@ def test_a_stop_whose_raise_was_lost_still_ends_the_next_wait_on_the_worker(
         signals.reset()
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+# A real SIGINT, sent by the process to itself while the CLI's first heavy module is imported: the window
+# before the error boundary installs its handlers (about 0.1 s after start, where a quick Ctrl-C lands).
+CTRL_C_DURING_IMPORT = """
+import importlib.abc, os, signal, sys
+AT = sys.argv[1]
+class CtrlCOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == AT:
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlCOnImport())
+sys.argv = ["kcuda-validate", *sys.argv[2:]]
+from kcuda_validate.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("click", ["detect"]),  # the CLI's own import
+        ("kcuda_validate.isolation", ["load", "--synthetic", "64MiB"]),  # the early worker's start
+        ("kcuda_validate.cli", ["validate-all", "--device", "cpu"]),
+    ],
+)
+def test_ctrl_c_before_the_boundary_is_one_line_not_a_traceback(module: str, args: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C_DURING_IMPORT, module, *args], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr, done.stdout) == (130, "Error: interrupted\n", "")

@@ -4,14 +4,15 @@
 ~0.3 s to import llama.cpp. Guessing the command from argv and starting the worker here lets both happen
 at once. The worker is handed to the command through click's context object (`EarlyWorker`); the command
 checks the guess (cli._common.start_worker) and discards a wrong one.
+
+A Ctrl-C before the CLI's error boundary installs its handlers (the first ~0.1 s: imports) is caught here and
+said the way the boundary says it, not as a traceback; so this module imports nothing at module level that
+could be interrupted first, beyond `sys`.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
-
-from kcuda_validate.prestart import EARLY_WORKER, EarlyWorker, parse_device
 
 MODEL_COMMANDS = {"load", "infer", "validate-all"}
 
@@ -19,6 +20,8 @@ MODEL_COMMANDS = {"load", "infer", "validate-all"}
 def _guess(argv: list[str]) -> tuple[bool, int | None] | None:
     """(cpu_mode, device index) when argv runs a model command, else None (also with --setup, which may
     replace the llama.cpp build the worker would import)."""
+    from kcuda_validate.prestart import parse_device
+
     if any(a in ("-h", "--help", "--version", "--all-devices", "--setup") for a in argv):
         return None
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -39,7 +42,21 @@ def _guess(argv: list[str]) -> tuple[bool, int | None] | None:
 
 
 def main() -> None:
-    obj: dict[str, Any] = {}
+    try:
+        _main()
+    except KeyboardInterrupt:  # only before the boundary: it answers a later Ctrl-C itself (exit 130)
+        import signal  # not at module level: it builds enums, a window for Ctrl-C of its own
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.stderr.write("Error: interrupted\n")
+        sys.stderr.flush()
+        sys.exit(130)
+
+
+def _main() -> None:
+    from kcuda_validate.prestart import EARLY_WORKER, EarlyWorker
+
+    obj: dict[str, object] = {}
     guess = _guess(sys.argv[1:])
     if guess is not None:
         try:
@@ -55,5 +72,5 @@ def main() -> None:
         cli_main(obj)
     finally:
         early = obj.pop(EARLY_WORKER, None)
-        if early is not None:  # the command never took it (usage error, --help...)
+        if isinstance(early, EarlyWorker):  # the command never took it (usage error, --help...)
             early.worker.kill()
