@@ -73,8 +73,9 @@ def test_degraded_pcie_under_load() -> None:
     check = judge(series(0, narrow, narrow))
     assert (check.status, check.summary, check.fix) == (
         Status.WARN,
-        "PCIe gen 3 x4 under load, card supports gen 4 x16",
-        "Reseat the card in a full-width slot wired for its generation; check the slot's BIOS link setting.",
+        "PCIe gen 3 x4 under load, card and slot allow gen 4 x16",
+        "The link trained below what card and slot allow: reseat the card (no riser), check its power cables and "
+        "the BIOS PCIe link-speed setting.",
     )
 
 
@@ -92,6 +93,11 @@ def test_clocks_stuck_in_a_low_pstate() -> None:
     low = dataclasses.replace(LOADED, pstate=8)
     check = judge(series(70, LOADED, low))
     assert (check.status, check.summary) == (Status.WARN, "slower than P2 for 70 % of inference (best P2)")
+    assert check.fix == (
+        "Check `nvidia-smi -q -d PERFORMANCE` for what holds the clocks; reset locked clocks "
+        "(`sudo nvidia-smi -i 0 -rgc` and `-rmc`); for persistence mode use "
+        "`sudo systemctl enable --now nvidia-persistenced`."
+    )
 
 
 def test_wsl2_says_which_figures_are_na() -> None:

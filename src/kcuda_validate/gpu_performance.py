@@ -24,8 +24,16 @@ FIX_THERMAL = "improve cooling (clean the fans and heatsink, check the airflow a
 FIX_HW_SLOWDOWN = "check the board's power cables and the power supply; `nvidia-smi -q -d PERFORMANCE` shows the cause"
 FIX_POWER = "`sudo nvidia-smi -i {index} -pl {default:.0f}`"
 FIX_MEM_CLOCK = "reset the clocks (`sudo nvidia-smi -i {index} -rmc` and `-rac`); check `nvidia-smi -q -d CLOCK`"
-FIX_PSTATE = "check `nvidia-smi -q -d PERFORMANCE` for what holds the P-state; enable persistence mode (`-pm 1`)"
-FIX_LINK = "reseat the card in a full-width slot wired for its generation; check the slot's BIOS link setting"
+FIX_PSTATE = (
+    "check `nvidia-smi -q -d PERFORMANCE` for what holds the clocks; reset locked clocks "
+    "(`sudo nvidia-smi -i {index} -rgc` and `-rmc`); for persistence mode use "
+    "`sudo systemctl enable --now nvidia-persistenced`"
+)
+# NVML's maximum link is what card and slot together allow: below it, the link trained low.
+FIX_LINK = (
+    "the link trained below what card and slot allow: reseat the card (no riser), check its power cables and the "
+    "BIOS PCIe link-speed setting"
+)
 
 
 def _pct(share: float) -> str:
@@ -82,7 +90,7 @@ def _findings(summary: TelemetrySummary, gpu: GpuInfo) -> tuple[list[tuple[str, 
         problems.append(
             (
                 f"slower than P2 for {_pct(summary.pstate_share_above_p2)} of inference (best P{summary.pstate_best})",
-                FIX_PSTATE,
+                FIX_PSTATE.format(index=gpu.index),
             )
         )
     gen, width = summary.pcie_gen_best, summary.pcie_width_best
@@ -91,7 +99,7 @@ def _findings(summary: TelemetrySummary, gpu: GpuInfo) -> tuple[list[tuple[str, 
     elif gen < gpu.pcie_gen_max or width < gpu.pcie_width_max:
         problems.append(
             (
-                f"PCIe gen {gen} x{width} under load, card supports gen {gpu.pcie_gen_max} x{gpu.pcie_width_max}",
+                f"PCIe gen {gen} x{width} under load, card and slot allow gen {gpu.pcie_gen_max} x{gpu.pcie_width_max}",
                 FIX_LINK,
             )
         )
