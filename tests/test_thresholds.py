@@ -104,7 +104,8 @@ def test_missing_dependency_names_the_module_and_the_reinstall(
     assert lines[0] == (
         "Error: a dependency is missing or incompatible: No module named 'kcuda_validate_no_such_dependency'"
     )
-    assert "uv sync" in lines[1]
+    assert "`uv sync --locked --inexact`" in lines[1]  # the locked set, keeping what setup added
+    assert "pip install" not in lines[1]  # kcuda-validate is not a published package
     assert "Traceback" not in result.stderr
 
 

@@ -43,10 +43,11 @@ __all__ = ["Interrupted", "Worker", "WorkerCrash", "WorkerInterrupt", "WorkerOut
 
 HINTS = {
     "SIGSEGV": "A segmentation fault inside llama.cpp or the CUDA driver: update the driver and llama-cpp-python, "
-    "and rerun with --n-ctx lower; check `dmesg` for Xid errors.",
+    "and rerun with --n-ctx lower; check `sudo dmesg | grep -i xid` for Xid errors.",
     "SIGABRT": "llama.cpp aborted (GGML_ASSERT or CUDA error; often out of memory): read llama.cpp's last output "
     "(shown with this error, and in the report and the log file), lower --n-ctx or --gpu-layers.",
-    "SIGKILL": "The kernel killed the process (out of host memory?): check `dmesg` for the OOM killer.",
+    "SIGKILL": "The kernel killed the process (out of host memory?): check `sudo dmesg | grep -i oom` for the "
+    "OOM killer.",
     "SIGBUS": "A bus error reading the model (file truncated or changed while mapped, or a flaky disk).",
     "SIGILL": "An illegal instruction: llama.cpp was built for a newer CPU; rebuild with "
     'CMAKE_ARGS="-DGGML_NATIVE=OFF".',

@@ -269,8 +269,8 @@ def run_health(
             Status.FAIL,
             f"the checks did not finish in {timeout_s:g} s",
             {"timeout_s": timeout_s, "elapsed_s": round(took, 3), "checks": list(ids)},
-            "Look for a hung driver (`nvidia-smi` hanging, Xid errors in `dmesg`); raise --timeout only if the"
-            " node is merely slow.",
+            "Look for a hung driver (`nvidia-smi` hanging, Xid errors in `sudo dmesg | grep -i xid`); raise"
+            " --timeout only if the node is merely slow.",
             ExitCode.TIMEOUT,
         )
         return HealthResult(

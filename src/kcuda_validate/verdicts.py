@@ -34,7 +34,8 @@ NOT_MEASURED_FIX = {
     "min_gen_tps": "Raise --max-tokens: generation speed needs at least two generated tokens.",
 }
 TIMEOUT_FIX = (
-    "Raise --timeout if the model is large or the disk slow; otherwise the driver or llama.cpp hung (check `dmesg`)."
+    "Raise --timeout if the model is large or the disk slow; otherwise the driver or llama.cpp hung "
+    "(check `sudo dmesg | grep -i xid`)."
 )
 
 
@@ -282,7 +283,7 @@ def determinism_checks(result: InferenceResult) -> list[Check]:
             "Determinism",
             f"runs diverged at generated token {result.divergence}",
             "Non-deterministic output with a fixed seed points at a numerical problem (driver, "
-            "kernels or memory); rerun and check `dmesg` for Xid errors.",
+            "kernels or memory); rerun and check `sudo dmesg | grep -i xid` for Xid errors.",
             divergence_token=result.divergence,
         )
     ]

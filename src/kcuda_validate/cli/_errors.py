@@ -110,8 +110,8 @@ def _run(invoke: Callable[[], Any], args: list[str] | None) -> int:
             raise
         _say(
             f"a dependency is missing or incompatible: {exc}",
-            "Reinstall the tool's locked dependencies (`uv sync`, or `pip install --force-reinstall kcuda-validate`);"
-            " `kcuda-validate --version` lists what is installed.",
+            "Reinstall the tool's locked dependencies: `uv sync --locked --inexact` in the checkout, or run it "
+            "through `./run kcuda-validate ...`, which syncs; `kcuda-validate --version` lists what is installed.",
         )
         return int(ExitCode.INTERNAL)
     except Exception as exc:
