@@ -180,7 +180,7 @@ EXPECT: dict[str, Expect] = {
     "torch_not_installed": expect(
         failing=("torch.cuda",),
         summary=(("torch.cuda", "PyTorch is not installed"),),
-        fix=(("torch.cuda", "uv sync"),),
+        fix=(("torch.cuda", "`uv sync --inexact`"),),
     ),
     "torch_no_kernel_image": expect(
         failing=("torch.cuda",),
@@ -198,7 +198,7 @@ EXPECT: dict[str, Expect] = {
     "llama_not_installed": expect(
         failing=("llama.build",),
         summary=(("llama.build", "llama-cpp-python is not installed"),),
-        fix=(("llama.build", "Reinstall the tool's dependencies (`uv sync`), then run `kcuda-validate setup`."),),
+        fix=(("llama.build", "`uv sync --inexact` in the checkout"), ("llama.build", "run `kcuda-validate setup`.")),
     ),
     "llama_missing_cudart": expect(
         failing=("llama.build",),
@@ -652,12 +652,13 @@ def test_an_engine_missing_its_cuda_library_gets_the_fix_for_where_that_library_
     cu12 = "libllama failed to load: libcublasLt.so.12: cannot open shared object file: No such file or directory"
     assert load_error_fix("kcuda-validate", cu12) == (
         "Run `kcuda-validate setup`: it puts back the CUDA 12 runtime libraries this build loads (libcublasLt.so.12; "
-        "a plain `uv sync` removes the ones setup added, `uv run` keeps them), from its cache in seconds, or rebuilds."
+        "a plain `uv sync` removes the ones setup added, `uv run` and `uv sync --inexact` keep them), from its cache "
+        "in seconds, or rebuilds."
     )
     cu13 = "libllama failed to load: libcudart.so.13: cannot open shared object file: No such file or directory"
     assert load_error_fix("uv run kcuda-validate", cu13) == (
-        "Run `uv sync`: it restores the environment's NVIDIA runtime wheels, which hold libcudart.so.13; "
-        "then `uv run kcuda-validate setup` if this check still fails."
+        "Run `uv sync --inexact`: it restores the environment's NVIDIA runtime wheels, which hold libcudart.so.13, "
+        "and keeps what setup added; then `uv run kcuda-validate setup` if this check still fails."
     )
     other = "libllama failed to load: undefined symbol: ggml_backend_cuda_init"
     assert load_error_fix("kcuda-validate", other) == setup_fix(

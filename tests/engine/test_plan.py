@@ -329,6 +329,63 @@ def test_torch_newer_than_the_driver_names_the_matching_build(monkeypatch, tmp_p
     assert "The engine does not need PyTorch." in note
 
 
+@pytest.mark.parametrize(
+    ("driver_cuda", "tag"),
+    [
+        ("11.4", None),
+        ("11.8", "cu118"),
+        ("12.0", "cu118"),
+        ("12.2", "cu121"),
+        ("12.4", "cu124"),  # setup's own list once said no build matched, where detect named cu124
+        ("12.5", "cu124"),
+        ("12.8", "cu128"),
+        ("13.0", "cu130"),
+        ("13.1", "cu130"),
+    ],
+)
+def test_detect_and_setup_name_the_same_torch_wheel_for_a_driver(driver_cuda, tag, monkeypatch, tmp_path):
+    """One list of PyTorch's CUDA indexes: the newest not above the driver's CUDA, or none (update the driver)."""
+    from kcuda_validate.detect.software import torch_cuda_index, torch_install_fix
+    from kcuda_validate.engine.plan import torch_note
+
+    assert torch_cuda_index(driver_cuda) == tag
+    note = torch_note(facts_for("healthy_one_gpu", monkeypatch, tmp_path, driver_cuda=driver_cuda))
+    fix = torch_install_fix(driver_cuda)  # what detect's torch.cuda fix says
+    assert note is not None, "the environment's torch (CUDA 13.2) is newer than every driver here"
+    if tag is None:
+        assert "no PyTorch build matches this driver: update the NVIDIA driver" in note
+        assert fix.startswith("update the NVIDIA driver: PyTorch publishes no CUDA build")
+        assert "download.pytorch.org" not in note + fix
+    else:
+        wheel = f"--index-url https://download.pytorch.org/whl/{tag}`"
+        assert wheel in note and wheel in fix
+        assert note.count("download.pytorch.org/whl/") == fix.count("download.pytorch.org/whl/") == 1
+
+
+def test_no_uv_is_refused_with_an_installer_that_works_without_pip(monkeypatch, tmp_path):
+    """Stock Debian 12 and Ubuntu 24.04 ship no pip and refuse system-wide pip installs (PEP 668)."""
+    plan = make_plan(facts_for(RTX4090_DRIVER_560, monkeypatch, tmp_path, uv=None), SetupOptions())
+    assert plan.action == "refused"
+    (problem,) = plan.problems
+    assert problem.id == "setup.uv"
+    assert "`./run kcuda-validate setup`" in problem.fix and "https://astral.sh/uv/install.sh" in problem.fix
+    assert "pip install uv" not in problem.fix
+
+
+def test_torch_cuda_index_reads_only_a_cuda_version() -> None:
+    from kcuda_validate.detect.software import TORCH_CUDA_INDEXES, torch_cuda_index
+
+    assert tuple(sorted(TORCH_CUDA_INDEXES)) == TORCH_CUDA_INDEXES
+    assert [torch_cuda_index(v) for v in (None, "", "n/a", "13", "13.2.1", "99.9")] == [
+        None,
+        None,
+        None,
+        "cu130",
+        "cu132",
+        "cu132",
+    ]
+
+
 def test_a_gpu_without_a_reported_compute_capability_needs_arch(monkeypatch, tmp_path):
     plan = make_plan(facts_for("nvml_fields_unavailable", monkeypatch, tmp_path), SetupOptions())
     assert plan.action == "refused"

@@ -17,43 +17,44 @@ from kcuda_validate.versions import dist_version
 
 log = logging.getLogger("kcuda_validate.detect")
 
-# TorchInfo.problem -> (summary, fix), formatted with version, cuda_build, drv_cuda, cu_tag and message.
+# Reinstalling the locked dependencies: `uv sync --inexact` keeps what setup added beside them (a plain, exact
+# `uv sync` removes the CUDA 12 runtime wheels of a CUDA 12 engine); ./run is `uv run`, which syncs inexactly.
+FIX_RESYNC = (
+    "`uv sync --inexact` in the checkout, which keeps what setup added (a plain `uv sync` removes it), or run "
+    "through `./run kcuda-validate ...`, which syncs"
+)
+# TorchInfo.problem -> (summary, fix), formatted with version, cuda_build, drv_cuda, install and message;
+# `install` is torch_install_fix's sentence.
 TORCH_PROBLEMS: dict[str, tuple[str, str]] = {
-    "not_installed": ("PyTorch is not installed", "Reinstall the tool's dependencies: `uv sync`."),
-    "cpu_build": (
-        "torch {version} is a CPU-only build (Torch not compiled with CUDA enabled)",
-        "Install a CUDA build matching the driver, e.g. "
-        "`uv pip install --reinstall torch --index-url https://download.pytorch.org/whl/{cu_tag}`, "
-        "then run with `uv run --no-sync ...` so uv keeps it.",
-    ),
+    "not_installed": ("PyTorch is not installed", f"Reinstall the tool's locked dependencies: {FIX_RESYNC}."),
+    "cpu_build": ("torch {version} is a CPU-only build (Torch not compiled with CUDA enabled)", "{install}"),
     "no_driver": (
         "PyTorch found no NVIDIA driver",
         "PyTorch cannot open the driver NVML sees; check LD_LIBRARY_PATH for a stray libcuda and reboot.",
     ),
     "driver_too_old": (
         "torch is built for CUDA {cuda_build} but the driver supports only CUDA {drv_cuda}",
-        "Update the NVIDIA driver to one supporting CUDA {cuda_build}, or install torch built for "
-        "CUDA ≤ {drv_cuda}: `uv pip install --reinstall torch --index-url "
-        "https://download.pytorch.org/whl/{cu_tag}`, then run with `uv run --no-sync ...` so "
-        "uv keeps it.",
+        "Update the NVIDIA driver to one supporting CUDA {cuda_build}; or {install}",
     ),
     "no_device": ("PyTorch sees no CUDA device", "Check CUDA_VISIBLE_DEVICES and container GPU access."),
     "crashed": (
         "PyTorch's CUDA check died: {message}",
         "Usually a driver/library mismatch or a broken CUDA install: reboot, then reinstall the driver; "
-        "check `dmesg` for Xid errors.",
+        "check `sudo dmesg | grep -i xid` for Xid errors.",
     ),
     "kernel_failed": (
         "a CUDA kernel failed: {message}",
-        "Check `dmesg` for Xid errors; make sure torch's CUDA build supports this GPU's compute capability.",
+        "Check `sudo dmesg | grep -i xid` for Xid errors; make sure torch's CUDA build supports this GPU's "
+        "compute capability.",
     ),
 }
 # llama.cpp does not need PyTorch: every torch failure says how to validate the inference path without it.
 FIX_TORCH_SUFFIX = " (If you only need llama.cpp inference, rerun with --skip-torch.)"
 FIX_TORCH_NEWER = "Update the NVIDIA driver to avoid PTX JIT failures in newer kernels."
 
-# PyTorch publishes wheels for only some CUDA versions (download.pytorch.org/whl/cuXYZ).
-TORCH_CUDA_INDEXES = ((11, 8), (12, 1), (12, 4), (12, 6), (12, 8), (12, 9), (13, 0))
+# PyTorch publishes wheels for only some CUDA versions (download.pytorch.org/whl/cuXYZ). detect's torch fixes and
+# setup's plan (engine.plan.torch_note) both name the wheel torch_cuda_index picks from this one list.
+TORCH_CUDA_INDEXES = ((11, 8), (12, 1), (12, 4), (12, 6), (12, 8), (12, 9), (13, 0), (13, 2))
 
 FIX_HIDES_ALL = "Unset it (`unset CUDA_VISIBLE_DEVICES`) or list a GPU index."
 FIX_HIDES_SOME = "Unset CUDA_VISIBLE_DEVICES if you meant to use every GPU."
@@ -70,14 +71,44 @@ def _version_gt(a: str | None, b: str | None) -> bool:
         return False
 
 
-def cu_tag(cuda: str | None) -> str:
-    """download.pytorch.org index tag for a driver's CUDA version, e.g. "12.4" -> "cu124"."""
-    if not cuda:
-        return "cu124"
-    major, _, minor = cuda.partition(".")
-    want = (int(major), int(minor or 0))
-    best = max((p for p in TORCH_CUDA_INDEXES if p <= want), default=(11, 8))
-    return f"cu{best[0]}{best[1]}"
+def torch_cuda_index(driver_cuda: str | None) -> str | None:
+    """The download.pytorch.org index for a driver's CUDA version: the newest one PyTorch publishes that is not
+    newer than the driver's, e.g. "12.5" -> "cu124". None when the driver's CUDA is unknown or older than all."""
+    major, _, minor = (driver_cuda or "").partition(".")
+    try:
+        want = (int(major), int(minor.partition(".")[0] or 0))
+    except ValueError:
+        return None
+    best = max((p for p in TORCH_CUDA_INDEXES if p <= want), default=None)
+    return None if best is None else f"cu{best[0]}{best[1]}"
+
+
+def torch_install_command(tag: str, python: str | None = None) -> str:
+    """The command that replaces the environment's torch with the build from PyTorch's `tag` index."""
+    target = f" --python {python}" if python else ""
+    return f"`uv pip install{target} --reinstall torch --index-url https://download.pytorch.org/whl/{tag}`"
+
+
+def _no_torch_build(driver_cuda: str) -> str:
+    oldest = ".".join(map(str, TORCH_CUDA_INDEXES[0]))
+    return f"PyTorch publishes no CUDA build for CUDA {driver_cuda} or older (its oldest is CUDA {oldest})"
+
+
+def torch_install_fix(driver_cuda: str | None) -> str:
+    """How to get a torch this driver runs, or why there is none (a driver older than every PyTorch CUDA build)."""
+    tag = torch_cuda_index(driver_cuda)
+    if tag is not None:
+        return (
+            f"install the CUDA build for this driver (CUDA {driver_cuda}): {torch_install_command(tag)}, "
+            "then run with `uv run --no-sync ...` so uv keeps it."
+        )
+    if driver_cuda:
+        return f"update the NVIDIA driver: {_no_torch_build(driver_cuda)}."
+    return (
+        "install the CUDA build for the driver's CUDA (`nvidia-smi` shows it): "
+        "`uv pip install --reinstall torch --index-url https://download.pytorch.org/whl/cuXYZ` for the newest "
+        "cuXYZ not above it, then run with `uv run --no-sync ...` so uv keeps it."
+    )
 
 
 # -- PyTorch -----------------------------------------------------------------------------------------------
@@ -110,13 +141,16 @@ def check_torch(facts: Facts) -> tuple[Check, ...]:
     if info.problem is not None:
         problem = "driver_too_old" if info.problem == "no_device" and newer else info.problem
         summary, fix = TORCH_PROBLEMS[problem]
+        install = torch_install_fix(drv_cuda)
         fields = {
             "version": info.version,
             "cuda_build": info.cuda_build,
             "drv_cuda": drv_cuda or "?",
-            "cu_tag": cu_tag(drv_cuda),
+            "install": install[0].upper() + install[1:] if problem == "cpu_build" else install,
             "message": info.message,
         }
+        if problem == "driver_too_old" and torch_cuda_index(drv_cuda) is None:
+            fix = f"Update the NVIDIA driver to one supporting CUDA {{cuda_build}}: {_no_torch_build(drv_cuda or '?')}."
         return (
             detect_check(
                 "torch.cuda",
@@ -218,13 +252,13 @@ def load_error_fix(invocation: str, error: str) -> str:
     if missing and missing.group(1).endswith(".so.12"):
         return (
             f"Run `{invocation} setup`: it puts back the CUDA 12 runtime libraries this build loads "
-            f"({missing.group(1)}; a plain `uv sync` removes the ones setup added, `uv run` keeps them), "
-            "from its cache in seconds, or rebuilds."
+            f"({missing.group(1)}; a plain `uv sync` removes the ones setup added, `uv run` and "
+            "`uv sync --inexact` keep them), from its cache in seconds, or rebuilds."
         )
     if missing:
         return (
-            f"Run `uv sync`: it restores the environment's NVIDIA runtime wheels, which hold {missing.group(1)}; "
-            f"then `{invocation} setup` if this check still fails."
+            f"Run `uv sync --inexact`: it restores the environment's NVIDIA runtime wheels, which hold "
+            f"{missing.group(1)}, and keeps what setup added; then `{invocation} setup` if this check still fails."
         )
     return setup_fix(invocation, "installs a llama-cpp-python build that loads here")
 
@@ -236,7 +270,7 @@ def check_llama_build(facts: Facts) -> tuple[Check, ...]:
         fix = (
             load_error_fix(facts.invocation, llama.error or "")
             if llama.installed
-            else f"Reinstall the tool's dependencies (`uv sync`), then run `{facts.invocation} setup`."
+            else f"Reinstall the tool's locked dependencies: {FIX_RESYNC}; then run `{facts.invocation} setup`."
         )
         summary = llama.error or "llama-cpp-python is not installed"
         return (detect_check("llama.build", title, Status.FAIL, summary, fix, ExitCode.GPU_UNUSABLE, **ev),)

@@ -172,19 +172,20 @@ def torch_note(facts: MachineFacts) -> str | None:
     drv, env = tk.cuda_tuple(facts.driver_cuda), tk.cuda_tuple(facts.env_cuda_runtime)
     if drv is None or env is None or env <= drv:
         return None
-    published = [(12, 6), (12, 8), (12, 9), (13, 0), (13, 2)]
-    best = max((p for p in published if p <= drv), default=None)
-    if best is None:
+    # detect names the same wheel from the same list (detect.software.TORCH_CUDA_INDEXES); imported here, where
+    # it is needed, so a plan does not pay for importing the detector.
+    from kcuda_validate.detect.software import torch_cuda_index, torch_install_command
+
+    tag = torch_cuda_index(facts.driver_cuda)
+    if tag is None:
         return (
             f"PyTorch here is built for CUDA {tk.cuda_text(env)}, newer than the driver's {facts.driver_cuda}, and "
             "no PyTorch build matches this driver: update the NVIDIA driver (the engine does not need PyTorch)."
         )
-    tag = f"cu{best[0]}{best[1]}"
     return (
         f"PyTorch here is built for CUDA {tk.cuda_text(env)}, newer than the driver's {facts.driver_cuda}; the "
-        f"matching build is PyTorch's {tag} wheel: `uv pip install --python {sys.executable} --reinstall torch "
-        f"--index-url https://download.pytorch.org/whl/{tag}`, then run with `uv run --no-sync`. The engine "
-        "does not need PyTorch."
+        f"matching build is PyTorch's {tag} wheel: {torch_install_command(tag, sys.executable)}, then run with "
+        "`uv run --no-sync`. The engine does not need PyTorch."
     )
 
 
@@ -524,7 +525,8 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
             Problem(
                 "setup.uv",
                 "uv not found (setup installs and builds with it)",
-                "Install it: `python3 -m pip install uv`.",
+                "Install it: run through `./run kcuda-validate setup` (it installs uv without root), or "
+                "`curl -LsSf https://astral.sh/uv/install.sh | sh`, or `pipx install uv`.",
                 ExitCode.GPU_UNUSABLE,
             ),
         )
