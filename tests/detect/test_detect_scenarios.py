@@ -108,14 +108,16 @@ EXPECT: dict[str, Expect] = {
             ("cuda.driver_api", "cuInit ok"),
         ),
         fix=(
-            ("platform.wsl_linux_driver", "sudo apt-get remove --purge"),
+            ("platform.wsl_linux_driver", "`dpkg -S /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1` names them"),
+            ("platform.wsl_linux_driver", "'nvidia-driver-*' 'libnvidia-compute-*'"),
+            ("platform.wsl_linux_driver", "keep nvidia-container-toolkit"),
             ("driver.nvml", "WSL2 has no NVIDIA kernel module"),
         ),
     ),
     "wsl2_missing_libs": expect(
         failing=("platform.wsl_libs", "driver.nvml"),
         summary=(("platform.wsl_libs", "missing libcuda.so.1, libnvidia-ml.so.1 from the Windows driver"),),
-        fix=(("platform.wsl_libs", "wsl --shutdown"),),
+        fix=(("platform.wsl_libs", "`wsl --shutdown` in PowerShell"),),
     ),
     "wsl1": expect(
         failing=("platform.os", "driver.nvml"),
@@ -130,7 +132,11 @@ EXPECT: dict[str, Expect] = {
             ("torch.cuda", "skipped: no NVIDIA driver"),
             ("llama.build", "CPU-only build (CPU); no GPU to offload to"),
         ),
-        fix=(("driver.nvml", "sudo ubuntu-drivers install"),),
+        fix=(
+            ("driver.nvml", "sudo ubuntu-drivers install"),
+            ("driver.nvml", "sudo dnf install nvidia-open"),
+            ("driver.nvml", "`wsl --update` in PowerShell"),
+        ),
     ),
     "driver_mismatch": expect(
         failing=("driver.nvml", "cuda.driver_api"),
@@ -224,9 +230,9 @@ EXPECT: dict[str, Expect] = {
         summary=(
             ("gpu.0", "retired memory pages pending"),
             ("gpu.0", "MIG mode is on"),
-            ("gpu.0", "PCIe link x8 of x16"),
+            ("gpu.0", "PCIe link x8, card and slot allow x16"),
         ),
-        fix=(("gpu.0", "Reboot to retire the pending pages"), ("gpu.0", "-mig 0"), ("gpu.0", "Reseat")),
+        fix=(("gpu.0", "Reboot to retire the pending pages"), ("gpu.0", "-mig 0"), ("gpu.0", "reseat the card")),
     ),
     "power_capped": expect(
         warning=("perf.idle.0", "env.hub"),
@@ -240,8 +246,11 @@ EXPECT: dict[str, Expect] = {
     ),
     "degraded_pcie": expect(
         warning=("gpu.0", "env.hub"),  # the width, in the GPU check; gen 1 of 4 at idle is not a fault
-        summary=(("gpu.0", "PCIe link x4 of x16"), ("perf.idle.0", "power limit 450 W = default; no slowdown")),
-        fix=(("gpu.0", "Reseat the card in a full-width slot"),),
+        summary=(
+            ("gpu.0", "PCIe link x4, card and slot allow x16"),
+            ("perf.idle.0", "power limit 450 W = default; no slowdown"),
+        ),
+        fix=(("gpu.0", "The link trained narrower than card and slot allow: reseat the card (no riser)"),),
     ),
     "row_remap_pending": expect(
         warning=("perf.idle.0", "env.hub"),
@@ -684,3 +693,92 @@ def test_a_narrow_link_shows_in_the_host_to_gpu_figure(scenario: Installed) -> N
     bw = by_id(run_detect())["torch.bandwidth.0"]
     assert bw.status == Status.PASS
     assert "host→GPU 6.3 GB/s (gen4 x16: 31.5 GB/s max)" in bw.summary
+
+
+@pytest.mark.parametrize(
+    ("init_result", "fix"),
+    [
+        (999, "reload the unified-memory module (`sudo modprobe -r nvidia_uvm && sudo modprobe nvidia_uvm`)"),
+        (46, "check `nvidia-smi -q -d COMPUTE`"),
+        (46, "`sudo nvidia-smi -i N -c DEFAULT`"),
+        (804, "`cuda-compat-<major>-<minor>`: /usr/local/cuda/compat on LD_LIBRARY_PATH"),
+        (804, "forward compatibility is for data-center GPUs only"),
+        (34, "lib64/stubs from LD_LIBRARY_PATH"),
+        (304, "Reboot; if it persists reinstall the driver."),  # no specific fix: the general one
+    ],
+)
+def test_cuinit_errors_get_the_fix_for_their_cause(
+    init_result: int, fix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from fakes.hardware import LibcudaSpec, Scenario, install
+
+    machine = Scenario(
+        "cuinit", "cuInit fails on a healthy GPU", ExitCode.GPU_UNUSABLE, libcuda=LibcudaSpec(init_result=init_result)
+    )
+    install(machine, monkeypatch, tmp_path)
+    api = by_id(run_detect(skip_torch=True))["cuda.driver_api"]
+    assert api.status == Status.FAIL
+    assert fix in (api.fix or ""), api.fix
+
+
+@pytest.mark.parametrize("scenario", ["gpu_lost", "gpu_no_handle"], indirect=True)
+def test_cuinit_unknown_beside_a_broken_gpu_is_not_blamed_on_the_uvm_module(scenario: Installed) -> None:
+    checks = by_id(run_detect())
+    assert checks["cuda.driver_api"].summary == "cuInit failed: CUDA_ERROR_UNKNOWN"
+    assert checks["cuda.driver_api"].fix == "Reboot; if it persists reinstall the driver."
+    assert "sudo dmesg | grep -i xid" in (checks["gpu.0"].fix or "")
+
+
+def test_wsl2_without_dev_dxg_points_at_the_wsl_kernel_not_the_driver(tmp_path: Path) -> None:
+    from kcuda_validate.detect.stack import FIX_WSL_DXG, FIX_WSL_LIBS, check_wsl_libs
+    from kcuda_validate.gpu.platform import PlatformInfo
+
+    def check(**kw: object) -> Check:
+        plat = PlatformInfo(
+            **{
+                "system": "Linux",
+                "kernel": "5.15-microsoft-standard-WSL2",
+                "is_wsl": True,
+                "is_wsl2": True,
+                "has_dxg": True,
+                "wsl_libs": {"libcuda.so.1": True},
+                **kw,
+            }
+        )
+        (got,) = check_wsl_libs(dataclasses.make_dataclass("F", [("platform", PlatformInfo)])(plat))
+        return got
+
+    no_dxg = check(has_dxg=False)
+    assert no_dxg.summary == "missing /dev/dxg (the WSL kernel's GPU device, dxgkrnl)"
+    assert no_dxg.fix == FIX_WSL_DXG
+    assert "`wsl --update` in PowerShell" in FIX_WSL_DXG and "kernel=" in FIX_WSL_DXG
+    no_libs = check(wsl_libs={"libcuda.so.1": False})
+    assert (no_libs.summary, no_libs.fix) == ("missing libcuda.so.1 from the Windows driver", FIX_WSL_LIBS)
+    both = check(has_dxg=False, wsl_libs={"libcuda.so.1": False})
+    assert both.fix == f"{FIX_WSL_LIBS} {FIX_WSL_DXG}"
+
+
+@pytest.mark.parametrize(
+    ("env", "command"),
+    [
+        ({"HF_HUB_CACHE": "/mnt/c/hub", "HF_HOME": "/home/dev/hf"}, "`export HF_HUB_CACHE=~/.cache/huggingface/hub`"),
+        ({"HF_HOME": "/mnt/c/hf"}, "`export HF_HOME=~/.cache/huggingface`"),
+        ({"XDG_CACHE_HOME": "/mnt/c/cache"}, "`export HF_HUB_CACHE=~/.cache/huggingface/hub`"),
+    ],
+)
+def test_the_windows_drive_fix_names_the_variable_the_hub_cache_comes_from(env: dict[str, str], command: str) -> None:
+    """hub_cache_dir prefers HF_HUB_CACHE over HF_HOME: moving HF_HOME would not move a cache HF_HUB_CACHE names."""
+    from kcuda_validate.detect.stack import model_dir_fix
+
+    assert command in model_dir_fix(env)
+    if "HF_HUB_CACHE" in env:
+        assert "HF_HUB_CACHE points at the Windows drive" in model_dir_fix(env)
+
+
+def test_the_wsl2_driver_removal_names_the_owner_of_the_file_found_and_keeps_the_container_toolkit() -> None:
+    from kcuda_validate.detect.stack import wsl_linux_driver_fix
+
+    fix = wsl_linux_driver_fix(("/proc/driver/nvidia/version", "/usr/lib/wsl/../x86_64-linux-gnu/libcuda.so.1"))
+    assert "`dpkg -S /usr/lib/wsl/../x86_64-linux-gnu/libcuda.so.1`" in fix
+    assert "'^nvidia-.*'" not in fix and "keep nvidia-container-toolkit" in fix
+    assert "`dpkg -S libcuda.so.1`" in wsl_linux_driver_fix(("/proc/driver/nvidia/version",))

@@ -20,6 +20,7 @@ from kcuda_validate.checks import Check, Status
 from kcuda_validate.cli import cli
 from kcuda_validate.cli import health as health_cli
 from kcuda_validate.detect import CHECK_IDS, NODE_HEALTH, DetectReport
+from kcuda_validate.detect.stack import FIX_INSTALL_DRIVER
 from kcuda_validate.errors import UsageError
 from kcuda_validate.nodehealth import (
     MAX_LINE,
@@ -217,8 +218,7 @@ def test_no_verdict_says_what_was_missing_in_the_json(scenario: Installed) -> No
             "summary": "no GPU visible (No NVIDIA driver: libnvidia-ml.so.1 was not found)",
             "evidence": {"checks": ["gpu"], "results": {}, "nvml_error": "library_not_found"},
             "fix": "gpu: no verdict without a usable GPU. driver.nvml, which fails here, was not asked for: add"
-            " --check driver.nvml. Install the NVIDIA driver: on Ubuntu `sudo ubuntu-drivers install` then reboot;"
-            " on WSL2 install the Windows NVIDIA driver (not a Linux one) and run `wsl --update`.",
+            " --check driver.nvml. " + FIX_INSTALL_DRIVER,
             "exit_code": 3,
             "duration_s": None,
         }

@@ -4,25 +4,38 @@ and the per-GPU minimums. Each is a function of the facts that returns its check
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.detect.facts import GIB, Facts, detect_check
+from kcuda_validate.detect.software import FIX_RESYNC
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.gpu.nvml import GpuInfo
 from kcuda_validate.gpu.platform import on_windows_mount
 
 FIX_INSTALL_DRIVER = (
-    "Install the NVIDIA driver: on Ubuntu `sudo ubuntu-drivers install` then reboot; "
-    "on WSL2 install the Windows NVIDIA driver (not a Linux one) and run `wsl --update`."
+    "Install the NVIDIA driver, then reboot: Ubuntu `sudo ubuntu-drivers install`; Debian `sudo apt install "
+    "nvidia-driver` (non-free) or `nvidia-open` from NVIDIA's repository; RHEL/Rocky 8-9 (NVIDIA's repository) "
+    "`sudo dnf module enable nvidia-driver:open-dkms && sudo dnf install nvidia-open`; on WSL2 install the "
+    "Windows NVIDIA driver (not a Linux one) and run `wsl --update` in PowerShell."
 )
 FIX_LOAD_MODULE = (
-    "Load the kernel module: `sudo modprobe nvidia` (if it fails, check `dmesg` and Secure Boot "
-    "module signing), or reboot after installing the driver."
+    "Load the kernel module: `sudo modprobe nvidia` (if it fails, check `sudo dmesg | grep -i nvrm` and Secure "
+    "Boot module signing), or reboot after installing the driver."
 )
 FIX_WSL_NO_MODULE = (
     "WSL2 has no NVIDIA kernel module to load: a Linux libnvidia-ml is shadowing the Windows driver's. Remove "
-    "any Linux NVIDIA driver inside WSL2 (keep /usr/lib/wsl/lib), run `sudo ldconfig`, then `wsl --shutdown`."
+    "any Linux NVIDIA driver inside WSL2 (keep /usr/lib/wsl/lib), run `sudo ldconfig`, then `wsl --shutdown` in "
+    "PowerShell (or `wsl.exe --shutdown` from inside WSL)."
+)
+FIX_WSL_LIBS = (
+    "Install or update the NVIDIA driver on Windows (it provides /usr/lib/wsl/lib), then run `wsl --shutdown` in "
+    "PowerShell (or `wsl.exe --shutdown` from inside WSL) and reopen."
+)
+FIX_WSL_DXG = (
+    "/dev/dxg comes from the WSL kernel, not the driver: run `wsl --update` in PowerShell, remove any custom "
+    "`kernel=` from %UserProfile%\\.wslconfig (or build it with dxgkrnl), then `wsl --shutdown` and reopen."
 )
 FIX_MISMATCH = (
     "The kernel module and user-space driver differ (usually after a driver upgrade): reboot, or reload with "
@@ -45,13 +58,15 @@ NVML_INIT_FAILURES: dict[str, tuple[str, str, ExitCode]] = {
     ),
     "bindings_missing": (
         "nvidia-ml-py is not installed in this environment",
-        "Reinstall the tool's dependencies: `uv sync`.",
+        f"Reinstall the tool's locked dependencies: {FIX_RESYNC}.",
         ExitCode.GPU_UNUSABLE,
     ),
 }
 FIX_NO_DEVICE = (
     "Check that the GPU is seated and powered (`lspci | grep -i nvidia`), and that a container was started "
-    "with `--gpus all`."
+    "with `--gpus all`. A pre-Turing GPU (Maxwell, Pascal, Volta) is not driven by the open kernel module (the "
+    "default since driver 560): if `sudo dmesg | grep NVRM` says so, install the proprietary flavour of "
+    "branch 580 or older, the last for those GPUs (e.g. Ubuntu `nvidia-driver-580`, not `-580-open`)."
 )
 FIX_GPU_LOST = "Check `sudo dmesg | grep -i xid` (Xid 79); reboot, and check the GPU's power and seating or PCIe riser."
 FIX_NO_HANDLE = (
@@ -63,7 +78,10 @@ FIX_MIG = (
     "Select a MIG instance: `CUDA_VISIBLE_DEVICES=MIG-<uuid>` (see `nvidia-smi -L`), "
     "or disable MIG: `sudo nvidia-smi -i N -mig 0`."
 )
-FIX_NARROW_LINK = "Reseat the card in a full-width slot; a narrow link slows model loading."
+FIX_NARROW_LINK = (
+    "The link trained narrower than card and slot allow: reseat the card (no riser), check its power cables and "
+    "the BIOS PCIe link setting; a narrow link slows model loading."
+)
 
 # cuInit's error name -> the fix.
 CUINIT_FIXES = {
@@ -73,8 +91,15 @@ CUINIT_FIXES = {
     "so kernel module and libcuda match, or reboot.",
     "CUDA_ERROR_NO_DEVICE": "CUDA sees no device: check CUDA_VISIBLE_DEVICES and container GPU access.",
     "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH": FIX_MISMATCH,
-    "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE": "A forward-compat libcuda is installed for a GPU "
-    "that does not support it; remove the cuda-compat package.",
+    "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE": "A forward-compatibility libcuda (package "
+    "`cuda-compat-<major>-<minor>`: /usr/local/cuda/compat on LD_LIBRARY_PATH or in /etc/ld.so.conf.d) is loaded on "
+    "a GPU that does not support it (forward compatibility is for data-center GPUs only): take that path out of "
+    "LD_LIBRARY_PATH and ld.so.conf (then `sudo ldconfig`), or remove the package.",
+    "CUDA_ERROR_UNKNOWN": "This error is common after a suspend/resume: reload the unified-memory module "
+    "(`sudo modprobe -r nvidia_uvm && sudo modprobe nvidia_uvm`); if that fails or the error stays, reboot.",
+    "CUDA_ERROR_DEVICES_UNAVAILABLE": "Every visible GPU is busy or its compute mode forbids this process "
+    "(Exclusive_Process or Prohibited): check `nvidia-smi -q -d COMPUTE` and the processes `nvidia-smi` lists; "
+    "set it back with `sudo nvidia-smi -i N -c DEFAULT`.",
 }
 FIX_CUINIT_OTHER = "Reboot; if it persists reinstall the driver."
 FIX_NO_LIBCUDA = (
@@ -130,15 +155,20 @@ def check_wsl_libs(facts: Facts) -> tuple[Check, ...]:
     ev, title = plat.to_json(), "WSL2 GPU libraries"
     missing = [lib for lib, present in plat.wsl_libs.items() if not present]
     if missing or not plat.has_dxg:
-        what = ", ".join(missing) if missing else "/dev/dxg"
+        whats, fixes = [], []
+        if missing:
+            whats.append(", ".join(missing) + " from the Windows driver")
+            fixes.append(FIX_WSL_LIBS)
+        if not plat.has_dxg:
+            whats.append("/dev/dxg (the WSL kernel's GPU device, dxgkrnl)")
+            fixes.append(FIX_WSL_DXG)
         return (
             detect_check(
                 "platform.wsl_libs",
                 title,
                 Status.FAIL,
-                f"missing {what} from the Windows driver",
-                "Install or update the NVIDIA driver on Windows (it provides /usr/lib/wsl/lib), "
-                "then `wsl --shutdown` and reopen.",
+                "missing " + "; ".join(whats),
+                " ".join(fixes),
                 ExitCode.NO_GPU,
                 **ev,
             ),
@@ -171,11 +201,40 @@ def check_wsl_linux_driver(facts: Facts) -> tuple[Check, ...]:
             "Linux driver inside WSL2",
             Status.FAIL,
             "a Linux NVIDIA driver is installed inside WSL2: " + ", ".join(plat.linux_driver_in_wsl),
-            "Remove it (`sudo apt-get remove --purge '^nvidia-.*' '^libnvidia-.*'`); WSL2 must use "
-            "the Windows driver's libraries in /usr/lib/wsl/lib. Then `sudo ldconfig`.",
+            wsl_linux_driver_fix(plat.linux_driver_in_wsl),
             ExitCode.GPU_UNUSABLE,
             files=list(plat.linux_driver_in_wsl),
         ),
+    )
+
+
+def wsl_linux_driver_fix(files: tuple[str, ...]) -> str:
+    """Remove only the driver's packages (found by the file they own), never the container toolkit or CUDA."""
+    owned = next((f for f in files if not f.startswith("/proc/")), "libcuda.so.1")
+    return (
+        f"Remove only the Linux driver's packages: `dpkg -S {owned}` names them, e.g. `sudo apt-get remove --purge "
+        "'nvidia-driver-*' 'libnvidia-compute-*'` (and cuda-drivers if NVIDIA's repository installed it); keep "
+        "nvidia-container-toolkit, and take CUDA inside WSL2 only from the `cuda-toolkit-12-x` / `cuda-toolkit-13-x` "
+        "package of NVIDIA's wsl-ubuntu repository (it has no driver). Then `sudo ldconfig`: WSL2 must use the "
+        "Windows driver's libraries in /usr/lib/wsl/lib."
+    )
+
+
+def model_dir_fix(env: Mapping[str, str]) -> str:
+    """Move the Hub cache by the variable that put it on the Windows drive: HF_HUB_CACHE overrides HF_HOME."""
+    if env.get("HF_HUB_CACHE"):
+        return (
+            "Keep models on the Linux filesystem: HF_HUB_CACHE points at the Windows drive (it overrides HF_HOME): "
+            "`export HF_HUB_CACHE=~/.cache/huggingface/hub`."
+        )
+    if env.get("HF_HOME"):
+        return (
+            "Keep models on the Linux filesystem: HF_HOME points at the Windows drive: "
+            "`export HF_HOME=~/.cache/huggingface`."
+        )
+    return (
+        "Keep models on the Linux filesystem, e.g. `export HF_HUB_CACHE=~/.cache/huggingface/hub` "
+        "(HF_HUB_CACHE overrides HF_HOME and XDG_CACHE_HOME)."
     )
 
 
@@ -190,7 +249,7 @@ def check_model_dir(facts: Facts) -> tuple[Check, ...]:
             "Model directory location",
             Status.WARN,
             f"{model_dir} is on a Windows drive; model loads will be many times slower",
-            "Keep models on the Linux filesystem, e.g. `export HF_HOME=~/.cache/huggingface`.",
+            model_dir_fix(facts.env),
             model_dir=str(model_dir),
         ),
     )
@@ -279,7 +338,8 @@ def _gpu_check(g: GpuInfo, hidden: tuple[int, ...]) -> Check:
     if g.mig_enabled:
         problems.append(("MIG mode is on", FIX_MIG))
     if g.pcie_width_current and g.pcie_width_max and g.pcie_width_current < g.pcie_width_max:
-        problems.append((f"PCIe link x{g.pcie_width_current} of x{g.pcie_width_max}", FIX_NARROW_LINK))
+        link = f"PCIe link x{g.pcie_width_current}, card and slot allow x{g.pcie_width_max}"
+        problems.append((link, FIX_NARROW_LINK))
     if problems:
         what = "; ".join(p for p, _ in problems)
         return detect_check(cid, title, Status.WARN, f"{summary}; {what}", " ".join(f for _, f in problems), **ev)
@@ -298,6 +358,15 @@ def _nvml_failure_code(facts: Facts) -> ExitCode | None:
     """The exit code the driver check fails with, if it fails: it decides cuInit's code too."""
     (driver,) = check_driver(facts)
     return driver.exit_code if driver.status == Status.FAIL else None
+
+
+def cuinit_fix(error: str | None, facts: Facts) -> str:
+    """The fix for cuInit's error. CUDA_ERROR_UNKNOWN beside a GPU NVML calls lost or cannot open is that GPU's
+    fault (its own check says what to do), not the unified-memory module's."""
+    broken = any(g.lost or g.error is not None for g in facts.selected)
+    if error == "CUDA_ERROR_UNKNOWN" and broken:
+        return FIX_CUINIT_OTHER
+    return CUINIT_FIXES.get(error or "", FIX_CUINIT_OTHER)
 
 
 def check_cuda_driver_api(facts: Facts) -> tuple[Check, ...]:
@@ -329,7 +398,7 @@ def check_cuda_driver_api(facts: Facts) -> tuple[Check, ...]:
                 title,
                 Status.SKIP if cpu else Status.FAIL,
                 f"cuInit failed: {info.init_error}",
-                None if cpu else CUINIT_FIXES.get(info.init_error or "", FIX_CUINIT_OTHER),
+                None if cpu else cuinit_fix(info.init_error, facts),
                 code,
                 **ev,
             ),
