@@ -72,3 +72,38 @@ def cuda_build() -> bool:
     import llama_cpp
 
     return any((Path(llama_cpp.__file__).parent / "lib").glob("libggml-cuda*"))
+
+
+def _new_children(before: set[int]) -> list[int]:
+    tasks = Path("/proc/self/task").iterdir()
+    return [int(p) for t in tasks for p in (t / "children").read_text().split() if int(p) not in before]
+
+
+def test_a_probe_lost_to_a_signal_while_starting_ends_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadline or Ctrl-C that lands after the fork but before the probe object holds its process (health
+    with a 1 ms timeout hit this) left a child nobody would stop: a wedged libllama would hang there for ever.
+    Here the exception lands exactly there, with a probe that never answers."""
+    import subprocess
+
+    import kcuda_validate.llm.build as build
+    from procs import alive, wait_for
+
+    monkeypatch.setenv("KCUDA_TEST_FAULT", "hang:llama")
+    started: list[subprocess.Popen[str]] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_interrupted(*args: object, **kwargs: object) -> subprocess.Popen[str]:
+        started.append(real_popen(*args, **kwargs))  # type: ignore[call-overload]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build.subprocess, "Popen", popen_then_interrupted)
+    before = set(_new_children(set()))
+    with pytest.raises(KeyboardInterrupt):
+        build.LlamaBuildProbe()
+    (child,) = _new_children(before)
+    try:
+        assert wait_for(lambda: started[0].poll() is not None, 10), "the lost probe is still running"
+        assert started[0].returncode == 1 and not alive(child)
+    finally:
+        started[0].kill()
+        started[0].communicate()

@@ -211,16 +211,33 @@ class LlamaBuildProbe:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[str] | None = None
+        self._wanted: int | None = None  # the write end of a pipe the child watches: closed = result not wanted
         if raw_llama_build is _REAL_RAW_LLAMA_BUILD:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "kcuda_validate.llm.build"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            watched, self._wanted = os.pipe()
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "kcuda_validate.llm.build", "--watch-fd", str(watched)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    pass_fds=(watched,),
+                )
+            except BaseException:
+                # Also a deadline or a signal that lands after the fork but before `_proc` is set (health's
+                # 1 ms timeout hit it): the child, if it started, sees EOF and ends itself, even mid-hang.
+                self._unwant()
+                raise
+            finally:
+                os.close(watched)
+
+    def _unwant(self) -> None:
+        if self._wanted is not None:
+            os.close(self._wanted)
+            self._wanted = None
 
     def close(self) -> None:
         """Stop the child if its result is no longer wanted (the run ended first)."""
+        self._unwant()
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.communicate()
@@ -231,12 +248,12 @@ class LlamaBuildProbe:
         try:
             out, err = self._proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.communicate()
+            self.close()
             return LlamaBuildInfo(installed=True, error=f"loading libllama did not finish in {timeout_s:g} s")
         except BaseException:  # interrupted (Ctrl-C, the caller's deadline): the child goes with the result
             self.close()
             raise
+        self._unwant()
         rc = self._proc.returncode
         if rc != 0 or not out.strip():
             how = signal.Signals(-rc).name if rc < 0 else f"exit status {rc}"
@@ -259,8 +276,22 @@ def probe_llama_build(isolated: bool = True) -> LlamaBuildInfo:
 _REAL_RAW_LLAMA_BUILD = raw_llama_build
 
 
+def _end_when_unwanted(fd: int) -> None:
+    """EOF on the pipe LlamaBuildProbe holds open: nobody will read the answer, so stop (a hung libllama too)."""
+    import threading
+
+    def watch() -> None:
+        while os.read(fd, 1):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="kcuda-probe-watch", daemon=True).start()
+
+
 def _main() -> None:
-    """`python -m kcuda_validate.llm.build`: the isolated probe, one JSON document on stdout."""
+    """`python -m kcuda_validate.llm.build [--watch-fd N]`: the isolated probe, one JSON document on stdout."""
+    if sys.argv[1:2] == ["--watch-fd"]:
+        _end_when_unwanted(int(sys.argv[2]))
     fault = os.environ.get("KCUDA_TEST_FAULT")
     if fault == "segv:llama":  # tests only: a crash while loading libllama
         os.kill(os.getpid(), signal.SIGSEGV)
