@@ -32,7 +32,9 @@ CASES = {
         ExitCode.NO_GPU,
         f"no GPU: {DRIVER} is loaded but sees no GPU",
         "Check that the GPU is seated and powered (`lspci | grep -i nvidia`), and that a container was started "
-        f"with `--gpus all`. {CPU}",
+        "with `--gpus all`. A pre-Turing GPU (Maxwell, Pascal, Volta) is not driven by the open kernel module (the "
+        "default since driver 560): if `sudo dmesg | grep NVRM` says so, install the proprietary flavour of "
+        f"branch 580 or older, the last for those GPUs (e.g. Ubuntu `nvidia-driver-580`, not `-580-open`). {CPU}",
     ),
     "all_gpus_hidden": (
         ExitCode.GPU_UNUSABLE,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kcuda_validate.checks import Check, failed, passed, skipped, warned
+from kcuda_validate.detect.stack import FIX_GPU_LOST, FIX_NO_DEVICE  # the same advice detect gives
 from kcuda_validate.errors import ExitCode, UsageError
 from kcuda_validate.gpu.nvml import GpuInfo, GpuProcess, Nvml, NvmlInitError, choose_gpu, parse_visible_devices
 from kcuda_validate.verdicts import StageVerdict, halt
@@ -65,7 +66,6 @@ def other_gpu_processes(procs: tuple[GpuProcess, ...] | None, index: int, wsl2: 
     )
 
 
-LOST_FIX = "Check `sudo dmesg | grep -i xid` (Xid 79); reboot, and check the GPU's power and seating or PCIe riser."
 NO_HANDLE_FIX = (
     'Run `nvidia-smi` and `sudo dmesg | grep -i xid`; "Unable to determine the device handle" usually needs a '
     "reboot. In a container, check that /dev/nvidia* for this GPU is mounted."
@@ -85,8 +85,7 @@ def no_usable_gpu(gpus: tuple[GpuInfo, ...], driver_version: str | None, device:
             "gpu",
             "GPU selection",
             f"no GPU: {driver} is loaded but sees no GPU",
-            "Check that the GPU is seated and powered (`lspci | grep -i nvidia`), and that a container was "
-            f"started with `--gpus all`. {CPU_RUN_HINT}",
+            f"{FIX_NO_DEVICE} {CPU_RUN_HINT}",
             ExitCode.NO_GPU,
             driver_version=driver_version,
             gpus=[],
@@ -98,7 +97,7 @@ def no_usable_gpu(gpus: tuple[GpuInfo, ...], driver_version: str | None, device:
         label = f"GPU {g.index}" + (f" ({g.name})" if g.name else "")
         if g.lost:
             reasons.append(f"{label} has fallen off the bus (NVML: GPU is lost)")
-            fixes.append(LOST_FIX)
+            fixes.append(FIX_GPU_LOST)
         elif g.error is not None:
             reasons.append(f"{label}: {g.error}")
             fixes.append(NO_HANDLE_FIX)
