@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from kcuda_validate import signals
 from kcuda_validate.errors import Interrupted
+from kcuda_validate.lifeline import spawn_tied
 
 if TYPE_CHECKING:  # the protocol imports the llm modules: not before the early worker is spawned
     from kcuda_validate.llm.loader import LoadResult
@@ -131,32 +132,17 @@ class Worker:
 
     def start(self) -> Worker:
         """Spawn now so the child's imports overlap with the parent's own checks."""
-        # The lifeline: os.pipe() fds are not inheritable, so only this child gets the read end (pass_fds)
-        # and no other child of this process holds the write end open after this process is gone.
-        read_end, write_end = os.pipe()
-        env = self._env | {"KCUDA_WORKER_LIFELINE": str(read_end), "KCUDA_WORKER_PARENT": str(os.getpid())}
-        if threading.current_thread() is threading.main_thread():
-            # PR_SET_PDEATHSIG fires when the forking *thread* ends: only safe from the main thread.
-            env["KCUDA_WORKER_PDEATHSIG"] = "1"
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kcuda_validate.worker"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                env=env,
-                start_new_session=True,
-                pass_fds=(read_end,),
-            )
-        except BaseException:
-            os.close(write_end)
-            raise
-        finally:
-            os.close(read_end)
-        self._lifeline = write_end
+        self.proc, self._lifeline = spawn_tied(
+            [sys.executable, "-m", "kcuda_validate.worker"],
+            self._env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            start_new_session=True,
+        )
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_thread.start()
         return self

@@ -6,10 +6,9 @@ reports whatever happens. Protocol (worker_protocol.py): one JSON request on
 stdin; JSON-lines events on the original stdout; llama.cpp's log lines on
 stderr, whose tail the parent keeps for crash reports.
 
-The worker dies with its parent, in any stage: the parent passes a lifeline (the read end of a pipe whose
-write end only it holds) and a watchdog thread kills the worker's process group at its EOF, which comes
-however the parent ends, SIGKILL included. The thread runs while llama.cpp computes (ctypes releases the
-GIL). On Linux, PR_SET_PDEATHSIG adds a kernel-side SIGKILL as well.
+The worker dies with its parent, in any stage (kcuda_validate.lifeline): a watchdog thread kills the worker's
+process group at the EOF of a pipe only the parent holds, however the parent ends, SIGKILL included. The thread
+runs while llama.cpp computes (ctypes releases the GIL). On Linux, PR_SET_PDEATHSIG adds a kernel-side SIGKILL.
 
 `KCUDA_TEST_FAULT` (tests only, documented in specs/cli.md) injects a fault:
 "segv:load", "abort:infer", "hang:load"... "mark:infer" only signals KCUDA_TEST_FAULT_READY and goes on.
@@ -21,13 +20,12 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
 from kcuda_validate.errors import ExitCode, KcudaError
+from kcuda_validate.lifeline import die_with_parent
 from kcuda_validate.worker_protocol import (
     GO,
     Done,
@@ -48,58 +46,6 @@ from kcuda_validate.worker_protocol import (
 def _emit(out: TextIO, event: WorkerEvent) -> None:
     out.write(encode_event(event) + "\n")
     out.flush()
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _set_pdeathsig() -> bool:
-    """Ask the kernel to SIGKILL this process when the thread that forked it ends (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-def _parent_gone() -> None:
-    """Stop now, with anything this worker started: nobody is left to read a result."""
-    with contextlib.suppress(OSError):
-        if os.getpgid(0) == os.getpid():  # the parent made this process a group leader
-            os.killpg(os.getpid(), signal.SIGKILL)
-    os._exit(1)
-
-
-def _watch_lifeline(fd: int) -> None:
-    while True:
-        try:
-            if not os.read(fd, 1):
-                break
-        except InterruptedError:
-            continue
-        except OSError:
-            break
-    _parent_gone()
-
-
-def die_with_parent(environ: Mapping[str, str] = os.environ) -> None:
-    """Tie this process's life to the parent that started it (see the module docstring).
-
-    KCUDA_WORKER_PDEATHSIG=1: the parent forked from its main thread, whose end is the process's end, so
-    PR_SET_PDEATHSIG cannot fire early. KCUDA_WORKER_PARENT: the parent's pid, to close the race where it
-    died before prctl took effect. KCUDA_WORKER_LIFELINE: the inherited fd of the pipe to watch."""
-    if environ.get("KCUDA_WORKER_PDEATHSIG") == "1":
-        _set_pdeathsig()
-    parent = environ.get("KCUDA_WORKER_PARENT", "")
-    if parent.isdigit() and os.getppid() != int(parent):
-        _parent_gone()
-    fd = environ.get("KCUDA_WORKER_LIFELINE", "")
-    if fd.isdigit():
-        threading.Thread(target=_watch_lifeline, args=(int(fd),), name="lifeline", daemon=True).start()
 
 
 def _fault(stage: str) -> None:

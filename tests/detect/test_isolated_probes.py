@@ -79,12 +79,14 @@ def _new_children(before: set[int]) -> list[int]:
     return [int(p) for t in tasks for p in (t / "children").read_text().split() if int(p) not in before]
 
 
-def test_a_probe_lost_to_a_signal_while_starting_ends_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A deadline or Ctrl-C that lands after the fork but before the probe object holds its process (health
-    with a 1 ms timeout hit this) left a child nobody would stop: a wedged libllama would hang there for ever.
-    Here the exception lands exactly there, with a probe that never answers."""
+@pytest.mark.parametrize("probe", ["llama.build", "torch"])
+def test_a_probe_lost_to_a_signal_while_starting_ends_itself(probe: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadline or Ctrl-C that lands after the fork but before the caller holds the process (health with a
+    1 ms timeout hit this) left a child nobody would stop: a wedged libllama or CUDA init would hang there for
+    ever. Here the exception lands exactly there; the llama.cpp probe is one that never answers."""
     import subprocess
 
+    import kcuda_validate.lifeline as lifeline
     import kcuda_validate.llm.build as build
     from procs import alive, wait_for
 
@@ -96,10 +98,11 @@ def test_a_probe_lost_to_a_signal_while_starting_ends_itself(monkeypatch: pytest
         started.append(real_popen(*args, **kwargs))  # type: ignore[call-overload]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build.subprocess, "Popen", popen_then_interrupted)
+    monkeypatch.setattr(lifeline.subprocess, "Popen", popen_then_interrupted)
+    start = torchprobe.probe_torch if probe == "torch" else build.LlamaBuildProbe
     before = set(_new_children(set()))
     with pytest.raises(KeyboardInterrupt):
-        build.LlamaBuildProbe()
+        start()
     (child,) = _new_children(before)
     try:
         assert wait_for(lambda: started[0].poll() is not None, 10), "the lost probe is still running"

@@ -174,20 +174,29 @@ def probe_torch(run_kernel: bool = True, isolated: bool = True, timeout_s: float
 
 def _probe_in_child(run_kernel: bool, timeout_s: float) -> TorchInfo:
     import json
+    import os
     import signal
     import subprocess
     import sys
 
+    from kcuda_validate.lifeline import spawn_tied
+
     cmd = [sys.executable, "-m", "kcuda_validate.gpu.torchprobe"] + ([] if run_kernel else ["--no-kernel"])
+    proc, wanted = spawn_tied(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return TorchInfo(True, problem="crashed", message=f"PyTorch's CUDA check did not finish in {timeout_s:g} s")
-    if proc.returncode != 0 or not proc.stdout.strip():
+    finally:  # also interrupted (Ctrl-C, a deadline): the child goes, as with subprocess.run
+        os.close(wanted)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if proc.returncode != 0 or not out.strip():
         how = signal.Signals(-proc.returncode).name if proc.returncode < 0 else f"exit status {proc.returncode}"
-        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        last = (err.strip().splitlines() or [""])[-1]
         return TorchInfo(True, problem="crashed", message=f"PyTorch crashed initialising CUDA ({how}) {last}".strip())
-    d = json.loads(proc.stdout)
+    d = json.loads(out)
     d["devices"] = tuple(TorchDevice(**x) for x in d["devices"])
     return TorchInfo(**d)
 
@@ -233,6 +242,9 @@ def _main() -> None:
     import signal
     import sys
 
+    from kcuda_validate.lifeline import die_with_parent
+
+    die_with_parent()  # a stopped parent, or one that stopped waiting, takes this probe with it
     if os.environ.get("KCUDA_TEST_FAULT") == "segv:torch":  # tests only: a crash in torch's CUDA init
         os.kill(os.getpid(), signal.SIGSEGV)
     info = _probe_here(run_kernel="--no-kernel" not in sys.argv[1:])

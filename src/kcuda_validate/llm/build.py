@@ -211,24 +211,16 @@ class LlamaBuildProbe:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[str] | None = None
-        self._wanted: int | None = None  # the write end of a pipe the child watches: closed = result not wanted
+        self._wanted: int | None = None  # the lifeline's write end: closed = the result is not wanted
         if raw_llama_build is _REAL_RAW_LLAMA_BUILD:
-            watched, self._wanted = os.pipe()
-            try:
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "kcuda_validate.llm.build", "--watch-fd", str(watched)],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    pass_fds=(watched,),
-                )
-            except BaseException:
-                # Also a deadline or a signal that lands after the fork but before `_proc` is set (health's
-                # 1 ms timeout hit it): the child, if it started, sees EOF and ends itself, even mid-hang.
-                self._unwant()
-                raise
-            finally:
-                os.close(watched)
+            from kcuda_validate.lifeline import spawn_tied
+
+            self._proc, self._wanted = spawn_tied(
+                [sys.executable, "-m", "kcuda_validate.llm.build"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
 
     def _unwant(self) -> None:
         if self._wanted is not None:
@@ -276,22 +268,12 @@ def probe_llama_build(isolated: bool = True) -> LlamaBuildInfo:
 _REAL_RAW_LLAMA_BUILD = raw_llama_build
 
 
-def _end_when_unwanted(fd: int) -> None:
-    """EOF on the pipe LlamaBuildProbe holds open: nobody will read the answer, so stop (a hung libllama too)."""
-    import threading
-
-    def watch() -> None:
-        while os.read(fd, 1):
-            pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="kcuda-probe-watch", daemon=True).start()
-
-
 def _main() -> None:
-    """`python -m kcuda_validate.llm.build [--watch-fd N]`: the isolated probe, one JSON document on stdout."""
-    if sys.argv[1:2] == ["--watch-fd"]:
-        _end_when_unwanted(int(sys.argv[2]))
+    """`python -m kcuda_validate.llm.build`: the isolated probe, one JSON document on stdout; it ends itself when
+    its parent stops wanting the answer (kcuda_validate.lifeline), a hung libllama included."""
+    from kcuda_validate.lifeline import die_with_parent
+
+    die_with_parent()
     fault = os.environ.get("KCUDA_TEST_FAULT")
     if fault == "segv:llama":  # tests only: a crash while loading libllama
         os.kill(os.getpid(), signal.SIGSEGV)
