@@ -99,7 +99,7 @@ def test_a_probe_lost_to_a_signal_while_starting_ends_itself(probe: str, monkeyp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(lifeline.subprocess, "Popen", popen_then_interrupted)
-    start = torchprobe.probe_torch if probe == "torch" else build.LlamaBuildProbe
+    start = torchprobe.probe_torch if probe == "torch" else build.LlamaBuildProbe().start
     before = set(_new_children(set()))
     with pytest.raises(KeyboardInterrupt):
         start()

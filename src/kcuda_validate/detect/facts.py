@@ -88,7 +88,8 @@ class Facts:
     def start_llama_probe(self) -> None:
         """Start the build probe's child now, so it loads libllama while the other facts are read."""
         if self._llama_probe is None and "llama" not in self.__dict__:
-            self._llama_probe = LlamaBuildProbe()
+            self._llama_probe = LlamaBuildProbe()  # held (so `close` can stop it) before its child exists
+            self._llama_probe.start()
 
     def start_hub_probe(self) -> None:
         """Ask the Hub in a thread now: its answer (up to 4 s when it is unreachable) overlaps the other facts."""
@@ -146,8 +147,12 @@ class Facts:
 
     @cached_property
     def llama(self) -> LlamaBuildInfo:
-        probe, self._llama_probe = self._llama_probe or LlamaBuildProbe(), None
-        return probe.result()
+        if self._llama_probe is None:
+            self._llama_probe = LlamaBuildProbe()
+        try:
+            return self._llama_probe.result()  # starts it if need be; held until answered, for `close`
+        finally:
+            self._llama_probe = None
 
     @cached_property
     def hub(self) -> HubProbe | None:

@@ -212,7 +212,11 @@ class LlamaBuildProbe:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[str] | None = None
         self._wanted: int | None = None  # the lifeline's write end: closed = the result is not wanted
-        if raw_llama_build is _REAL_RAW_LLAMA_BUILD:
+
+    def start(self) -> LlamaBuildProbe:
+        """Start the child. Separate from construction, so its owner holds the probe (and can close it) before
+        any child exists: a deadline landing between the two would otherwise lose one that still runs."""
+        if self._proc is None and raw_llama_build is _REAL_RAW_LLAMA_BUILD:
             from kcuda_validate.lifeline import spawn_tied
 
             self._proc, self._wanted = spawn_tied(
@@ -221,6 +225,7 @@ class LlamaBuildProbe:
                 stderr=subprocess.PIPE,
                 text=True,
             )
+        return self
 
     def _unwant(self) -> None:
         if self._wanted is not None:
@@ -235,9 +240,11 @@ class LlamaBuildProbe:
             self._proc.communicate()
 
     def result(self, timeout_s: float = 60.0) -> LlamaBuildInfo:
-        if self._proc is None:
+        if raw_llama_build is not _REAL_RAW_LLAMA_BUILD:
             return _probe_here()
         try:
+            self.start()
+            assert self._proc is not None
             out, err = self._proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.close()
