@@ -23,6 +23,7 @@ from typing import Any, TypedDict
 from kcuda_validate import __version__
 from kcuda_validate.checks import Check, Metric, Status, verdict
 from kcuda_validate.errors import ExitCode
+from kcuda_validate.paths import make_parents, remove_empty
 from kcuda_validate.safetext import xml_text
 from kcuda_validate.versions import dist_version
 
@@ -232,7 +233,7 @@ def write_atomic(path: Path, text: str) -> None:
     Missing parent directories are created; when the write then fails, the ones created here are removed
     again (those still empty), so a failed write leaves the filesystem as it found it."""
     path = output_target(Path(path))
-    created = _make_parents(path.parent)
+    created = make_parents(path.parent)
     tmp: str | None = None
     try:
         if path.exists() and not path.is_file():  # checked before the run too (check_writable); never replace it
@@ -247,7 +248,7 @@ def write_atomic(path: Path, text: str) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        _remove_empty(created)
+        remove_empty(created)
         raise
 
 
@@ -259,28 +260,6 @@ def output_target(path: Path) -> Path:
     with contextlib.suppress(FileNotFoundError):
         os.stat(path)  # ELOOP for a loop
     return Path(os.path.realpath(path))
-
-
-def _make_parents(directory: Path) -> list[Path]:
-    """`mkdir -p directory`; returns the directories it created, deepest first."""
-    missing: list[Path] = []
-    here = directory
-    while not here.exists() and here != here.parent:
-        missing.append(here)
-        here = here.parent
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except BaseException:
-        _remove_empty(missing)
-        raise
-    return missing
-
-
-def _remove_empty(directories: list[Path]) -> None:
-    """rmdir each, deepest first; one that is not empty (someone else's now) or already gone stays as it is."""
-    for d in directories:
-        with contextlib.suppress(OSError):
-            d.rmdir()
 
 
 def _current_umask() -> int:

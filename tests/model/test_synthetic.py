@@ -255,6 +255,30 @@ def test_disk_full_is_detected_before_writing(tmp_path: Path, monkeypatch: pytes
     assert leftovers(tmp_path) == []
 
 
+def test_a_refused_model_takes_back_the_cache_folders_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk (found before writing) or an interrupt mid-write: not even an empty cache folder is left."""
+    monkeypatch.setattr(synthetic.shutil, "disk_usage", lambda _path: SimpleNamespace(total=100, used=90, free=10))
+    with pytest.raises(DiskFullError):
+        ensure_synthetic(SMALL, "Q8_0", cache_dir=tmp_path / "cache" / "synthetic")
+    monkeypatch.undo()
+    _fail_after(monkeypatch, 2, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic(SMALL, "Q8_0", cache_dir=tmp_path / "cache" / "synthetic")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_folder_that_cannot_be_made_is_no_room_for_the_model(tmp_path: Path) -> None:
+    """Exit 13, as for a full disk (same remedy: put the cache elsewhere), not 1 (a failed check)."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DiskFullError) as err:
+        ensure_synthetic(SMALL, "Q8_0", cache_dir=tmp_path / "file" / "synthetic")
+    assert (err.value.message, err.value.fix, int(err.value.exit_code)) == (
+        f"cannot write the synthetic model in {tmp_path / 'file' / 'synthetic'}: Not a directory",
+        "Point KCUDA_CACHE_DIR at a writable directory.",
+        13,
+    )
+
+
 def test_stale_temp_file_from_a_killed_run_is_removed(tmp_path: Path) -> None:
     name = plan(SMALL, "Q8_0").file_name
     stale = tmp_path / f".{name}.999999.tmp"

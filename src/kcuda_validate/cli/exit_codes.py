@@ -20,7 +20,7 @@ MEANING = {
     ExitCode.MODEL_NOT_FOUND: "no such repo, file or revision on the Hub (or not cached in offline mode)",
     ExitCode.HUB_UNREACHABLE: "the Hugging Face Hub is unreachable",
     ExitCode.HUB_AUTH: "gated or private repo: log in (401) or request access (403)",
-    ExitCode.DISK_FULL: "not enough disk space for the model",
+    ExitCode.DISK_FULL: "no room for the model: not enough disk space, or a cache directory it cannot write",
     ExitCode.INTERNAL: (
         "internal error (a bug: please report it with the log file), or a dependency that is missing or "
         "incompatible (the message names it; reinstall the locked dependencies)"

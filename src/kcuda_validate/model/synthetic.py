@@ -17,6 +17,7 @@ from pathlib import Path
 from kcuda_validate.cache_dir import kcuda_cache_dir
 from kcuda_validate.errors import DiskFullError, KcudaError
 from kcuda_validate.model.synthetic_spec import GIB, SyntheticSpec, file_chunks, header_bytes, plan
+from kcuda_validate.paths import make_parents, remove_empty
 
 
 def default_cache_dir() -> Path:
@@ -44,19 +45,23 @@ def ensure_synthetic(
     if is_complete(path, spec):
         return path
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        created = make_parents(directory)
     except OSError as exc:
         raise _io_error(exc, directory, spec.file_size) from None
-    with _exclusive(directory / f".{spec.file_name}.lock", directory, spec.file_size):
-        # A concurrent generator of the same file has finished by now.
-        if is_complete(path, spec):
+    try:
+        with _exclusive(directory / f".{spec.file_name}.lock", directory, spec.file_size):
+            # A concurrent generator of the same file has finished by now.
+            if is_complete(path, spec):
+                return path
+            # We hold the lock, so any temp file for this name was left by a killed process.
+            for stale in directory.glob(f".{spec.file_name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            write_synthetic(spec, path, progress=progress)
             return path
-        # We hold the lock, so any temp file for this name was left by a killed process.
-        for stale in directory.glob(f".{spec.file_name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-        write_synthetic(spec, path, progress=progress)
-        return path
+    except BaseException:  # a full disk, an interrupt: the cache folders this run made go too, if still empty
+        remove_empty(created)
+        raise
 
 
 @contextlib.contextmanager
@@ -168,7 +173,7 @@ def _disk_full(directory: Path, needed: int, free: int | None = None) -> DiskFul
 def _io_error(exc: OSError, directory: Path, needed: int) -> KcudaError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return _disk_full(directory, needed)
-    return KcudaError(
+    return DiskFullError(  # no room for the model either way, and the same remedy: put the cache elsewhere
         f"cannot write the synthetic model in {directory}: {exc.strerror or exc}",
         fix="Point KCUDA_CACHE_DIR at a writable directory.",
     )
