@@ -1104,12 +1104,12 @@ def test_not_enough_disk_space_fails_before_downloading(
         hub.fetch_model(REPO, FILE)
 
     assert one_line(info.value) == f"{REPO}/{FILE} @ main: needs 400.0 MiB in {hub_env.cache}, only 100.0 MiB free"
-    assert info.value.fix == "free 300.0 MiB or set HF_HOME to a bigger disk"
+    assert info.value.fix == "free 300.0 MiB or point HF_HUB_CACHE at a bigger disk"
     assert info.value.exit_code == ExitCode.DISK_FULL
     assert seen_paths
     assert all(hub_env.cache.is_relative_to(p) for p in seen_paths)  # the cache dir, or its nearest existing parent
     assert fake_hub.requests("GET") == []
-    assert hub_env.leftovers() == []
+    assert not hub_env.cache.exists()  # no folder, lock file or CACHEDIR.TAG: nothing was made
 
 
 def test_disk_check_counts_only_the_bytes_still_missing(
@@ -1129,7 +1129,7 @@ def test_disk_check_counts_only_the_bytes_still_missing(
         f"{REPO}/{FILE} @ main: needs 300.0 MiB more (100.0 MiB already downloaded) in {hub_env.cache}, "
         "only 250.0 MiB free"
     )
-    assert info.value.fix == "free 50.0 MiB or set HF_HOME to a bigger disk"
+    assert info.value.fix == "free 50.0 MiB or point HF_HUB_CACHE at a bigger disk"
     assert fake_hub.requests("GET") == []
     assert hub_env.partial.stat().st_size == 100 * 1024**2  # kept for when there is room
 
@@ -1173,13 +1173,167 @@ def test_disk_filling_up_mid_download_keeps_what_fits(
         f"{REPO}/{FILE} @ main: ran out of disk space in {hub_env.cache} while downloading (the file is 0.1 MiB);"
         " the 39.1 KiB downloaded so far are kept and the next run resumes from there"
     )
-    assert info.value.fix == "Free some space there (24.9 KiB more needed), or set HF_HOME to a bigger disk."
+    assert info.value.fix == "Free some space there (24.9 KiB more needed), or point HF_HUB_CACHE at a bigger disk."
     assert hub_env.leftovers() == partial_only(hub_env)
     assert hub_env.partial.read_bytes() == CONTENT[:40_000]
+    assert not (hub_env.storage / "snapshots" / COMMIT).exists()  # no empty folder for a link never made
+    assert (hub_env.storage / "snapshots").is_dir()  # `hf cache scan` needs it beside the partial
 
     monkeypatch.setattr(hub_transfer, "open_partial", real_open)
     fake_hub.seen.clear()
     assert_resumed_from(hub_env, fake_hub, 40_000)
+
+
+def everything_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+@pytest.mark.parametrize("hub_cache_set", [True, False], ids=["HF_HUB_CACHE", "HF_HOME"])
+def test_a_cache_under_a_regular_file_is_exit_13_naming_the_setting(
+    hub_env: HubEnv, fake_hub: FakeHub, tmp_path: Path, hub_cache_set: bool
+) -> None:
+    """ENOTDIR: nothing can ever be cached there, so the Hub is not even asked; exit 13, as for --synthetic."""
+    from huggingface_hub import constants
+
+    fake_hub.serve_file()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    if hub_cache_set:
+        cache, variable = blocker / "hub", "HF_HUB_CACHE"
+        hub_env.monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    else:
+        home = blocker / "hf"
+        cache, variable = home / "hub", "HF_HOME"
+        hub_env.monkeypatch.delenv("HF_HUB_CACHE")
+        hub_env.monkeypatch.setenv("HF_HOME", str(home))
+        hub_env.monkeypatch.setattr(constants, "HF_HOME", str(home))
+        hub_env.monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))  # read by every request
+    hub_env.monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    with pytest.raises(DiskFullError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert one_line(info.value) == (
+        f"{REPO}/{FILE} @ main: cannot write the Hub cache {cache}: {blocker} is a file, not a directory"
+    )
+    assert info.value.fix == f"Point {variable} at a writable directory."
+    assert info.value.exit_code == ExitCode.DISK_FULL
+    assert fake_hub.seen == []
+    assert blocker.read_text() == "x"
+
+
+def test_hf_home_under_a_regular_file_is_exit_13_even_with_a_good_hub_cache(
+    hub_env: HubEnv, fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    """huggingface_hub reads HF_HOME/token on every request: through a file that is an OSError (was exit 70)."""
+    from huggingface_hub import constants
+
+    fake_hub.serve_file()
+    (tmp_path / "file").write_text("x")
+    home = tmp_path / "file" / "hf"
+    hub_env.monkeypatch.setenv("HF_HOME", str(home))
+    hub_env.monkeypatch.setattr(constants, "HF_HOME", str(home))
+    hub_env.monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+
+    with pytest.raises(DiskFullError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert one_line(info.value) == (
+        f"{REPO}/{FILE} @ main: cannot write HF_HOME {home}: {tmp_path / 'file'} is a file, not a directory"
+    )
+    assert info.value.fix == "Point HF_HOME at a writable directory."
+    assert not hub_env.cache.exists()
+
+
+def test_a_read_only_cache_is_exit_13_before_anything_is_made(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only filesystem (os.access says EROFS, root included): refused after the Hub's answer, at once."""
+    fake_hub.serve_file()
+    hub_env.cache.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, **kw: False if Path(path) == hub_env.cache else real_access(path, mode, **kw)
+    )
+    flags = os.statvfs(hub_env.cache).f_flag
+    monkeypatch.setattr(os, "statvfs", lambda path: type("Vfs", (), {"f_flag": flags | os.ST_RDONLY})())
+
+    with pytest.raises(DiskFullError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert one_line(info.value) == (
+        f"{REPO}/{FILE} @ main: cannot write the Hub cache {hub_env.cache}: "
+        f"{hub_env.cache} is on a read-only file system"
+    )
+    assert info.value.fix == "Point HF_HUB_CACHE at a writable directory."
+    assert fake_hub.requests("GET") == []
+    assert everything_in(hub_env.cache) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anything")
+def test_a_cache_without_write_permission_is_exit_13(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    fake_hub.serve_file()
+    hub_env.cache.mkdir()
+    hub_env.cache.chmod(0o555)
+    try:
+        with pytest.raises(DiskFullError) as info:
+            hub.fetch_model(REPO, FILE)
+    finally:
+        hub_env.cache.chmod(0o755)
+
+    assert one_line(info.value).endswith(f"{hub_env.cache} is not writable (permission denied)")
+    assert info.value.fix == "Point HF_HUB_CACHE at a writable directory."
+    assert everything_in(hub_env.cache) == []
+
+
+def test_a_write_the_os_refuses_mid_way_is_exit_13_and_takes_back_what_the_run_made(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The up-front check passed, then the OS refused (remounted read-only, a folder of another user's):
+    one line naming the file, exit 13, and no folder, lock file or CACHEDIR.TAG left in the cache it made."""
+    fake_hub.serve_file()
+
+    def refuse(path: Path) -> Any:
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(hub_transfer, "open_partial", refuse)
+
+    with pytest.raises(DiskFullError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert one_line(info.value) == (
+        f"{REPO}/{FILE} @ main: cannot write the Hub cache {hub_env.cache}: {hub_env.partial}: Read-only file system"
+    )
+    assert info.value.fix == "Point HF_HUB_CACHE at a writable directory."
+    assert not hub_env.cache.exists()
+
+
+def test_an_interrupt_before_the_first_byte_leaves_no_trace(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    fake_hub.serve_file()
+
+    def interrupt(p: hub.DownloadProgress) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hub.fetch_model(REPO, FILE, on_progress=interrupt)
+
+    assert not hub_env.cache.exists()
+
+
+def test_a_failure_in_a_cache_that_was_there_keeps_its_folders(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """Only what this run made goes: a cache (and its CACHEDIR.TAG) from before stays as it was."""
+    seed_cache(hub_env.cache, repo="acme/Other", filename="other.gguf")
+    (hub_env.cache / "CACHEDIR.TAG").write_text(hub_transfer.CACHEDIR_TAG)
+    before = everything_in(hub_env.cache)
+    fake_hub.serve_file()
+
+    def interrupt(p: hub.DownloadProgress) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hub.fetch_model(REPO, FILE, on_progress=interrupt)
+
+    assert everything_in(hub_env.cache) == before
 
 
 def test_xet_file_goes_through_huggingface_hub_which_keeps_nothing(

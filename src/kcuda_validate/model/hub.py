@@ -59,13 +59,16 @@ from kcuda_validate.model.hub_errors import (
     netloc,
     offline_error,
     one_line,
+    unwritable_error,
 )
 from kcuda_validate.model.hub_transfer import (
     DownloadProgress,
     Kept,
     OnProgress,
     Remote,
+    blocked_by,
     check_free_space,
+    check_writable,
     download_resumable,
     remove_stale_partials,
     repo_folder,
@@ -208,6 +211,7 @@ def fetch_model(
             )
         raise offline_error(label)
 
+    check_cache_folders(label)
     timeout = metadata_timeout()
     remote = fetch_metadata(repo_id, filename, rev, token, timeout)
 
@@ -248,6 +252,17 @@ def fetch_model(
     )
 
 
+def check_cache_folders(label: str) -> None:
+    """A file where the Hub cache or HF_HOME must be a folder: nothing can ever be cached there, so exit 13 before
+    asking the Hub (huggingface_hub would fail on it with an OSError: reading HF_HOME/token, making the cache)."""
+    from huggingface_hub import constants
+
+    for where, variable in ((cache_dir(), None), (Path(constants.HF_HOME), "HF_HOME")):
+        problem = blocked_by(where)
+        if problem is not None:
+            raise unwritable_error(label, where, problem, variable=variable)
+
+
 def _download_xet(
     remote: Remote,
     repo_id: str,
@@ -271,6 +286,7 @@ def _download_xet(
     pointer = storage / "snapshots" / remote.commit / filename
     already_local = blob.is_file() or pointer.is_file()
     if not already_local:
+        check_writable(cache_dir(), label)
         remove_stale_partials(blob)
         if remote.size:
             check_free_space(cache_dir(), remote.size, label)

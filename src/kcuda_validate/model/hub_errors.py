@@ -60,6 +60,10 @@ def map_error(err: BaseException, attempt: Attempt) -> KcudaError | None:
 
     if is_disk_full(err):
         return disk_full_error(attempt.label, hub_cache_dir(), None, attempt.size, attempt.kept)
+    if isinstance(err, OSError) and err.errno in UNWRITABLE and err.filename is not None:
+        # mkdir, the partial file, the lock or the rename refused by the OS (after the up-front check passed)
+        reason = f"{safe(os.fsdecode(err.filename))}: {err.strerror or errno.errorcode.get(err.errno or 0, err)}"
+        return unwritable_error(attempt.label, hub_cache_dir(), reason, attempt.kept)
     if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
         # hf_hub_download's own HEAD failed (the Hub went away between our HEAD and its): report the cause.
         return map_error(err.__cause__, replace(attempt, token=None, size=None))
@@ -328,13 +332,37 @@ def disk_full_error(
         more = f" ({amount(size - kept)} more needed)" if size and kept else ""
         return DiskFullError(
             f"{label}: ran out of disk space in {where} while downloading{what}; {kept_note(kept)}",
-            fix=f"Free some space there{more}, or set HF_HOME to a bigger disk.",
+            fix=f"Free some space there{more}, or point {cache_variable()} at a bigger disk.",
         )
     need, free = need_free
     already = f" more ({amount(have)} already downloaded)" if have else ""
     return DiskFullError(
         f"{label}: needs {mib(need)}{already} in {where}, only {mib(free)} free",
-        fix=f"free {mib(need - free)} or set HF_HOME to a bigger disk",
+        fix=f"free {mib(need - free)} or point {cache_variable()} at a bigger disk",
+    )
+
+
+# What the OS says when the cache cannot be written: read-only, no permission, a file where a folder must be.
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+
+
+def cache_variable() -> str:
+    """The setting that moves the Hub cache: HF_HUB_CACHE when it is set (HF_HOME then does not), else HF_HOME."""
+    return "HF_HUB_CACHE" if os.environ.get("HF_HUB_CACHE") else "HF_HOME"
+
+
+def unwritable_error(
+    label: str, where: Path, reason: str, kept: int | None = None, *, variable: str | None = None
+) -> DiskFullError:
+    """No room for the model, because `where` cannot be written: exit 13, as for the synthetic model's cache.
+
+    `variable`: the setting to change (default: the one that moves the Hub cache, `cache_variable`)."""
+    var = variable or cache_variable()
+    what = "the Hub cache" if variable is None else var
+    note = f"; {kept_note(kept)}" if kept else ""
+    return DiskFullError(
+        f"{label}: cannot write {what} {safe(str(where))}: {reason}{note}",
+        fix=f"Point {var} at a writable directory.",
     )
 
 

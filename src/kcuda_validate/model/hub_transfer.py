@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from kcuda_validate.errors import HubUnreachableError
-from kcuda_validate.model.hub_errors import amount, disk_full_error, netloc
+from kcuda_validate.model.hub_errors import amount, disk_full_error, netloc, unwritable_error
+from kcuda_validate.paths import make_parents, remove_empty, special_kind
 
 RETRIES = 5  # in-process reconnections in a row that get no further into the file, as huggingface_hub's http_get
 RETRY_WAIT_S = 1.0
@@ -140,21 +142,43 @@ def download_resumable(
 
     partial = partial_path(storage, remote.etag, filename)
     lock = cache / ".locks" / repo_folder(repo_id) / f"{remote.etag}.lock"
-    for folder in (blob.parent, pointer.parent, lock.parent):
-        folder.mkdir(parents=True, exist_ok=True)
-    tag_cache(cache)
-    remove_stale_partials(blob, partial)
+    check_writable(cache, label)
+    if remote.size is not None:  # before anything is made: a refused download leaves no trace
+        have = file_size(partial)
+        have = have if have <= remote.size else 0
+        check_free_space(cache, remote.size - have, label, have)
 
-    transferred = False
-    with WeakFileLock(lock):
-        if blob.is_file():  # finished by another process while we waited, or the same content under another name
-            partial.unlink(missing_ok=True)
-        else:
-            fill_partial(remote, partial, token, label, kept, cache, on_progress)
-            move_into_place(partial, blob)
-            transferred = True
-        if not pointer.is_file():
-            link_snapshot(blob, pointer)
+    created: list[Path] = []  # the folders this run made: taken back when it leaves nothing in them
+    transferred = tagged = False
+    try:
+        for folder in (blob.parent, pointer.parent, lock.parent):
+            created += make_parents(folder)
+        tagged = tag_cache(cache)
+        remove_stale_partials(blob, partial)
+        with WeakFileLock(lock):
+            try:
+                if blob.is_file():  # finished by another process while we waited, or the same content elsewhere
+                    partial.unlink(missing_ok=True)
+                else:
+                    fill_partial(remote, partial, token, label, kept, cache, on_progress)
+                    move_into_place(partial, blob)
+                    transferred = True
+                if not pointer.is_file():
+                    link_snapshot(blob, pointer)
+            except BaseException:
+                if lock.parent in created and not partial.exists():
+                    # Our own lock file, unlinked while held: a waiter on it sees it gone and locks afresh.
+                    with contextlib.suppress(OSError):
+                        lock.unlink()
+                raise
+    except BaseException:
+        if partial.exists():  # kept for the next run: a repo folder needs its snapshots/ (`hf cache scan`)
+            created = [d for d in created if d != storage / "snapshots"]
+        elif cache in created and tagged:
+            with contextlib.suppress(OSError):
+                (cache / "CACHEDIR.TAG").unlink()
+        remove_empty(sorted(created, key=lambda d: len(d.parts), reverse=True))
+        raise
     record_ref(storage, rev, remote.commit)
     return pointer, transferred
 
@@ -201,12 +225,14 @@ def record_ref(storage: Path, rev: str, commit: str) -> None:
         os.replace(tmp, ref)
 
 
-def tag_cache(cache: Path) -> None:
-    """CACHEDIR.TAG at the cache's root, once; best effort."""
+def tag_cache(cache: Path) -> bool:
+    """CACHEDIR.TAG at the cache's root, once; best effort. Whether this call wrote it."""
     tag = cache / "CACHEDIR.TAG"
     with contextlib.suppress(OSError):
         if not tag.exists():
             tag.write_text(CACHEDIR_TAG)
+            return True
+    return False
 
 
 def fill_partial(
@@ -448,6 +474,48 @@ def check_free_space(where: Path, need: int, label: str, have: int = 0) -> None:
         return  # cannot tell; the download itself will report ENOSPC
     if free < need:
         raise disk_full_error(label, where, (need, free), have=have)
+
+
+def blocked_by(where: Path) -> str | None:
+    """Why `where` can never be a directory, in words: a part of the path is a file (ENOTDIR); else None."""
+    probe = where
+    while not probe.exists() and probe != probe.parent:  # exists() is False through a file, too
+        probe = probe.parent
+    try:
+        mode = probe.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISDIR(mode):
+        return None
+    kind = "a file" if stat.S_ISREG(mode) else special_kind(mode)
+    return f"{probe} is {kind}, not a directory"
+
+
+def writable_problem(where: Path) -> str | None:
+    """Why nothing can be written in (or made at) `where`, in words; None when it looks writable.
+
+    Asked of the nearest part of the path that exists, before a folder is made: a file where a folder must be,
+    a read-only filesystem, a folder without write permission (root passes that one, as the OS lets it)."""
+    blocked = blocked_by(where)
+    if blocked is not None:
+        return blocked
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if os.access(probe, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return f"{probe} is on a read-only file system" if read_only else f"{probe} is not writable (permission denied)"
+
+
+def check_writable(cache: Path, label: str) -> None:
+    """Refuse a download into a cache that cannot be written, before anything is made there (exit 13)."""
+    problem = writable_problem(cache)
+    if problem is not None:
+        raise unwritable_error(label, cache, problem)
 
 
 def remove_stale_partials(blob: Path, ours: Path | None = None) -> None:
