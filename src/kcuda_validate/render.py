@@ -39,7 +39,7 @@ EXIT_TEXT = {
     ExitCode.MODEL_NOT_FOUND: "model not found",
     ExitCode.HUB_UNREACHABLE: "Hugging Face Hub unreachable",
     ExitCode.HUB_AUTH: "Hub authentication/authorisation needed",
-    ExitCode.DISK_FULL: "not enough disk space",
+    ExitCode.DISK_FULL: "no room for the model",
     ExitCode.INTERNAL: "internal error",
     ExitCode.TIMEOUT: "timed out",
     ExitCode.INTERRUPTED: "interrupted",

@@ -441,3 +441,18 @@ def test_progress_reports_every_byte(tmp_path: Path) -> None:
     path = ensure_synthetic(SMALL, "Q4_0", cache_dir=tmp_path, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (path.stat().st_size, path.stat().st_size)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_cli_names_an_unwritable_cache_as_no_room_for_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("KCUDA_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    result = CliRunner().invoke(cli, ["load", "--device", "cpu", "--synthetic", "1MiB"])
+    assert result.exit_code == 13
+    assert "FAILED at model: no room for the model (exit 13)" in result.output.splitlines()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "logs"]  # the log is the tests' own
