@@ -407,20 +407,23 @@ class Nvml:
 
 
 def parse_visible_devices(value: str | None, gpus: tuple[GpuInfo, ...]) -> tuple[int, ...] | None:
-    """NVML indices hidden by CUDA_VISIBLE_DEVICES (None when unset). Accepts indices and UUID prefixes."""
+    """NVML indices hidden by CUDA_VISIBLE_DEVICES (None when unset). Accepts indices and UUID prefixes.
+
+    CUDA's rules: entries are decimal indices or GPU UUIDs, "abbreviated forms are allowed" with "enough digits
+    from the beginning of the GPU UUID to uniquely identify that GPU" (so a prefix two GPUs share is invalid),
+    and enumeration stops at the first invalid entry ("-1", an index that does not exist, "NoDevFiles")."""
     if value is None:
         return None
     tokens = [t.strip() for t in value.split(",") if t.strip()]
     visible: list[int] = []
     for token in tokens:
         match = None
-        if token.lstrip("-").isdigit():
+        if token.isascii() and token.isdigit():  # not "²" or "١" (str.isdigit says yes; int() refuses or reads 1)
             idx = int(token)
-            if idx < 0:
-                break  # CUDA stops at the first invalid entry
             match = next((g.index for g in gpus if g.index == idx), None)
         else:
-            match = next((g.index for g in gpus if g.uuid and g.uuid.startswith(token)), None)
+            matches = [g.index for g in gpus if g.uuid and g.uuid.startswith(token)]
+            match = matches[0] if len(matches) == 1 else None
         if match is None:
             break
         visible.append(match)

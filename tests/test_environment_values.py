@@ -1,0 +1,52 @@
+"""Hostile and odd values of the environment variables the tool reads (specs/cli.md, Environment)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fakes.hardware import install
+from kcuda_validate.cli import cli
+from kcuda_validate.errors import ExitCode
+from kcuda_validate.gpu.nvml import GpuInfo, parse_visible_devices
+
+# -- CUDA_VISIBLE_DEVICES -------------------------------------------------------------------------------------
+
+TWINS = (
+    GpuInfo(index=0, name="a", uuid="GPU-aaaa1111-0000"),
+    GpuInfo(index=1, name="b", uuid="GPU-aaaa2222-0000"),
+    GpuInfo(index=2, name="c", uuid="GPU-bbbb3333-0000"),
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "hidden"),
+    [
+        ("²", (0, 1, 2)),  # str.isdigit() says yes; int() refuses it: was a ValueError (exit 70)
+        ("--1", (0, 1, 2)),  # was a ValueError too
+        ("١", (0, 1, 2)),  # an Arabic-Indic 1: not an index CUDA reads (was GPU 1)
+        ("+1", (0, 1, 2)),
+        ("99999999999999999999", (0, 1, 2)),
+        ("GPU-aaaa", (0, 1, 2)),  # a prefix two GPUs share is invalid (was the first of them)
+        ("GPU-aaaa2", (0, 2)),
+        ("2,GPU-aaaa,0", (0, 1)),  # enumeration stops at the ambiguous entry
+        ("NoDevFiles", (0, 1, 2)),
+        ("0,0", (1, 2)),
+    ],
+)
+def test_visible_devices_by_cuda_rules(value: str, hidden: tuple[int, ...]) -> None:
+    assert parse_visible_devices(value, TWINS) == hidden
+
+
+@pytest.mark.parametrize("value", ["²", "--1"])
+def test_a_hostile_visible_devices_is_never_internal(
+    value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    install("healthy_one_gpu", monkeypatch, tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    result = CliRunner().invoke(cli, ["load", "--synthetic", "1MiB"])
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # was a ValueError: exit 70
+    assert result.exit_code == ExitCode.GPU_UNUSABLE, result.output
+    assert "is hidden by CUDA_VISIBLE_DEVICES=" in result.stderr
