@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,21 @@ def test_a_hostile_visible_devices_is_never_internal(
     assert isinstance(result.exception, SystemExit), repr(result.exception)  # was a ValueError: exit 70
     assert result.exit_code == ExitCode.GPU_UNUSABLE, result.output
     assert "is hidden by CUDA_VISIBLE_DEVICES=" in result.stderr
+
+
+# -- PYTHONWARNINGS=error -------------------------------------------------------------------------------------
+
+
+def test_a_passing_cpu_load_warns_nothing_under_pythonwarnings_error(tmp_path: Path) -> None:
+    """The worker's pipes are closed: an unclosed one is a ResourceWarning, printed as a traceback."""
+    env = dict(os.environ, PYTHONWARNINGS="error", KCUDA_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kcuda_validate", "load", "--device", "cpu", "--synthetic", "1MiB"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ResourceWarning" not in proc.stderr
+    assert "Traceback" not in proc.stderr

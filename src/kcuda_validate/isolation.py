@@ -155,6 +155,10 @@ class Worker:
             line = line.rstrip("\n")
             self._tail.append(line)
             child_log.debug("%s", line)
+        # EOF: the child is gone. Closed here, by its only reader (left open, it is a ResourceWarning at garbage
+        # collection, which PYTHONWARNINGS=error prints as a traceback on a passing run).
+        with contextlib.suppress(OSError):
+            self.proc.stderr.close()
 
     def send(self, line: str) -> None:
         assert self.proc is not None
@@ -222,6 +226,14 @@ class Worker:
 
     def _reap(self) -> None:
         self._wait_or_kill(10)
+        self._close_stdout()
+
+    def _close_stdout(self) -> None:
+        """Once every result is read and the child is gone (see _drain_stderr for why)."""
+        assert self.proc is not None
+        if self.proc.stdout is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdout.close()
 
     def _wait_or_kill(self, grace: float) -> None:
         """Wait `grace` seconds for the child to end, then SIGKILL its group; the lifeline closes either way."""
@@ -340,6 +352,7 @@ class Worker:
             self.kill()
             rc = self.proc.returncode if self.proc.returncode is not None else -9
         self._close_lifeline()
+        self._close_stdout()
         if self._stderr_thread is not None:
             self._stderr_thread.join(timeout=2)
         return rc
