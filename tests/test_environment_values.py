@@ -11,9 +11,73 @@ import pytest
 from click.testing import CliRunner
 
 from fakes.hardware import install
+from kcuda_validate import cache_dir, logs
 from kcuda_validate.cli import cli
-from kcuda_validate.errors import ExitCode
+from kcuda_validate.errors import ExitCode, UsageError
 from kcuda_validate.gpu.nvml import GpuInfo, parse_visible_devices
+
+
+def _no_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container run as a uid with no passwd entry and no HOME: Path.home() raises RuntimeError there."""
+    import pwd
+
+    def missing(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.delenv("KCUDA_CACHE_DIR", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", missing)
+
+
+# -- no home directory --------------------------------------------------------------------------------------
+
+
+def test_no_home_is_a_log_warning_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _no_home(monkeypatch)
+    monkeypatch.delenv("KCUDA_LOG_DIR")
+    assert logs.setup_logging() is None
+    err = capsys.readouterr().err
+    assert err.startswith("Warning: cannot write the log: HOME is not set")
+    assert "KCUDA_LOG_DIR" in err
+
+
+def test_no_home_cache_is_a_usage_error_naming_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_home(monkeypatch)
+    with pytest.raises(UsageError) as caught:
+        cache_dir.kcuda_cache_dir("synthetic")
+    assert caught.value.fix is not None and "KCUDA_CACHE_DIR" in caught.value.fix
+
+
+def test_load_with_no_home_is_exit_2_not_70(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_home(monkeypatch)
+    result = CliRunner().invoke(cli, ["load", "--device", "cpu", "--synthetic", "1MiB"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "Error: no cache directory: HOME is not set" in result.stderr
+    assert "Traceback" not in result.output
+
+
+# -- paths: `~` and relative XDG values -----------------------------------------------------------------------
+
+
+def test_kcuda_cache_dir_expands_a_tilde(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KCUDA_CACHE_DIR", "~/kc")
+    assert cache_dir.kcuda_cache_dir("synthetic") == tmp_path / "kc" / "synthetic"
+
+
+@pytest.mark.parametrize("variable", ["XDG_CACHE_HOME", "XDG_STATE_HOME"])
+def test_a_relative_xdg_directory_is_ignored(variable: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KCUDA_CACHE_DIR", raising=False)
+    monkeypatch.delenv("KCUDA_LOG_DIR")
+    monkeypatch.setenv(variable, "relative/dir")
+    assert cache_dir.kcuda_cache_dir("engine") == tmp_path / ".cache" / "kcuda-validate" / "engine"
+    assert logs.default_log_dir() == tmp_path / ".local" / "state" / "kcuda-validate"
+
 
 # -- CUDA_VISIBLE_DEVICES -------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from kcuda_validate.cache_dir import home_dir, xdg_dir
 from kcuda_validate.safetext import printable, safe, spelled_out
 
 LOG_FILE_NAME = "kcuda-validate.log"
@@ -29,13 +30,22 @@ _log_path: Path | None = None
 _warned = False
 
 
-def default_log_dir() -> Path:
-    """Per-user state directory: $KCUDA_LOG_DIR, else $XDG_STATE_HOME, else ~/.local/state."""
+def default_log_dir() -> Path | None:
+    """Per-user state directory: $KCUDA_LOG_DIR, else $XDG_STATE_HOME (when absolute, as the XDG spec asks),
+    else ~/.local/state; None when there is no home to put it in."""
     explicit = os.environ.get("KCUDA_LOG_DIR")
     if explicit:
-        return Path(explicit).expanduser()
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "kcuda-validate"
+        try:
+            return Path(explicit).expanduser()
+        except RuntimeError:  # `~` with no home: the literal path, as the shell would leave it
+            return Path(explicit)
+    state = xdg_dir("XDG_STATE_HOME")
+    if state is None:
+        home = home_dir()
+        if home is None:
+            return None
+        state = home / ".local" / "state"
+    return state / "kcuda-validate"
 
 
 def _warn_once(what: str, err: BaseException | None) -> None:
@@ -151,6 +161,12 @@ def setup_logging(level: str | None = None) -> Path | None:
             logger.removeHandler(handler)
             handler.close()
     directory = default_log_dir()
+    if directory is None:
+        _log_path = None
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        _warn_once("cannot write the log: HOME is not set and this user has no home directory", None)
+        return None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / LOG_FILE_NAME

@@ -143,10 +143,13 @@ def _nothing(_: Any) -> None:
 
 
 def _build_log(key: str) -> Path:
+    from kcuda_validate.engine.install import cache_dir
     from kcuda_validate.logs import default_log_dir
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return default_log_dir() / "builds" / f"{key}-{stamp}.log"
+    # No home for the log directory: beside the engine cache, which setup needs (and names the fix for) anyway.
+    base = default_log_dir() or cache_dir()
+    return base / "builds" / f"{key}-{stamp}.log"
 
 
 def _toolkit_layers(plan: Plan, cache: Path, uv: list[str], log_fh: Any, log_file: Path, step: StepFn) -> list[Path]:
