@@ -79,6 +79,25 @@ def test_a_relative_xdg_directory_is_ignored(variable: str, monkeypatch: pytest.
     assert logs.default_log_dir() == tmp_path / ".local" / "state" / "kcuda-validate"
 
 
+# -- KCUDA_LOG_LEVEL ------------------------------------------------------------------------------------------
+
+
+def test_an_unknown_log_level_is_said(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KCUDA_LOG_LEVEL", "verbose")
+    assert logs.setup_logging() is not None
+    assert "Warning: KCUDA_LOG_LEVEL='VERBOSE' is not a log level; logging at INFO" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "level"), [("debug", 10), (" warning ", 30), ("warn", 30), ("15", 15)])
+def test_log_levels_accepted(
+    value: str, level: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KCUDA_LOG_LEVEL", value)
+    logs.setup_logging()
+    assert logs.logging.getLogger("kcuda_validate").level == level
+    assert capsys.readouterr().err == ""
+
+
 # -- CUDA_VISIBLE_DEVICES -------------------------------------------------------------------------------------
 
 TWINS = (

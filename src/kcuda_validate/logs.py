@@ -12,6 +12,7 @@ process, and the run continues unlogged.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import logging.handlers
@@ -149,10 +150,19 @@ def setup_logging(level: str | None = None) -> Path | None:
     Called once per run: a log that cannot be written is then reported once (again) for this run."""
     global _log_path, _warned
     _warned = False
-    level_name = (level or os.environ.get("KCUDA_LOG_LEVEL") or "INFO").upper()
-    numeric = logging.getLevelName(level_name)
+    level_name = (level or os.environ.get("KCUDA_LOG_LEVEL") or "INFO").strip().upper()
+    numeric = int(level_name) if level_name.isascii() and level_name.isdigit() else logging.getLevelName(level_name)
     if not isinstance(numeric, int):
         numeric = logging.INFO
+        # Said, not silently ignored: a typo (`KCUDA_LOG_LEVEL=verbose`) otherwise looks like a log with no detail.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.write(
+                safe(
+                    f"Warning: KCUDA_LOG_LEVEL={level_name!r} is not a log level; logging at INFO "
+                    "(use DEBUG, INFO, WARNING, ERROR or CRITICAL)"
+                )
+                + "\n"
+            )
     logger = logging.getLogger("kcuda_validate")
     logger.setLevel(numeric)
     logger.propagate = False
