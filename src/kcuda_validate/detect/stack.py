@@ -74,9 +74,9 @@ FIX_NO_HANDLE = (
     "usually needs a reboot. In a container, check that /dev/nvidia* for this GPU is mounted."
 )
 FIX_PAGES_PENDING = "Reboot to retire the pending pages; if it recurs, the board's memory is failing."
-FIX_MIG = (
-    "Select a MIG instance: `CUDA_VISIBLE_DEVICES=MIG-<uuid>` (see `nvidia-smi -L`), "
-    "or disable MIG: `sudo nvidia-smi -i N -mig 0`."
+FIX_MIG = (  # CUDA_VISIBLE_DEVICES=MIG-<uuid> is not advised: the GPU choice reads whole GPUs, so it would hide them
+    "This tool validates whole GPUs, not MIG instances: to validate this one, disable MIG while it is idle "
+    "(`sudo nvidia-smi -i N -mig 0`, then reset or reboot if it says so)."
 )
 FIX_NARROW_LINK = (
     "The link trained narrower than card and slot allow: reseat the card (no riser), check its power cables and "
