@@ -154,3 +154,20 @@ def test_a_passing_cpu_load_warns_nothing_under_pythonwarnings_error(tmp_path: P
     assert proc.returncode == 0, proc.stderr
     assert "ResourceWarning" not in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- an output encoding that cannot spell the tool's text ----------------------------------------------------
+
+
+def test_an_ascii_only_output_encoding_escapes_instead_of_failing(tmp_path: Path) -> None:
+    """PYTHONIOENCODING=ascii (or a locale Python's UTF-8 mode does not cover): the first em dash of the
+    heading raised UnicodeEncodeError, exit 70. Now it is written as an escape and the run passes."""
+    env = dict(os.environ, PYTHONIOENCODING="ascii", LC_ALL="C", KCUDA_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kcuda_validate", "load", "--device", "cpu", "--synthetic", "1MiB"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode("ascii").splitlines()[0] == "kcuda-validate load \\u2014 CPU RUN (not a GPU validation)"

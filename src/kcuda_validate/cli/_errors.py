@@ -7,6 +7,8 @@ friendly message.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import signal
@@ -68,8 +70,18 @@ def _interrupted(signum: int) -> int:
     return int(ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED)
 
 
+def _tolerant_streams() -> None:
+    """A stdout or stderr whose encoding cannot spell a character (PYTHONIOENCODING=ascii, a locale Python's UTF-8
+    mode does not cover) writes it as an escape (`\\u2014`) instead of failing the run with exit 70."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and isinstance(stream, io.TextIOWrapper):
+            with contextlib.suppress(ValueError, io.UnsupportedOperation):
+                stream.reconfigure(errors="backslashreplace")
+
+
 def _run(invoke: Callable[[], Any], args: list[str] | None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
+    _tolerant_streams()
     setup_logging()
     sys.excepthook = _safe_excepthook
     log.info("start: kcuda-validate %s", " ".join(argv))
