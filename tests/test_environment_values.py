@@ -171,3 +171,31 @@ def test_an_ascii_only_output_encoding_escapes_instead_of_failing(tmp_path: Path
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode("ascii").splitlines()[0] == "kcuda-validate load \\u2014 CPU RUN (not a GPU validation)"
+
+
+# -- HF_ENDPOINT ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("huggingface.co", "huggingface.co"),
+        ("https://", "https://"),
+        ("ftp://mirror.example", "ftp://mirror.example"),
+        ("http://[::1", "http://[::1"),
+        ("user:hf_abcdefghijklmnopqrstuvwxyz@mirror", "***@mirror"),  # the credential is never shown
+    ],
+)
+def test_an_hf_endpoint_that_is_no_url_is_a_usage_error(
+    value: str, shown: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without a scheme it was 'cannot reach huggingface.co ... check your network' (exit 11)."""
+    monkeypatch.setenv("HF_ENDPOINT", value)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    result = CliRunner().invoke(cli, ["load", "--device", "cpu"])
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.splitlines()[:2] == [
+        f"Error: HF_ENDPOINT={shown!r} is not a Hub address (it needs http:// or https:// and a host)",
+        "Fix: Set HF_ENDPOINT to the Hub's URL with its scheme, e.g. HF_ENDPOINT=https://huggingface.co, or unset it.",
+    ]
+    assert "hf_abcdefghij" not in result.output and not (tmp_path / "hub").exists()

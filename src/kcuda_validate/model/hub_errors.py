@@ -295,6 +295,19 @@ def environment_error(environ: Mapping[str, str] | None = None) -> UsageError | 
                 f"{name}={safe(value)!r} is not a whole number of seconds",
                 fix=f"Set {name} to a whole number of seconds (e.g. {name}=10), or unset it.",
             )
+    endpoint = env.get("HF_ENDPOINT")
+    if endpoint:  # without a scheme it read as "the Hub is unreachable, check your network" (exit 11)
+        try:
+            parts = urlsplit(endpoint)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # an unclosed IPv6 bracket, a bad port
+            ok = False
+        if not ok:
+            return UsageError(
+                f"HF_ENDPOINT={safe(endpoint)!r} is not a Hub address (it needs http:// or https:// and a host)",
+                fix="Set HF_ENDPOINT to the Hub's URL with its scheme, e.g. HF_ENDPOINT=https://huggingface.co, "
+                "or unset it.",
+            )
     return None
 
 
