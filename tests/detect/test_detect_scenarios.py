@@ -782,3 +782,36 @@ def test_the_wsl2_driver_removal_names_the_owner_of_the_file_found_and_keeps_the
     assert "`dpkg -S /usr/lib/wsl/../x86_64-linux-gnu/libcuda.so.1`" in fix
     assert "'^nvidia-.*'" not in fix and "keep nvidia-container-toolkit" in fix
     assert "`dpkg -S libcuda.so.1`" in wsl_linux_driver_fix(("/proc/driver/nvidia/version",))
+
+
+@pytest.mark.parametrize(
+    ("order", "value", "uncertain"),
+    [
+        (None, "1", True),  # CUDA's default, FASTEST_FIRST: its index 1 may be the 3090
+        ("FASTEST_FIRST", "1", True),
+        (" pci_bus_id ", "1", False),
+        (None, "GPU-5f3c2a8e", False),  # a UUID (prefix) names one GPU whatever the order
+    ],
+)
+def test_indices_on_mixed_gpus_without_pci_bus_order_say_which_gpu_is_unsure(
+    order: str | None, value: str, uncertain: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """NVML numbers GPUs by PCI bus, CUDA fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID: on an RTX 3090 +
+    4090 box, CUDA_VISIBLE_DEVICES=1 may be either card, and detect must not name one as if it knew."""
+    from fakes.hardware import install
+
+    env = {"CUDA_VISIBLE_DEVICES": value} | ({} if order is None else {"CUDA_DEVICE_ORDER": order})
+    install(dataclasses.replace(SCENARIOS["two_gpus_one_hidden"], env=env), monkeypatch, tmp_path)
+    if order is None:
+        monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    check = by_id(run_detect())["env.cuda_visible_devices"]
+    assert check.status == Status.WARN
+    if uncertain:
+        assert (check.summary, check.fix) == (
+            f"CUDA_VISIBLE_DEVICES='{value}' hides 1 of 2 GPUs, GPU 0 (NVIDIA GeForce RTX 3090) if its indices are"
+            " nvidia-smi's; but CUDA numbers these mixed GPUs fastest first, so it may hide others",
+            "Set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA's indices are nvidia-smi's, or name GPUs by UUID"
+            " (`nvidia-smi -L`): CUDA_VISIBLE_DEVICES=GPU-<uuid>.",
+        )
+    else:
+        assert check.summary == f"CUDA_VISIBLE_DEVICES={value!r} hides GPU 0 (NVIDIA GeForce RTX 3090)"

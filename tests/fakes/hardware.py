@@ -953,12 +953,13 @@ SCENARIOS: dict[str, Scenario] = _scenarios(
     ),
     Scenario(
         "two_gpus_one_hidden",
-        "RTX 3090 + RTX 4090 with CUDA_VISIBLE_DEVICES=1: GPU 0 hidden (a warning, not a failure)",
+        "RTX 3090 + RTX 4090 with CUDA_DEVICE_ORDER=PCI_BUS_ID and CUDA_VISIBLE_DEVICES=1: GPU 0 hidden (a "
+        "warning, not a failure); without PCI_BUS_ID, CUDA's index 1 could be either card",
         exit_code=ExitCode.OK,
         gpus=(RTX_3090, RTX_4090),
         libcuda=LibcudaSpec(device_count=1),
         llama=LlamaSpec(archs="860,890"),
-        env={"CUDA_VISIBLE_DEVICES": "1"},
+        env={"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
     ),
     Scenario(
         "all_gpus_hidden",

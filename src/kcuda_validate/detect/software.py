@@ -11,7 +11,7 @@ from typing import Any
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.detect.facts import Facts, detect_check
 from kcuda_validate.errors import ExitCode
-from kcuda_validate.gpu.nvml import GpuInfo
+from kcuda_validate.gpu.nvml import GpuInfo, cuda_order_uncertain
 from kcuda_validate.llm.build import arch_compatibility, setup_fix
 from kcuda_validate.versions import dist_version
 
@@ -58,6 +58,10 @@ TORCH_CUDA_INDEXES = ((11, 8), (12, 1), (12, 4), (12, 6), (12, 8), (12, 9), (13,
 
 FIX_HIDES_ALL = "Unset it (`unset CUDA_VISIBLE_DEVICES`) or list a GPU index."
 FIX_HIDES_SOME = "Unset CUDA_VISIBLE_DEVICES if you meant to use every GPU."
+FIX_CUDA_ORDER = (
+    "Set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA's indices are nvidia-smi's, or name GPUs by UUID "
+    "(`nvidia-smi -L`): CUDA_VISIBLE_DEVICES=GPU-<uuid>."
+)
 FIX_OFFLINE = "Unset HF_HUB_OFFLINE to download, or pass --model-path / --synthetic."
 FIX_HUB_UNKNOWN = "Check the network, any proxy (HTTPS_PROXY) and HF_ENDPOINT, or pass --model-path / --synthetic."
 
@@ -337,6 +341,13 @@ def check_cuda_visible_devices(facts: Facts) -> tuple[Check, ...]:
         summary = f"CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU: " + ", ".join(names)
         status = Status.SKIP if cpu else Status.FAIL
         return (detect_check(cid, title, status, summary, None if cpu else FIX_HIDES_ALL, ExitCode.GPU_UNUSABLE, **ev),)
+    if hidden and cuda_order_uncertain(cvd, gpus, facts.env.get("CUDA_DEVICE_ORDER")):
+        summary = (
+            f"CUDA_VISIBLE_DEVICES={cvd!r} hides {len(hidden)} of {len(gpus)} GPUs, GPU "
+            + ", ".join(names)
+            + " if its indices are nvidia-smi's; but CUDA numbers these mixed GPUs fastest first, so it may hide others"
+        )
+        return (detect_check(cid, title, Status.WARN, summary, FIX_CUDA_ORDER, order_uncertain=True, **ev),)
     if hidden:
         summary = f"CUDA_VISIBLE_DEVICES={cvd!r} hides GPU " + ", ".join(names)
         return (detect_check(cid, title, Status.WARN, summary, FIX_HIDES_SOME, **ev),)

@@ -430,6 +430,18 @@ def parse_visible_devices(value: str | None, gpus: tuple[GpuInfo, ...]) -> tuple
     return tuple(g.index for g in gpus if g.index not in visible)
 
 
+def cuda_order_uncertain(value: str | None, gpus: tuple[GpuInfo, ...], device_order: str | None) -> bool:
+    """Whether CUDA_VISIBLE_DEVICES's indices may name other GPUs than NVML's of the same number.
+
+    NVML (and nvidia-smi) number GPUs by PCI bus; CUDA, unless CUDA_DEVICE_ORDER=PCI_BUS_ID, numbers them
+    "fastest first" by an undocumented heuristic. The two agree where every GPU is the same model (ties go by
+    bus); on a mixed box they may not, and only UUIDs or PCI_BUS_ID make an index mean one GPU."""
+    if value is None or (device_order or "").strip().upper() == "PCI_BUS_ID":
+        return False
+    has_index = any(t.strip().isascii() and t.strip().isdigit() for t in value.split(","))
+    return has_index and len({g.name for g in gpus}) > 1
+
+
 def read_gpus() -> tuple[GpuInfo, ...] | None:
     """Every GPU NVML sees, in one short session; None when NVML cannot start."""
     try:
