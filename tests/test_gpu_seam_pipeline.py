@@ -240,3 +240,33 @@ def test_no_gpu_hint_names_the_command_as_it_was_started(
         "Without a GPU you can still check the rest of the pipeline, labelled as a CPU run: "
         f"{command} load --device cpu --synthetic 64MiB"
     )
+
+
+@pytest.mark.parametrize(("order", "warns"), [(None, True), ("PCI_BUS_ID", False)])
+def test_gpu_choice_by_index_on_mixed_gpus_says_cuda_may_mean_another(
+    order: str | None, warns: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """RTX 3090 + 4090 with CUDA_VISIBLE_DEVICES=1: the tool reads 1 as nvidia-smi's GPU 1 (the 4090) and pins the
+    worker to its UUID, but CUDA's default numbering (fastest first) may call the 3090 device 1: a warning."""
+    from kcuda_validate.checks import Status
+    from kcuda_validate.gpu_choice import select_gpu
+
+    env = {"CUDA_VISIBLE_DEVICES": "1"} | ({} if order is None else {"CUDA_DEVICE_ORDER": order})
+    install(dataclasses.replace(SCENARIOS["two_gpus_one_hidden"], env=env), monkeypatch, tmp_path)
+    if order is None:
+        monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    verdict, ctx = select_gpu(None, cpu_mode=False)
+    assert ctx is not None and ctx.info.index == 1
+    ctx.nvml.close()
+    check = verdict.checks[0]
+    assert check.status == (Status.WARN if warns else Status.PASS)
+    selected = "GPU 1: NVIDIA GeForce RTX 4090 (cc 8.9, 23.6 GiB free)"
+    if warns:
+        assert (check.summary, check.fix) == (
+            f"{selected}, read from CUDA_VISIBLE_DEVICES='1' in nvidia-smi's numbering; CUDA numbers these mixed"
+            " GPUs fastest first, so it may have meant another",
+            "Set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA's indices are nvidia-smi's, or name GPUs by UUID"
+            " (`nvidia-smi -L`): CUDA_VISIBLE_DEVICES=GPU-<uuid>. Or pass --device N (nvidia-smi's index).",
+        )
+    else:
+        assert check.summary == selected

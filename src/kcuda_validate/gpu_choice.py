@@ -12,9 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from kcuda_validate.checks import Check, failed, passed, skipped, warned
+from kcuda_validate.detect.software import FIX_CUDA_ORDER
 from kcuda_validate.detect.stack import FIX_GPU_LOST, FIX_NO_DEVICE  # the same advice detect gives
 from kcuda_validate.errors import ExitCode, UsageError
-from kcuda_validate.gpu.nvml import GpuInfo, GpuProcess, Nvml, NvmlInitError, choose_gpu, parse_visible_devices
+from kcuda_validate.gpu.nvml import (
+    GpuInfo,
+    GpuProcess,
+    Nvml,
+    NvmlInitError,
+    choose_gpu,
+    cuda_order_uncertain,
+    parse_visible_devices,
+)
 from kcuda_validate.verdicts import StageVerdict, halt
 
 
@@ -182,5 +191,16 @@ def select_gpu(device: int | None, cpu_mode: bool) -> tuple[StageVerdict, GpuCon
 
     wsl2 = probe_platform().is_wsl2  # its driver lists no processes: not asked
     procs = other_gpu_processes(None if wsl2 else nvml.compute_processes(chosen.index), chosen.index, wsl2)
-    verdict = StageVerdict("gpu", (gpu_selected(chosen), procs), gpu=chosen.to_json(), driver=versions)
+    selected = gpu_selected(chosen)
+    if device is None and cuda_order_uncertain(cvd, gpus, os.environ.get("CUDA_DEVICE_ORDER")):
+        selected = warned(
+            "gpu.select",
+            "gpu",
+            "GPU selection",
+            f"{selected.summary}, read from CUDA_VISIBLE_DEVICES={cvd!r} in nvidia-smi's numbering; CUDA numbers"
+            " these mixed GPUs fastest first, so it may have meant another",
+            f"{FIX_CUDA_ORDER} Or pass --device N (nvidia-smi's index).",
+            **selected.evidence,
+        )
+    verdict = StageVerdict("gpu", (selected, procs), gpu=chosen.to_json(), driver=versions)
     return verdict, GpuContext(nvml, chosen, versions)
