@@ -815,3 +815,46 @@ def test_indices_on_mixed_gpus_without_pci_bus_order_say_which_gpu_is_unsure(
         )
     else:
         assert check.summary == f"CUDA_VISIBLE_DEVICES={value!r} hides GPU 0 (NVIDIA GeForce RTX 3090)"
+
+
+@pytest.mark.parametrize(
+    ("cuda_sees", "hidden", "summary"),
+    [
+        # CUDA numbered the 4090 first (fastest first), so its device 1 is the 3090: the 4090 is the hidden one.
+        (
+            (RTX_3090.uuid,),
+            (1,),
+            "CUDA_VISIBLE_DEVICES='1' hides GPU 1 (NVIDIA GeForce RTX 4090) (as CUDA itself numbers them)",
+        ),
+        (
+            (RTX_4090.uuid,),
+            (0,),
+            "CUDA_VISIBLE_DEVICES='1' hides GPU 0 (NVIDIA GeForce RTX 3090) (as CUDA itself numbers them)",
+        ),
+        # A UUID NVML does not know (a formatting surprise): CUDA's answer is not trusted, the doubt is said.
+        (("GPU-00000000-0000-0000-0000-000000000000",), (0,), None),
+    ],
+)
+def test_cuda_own_device_uuids_settle_which_mixed_gpu_an_index_hides(
+    cuda_sees: tuple[str, ...],
+    hidden: tuple[int, ...],
+    summary: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Where NVML's numbering is unsure (mixed GPUs, no PCI_BUS_ID), detect asks CUDA which devices it
+    enumerates (cuDeviceGetUuid_v2) and names the hidden GPU from that answer."""
+    from fakes.hardware import install
+
+    base = SCENARIOS["two_gpus_one_hidden"]
+    libcuda = dataclasses.replace(base.libcuda, uuids=cuda_sees)
+    install(dataclasses.replace(base, env={"CUDA_VISIBLE_DEVICES": "1"}, libcuda=libcuda), monkeypatch, tmp_path)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    report = run_detect()
+    check = by_id(report)["env.cuda_visible_devices"]
+    assert check.evidence["hidden"] == list(hidden)
+    if summary is None:
+        assert check.fix is not None and check.fix.startswith("Set CUDA_DEVICE_ORDER=PCI_BUS_ID")
+    else:
+        assert (check.status, check.summary, check.evidence.get("cuda_said")) == (Status.WARN, summary, True)
+        assert by_id(report)[f"gpu.{hidden[0]}"].status == Status.SKIP  # the GPU rows follow CUDA's answer too

@@ -398,6 +398,8 @@ class LibcudaSpec:
     driver_version: int = 12040
     device_count: int = 1
     path: str = "/usr/lib/x86_64-linux-gnu/libcuda.so.1"
+    # cuDeviceGetUuid_v2's answers in CUDA's order (None: CUDA_ERROR_NOT_SUPPORTED, as a driver that cannot say)
+    uuids: tuple[str, ...] | None = None
 
 
 class FakeLibcuda:
@@ -424,6 +426,23 @@ class FakeLibcuda:
         if not self.initialised:
             return 3  # CUDA_ERROR_NOT_INITIALIZED
         count_ref._obj.value = self.spec.device_count
+        return 0
+
+    def cuDeviceGet(self, device_ref: Any, ordinal: int) -> int:
+        self.calls.append("cuDeviceGet")
+        if not self.initialised:
+            return 3  # CUDA_ERROR_NOT_INITIALIZED
+        if not 0 <= ordinal < self.spec.device_count:
+            return 101  # CUDA_ERROR_INVALID_DEVICE
+        device_ref._obj.value = ordinal
+        return 0
+
+    def cuDeviceGetUuid_v2(self, raw: Any, device: Any) -> int:
+        """Fills the 16-byte CUuuid from a "GPU-8-4-4-4-12" UUID, as the real driver does."""
+        self.calls.append("cuDeviceGetUuid_v2")
+        if self.spec.uuids is None:
+            return 801  # CUDA_ERROR_NOT_SUPPORTED
+        raw[:] = bytes.fromhex(self.spec.uuids[device.value].removeprefix("GPU-").replace("-", ""))
         return 0
 
     def cuGetErrorName(self, code: int, name_ref: Any) -> int:

@@ -341,6 +341,9 @@ def check_cuda_visible_devices(facts: Facts) -> tuple[Check, ...]:
         summary = f"CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU: " + ", ".join(names)
         status = Status.SKIP if cpu else Status.FAIL
         return (detect_check(cid, title, status, summary, None if cpu else FIX_HIDES_ALL, ExitCode.GPU_UNUSABLE, **ev),)
+    if hidden and facts.visibility[1]:
+        summary = f"CUDA_VISIBLE_DEVICES={cvd!r} hides GPU " + ", ".join(names) + " (as CUDA itself numbers them)"
+        return (detect_check(cid, title, Status.WARN, summary, FIX_HIDES_SOME, cuda_said=True, **ev),)
     if hidden and cuda_order_uncertain(cvd, gpus, facts.env.get("CUDA_DEVICE_ORDER")):
         summary = (
             f"CUDA_VISIBLE_DEVICES={cvd!r} hides {len(hidden)} of {len(gpus)} GPUs, GPU "

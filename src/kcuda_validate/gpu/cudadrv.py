@@ -53,6 +53,9 @@ class CudaDriverInfo:
     driver_version: int | None = None  # e.g. 12040
     device_count: int | None = None
     load_error: str | None = None
+    # The devices CUDA enumerates, in its own order (CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER applied), as
+    # NVML spells UUIDs; None when the driver cannot say (no cuDeviceGetUuid, a failed call).
+    device_uuids: tuple[str, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,6 +74,7 @@ class CudaDriverInfo:
             "cuInit": self.init_error or ("CUDA_SUCCESS" if self.init_result == 0 else None),
             "driver_version": self.version_str,
             "device_count": self.device_count,
+            "device_uuids": None if self.device_uuids is None else list(self.device_uuids),
             "load_error": self.load_error,
         }
 
@@ -99,8 +103,31 @@ def _error_name(lib: Any, code: int) -> str:
     return f"CUresult {code}"
 
 
+def _uuid_text(raw: bytes) -> str:
+    """CUuuid's 16 bytes as NVML and nvidia-smi write a GPU's UUID: GPU-8-4-4-4-12 hex digits."""
+    h = raw.hex()
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def device_uuids(lib: Any, count: int) -> tuple[str, ...] | None:
+    """The UUID of each device CUDA enumerates, in CUDA's order: what its indices really name."""
+    get_uuid = getattr(lib, "cuDeviceGetUuid_v2", None) or getattr(lib, "cuDeviceGetUuid", None)
+    if get_uuid is None:
+        return None
+    uuids = []
+    for ordinal in range(count):
+        device, raw = ctypes.c_int(0), (ctypes.c_char * 16)()
+        try:
+            if int(lib.cuDeviceGet(ctypes.byref(device), ordinal)) != 0 or int(get_uuid(raw, device)) != 0:
+                return None
+        except (AttributeError, OSError, ctypes.ArgumentError):
+            return None
+        uuids.append(_uuid_text(bytes(raw)))
+    return tuple(uuids)
+
+
 def probe_cuda_driver(lib: Any | None = None) -> CudaDriverInfo:
-    """Load libcuda, cuInit(0), read the driver version and device count."""
+    """Load libcuda, cuInit(0), read the driver version, the device count and each device's UUID."""
     if lib is None:
         try:
             lib = load_libcuda()
@@ -121,4 +148,5 @@ def probe_cuda_driver(lib: Any | None = None) -> CudaDriverInfo:
         driver_version=drv_version,
         device_count=count.value if rc_count == 0 else None,
         init_error=None if rc_count == 0 else _error_name(lib, rc_count),
+        device_uuids=device_uuids(lib, count.value) if rc_count == 0 else None,
     )
