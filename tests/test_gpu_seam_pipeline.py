@@ -270,3 +270,26 @@ def test_gpu_choice_by_index_on_mixed_gpus_says_cuda_may_mean_another(
         )
     else:
         assert check.summary == selected
+
+
+@pytest.mark.parametrize(
+    ("cuda_sees", "chosen"), [((RTX_4090.uuid,), 1), ((SCENARIOS["two_gpus_one_hidden"].gpus[0].uuid,), 0)]
+)
+def test_gpu_choice_on_mixed_gpus_follows_cuda_own_numbering(
+    cuda_sees: tuple[str, ...], chosen: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Where CUDA can say which device its index 1 is (cuDeviceGetUuid_v2), the run uses that GPU and does not
+    warn: CUDA_VISIBLE_DEVICES=1 may be the 3090 when CUDA numbered the 4090 first."""
+    from kcuda_validate.checks import Status
+    from kcuda_validate.gpu.nvml import worker_pin
+    from kcuda_validate.gpu_choice import select_gpu
+
+    base = SCENARIOS["two_gpus_one_hidden"]
+    libcuda = dataclasses.replace(base.libcuda, uuids=cuda_sees)
+    install(dataclasses.replace(base, env={"CUDA_VISIBLE_DEVICES": "1"}, libcuda=libcuda), monkeypatch, tmp_path)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    verdict, ctx = select_gpu(None, cpu_mode=False)
+    assert ctx is not None
+    ctx.nvml.close()
+    assert (ctx.info.index, verdict.checks[0].status) == (chosen, Status.PASS)
+    assert worker_pin(False, None) == cuda_sees[0]  # the early worker is pinned to the same GPU

@@ -22,7 +22,7 @@ from kcuda_validate.gpu.nvml import (
     NvmlInitError,
     choose_gpu,
     cuda_order_uncertain,
-    parse_visible_devices,
+    hidden_gpus,
 )
 from kcuda_validate.verdicts import StageVerdict, halt
 
@@ -99,7 +99,7 @@ def no_usable_gpu(gpus: tuple[GpuInfo, ...], driver_version: str | None, device:
             driver_version=driver_version,
             gpus=[],
         )
-    hidden = set(parse_visible_devices(cvd, gpus) or ()) if device is None else set()
+    hidden = set(hidden_gpus(cvd, gpus, os.environ.get("CUDA_DEVICE_ORDER"))[0]) if device is None else set()
     considered = [g for g in gpus if device is None or g.index == device]
     reasons, fixes = [], []
     for g in considered:
@@ -192,7 +192,8 @@ def select_gpu(device: int | None, cpu_mode: bool) -> tuple[StageVerdict, GpuCon
     wsl2 = probe_platform().is_wsl2  # its driver lists no processes: not asked
     procs = other_gpu_processes(None if wsl2 else nvml.compute_processes(chosen.index), chosen.index, wsl2)
     selected = gpu_selected(chosen)
-    if device is None and cuda_order_uncertain(cvd, gpus, os.environ.get("CUDA_DEVICE_ORDER")):
+    order = os.environ.get("CUDA_DEVICE_ORDER")
+    if device is None and cuda_order_uncertain(cvd, gpus, order) and not hidden_gpus(cvd, gpus, order)[1]:
         selected = warned(
             "gpu.select",
             "gpu",

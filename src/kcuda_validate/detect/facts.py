@@ -24,8 +24,7 @@ from kcuda_validate.gpu.nvml import (
     GpuInfo,
     Nvml,
     NvmlInitError,
-    cuda_order_uncertain,
-    parse_visible_devices,
+    hidden_gpus,
 )
 from kcuda_validate.gpu.platform import PlatformInfo, probe_platform
 from kcuda_validate.gpu.torchprobe import TorchInfo, probe_torch
@@ -136,20 +135,13 @@ class Facts:
 
     @cached_property
     def visibility(self) -> tuple[tuple[int, ...], bool]:
-        """(the NVML indices CUDA_VISIBLE_DEVICES hides, whether CUDA itself said so).
-
-        Read as NVML's numbering, except where that is unsure (indices on mixed GPUs without
-        CUDA_DEVICE_ORDER=PCI_BUS_ID: CUDA numbers them fastest first): there CUDA's own device UUIDs decide,
-        if every one is a GPU NVML knows (anything else, a formatting surprise included, keeps NVML's reading)."""
-        cvd, gpus = self.env.get("CUDA_VISIBLE_DEVICES"), self.nvml.gpus
-        by_nvml = parse_visible_devices(cvd, gpus) or ()
-        if not cuda_order_uncertain(cvd, gpus, self.env.get("CUDA_DEVICE_ORDER")):
-            return by_nvml, False
-        seen = self.cuda.device_uuids
-        known = {g.uuid for g in gpus if g.uuid}
-        if not seen or not set(seen) <= known:
-            return by_nvml, False
-        return tuple(g.index for g in gpus if g.uuid not in seen), True
+        """(the NVML indices CUDA_VISIBLE_DEVICES hides, whether CUDA itself said so): see nvml.hidden_gpus."""
+        return hidden_gpus(
+            self.env.get("CUDA_VISIBLE_DEVICES"),
+            self.nvml.gpus,
+            self.env.get("CUDA_DEVICE_ORDER"),
+            lambda: self.cuda.device_uuids,
+        )
 
     @cached_property
     def selected(self) -> tuple[GpuInfo, ...]:

@@ -8,6 +8,7 @@ back as None and renders as n/a instead of crashing the run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -452,9 +453,38 @@ def read_gpus() -> tuple[GpuInfo, ...] | None:
         return tuple(nvml.gpu(i) for i in range(nvml.driver().device_count))
 
 
+def _cuda_device_uuids() -> tuple[str, ...] | None:
+    from kcuda_validate.gpu.cudadrv import probe_cuda_driver
+
+    return probe_cuda_driver().device_uuids
+
+
+def hidden_gpus(
+    cuda_visible_devices: str | None,
+    gpus: tuple[GpuInfo, ...],
+    device_order: str | None,
+    cuda_uuids: Callable[[], tuple[str, ...] | None] = _cuda_device_uuids,
+) -> tuple[tuple[int, ...], bool]:
+    """(the NVML indices CUDA_VISIBLE_DEVICES hides, whether CUDA itself said so). One rule for detect and the
+    model commands.
+
+    Read as NVML's numbering, except where that is unsure (`cuda_order_uncertain`): there CUDA's own device
+    UUIDs decide (asked only then: cuInit costs a few hundred ms), if every one is a GPU NVML knows; anything
+    else, a formatting surprise included, keeps NVML's reading."""
+    by_nvml = parse_visible_devices(cuda_visible_devices, gpus) or ()
+    if not cuda_order_uncertain(cuda_visible_devices, gpus, device_order):
+        return by_nvml, False
+    seen = cuda_uuids()
+    if not seen or not set(seen) <= {g.uuid for g in gpus if g.uuid}:
+        return by_nvml, False
+    return tuple(g.index for g in gpus if g.uuid not in seen), True
+
+
 def usable_gpus(gpus: tuple[GpuInfo, ...], cuda_visible_devices: str | None) -> list[GpuInfo]:
     """GPUs CUDA can see and NVML can read: the candidates for a model run, in NVML order."""
-    hidden = parse_visible_devices(cuda_visible_devices, gpus) or ()
+    import os
+
+    hidden, _ = hidden_gpus(cuda_visible_devices, gpus, os.environ.get("CUDA_DEVICE_ORDER"))
     return [g for g in gpus if g.index not in hidden and not g.lost and g.error is None]
 
 
