@@ -1,7 +1,7 @@
 """The worker dies with its parent, in any stage, within seconds: real processes, real SIGKILLs.
 
 Seen before the fix: after a SIGKILL to the parent during prompt processing, the worker kept two cores busy
-for about a minute. Two mechanisms stop it (kcuda_validate.worker.die_with_parent): a lifeline pipe whose EOF
+for about a minute. Two mechanisms stop it (kcuda_validate.lifeline.die_with_parent): a lifeline pipe whose EOF
 a watchdog thread in the worker watches, and PR_SET_PDEATHSIG. The CLI tests run both together, as the tool
 does; the mechanism tests start the worker through a stand-in parent that enables only one of them.
 """
