@@ -20,9 +20,9 @@ from kcuda_validate.gpu.nvml import (
     GpuProcess,
     Nvml,
     NvmlInitError,
+    Visibility,
     choose_gpu,
-    cuda_order_uncertain,
-    hidden_gpus,
+    visibility,
 )
 from kcuda_validate.verdicts import StageVerdict, halt
 
@@ -82,7 +82,9 @@ NO_HANDLE_FIX = (
 CPU_RUN_HINT = "Or pass --device cpu for a CPU-only run."
 
 
-def no_usable_gpu(gpus: tuple[GpuInfo, ...], driver_version: str | None, device: int | None, cvd: str | None) -> Check:
+def no_usable_gpu(
+    gpus: tuple[GpuInfo, ...], driver_version: str | None, device: int | None, cvd: str | None, seen: Visibility
+) -> Check:
     """The driver answers but no GPU can run the model: which GPUs it sees and why each one is out.
 
     Exit 3 when the driver sees none at all, 4 when it sees some that cannot be used (hidden by
@@ -99,7 +101,7 @@ def no_usable_gpu(gpus: tuple[GpuInfo, ...], driver_version: str | None, device:
             driver_version=driver_version,
             gpus=[],
         )
-    hidden = set(hidden_gpus(cvd, gpus, os.environ.get("CUDA_DEVICE_ORDER"))[0]) if device is None else set()
+    hidden = set(seen.hidden) if device is None else set()
     considered = [g for g in gpus if device is None or g.index == device]
     reasons, fixes = [], []
     for g in considered:
@@ -183,17 +185,17 @@ def select_gpu(device: int | None, cpu_mode: bool) -> tuple[StageVerdict, GpuCon
     # --device N picks that NVML index whatever CUDA_VISIBLE_DEVICES says (the worker is pinned to its
     # UUID); without it, the first GPU CUDA can see and NVML can read.
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
-    chosen = choose_gpu(gpus, device, cvd)
+    seen = visibility(cvd, gpus, os.environ.get("CUDA_DEVICE_ORDER")) if device is None else Visibility(())
+    chosen = choose_gpu(gpus, device, cvd, seen)
     if chosen is None or chosen.lost or chosen.error is not None:
         nvml.close()
-        return halt("gpu", no_usable_gpu(gpus, driver.driver_version, device, cvd), driver=versions), None
+        return halt("gpu", no_usable_gpu(gpus, driver.driver_version, device, cvd, seen), driver=versions), None
     from kcuda_validate.gpu.platform import probe_platform
 
     wsl2 = probe_platform().is_wsl2  # its driver lists no processes: not asked
     procs = other_gpu_processes(None if wsl2 else nvml.compute_processes(chosen.index), chosen.index, wsl2)
     selected = gpu_selected(chosen)
-    order = os.environ.get("CUDA_DEVICE_ORDER")
-    if device is None and cuda_order_uncertain(cvd, gpus, order) and not hidden_gpus(cvd, gpus, order)[1]:
+    if seen.how == "unsure":
         selected = warned(
             "gpu.select",
             "gpu",

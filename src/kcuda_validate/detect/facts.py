@@ -24,7 +24,8 @@ from kcuda_validate.gpu.nvml import (
     GpuInfo,
     Nvml,
     NvmlInitError,
-    hidden_gpus,
+    Visibility,
+    visibility,
 )
 from kcuda_validate.gpu.platform import PlatformInfo, probe_platform
 from kcuda_validate.gpu.torchprobe import TorchInfo, probe_torch
@@ -131,12 +132,12 @@ class Facts:
     @cached_property
     def hidden(self) -> tuple[int, ...]:
         """NVML indices CUDA_VISIBLE_DEVICES hides."""
-        return self.visibility[0]
+        return self.visibility.hidden
 
     @cached_property
-    def visibility(self) -> tuple[tuple[int, ...], bool]:
-        """(the NVML indices CUDA_VISIBLE_DEVICES hides, whether CUDA itself said so): see nvml.hidden_gpus."""
-        return hidden_gpus(
+    def visibility(self) -> Visibility:
+        """Which GPUs CUDA_VISIBLE_DEVICES hides, and how that is known (nvml.visibility)."""
+        return visibility(
             self.env.get("CUDA_VISIBLE_DEVICES"),
             self.nvml.gpus,
             self.env.get("CUDA_DEVICE_ORDER"),

@@ -11,7 +11,7 @@ from typing import Any
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.detect.facts import Facts, detect_check
 from kcuda_validate.errors import ExitCode
-from kcuda_validate.gpu.nvml import GpuInfo, cuda_order_uncertain
+from kcuda_validate.gpu.nvml import GpuInfo
 from kcuda_validate.llm.build import arch_compatibility, setup_fix
 from kcuda_validate.versions import dist_version
 
@@ -109,9 +109,8 @@ def torch_install_fix(driver_cuda: str | None) -> str:
     if driver_cuda:
         return f"update the NVIDIA driver: {_no_torch_build(driver_cuda)}."
     return (
-        "install the CUDA build for the driver's CUDA (`nvidia-smi` shows it): "
-        "`uv pip install --reinstall torch --index-url https://download.pytorch.org/whl/cuXYZ` for the newest "
-        "cuXYZ not above it, then run with `uv run --no-sync ...` so uv keeps it."
+        f"install the CUDA build for the driver's CUDA (`nvidia-smi` shows it): {torch_install_command('cuXYZ')} "
+        "for the newest cuXYZ not above it, then run with `uv run --no-sync ...` so uv keeps it."
     )
 
 
@@ -341,10 +340,10 @@ def check_cuda_visible_devices(facts: Facts) -> tuple[Check, ...]:
         summary = f"CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU: " + ", ".join(names)
         status = Status.SKIP if cpu else Status.FAIL
         return (detect_check(cid, title, status, summary, None if cpu else FIX_HIDES_ALL, ExitCode.GPU_UNUSABLE, **ev),)
-    if hidden and facts.visibility[1]:
+    if hidden and facts.visibility.how == "cuda":
         summary = f"CUDA_VISIBLE_DEVICES={cvd!r} hides GPU " + ", ".join(names) + " (as CUDA itself numbers them)"
         return (detect_check(cid, title, Status.WARN, summary, FIX_HIDES_SOME, cuda_said=True, **ev),)
-    if hidden and cuda_order_uncertain(cvd, gpus, facts.env.get("CUDA_DEVICE_ORDER")):
+    if hidden and facts.visibility.how == "unsure":
         summary = (
             f"CUDA_VISIBLE_DEVICES={cvd!r} hides {len(hidden)} of {len(gpus)} GPUs, GPU "
             + ", ".join(names)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -459,40 +459,54 @@ def _cuda_device_uuids() -> tuple[str, ...] | None:
     return probe_cuda_driver().device_uuids
 
 
-def hidden_gpus(
+@dataclass(frozen=True)
+class Visibility:
+    """Which NVML GPUs CUDA_VISIBLE_DEVICES hides, and how that is known: "nvml" (its numbering is CUDA's),
+    "cuda" (CUDA's own device UUIDs said), "unsure" (mixed GPUs read by index, and CUDA could not say)."""
+
+    hidden: tuple[int, ...]
+    how: Literal["nvml", "cuda", "unsure"] = "nvml"
+
+
+def visibility(
     cuda_visible_devices: str | None,
     gpus: tuple[GpuInfo, ...],
     device_order: str | None,
     cuda_uuids: Callable[[], tuple[str, ...] | None] = _cuda_device_uuids,
-) -> tuple[tuple[int, ...], bool]:
-    """(the NVML indices CUDA_VISIBLE_DEVICES hides, whether CUDA itself said so). One rule for detect and the
-    model commands.
+) -> Visibility:
+    """One rule for detect, the model commands' GPU choice and the early worker's pin.
 
     Read as NVML's numbering, except where that is unsure (`cuda_order_uncertain`): there CUDA's own device
     UUIDs decide (asked only then: cuInit costs a few hundred ms), if every one is a GPU NVML knows; anything
-    else, a formatting surprise included, keeps NVML's reading."""
+    else, a formatting surprise included, keeps NVML's reading and says it is unsure."""
     by_nvml = parse_visible_devices(cuda_visible_devices, gpus) or ()
     if not cuda_order_uncertain(cuda_visible_devices, gpus, device_order):
-        return by_nvml, False
+        return Visibility(by_nvml)
     seen = cuda_uuids()
     if not seen or not set(seen) <= {g.uuid for g in gpus if g.uuid}:
-        return by_nvml, False
-    return tuple(g.index for g in gpus if g.uuid not in seen), True
+        return Visibility(by_nvml, "unsure")
+    return Visibility(tuple(g.index for g in gpus if g.uuid not in seen), "cuda")
 
 
-def usable_gpus(gpus: tuple[GpuInfo, ...], cuda_visible_devices: str | None) -> list[GpuInfo]:
-    """GPUs CUDA can see and NVML can read: the candidates for a model run, in NVML order."""
-    import os
+def usable_gpus(
+    gpus: tuple[GpuInfo, ...], cuda_visible_devices: str | None, seen: Visibility | None = None
+) -> list[GpuInfo]:
+    """GPUs CUDA can see and NVML can read: the candidates for a model run, in NVML order. `seen`: the caller's
+    own `visibility`, so CUDA is not asked twice."""
+    if seen is None:
+        import os
 
-    hidden, _ = hidden_gpus(cuda_visible_devices, gpus, os.environ.get("CUDA_DEVICE_ORDER"))
-    return [g for g in gpus if g.index not in hidden and not g.lost and g.error is None]
+        seen = visibility(cuda_visible_devices, gpus, os.environ.get("CUDA_DEVICE_ORDER"))
+    return [g for g in gpus if g.index not in seen.hidden and not g.lost and g.error is None]
 
 
-def choose_gpu(gpus: tuple[GpuInfo, ...], device: int | None, cuda_visible_devices: str | None) -> GpuInfo | None:
+def choose_gpu(
+    gpus: tuple[GpuInfo, ...], device: int | None, cuda_visible_devices: str | None, seen: Visibility | None = None
+) -> GpuInfo | None:
     """The GPU a run uses: --device N if given, else the first usable one. One rule for every caller."""
     if device is not None:
         return next((g for g in gpus if g.index == device), None)
-    usable = usable_gpus(gpus, cuda_visible_devices)
+    usable = usable_gpus(gpus, cuda_visible_devices, seen)
     return usable[0] if usable else None
 
 
