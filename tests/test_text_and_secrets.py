@@ -302,6 +302,40 @@ def test_credentials_in_hf_endpoint_are_never_shown(isolated_env: Path, tmp_path
     assert_no_secret(proc.stdout, proc.stderr, log, report.read_text(), junit.read_text())
 
 
+def _fix_list(stdout: str) -> list[str]:
+    """The lines after the table: each failure and warning with its fix, then the verdict."""
+    lines = stdout.splitlines()
+    return lines[lines.index("") + 1 :]
+
+
+def test_validate_all_names_an_unreachable_hub_once_in_its_fix_list(isolated_env: Path) -> None:
+    """detect's Hub check forecasts the failure the model stage then has: one cause, one fix line."""
+    port = _free_port()
+    proc = run(["validate-all", "--device", "cpu", "--skip-torch"], env=hub_env(isolated_env, port), timeout=60)
+
+    assert proc.returncode == 11, proc.stderr
+    message = f"cannot reach 127.0.0.1:{port} (connection refused) to fetch {DEFAULT_REPO_ID}/{DEFAULT_FILENAME} @ main"
+    assert "WARN   Hugging Face Hub access" in proc.stdout  # the forecast stays in the table
+    assert _fix_list(proc.stdout) == [
+        f"FAIL Model source: {message}",
+        f"     {UNREACHABLE_FIX.replace('Fix: ', 'fix: ')}",
+        "FAILED at model: Hugging Face Hub unreachable (exit 11)",
+    ]
+
+
+def test_validate_all_offline_without_the_model_gives_its_fix_once(isolated_env: Path) -> None:
+    env = hub_env(isolated_env, _free_port()) | {"HF_HUB_OFFLINE": "1"}
+    proc = run(["validate-all", "--device", "cpu", "--skip-torch"], env=env, timeout=60)
+
+    assert proc.returncode == 10, proc.stderr
+    assert _fix_list(proc.stdout) == [
+        f"FAIL Model source: {DEFAULT_REPO_ID}/{DEFAULT_FILENAME} @ main: not in the Hub cache "
+        f"{isolated_env / 'hf' / 'hub'} and offline mode is on (HF_HUB_OFFLINE=1)",
+        "     fix: Unset HF_HUB_OFFLINE to download, or pass --model-path / --synthetic.",
+        "FAILED at model: model not found (exit 10)",
+    ]
+
+
 def test_hub_that_never_answers_fails_within_five_seconds(isolated_env: Path, silent_server: int) -> None:
     """Accepts, then silence. Configured for 4 s + start-up (5.4 s before); the bound here is loose for loaded CI."""
     start = time.monotonic()

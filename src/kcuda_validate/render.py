@@ -82,8 +82,15 @@ def _text(value: Any, style: str = "") -> Text:
 
 
 def fixes(checks: list[Check]) -> list[Text]:
+    """Each failure and warning with its fix, for copying into a shell.
+
+    A warning whose fix a failure gives too is left to the table: detect's forecast (the Hub cannot be
+    reached) and the stage that then failed on it are one cause, so the list says it once."""
+    failing = {c.fix for c in checks if c.status == Status.FAIL and c.fix}
     out: list[Text] = []
     for c in checks:
+        if c.status == Status.WARN and c.fix in failing:
+            continue
         if c.status in (Status.FAIL, Status.WARN) and c.fix:
             line = Text()
             line.append(f"{LABEL[c.status]} ", style=STYLE[c.status])

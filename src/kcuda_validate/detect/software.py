@@ -13,6 +13,7 @@ from kcuda_validate.detect.facts import Facts, detect_check
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.gpu.nvml import GpuInfo
 from kcuda_validate.llm.build import arch_compatibility, setup_fix
+from kcuda_validate.model.hub_errors import OFFLINE_FIX
 from kcuda_validate.versions import dist_version
 
 log = logging.getLogger("kcuda_validate.detect")
@@ -62,7 +63,7 @@ FIX_CUDA_ORDER = (
     "Set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA's indices are nvidia-smi's, or name GPUs by UUID "
     "(`nvidia-smi -L`): CUDA_VISIBLE_DEVICES=GPU-<uuid>."
 )
-FIX_OFFLINE = "Unset HF_HUB_OFFLINE to download, or pass --model-path / --synthetic."
+FIX_OFFLINE = OFFLINE_FIX
 FIX_HUB_UNKNOWN = "Check the network, any proxy (HTTPS_PROXY) and HF_ENDPOINT, or pass --model-path / --synthetic."
 
 

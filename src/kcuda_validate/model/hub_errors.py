@@ -32,6 +32,7 @@ from kcuda_validate.safetext import safe
 
 OR_OFFLINE = "or set HF_HUB_OFFLINE=1 to use the cache, or pass --model-path / --synthetic"
 UNREACHABLE_FIX = "check your network/proxy, " + OR_OFFLINE
+OFFLINE_FIX = "Unset HF_HUB_OFFLINE to download, or pass --model-path / --synthetic."
 SLOW_LINK_HINT = " (on a slow link, raise HF_HUB_ETAG_TIMEOUT, in seconds)"
 
 
@@ -206,7 +207,7 @@ def _table() -> tuple[tuple[type[BaseException], Wording], ...]:
 def offline_error(label: str) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"{label}: not in the Hub cache {hub_cache_dir()} and offline mode is on (HF_HUB_OFFLINE=1)",
-        fix="Unset HF_HUB_OFFLINE to download it, or pass --model-path / --synthetic.",
+        fix=OFFLINE_FIX,  # detect's forecast of this failure says the same, so the fix list shows it once
     )
 
 
