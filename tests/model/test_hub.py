@@ -195,6 +195,7 @@ class Seen:
 
 COMPLETE = sorted([f"blobs/{SHA}", f"snapshots/{COMMIT}/{FILE}"])  # what a good download leaves, nothing else
 HALF = len(CONTENT) // 2  # what a transfer that stops half-way leaves
+TAIL = 1024  # what a trickling server sends slowly, after the rest at once
 
 
 @dataclass
@@ -280,6 +281,9 @@ class FakeHub:
             h.reply(status, headers, body, send_body=method == "GET")
             h.seen_entry.served = len(body) if method == "GET" else 0
             return
+        if plan in ("trickle_tail", "steady"):
+            self._slowly(h, status, headers, body, plan)
+            return
         # A transfer that stops half-way: headers promise the whole body, half of it arrives.
         h.reply(status, headers, body, send_body=False)
         h.wfile.write(body[: len(body) // 2])
@@ -297,6 +301,27 @@ class FakeHub:
         h.close_connection = True
         with contextlib.suppress(OSError):
             h.connection.shutdown(socket.SHUT_RDWR)
+
+    def _slowly(self, h: _Handler, status: int, headers: dict[str, str], body: bytes, plan: str) -> None:
+        """trickle_tail: all but the last TAIL bytes at once, then 16 bytes every 0.05 s (320 B/s, each read well
+        within any timeout); steady: 8 KiB every 0.25 s (32 KiB/s), slow but far above the stall floor."""
+        h.reply(status, headers, body, send_body=False)
+        if plan == "trickle_tail":
+            h.wfile.write(body[:-TAIL])
+            step, pause, sent = 16, 0.05, len(body) - TAIL
+        else:
+            step, pause, sent = 8192, 0.25, 0
+        h.wfile.flush()
+        h.seen_entry.served = sent
+        while sent < len(body):
+            time.sleep(pause)
+            try:
+                h.wfile.write(body[sent : sent + step])
+                h.wfile.flush()
+            except OSError:  # the client gave up on us
+                return
+            sent = min(sent + step, len(body))
+            h.seen_entry.served = sent
 
     def error(self, path: str, status: int, code: str | None, message: str, **extra: str) -> None:
         headers = {"X-Request-Id": "Root=1-fake", "Content-Type": "application/json", **extra}
@@ -832,6 +857,64 @@ def test_failed_download_keeps_a_partial_that_the_next_run_resumes(hub_env: HubE
     fake_hub.cdn_plan = []
     fake_hub.seen.clear()
     assert_resumed_from(hub_env, fake_hub, HALF)
+
+
+def test_a_download_that_trickles_is_stopped_and_the_next_run_resumes_it(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """Every read arrives well within HF_HUB_DOWNLOAD_TIMEOUT, so only the stall window can end it (1 s here)."""
+    hub_env.monkeypatch.setenv("KCUDA_HUB_STALL_S", "1")
+    fake_hub.serve_file()
+    fake_hub.cdn_plan = ["trickle_tail"]
+    start = time.monotonic()
+
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert time.monotonic() - start < 10
+    kept = hub_env.partial.stat().st_size
+    assert len(CONTENT) - TAIL <= kept < len(CONTENT)
+    message = one_line(info.value)
+    prefix = f"the download of {REPO}/{FILE} @ main from {urlsplit(fake_hub.cdn).netloc} stalled: "
+    assert message.startswith(prefix), message
+    got = message[len(prefix) :].split(" bytes in the last 1 s")[0]
+    assert got.isdigit() and int(got) < 1024, message
+    assert message.endswith(
+        f" bytes in the last 1 s (under 1.0 KiB/s); the {kept / 1024:.1f} KiB downloaded so far are kept "
+        "and the next run resumes from there"
+    )
+    assert info.value.fix == (
+        "Run again to resume; if it stays this slow, check any proxy between you and the Hub, "
+        "or set KCUDA_HUB_STALL_S=0 to wait however long it takes."
+    )
+    assert hub_env.leftovers() == partial_only(hub_env)
+    assert hub_env.partial.read_bytes() == CONTENT[:kept]
+
+    fake_hub.cdn_plan = []
+    fake_hub.seen.clear()
+    assert_resumed_from(hub_env, fake_hub, kept)
+
+
+def test_a_trickling_download_runs_to_the_end_with_the_stall_limit_off(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    hub_env.monkeypatch.setenv("KCUDA_HUB_STALL_S", "0")
+    fake_hub.serve_file()
+    fake_hub.cdn_plan = ["trickle_tail"]
+
+    mf = hub.fetch_model(REPO, FILE)
+
+    assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
+    assert len(fake_hub.requests("GET", "/cdn/")) == 1
+    assert hub_env.leftovers() == COMPLETE
+
+
+def test_a_slow_but_steady_download_is_not_a_stall(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    """32 KiB/s over 2 s: two stall windows of 1 s pass, each far above the floor."""
+    hub_env.monkeypatch.setenv("KCUDA_HUB_STALL_S", "1")
+    fake_hub.serve_file()
+    fake_hub.cdn_plan = ["steady"]
+
+    mf = hub.fetch_model(REPO, FILE)
+
+    assert (mf.source, mf.path.read_bytes()) == ("download", CONTENT)
+    assert len(fake_hub.requests("GET", "/cdn/")) == 1
 
 
 def test_interrupted_download_is_resumed_by_the_next_run(hub_env: HubEnv, fake_hub: FakeHub) -> None:
@@ -1624,6 +1707,19 @@ def test_validate_all_asks_the_hub_for_its_own_model_and_skips_the_hub_for_a_loc
         "the model is a local file (--model-path): this run needs no Hub",
     )
     assert fake_hub.seen == []
+
+
+@pytest.mark.parametrize("value", ["junk", "-1", "1.5", "\u0661"])
+def test_a_stall_window_that_is_not_whole_seconds_is_a_one_line_error(hub_env: HubEnv, value: str) -> None:
+    hub_env.monkeypatch.setenv("KCUDA_HUB_STALL_S", value)
+
+    with pytest.raises(UsageError) as info:
+        hub.fetch_model(REPO, FILE)
+    assert (info.value.message, info.value.fix, info.value.exit_code) == (
+        f"KCUDA_HUB_STALL_S={value!r} is not a whole number of seconds",
+        "Set KCUDA_HUB_STALL_S to a whole number of seconds (0: never stop a slow download), or unset it.",
+        ExitCode.USAGE,
+    )
 
 
 @pytest.mark.parametrize("value", ["junk", "", "nan", "1e10"])

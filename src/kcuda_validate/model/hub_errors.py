@@ -296,6 +296,12 @@ def environment_error(environ: Mapping[str, str] | None = None) -> UsageError | 
                 f"{name}={safe(value)!r} is not a whole number of seconds",
                 fix=f"Set {name} to a whole number of seconds (e.g. {name}=10), or unset it.",
             )
+    stall = env.get("KCUDA_HUB_STALL_S", "").strip()
+    if stall and not (stall.isascii() and stall.isdigit()):
+        return UsageError(
+            f"KCUDA_HUB_STALL_S={safe(stall)!r} is not a whole number of seconds",
+            fix="Set KCUDA_HUB_STALL_S to a whole number of seconds (0: never stop a slow download), or unset it.",
+        )
     endpoint = env.get("HF_ENDPOINT")
     if endpoint:  # without a scheme it read as "the Hub is unreachable, check your network" (exit 11)
         try:

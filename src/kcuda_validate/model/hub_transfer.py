@@ -21,17 +21,19 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from kcuda_validate.errors import HubUnreachableError
-from kcuda_validate.model.hub_errors import amount, disk_full_error, netloc, unwritable_error
+from kcuda_validate.model.hub_errors import amount, disk_full_error, kept_note, netloc, unwritable_error
 from kcuda_validate.paths import make_parents, remove_empty, special_kind
 
 RETRIES = 5  # in-process reconnections in a row that get no further into the file, as huggingface_hub's http_get
 RETRY_WAIT_S = 1.0
+STALL_FLOOR = 1024  # bytes/s: below this for a whole stall window a download is stalled (a 250 MB model: 3 days)
+STALL_S = 60  # the window, unless KCUDA_HUB_STALL_S says otherwise (0: never stopped for being slow)
 STALE_PARTIAL_S = 600.0  # a temp file untouched this long belongs to a download that died (killed process)
 _PARTIAL_TAG = "kcuda"  # blobs/<etag>.kcuda-<8 hex of the filename>.incomplete: see partial_path
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -75,6 +77,21 @@ class Kept:
 
 class Corrupt(Exception):
     """The server sent something that cannot be the file; the partial file must go."""
+
+
+class Stalled(Exception):
+    """Bytes kept coming, each read within HF_HUB_DOWNLOAD_TIMEOUT, but under STALL_FLOOR for a whole window."""
+
+    def __init__(self, got: int, window: int) -> None:
+        super().__init__(f"{got} bytes in {window} s")
+        self.got = got
+        self.window = window
+
+
+def stall_window(environ: Mapping[str, str] | None = None) -> int:
+    """KCUDA_HUB_STALL_S (checked up front by `hub_errors.environment_error`), else STALL_S."""
+    value = (os.environ if environ is None else environ).get("KCUDA_HUB_STALL_S", "").strip()
+    return int(value) if value else STALL_S
 
 
 class RangeIgnored(Exception):
@@ -262,7 +279,7 @@ def fill_partial(
                     have = f.truncate(0)  # longer than the file: not something to continue
                 if attempt == 1 and remote.size is not None:
                     check_free_space(cache, remote.size - have, label, have)
-                sink = Sink(f, have, label, remote.size, on_progress)
+                sink = Sink(f, have, label, remote.size, on_progress, stall_window())
                 stream_rest(remote, sink, token)
                 sync(f)
                 if not _SHA256.fullmatch(remote.etag) or sha256_of(f) == remote.etag:
@@ -291,6 +308,16 @@ def fill_partial(
             f"{amount(err.furthest)}{of}); nothing partial was kept",
             fix="Run again later; if it keeps failing, a proxy between you and the Hub may be cutting long "
             "transfers and stripping Range: check HF_ENDPOINT and any proxy, or pass --model-path / --synthetic.",
+        ) from None
+    except Stalled as err:
+        kept.bytes = file_size(partial)
+        if not kept.bytes:
+            partial.unlink(missing_ok=True)
+        raise HubUnreachableError(
+            f"the download of {label} from {host} stalled: {amount(err.got)} in the last {err.window} s "
+            f"(under {amount(STALL_FLOOR)}/s); {kept_note(kept.bytes)}",
+            fix=f"Run again{' to resume' if kept.bytes else ''}; if it stays this slow, check any proxy between you "
+            "and the Hub, or set KCUDA_HUB_STALL_S=0 to wait however long it takes.",
         ) from None
     except BaseException:
         kept.bytes = file_size(partial)
@@ -403,22 +430,46 @@ def file_length(response: Any) -> int | None:
 
 
 class Sink:
-    """The partial file being filled from `have` on, reported to `on_progress` as it grows."""
+    """The partial file being filled from `have` on, reported to `on_progress` as it grows.
 
-    def __init__(self, f: BinaryIO, have: int, label: str, total: int | None, on_progress: OnProgress | None) -> None:
+    It also bounds the transfer in total, which per-read timeouts cannot: a server (or a proxy) that trickles a
+    few bytes every few seconds never times out. Every `window` seconds (reconnections included) the bytes
+    received in it must average STALL_FLOOR a second, else `Stalled`; the partial is kept to resume."""
+
+    def __init__(
+        self,
+        f: BinaryIO,
+        have: int,
+        label: str,
+        total: int | None,
+        on_progress: OnProgress | None,
+        window: int = STALL_S,
+    ) -> None:
         self.f = f
         self.have = have
         self.label = label
         self.total = total
         self.on_progress = on_progress
         self.restarted = False  # whether the bytes of an earlier run were thrown away
+        self.window = window
+        self._received = 0  # bytes received by this sink, bytes written again after a restart included
+        self._mark = (time.monotonic(), 0)  # the current window's start: (time, bytes received then)
         f.seek(have)
         self._report()
 
     def write(self, chunk: bytes) -> None:
         self.f.write(chunk)
         self.have += len(chunk)
+        self._received += len(chunk)
         self._report()
+        if self.window:
+            now = time.monotonic()
+            since, then = self._mark
+            if now - since >= self.window:
+                got = self._received - then
+                if got < STALL_FLOOR * self.window:
+                    raise Stalled(got, self.window)
+                self._mark = (now, self._received)
 
     def restart(self) -> None:
         """Back to an empty file (the server ignored our Range, or what we had cannot be continued)."""
