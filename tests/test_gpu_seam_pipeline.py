@@ -293,3 +293,28 @@ def test_gpu_choice_on_mixed_gpus_follows_cuda_own_numbering(
     ctx.nvml.close()
     assert (ctx.info.index, verdict.checks[0].status) == (chosen, Status.PASS)
     assert worker_pin(False, None) == cuda_sees[0]  # the early worker is pinned to the same GPU
+
+
+@pytest.mark.parametrize(("depth", "command"), [(None, "kcuda-validate"), ("1", "./run kcuda-validate")])
+def test_fixes_that_name_a_command_name_it_as_it_was_started(
+    depth: str | None, command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """From a clone the tool runs as `./run kcuda-validate`; a bare `kcuda-validate detect` is "command not found"."""
+    install("no_driver", monkeypatch, tmp_path)
+    if depth:
+        monkeypatch.setenv("UV_RUN_RECURSION_DEPTH", depth)
+
+    def fix(*args: str) -> str:
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code in (ExitCode.USAGE, ExitCode.NO_GPU), result.output
+        return next(line for line in result.output.splitlines() if "fix:" in line.lower())
+
+    assert fix("detect", "--check", "nope").endswith(f" (see `{command} detect --list-checks`).")
+    assert fix("health", "--check", "nope").endswith(f" (slower checks need `{command} detect`).")
+    assert fix("--report", str(tmp_path / "r.json"), "exit-codes") == (
+        f"Fix: Leave --report out; `{command} exit-codes --json` prints the table as JSON."
+    )
+    assert fix("setup", "--dry-run") == (
+        f"     fix: Install the NVIDIA driver (`{command} detect` says how), or pass --arch (and --cuda) to build an "
+        "engine for another machine."
+    )

@@ -24,6 +24,7 @@ from kcuda_validate.gpu.nvml import (
     choose_gpu,
     visibility,
 )
+from kcuda_validate.llm.build import invocation
 from kcuda_validate.verdicts import StageVerdict, halt
 
 
@@ -143,7 +144,7 @@ def nvml_unavailable(exc: NvmlInitError) -> Check:
         "gpu",
         "GPU selection",
         f"no usable NVIDIA GPU: NVML {exc.kind.replace('_', ' ')} ({exc.detail})",
-        "Run `kcuda-validate detect` for the diagnosis and fix, or `--device cpu` for a CPU-only run.",
+        f"Run `{invocation()} detect` for the diagnosis and fix, or `--device cpu` for a CPU-only run.",
         ExitCode.GPU_UNUSABLE if exc.kind == "version_mismatch" else ExitCode.NO_GPU,
     )
 
@@ -179,7 +180,7 @@ def select_gpu(device: int | None, cpu_mode: bool) -> tuple[StageVerdict, GpuCon
             f"--device {device}: no such GPU (the driver sees {_count(len(gpus), 'GPU')}: "
             + ", ".join(str(g.index) for g in gpus)
             + ")",
-            fix="Pick an index from `kcuda-validate detect`, or --device cpu.",
+            fix=f"Pick an index from `{invocation()} detect`, or --device cpu.",
         )
     versions = {"driver_version": driver.driver_version, "cuda_version": driver.cuda_version}
     # --device N picks that NVML index whatever CUDA_VISIBLE_DEVICES says (the worker is pinned to its

@@ -40,6 +40,7 @@ from kcuda_validate.detect import CHECKS, NODE_HEALTH, DetectOptions, DetectRepo
 from kcuda_validate.detect.stack import FIX_NO_DEVICE, nvml_failure
 from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.gpu.nvml import GpuInfo
+from kcuda_validate.llm.build import invocation
 from kcuda_validate.safetext import spelled_out
 
 STAGE = "health"
@@ -129,7 +130,7 @@ def select_checks(ids: Sequence[str]) -> tuple[str, ...]:
     if bad:
         raise UsageError(
             f"--check {bad[0]}: not a node health check",
-            fix="Use one of: " + ", ".join(ALLOWED) + " (slower checks need `kcuda-validate detect`).",
+            fix="Use one of: " + ", ".join(ALLOWED) + f" (slower checks need `{invocation()} detect`).",
         )
     return tuple(dict.fromkeys(ids))
 
@@ -206,7 +207,7 @@ def no_verdict(report: DetectReport, ids: Sequence[str]) -> Check | None:
         fix, code = FIX_NO_DEVICE, ExitCode.NO_GPU
     elif report.driver is not None and not report.usable_gpus:
         summary = "no usable GPU (" + ", ".join(_gpu_problem(g, report.hidden) for g in report.gpus) + ")"
-        fix = "Run `kcuda-validate detect` for each GPU's state; unset or fix CUDA_VISIBLE_DEVICES if it hides them."
+        fix = f"Run `{invocation()} detect` for each GPU's state; unset or fix CUDA_VISIBLE_DEVICES if it hides them."
         code, driver = ExitCode.GPU_UNUSABLE, ""
     else:
         what = "; ".join(f"{c.id} skipped: {c.summary}" for c in report.checks) or "nothing to check here"

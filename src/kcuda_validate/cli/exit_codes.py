@@ -39,12 +39,13 @@ def exit_codes(ctx: click.Context, /, json_out: bool) -> int:
     group = (ctx.obj or {}).get("output")  # the global options given before the command name
     if group is not None:
         from kcuda_validate.cli._output import refuse_unwritten
+        from kcuda_validate.llm.build import invocation
 
         refuse_unwritten(
             "exit-codes",
             {"--report": group.report_path, "--junit-xml": group.junit_path, "--prometheus": group.prometheus_path},
             "it prints a fixed table",
-            "Leave {option} out; `kcuda-validate exit-codes --json` prints the table as JSON.",
+            "Leave {option} out; `" + invocation() + " exit-codes --json` prints the table as JSON.",
         )
         json_out = json_out or group.json
     if json_out:

@@ -121,7 +121,7 @@ class Facts:
             found = ", ".join(str(g.index) for g in gpus)
             raise UsageError(
                 f"--device {device}: no such GPU (found {len(gpus)}: {found})",
-                fix="Pick an index from `kcuda-validate detect`.",
+                fix=f"Pick an index from `{invocation()} detect`.",
             )
         return facts
 

@@ -18,6 +18,7 @@ import kcuda_validate.detect.stack as stack
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.detect.facts import DetectOptions, DetectReport, Facts, build_report, detect_check
 from kcuda_validate.errors import UsageError
+from kcuda_validate.llm.build import invocation
 
 # Tags. fast: no child process, no network and no library heavier than NVML or libcuda (well under a second);
 # no-torch: never starts PyTorch; no-model: needs no model file; node-health: part of NODE_HEALTH.
@@ -88,7 +89,7 @@ def select(only: Sequence[str] | None) -> tuple[DetectCheck, ...]:
     if unknown:
         raise UsageError(
             f"--check {unknown[0]}: no such check",
-            fix="Use one of: " + ", ".join(CHECK_IDS) + " (see `kcuda-validate detect --list-checks`).",
+            fix="Use one of: " + ", ".join(CHECK_IDS) + f" (see `{invocation()} detect --list-checks`).",
         )
     wanted = set(only)
     return tuple(c for c in CHECKS if c.id in wanted)

@@ -16,6 +16,7 @@ from kcuda_validate.engine import toolkit as tk
 from kcuda_validate.engine.facts import MachineFacts
 from kcuda_validate.engine.toolkit import arch_of, cc_text, covers
 from kcuda_validate.errors import ExitCode
+from kcuda_validate.llm.build import invocation
 
 GIB = 1024**3
 
@@ -218,7 +219,7 @@ def make_plan(facts: MachineFacts, opts: SetupOptions) -> Plan:
             Problem(
                 "setup.gpus",
                 f"no NVIDIA GPU visible ({why}): nothing to build for",
-                "Install the NVIDIA driver (`kcuda-validate detect` says how), or pass --arch (and --cuda) to build "
+                f"Install the NVIDIA driver (`{invocation()} detect` says how), or pass --arch (and --cuda) to build "
                 "an engine for another machine.",
                 ExitCode.NO_GPU,
             ),

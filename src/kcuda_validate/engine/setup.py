@@ -71,7 +71,7 @@ class SetupResult:
 def import_wheel(wheel: Path, cache: Path, llama_version: str, copy: bool = True) -> str:
     """A wheel `setup --wheel-dir` wrote on another machine, put in this cache under the key its stamp names, so
     the plan can install it like one built here. Returns the key; `copy=False` (a dry run) only reads it."""
-    fix = "Pass a wheel `kcuda-validate setup --wheel-dir DIR` wrote (it names its CUDA and architectures inside)."
+    fix = f"Pass a wheel `{invocation()} setup --wheel-dir DIR` wrote (it names its CUDA and architectures inside)."
     if not wheel.name.endswith(".whl"):
         raise UsageError(f"--wheel {wheel}: not a wheel file (*.whl)", fix=fix)
     try:
@@ -89,7 +89,7 @@ def import_wheel(wheel: Path, cache: Path, llama_version: str, copy: bool = True
     if parsed[0] != llama_version:
         raise UsageError(
             f"--wheel {wheel}: built from llama-cpp-python {parsed[0]}, this environment locks {llama_version}",
-            fix=f"Build a wheel of {llama_version} (`kcuda-validate setup --wheel-dir DIR` where uv.lock is the same).",
+            fix=f"Build a wheel of {llama_version} (`{invocation()} setup --wheel-dir DIR` where uv.lock is the same).",
         )
     key = cache_key(*parsed)  # rebuilt from its parts: the stamp's text never becomes a path as it is
     if copy:
@@ -111,7 +111,7 @@ def plan_for_wheel(plan: Plan, key: str) -> Plan:
         why = plan.facts.nvml_error if plan.facts is not None and plan.facts.nvml_error else "the driver lists no GPU"
         message = f"--wheel: {built}; no NVIDIA GPU is visible here ({why}) to install it for"
         fix = (
-            "Install the NVIDIA driver (`kcuda-validate detect` says how); in an image build without a GPU, "
+            f"Install the NVIDIA driver (`{invocation()} detect` says how); in an image build without a GPU, "
             "`uv pip install --no-deps` the wheel (setup checks it on a GPU)."
         )
         problem = Problem("setup.gpus", message, fix, ExitCode.NO_GPU)
@@ -127,7 +127,7 @@ def plan_for_wheel(plan: Plan, key: str) -> Plan:
         code = ExitCode.NO_GPU
     else:
         message = f"--wheel: {built}; this machine needs {need}{usable}"
-        fix = "Build one here with `kcuda-validate setup` (no --wheel), or bring a wheel built for these GPUs."
+        fix = f"Build one here with `{invocation()} setup` (no --wheel), or bring a wheel built for these GPUs."
         code = ExitCode.GPU_UNUSABLE
     problem = Problem("wheel_mismatch", message, fix, code)
     return replace(plan, action="refused", reason=message, problems=(problem,))
