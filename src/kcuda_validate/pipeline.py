@@ -262,6 +262,8 @@ class ModelValidation:
             f"{info.architecture}, {size} params, {info.quantization}, ctx {info.context_length or 'n/a'}, "
             f"{info.file_size / MIB:.0f} MiB"
         )
+        if info.split_count > 1:
+            text += f" in {info.split_count} parts"
         if info.is_synthetic:
             text += " (synthetic)"
         self.keep(

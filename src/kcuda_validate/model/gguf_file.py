@@ -10,8 +10,10 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import re
 import stat
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -230,8 +232,96 @@ class _Reader:
 
 
 def read_gguf(path: Path | str) -> GgufInfo:
-    """Parse header, metadata and tensor table; raise ModelInvalidError naming the file and the fault."""
-    path = Path(path)
+    """Parse header, metadata and tensor table; raise ModelInvalidError naming the file and the fault.
+
+    A split model (gguf-split: `split.count` > 1) is read whole from its first part, as llama.cpp loads it: the
+    other parts by llama.cpp's own naming beside it, each checked like a file of its own, and the info covers
+    them all (sizes, tensors, the fit estimate). Any other part, a missing part or a renamed first part is
+    refused here, before the load, naming what to pass."""
+    info = _read_file(Path(path))
+    count = _split_key(info, "split.count")
+    if count > 1:
+        info = _read_parts(info, count)
+    _check_hyperparameters(info)
+    return info
+
+
+# gguf-split's names, as llama.cpp's llama_split_path writes them and llama_split_prefix reads them back.
+SPLIT_NAME = "{prefix}-{no:05d}-of-{count:05d}.gguf"
+_SPLIT_NAME = re.compile(r"(.+)-(\d{5})-of-(\d{5})\.gguf")
+_SHOWN_MISSING = 3  # parts a "missing" message names; a header may claim 65535
+
+
+def _split_key(info: GgufInfo, key: str) -> int:
+    value = info.metadata.get(key, 0)
+    if not _is_uint(value) or value > 0xFFFF:
+        raise header_error(info.path, key, f"{_show(value)} where a part number (0 to 65535) is expected")
+    return int(value)
+
+
+def _read_parts(first: GgufInfo, count: int) -> GgufInfo:
+    path = first.path
+    no = _split_key(first, "split.no")
+    match = _SPLIT_NAME.fullmatch(path.name)
+    if no != 0:
+        if match is not None:
+            first_name = path.with_name(SPLIT_NAME.format(prefix=match.group(1), no=1, count=count))
+            fix = f"Pass {first_name}, with the other parts in the same folder."
+        else:
+            fix = f"Pass the first part (<name>-00001-of-{count:05d}.gguf), with the other parts in the same folder."
+        raise ModelInvalidError(
+            f"{path}: part {no + 1} of {count} of a split model; llama.cpp loads a split model from its first part",
+            fix=fix,
+        )
+    if match is None or (int(match.group(2)), int(match.group(3))) != (1, count):
+        raise ModelInvalidError(
+            f"{path}: the first of {count} parts of a split model, but not named "
+            f"<name>-00001-of-{count:05d}.gguf, so llama.cpp cannot find the other parts",
+            fix=f"Keep the names gguf-split gave the parts (<name>-00001-of-{count:05d}.gguf and so on), "
+            "all in one folder.",
+        )
+    prefix = match.group(1)
+    paths = [path.with_name(SPLIT_NAME.format(prefix=prefix, no=i, count=count)) for i in range(1, count + 1)]
+    missing = [p for p in paths[1:] if not p.is_file()]  # is_file follows links, as llama.cpp's open does
+    if missing:
+        names = ", ".join(p.name for p in missing[:_SHOWN_MISSING])
+        more = f" and {len(missing) - _SHOWN_MISSING} more" if len(missing) > _SHOWN_MISSING else ""
+        verb = "is" if len(missing) == 1 else "are"
+        raise ModelInvalidError(
+            f"{path}: {len(missing)} of the {count} parts of this split model {verb} missing from {path.parent}: "
+            f"{names}{more}",
+            fix=f"Put all {count} parts in the folder of the first (download the missing ones), then run again.",
+        )
+    infos = [first]
+    for i, part in enumerate(paths[1:], start=1):
+        info = _read_file(part)
+        claims = (_split_key(info, "split.no"), _split_key(info, "split.count"))
+        if claims != (i, count):
+            raise header_error(
+                part,
+                "split.no, split.count",
+                f"part {claims[0] + 1} of {claims[1]}, where part {i + 1} of {count} of {path.name} is expected "
+                "(parts of different models?)",
+            )
+        infos.append(info)
+    tensors = tuple(t for info in infos for t in info.tensors)
+    seen: set[str] = set()
+    for info in infos:
+        for t in info.tensors:
+            if t.name in seen:
+                raise header_error(info.path, f"tensor '{t.name}'", "the name appears in two parts of the model")
+            seen.add(t.name)
+    declared = first.metadata.get("split.tensors.count")
+    if declared is not None and declared != len(tensors):
+        raise header_error(
+            path, "split.tensors.count", f"{_show(declared)}, but the {count} parts hold {len(tensors)} tensors"
+        )
+    size = sum(info.file_size for info in infos)
+    return replace(first, file_size=size, tensors=tensors, parts=tuple(paths))
+
+
+def _read_file(path: Path) -> GgufInfo:
+    """One file's header, metadata and tensor table, its tensors checked against that file's size."""
     try:
         # O_NONBLOCK: a FIFO swapped in after the caller's stat check must not block this open, and the
         # fstat below then refuses it; the size comes from the very file that is read.
@@ -305,7 +395,6 @@ def _parse(path: Path, buf: bytes | mmap.mmap, file_size: int) -> GgufInfo:
     data_offset = (cur.off + alignment - 1) // alignment * alignment
     info = GgufInfo(path, file_size, version, alignment, data_offset, metadata, tuple(tensors))
     _check_data_fits(info)
-    _check_hyperparameters(info)
     return info
 
 

@@ -128,6 +128,11 @@ class GgufInfo:
     data_offset: int
     metadata: dict[str, Any]
     tensors: tuple[TensorInfo, ...] = field(repr=False)
+    parts: tuple[Path, ...] = ()  # a split model (gguf-split): every part, the first (`path`) included
+
+    @property
+    def split_count(self) -> int:
+        return len(self.parts) or 1
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -234,6 +239,7 @@ class GgufInfo:
         return {
             "path": str(self.path),
             "file_size_bytes": self.file_size,
+            "split_count": self.split_count,
             "gguf_version": self.version,
             "architecture": self.architecture,
             "name": self.name,
