@@ -208,6 +208,7 @@ class FakeHub:
     cdn_plan: list[str] = field(default_factory=list)
     content: bytes = CONTENT  # what the CDN serves for SHA (set to other bytes to serve a corrupt file)
     honour_range: bool = True  # False: a server that ignores Range and always sends the whole file with 200
+    blobs: dict[str, bytes] = field(default_factory=dict)  # what the CDN serves for other files (serve_file content=)
     release: threading.Event = field(default_factory=threading.Event)
     on_half_sent: Callable[[], None] | None = None
     server: ThreadingHTTPServer | None = None
@@ -236,22 +237,28 @@ class FakeHub:
         xet: bool = False,
         repo: str = REPO,
         filename: str = FILE,
+        content: bytes | None = None,
     ) -> None:
         """FILE as an LFS file: HEAD/GET /resolve -> 302 to the CDN with the linked etag/size, CDN honours Range.
 
-        `xet`: also the headers of a Xet-backed file (X-Xet-Hash, X-Xet-Refresh-Route).
+        `xet`: also the headers of a Xet-backed file (X-Xet-Hash, X-Xet-Refresh-Route). `content`: another file's
+        bytes, served under their own sha256 (the parts of a split model: see serve_split); `cdn_plan` and
+        `honour_range` apply to every file, in the order of the GETs.
         """
-        linked_size = str(size if size is not None else len(CONTENT))
+        sha = SHA if content is None else hashlib.sha256(content).hexdigest()
+        if content is not None:
+            self.blobs[sha] = content
+        linked_size = str(size if size is not None else len(CONTENT if content is None else content))
         headers = {
             "X-Repo-Commit": COMMIT,
-            "X-Linked-Etag": f'"{SHA}"',
+            "X-Linked-Etag": f'"{sha}"',
             "X-Linked-Size": linked_size,
             "ETag": 'W/"1b4c5f6e7d8c9b0a1b2c3d4e5f60718293a4b5c6"',
-            "Location": f"{self.cdn}/cdn/{SHA}?X-Amz-Signature=abc",
+            "Location": f"{self.cdn}/cdn/{sha}?X-Amz-Signature=abc",
             "Accept-Ranges": "bytes",
         }
         if xet:
-            headers["X-Xet-Hash"] = "ab" * 32
+            headers["X-Xet-Hash"] = "ab" * 32 if content is None else sha[::-1]  # its own: huggingface_hub dedups on it
             headers["X-Xet-Refresh-Route"] = f"/api/models/{REPO}/xet-read-token/{COMMIT}"
 
         def resolve(h: _Handler, method: str) -> None:
@@ -259,9 +266,14 @@ class FakeHub:
 
         for rev in revs:
             self.routes[f"/{repo}/resolve/{rev}/{filename}"] = resolve
-        self.routes[f"/cdn/{SHA}"] = self._cdn
+        self.routes[f"/cdn/{sha}"] = lambda h, method: self._cdn(h, method, sha)
 
-    def _cdn(self, h: _Handler, method: str) -> None:
+    def serve_split(self, parts: dict[str, bytes], *, size: int | None = None, xet: bool = False) -> None:
+        """Several files of one repo at one commit (a split model's parts): each at main and at COMMIT."""
+        for name, content in parts.items():
+            self.serve_file(filename=name, content=content, size=size, xet=xet)
+
+    def _cdn(self, h: _Handler, method: str, sha: str = SHA) -> None:
         plan = self.cdn_plan.pop(0) if (method == "GET" and self.cdn_plan) else "ok"
         if plan == "error_503":
             h.reply(503, {"Content-Type": "text/plain"}, b"Service Unavailable")
@@ -270,7 +282,7 @@ class FakeHub:
         rng = h.headers.get("Range")
         if self.honour_range and rng and rng.startswith("bytes="):
             start = int(rng[len("bytes=") :].split("-")[0])
-        content = self.content
+        content = self.content if sha == SHA else self.blobs[sha]
         body = content[start:]
         headers = {"ETag": '"s3-md5-etag"', "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         status = 200
@@ -1738,3 +1750,377 @@ def test_a_setting_huggingface_hub_cannot_import_with_is_a_one_line_error(
 
     probe = hub.probe_hub()  # detect's Hub check: a warning with the same line, never a crash
     assert (probe.error, probe.fix, probe.cached, probe.answer_ms) == (message, fix, False, None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Split models (gguf-split): the first part brings every part, into one snapshot folder
+
+SPLIT = [f"tiny-q8_0-{i:05d}-of-00004.gguf" for i in range(1, 5)]
+PARTS = {name: b"GGUF" + bytes([i]) * 65_536 for i, name in enumerate(SPLIT, 1)}  # each part its own content
+SPLIT_LABEL = f"{REPO}/{SPLIT[0]} @ main"
+SPLIT_TOTAL = sum(map(len, PARTS.values()))
+OLD_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+MIB = 1024**2
+
+
+def sha_of(name: str) -> str:
+    return hashlib.sha256(PARTS[name]).hexdigest()
+
+
+def seed_part(cache: Path, name: str, commit: str = COMMIT) -> Path:
+    """A part complete in the cache under `commit`, which refs/main points at (huggingface_hub's layout)."""
+    storage = cache / ("models--" + REPO.replace("/", "--"))
+    (storage / "blobs").mkdir(parents=True, exist_ok=True)
+    (storage / "blobs" / sha_of(name)).write_bytes(PARTS[name])
+    pointer = storage / "snapshots" / commit / name
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.symlink_to(Path("..", "..", "blobs", sha_of(name)))
+    (storage / "refs").mkdir(exist_ok=True)
+    (storage / "refs" / "main").write_text(commit)
+    return pointer
+
+
+def split_complete(names: list[str], commit: str = COMMIT) -> list[str]:
+    """What complete parts leave in the repo's cache folder: their blobs and their links, nothing else."""
+    return sorted([*(f"blobs/{sha_of(n)}" for n in names), *(f"snapshots/{commit}/{n}" for n in names)])
+
+
+def heads(fake_hub: FakeHub) -> list[str]:
+    return [s.path for s in fake_hub.requests("HEAD")]
+
+
+def test_only_a_gguf_split_name_of_several_parts_is_a_split_model() -> None:
+    assert hub.split_parts(SPLIT[0]) == SPLIT
+    assert hub.split_parts("q8/m-00001-of-00002.gguf") == ["q8/m-00001-of-00002.gguf", "q8/m-00002-of-00002.gguf"]
+    for whole in (FILE, "m-00001-of-00001.gguf", "m-1-of-4.gguf", "m-00001-of-00004.bin", "m-00001-of-00004.GGUF"):
+        assert hub.split_parts(whole) is None, whole
+
+
+def test_a_split_model_comes_whole_into_one_snapshot_folder_and_the_next_run_asks_nothing(
+    hub_env: HubEnv, fake_hub: FakeHub
+) -> None:
+    from kcuda_validate.model.source import ModelSpec, resolve_model
+
+    fake_hub.serve_split(PARTS)
+    seen: list[hub.DownloadProgress] = []
+    spec = ModelSpec(repo_id=REPO, filename=SPLIT[0])
+
+    first = resolve_model(spec, on_progress=seen.append)
+
+    folder = hub_env.storage / "snapshots" / COMMIT
+    assert first.path == folder / SPLIT[0]  # what llama.cpp loads; it opens the others beside it
+    assert {name: (folder / name).read_bytes() for name in SPLIT} == PARTS
+    assert hub_env.leftovers() == split_complete(SPLIT)
+    assert (hub_env.storage / "refs" / "main").read_text() == COMMIT
+    download_s = first.detail["download_s"]
+    assert isinstance(download_s, float) and 0 < download_s < 5
+    assert first.detail == {
+        "repo_id": REPO,
+        "filename": SPLIT[0],
+        "revision": "main",
+        "commit": COMMIT,
+        "source": "download",
+        "size_bytes": SPLIT_TOTAL,
+        "download_s": download_s,
+        "parts": 4,
+    }
+    assert first.describe() == f"{SPLIT_LABEL} (4 parts, downloaded)"
+    # Every part asked for before a byte is fetched: the first at main, the others at the commit it resolved to.
+    assert [(s.method, s.path) for s in fake_hub.seen] == [
+        ("HEAD", f"/{REPO}/resolve/main/{SPLIT[0]}"),
+        *(("HEAD", f"/{REPO}/resolve/{COMMIT}/{name}") for name in SPLIT[1:]),
+        *(("GET", f"/cdn/{sha_of(name)}") for name in SPLIT),
+    ]
+    # One progress stream for the whole set.
+    label = f"{SPLIT_LABEL} (4 parts)"
+    assert (seen[0], seen[-1]) == (
+        hub.DownloadProgress(label, 0, SPLIT_TOTAL),
+        hub.DownloadProgress(label, SPLIT_TOTAL, SPLIT_TOTAL),
+    )
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    assert {(p.label, p.total) for p in seen} == {(label, SPLIT_TOTAL)}
+
+    fake_hub.seen.clear()
+    second = resolve_model(spec, on_progress=seen.append)
+    assert (second.path, second.describe()) == (first.path, f"{SPLIT_LABEL} (4 parts, cache)")
+    assert (second.detail["source"], second.detail["size_bytes"], second.detail["download_s"]) == (
+        "cache",
+        SPLIT_TOTAL,
+        None,
+    )
+    assert fake_hub.seen == []
+
+    hub_env.offline()
+    assert hub.fetch_model(REPO, SPLIT[0]) == hub.ModelFile(
+        first.path, REPO, SPLIT[0], "main", COMMIT, SPLIT_TOTAL, "cache", None, parts=4
+    )
+
+
+@pytest.mark.parametrize(
+    ("filename", "what"),
+    [
+        (SPLIT[1], "is part 2 of 4 of a split model, not its first"),
+        (SPLIT[3], "is part 4 of 4 of a split model, not its first"),
+        (
+            "tiny-q8_0-00000-of-00004.gguf",
+            "names no part of a split model (gguf-split numbers its 4 parts 00001 to 00004)",
+        ),
+        (
+            "tiny-q8_0-00005-of-00004.gguf",
+            "names no part of a split model (gguf-split numbers its 4 parts 00001 to 00004)",
+        ),
+    ],
+    ids=["part-2", "part-4", "part-0", "beyond-the-count"],
+)
+def test_a_part_other_than_the_first_is_a_usage_error_naming_the_first(
+    hub_env: HubEnv, fake_hub: FakeHub, filename: str, what: str
+) -> None:
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+    from kcuda_validate.model.source import ModelSpec
+
+    fake_hub.serve_split(PARTS)
+    message = f"--filename {filename!r} {what}"
+    fix = f"Pass --filename {SPLIT[0]}: llama.cpp loads a split model from its first part."
+
+    with pytest.raises(UsageError) as info:
+        hub.fetch_model(REPO, filename)
+    assert (one_line(info.value), info.value.fix, info.value.exit_code) == (message, fix, ExitCode.USAGE)
+    with pytest.raises(UsageError) as info:
+        ModelSpec(repo_id=REPO, filename=filename).validate()  # the CLI's own check, before detect's Hub probe
+    assert (info.value.message, info.value.fix) == (message, fix)
+    result = CliRunner().invoke(cli, ["validate-all", "--device", "cpu", "--repo-id", REPO, "--filename", filename])
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.splitlines()[:2] == [f"Error: {message}", f"Fix: {fix}"]
+    assert fake_hub.seen == []
+    assert not hub_env.cache.exists()
+
+
+def test_a_part_missing_on_the_hub_is_exit_10_naming_it_and_nothing_is_fetched(
+    hub_env: HubEnv, fake_hub: FakeHub
+) -> None:
+    fake_hub.serve_split({name: content for name, content in PARTS.items() if name != SPLIT[2]})
+    for rev in ("main", COMMIT):
+        fake_hub.error(
+            f"/{REPO}/resolve/{rev}/{SPLIT[2]}", 404, "EntryNotFound", "Entry not found", **{"X-Repo-Commit": COMMIT}
+        )
+    fake_hub.model_info(["README.md", SPLIT[0], SPLIT[1], SPLIT[3]])
+
+    with pytest.raises(ModelNotFoundError) as info:
+        hub.fetch_model(REPO, SPLIT[0])
+
+    assert (one_line(info.value), info.value.fix, info.value.exit_code) == (
+        f"file '{SPLIT[2]}' (part 3 of 4 of a split model) not found in repo '{REPO}' at revision 'main'; "
+        f".gguf files there: {SPLIT[0]}, {SPLIT[1]}, {SPLIT[3]}",
+        "llama.cpp needs every part of a split model: pass a --revision that has them all, or another --filename "
+        "(see the repo's Files tab on the Hub).",
+        ExitCode.MODEL_NOT_FOUND,
+    )
+    assert heads(fake_hub) == [
+        f"/{REPO}/resolve/main/{SPLIT[0]}",
+        *(f"/{REPO}/resolve/{COMMIT}/{n}" for n in SPLIT[1:3]),
+    ]
+    assert fake_hub.requests("GET", "/cdn/") == []
+    assert not hub_env.cache.exists()  # nothing fetched, linked or made
+
+
+@pytest.mark.parametrize(
+    ("cached", "free", "message", "fix"),
+    [
+        (
+            (),
+            300 * MIB,
+            "its 4 parts need 350.0 MiB more (50.0 MiB already downloaded) in {cache}, only 300.0 MiB free",
+            "free 50.0 MiB or point HF_HUB_CACHE at a bigger disk",
+        ),
+        (
+            (SPLIT[0], SPLIT[1]),
+            150 * MIB,
+            "the 2 of its 4 parts still missing need 200.0 MiB in {cache}, only 150.0 MiB free",
+            "free 50.0 MiB or point HF_HUB_CACHE at a bigger disk",
+        ),
+    ],
+    ids=["a-partial-of-part-1", "two-parts-cached"],
+)
+def test_the_disk_check_counts_every_missing_part_before_a_byte_is_fetched(
+    hub_env: HubEnv,
+    fake_hub: FakeHub,
+    monkeypatch: pytest.MonkeyPatch,
+    cached: tuple[str, ...],
+    free: int,
+    message: str,
+    fix: str,
+) -> None:
+    """Each part (the Hub says 100 MiB) would fit on its own: only their total must stop the download at once."""
+    fake_hub.serve_split(PARTS, size=100 * MIB)
+    for name in cached:
+        seed_part(hub_env.cache, name)
+    partial = hub_transfer.partial_path(hub_env.storage, sha_of(SPLIT[0]), SPLIT[0])
+    if not cached:
+        partial.parent.mkdir(parents=True)
+        with partial.open("wb") as f:
+            f.truncate(50 * MIB)  # from an earlier run (sparse: instant)
+    usage = shutil._ntuple_diskusage(total=10 * 1024**3, used=0, free=free)  # type: ignore[attr-defined]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage)
+
+    with pytest.raises(DiskFullError) as info:
+        hub.fetch_model(REPO, SPLIT[0])
+
+    assert (one_line(info.value), info.value.fix, info.value.exit_code) == (
+        f"{SPLIT_LABEL}: " + message.format(cache=hub_env.cache),
+        fix,
+        ExitCode.DISK_FULL,
+    )
+    missing = [name for name in SPLIT if name not in cached]
+    assert heads(fake_hub) == [
+        f"/{REPO}/resolve/main/{missing[0]}",
+        *(f"/{REPO}/resolve/{COMMIT}/{name}" for name in missing[1:]),
+    ]
+    assert fake_hub.requests("GET") == []
+    if not cached:
+        assert hub_env.leftovers() == [str(partial.relative_to(hub_env.storage))]
+        assert partial.stat().st_size == 50 * MIB  # kept for when there is room
+
+
+def test_offline_with_a_part_missing_names_the_first_missing_part(hub_env: HubEnv) -> None:
+    seed_part(hub_env.cache, SPLIT[0])
+    seed_part(hub_env.cache, SPLIT[2])
+    hub_env.offline()
+
+    with pytest.raises(ModelNotFoundError) as info:
+        hub.fetch_model(REPO, SPLIT[0])
+
+    assert (one_line(info.value), info.value.fix, info.value.exit_code) == (
+        f"{REPO}/{SPLIT[1]} @ main (part 2 of 4 of a split model, the first of its 2 parts missing): "
+        f"not in the Hub cache {hub_env.cache} and offline mode is on (HF_HUB_OFFLINE=1)",
+        "Unset HF_HUB_OFFLINE to download, or pass --model-path / --synthetic.",
+        ExitCode.MODEL_NOT_FOUND,
+    )
+
+
+def test_a_failed_split_download_keeps_the_finished_parts_and_the_next_run_fetches_only_the_rest(
+    hub_env: HubEnv, fake_hub: FakeHub
+) -> None:
+    fake_hub.serve_split(PARTS)
+    fake_hub.cdn_plan = ["ok", "drop_half", "error_503"]  # part 1 whole; part 2 dropped half-way, then a 503
+    half = len(PARTS[SPLIT[1]]) // 2
+
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch_model(REPO, SPLIT[0])
+
+    assert one_line(info.value) == (
+        f"{urlsplit(fake_hub.cdn).netloc} answered HTTP 503 while downloading {REPO}/{SPLIT[1]} @ main; "
+        f"the {half / 1024:.1f} KiB downloaded so far are kept and the next run resumes from there"
+    )
+    partial = hub_transfer.partial_path(hub_env.storage, sha_of(SPLIT[1]), SPLIT[1])
+    # Part 1 complete and linked; part 2 only a partial, never linked; nothing of parts 3 and 4.
+    assert hub_env.leftovers() == sorted([*split_complete(SPLIT[:1]), str(partial.relative_to(hub_env.storage))])
+    assert partial.read_bytes() == PARTS[SPLIT[1]][:half]
+    hub_env.offline()
+    with pytest.raises(ModelNotFoundError) as offline:
+        hub.fetch_model(REPO, SPLIT[0])
+    assert one_line(offline.value).startswith(f"{REPO}/{SPLIT[1]} @ main (part 2 of 4 of a split model, ")
+    hub_env.offline(False)
+
+    fake_hub.cdn_plan = []
+    fake_hub.seen.clear()
+    mf = hub.fetch_model(REPO, SPLIT[0])
+
+    assert (mf.source, mf.size_bytes, mf.parts) == ("download", SPLIT_TOTAL, 4)
+    assert heads(fake_hub) == [
+        f"/{REPO}/resolve/main/{SPLIT[1]}",
+        *(f"/{REPO}/resolve/{COMMIT}/{n}" for n in SPLIT[2:]),
+    ]
+    gets = fake_hub.requests("GET", "/cdn/")
+    assert [(g.path, g.headers.get("range")) for g in gets] == [
+        (f"/cdn/{sha_of(SPLIT[1])}", f"bytes={half}-"),
+        (f"/cdn/{sha_of(SPLIT[2])}", None),
+        (f"/cdn/{sha_of(SPLIT[3])}", None),
+    ]
+    assert hub_env.leftovers() == split_complete(SPLIT)
+
+
+def test_parts_cached_under_an_older_commit_are_linked_into_the_new_one_without_a_download(
+    hub_env: HubEnv, fake_hub: FakeHub
+) -> None:
+    """main moved on since parts 1 and 2 were cached: llama.cpp needs all four in the new commit's folder."""
+    for name in SPLIT[:2]:
+        seed_part(hub_env.cache, name, commit=OLD_COMMIT)
+    fake_hub.serve_split(PARTS)  # main is COMMIT now, with the same first two parts
+
+    mf = hub.fetch_model(REPO, SPLIT[0])
+
+    folder = hub_env.storage / "snapshots" / COMMIT
+    assert (mf.path, mf.commit_hash, mf.source, mf.size_bytes) == (folder / SPLIT[0], COMMIT, "download", SPLIT_TOTAL)
+    assert {name: (folder / name).read_bytes() for name in SPLIT} == PARTS
+    assert heads(fake_hub) == [
+        f"/{REPO}/resolve/main/{SPLIT[2]}",
+        *(f"/{REPO}/resolve/{COMMIT}/{name}" for name in (SPLIT[3], SPLIT[0], SPLIT[1])),
+    ]
+    assert [g.path for g in fake_hub.requests("GET", "/cdn/")] == [f"/cdn/{sha_of(name)}" for name in SPLIT[2:]]
+    assert (hub_env.storage / "refs" / "main").read_text() == COMMIT
+    assert hub_env.leftovers() == sorted([*split_complete(SPLIT), *(f"snapshots/{OLD_COMMIT}/{n}" for n in SPLIT[:2])])
+
+
+def test_xet_parts_are_fetched_by_huggingface_hub_at_the_commit_the_first_resolved_to(
+    hub_env: HubEnv, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KCUDA_HUB_XET=1: hf_hub_download fetches each part, asked for at the commit (not main, which may move), and
+    refs/main is written for the next, offline, run. The OS seam is inside hf_xet: xet_get stands in for it."""
+    from huggingface_hub import file_download
+
+    fake_hub.serve_split(PARTS, xet=True)
+    monkeypatch.setattr(file_download, "is_xet_available", lambda: True)
+    monkeypatch.setenv("KCUDA_HUB_XET", "1")
+    fetched: list[str] = []
+
+    def xet_get(*, incomplete_path: Path, displayed_filename: str, **kwargs: Any) -> None:
+        fetched.append(displayed_filename)
+        incomplete_path.write_bytes(PARTS[displayed_filename])
+
+    monkeypatch.setattr(file_download, "xet_get", xet_get)
+
+    mf = hub.fetch_model(REPO, SPLIT[0])
+
+    folder = hub_env.storage / "snapshots" / COMMIT
+    assert (mf.path, mf.source, mf.parts, mf.size_bytes) == (folder / SPLIT[0], "download", 4, SPLIT_TOTAL)
+    assert {name: (folder / name).read_bytes() for name in SPLIT} == PARTS
+    assert heads(fake_hub)[0] == f"/{REPO}/resolve/main/{SPLIT[0]}"
+    assert set(heads(fake_hub)[1:]) == {f"/{REPO}/resolve/{COMMIT}/{name}" for name in SPLIT}
+    assert (hub_env.storage / "refs" / "main").read_text() == COMMIT
+    assert (fetched, fake_hub.requests("GET")) == (SPLIT, [])
+    hub_env.offline()
+    assert hub.fetch_model(REPO, SPLIT[0]).source == "cache"
+
+
+def test_real_llama_cpp_loads_a_split_model_resolved_from_the_hub(
+    hub_env: HubEnv, fake_hub: FakeHub, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Real gguf-split parts of a real model, served by the fake Hub; `load --device cpu` resolves the first part
+    and llama.cpp opens the others from the same snapshot folder."""
+    from click.testing import CliRunner
+
+    from gguf_split import split_model
+    from kcuda_validate.cli import cli
+
+    parts = split_model(tiny_model, tmp_path / "split", max_tensors=10, prefix="tiny-q8_0")
+    assert len(parts) == 3
+    fake_hub.serve_split({part.name: part.read_bytes() for part in parts})
+    hub_env.monkeypatch.setenv("KCUDA_LOG_DIR", str(tmp_path / "logs"))
+
+    result = CliRunner().invoke(
+        cli, ["--json", "load", "--device", "cpu", "--repo-id", REPO, "--filename", parts[0].name]
+    )
+
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    checks = {c["id"]: c for c in doc["checks"]}
+    assert checks["model.source"]["summary"] == f"{REPO}/{parts[0].name} @ main (3 parts, downloaded)"
+    source = doc["sections"]["model_source"]
+    total = sum(part.stat().st_size for part in parts)
+    assert (source["filename"], source["parts"], source["size_bytes"]) == (parts[0].name, 3, total)
+    folder = hub_env.storage / "snapshots" / COMMIT
+    assert sorted(folder.iterdir()) == [folder / part.name for part in parts]
+    assert checks["load.model"]["status"] == "pass"
+    assert checks["model.gguf"]["evidence"]["split_count"] == 3

@@ -70,6 +70,9 @@ from kcuda_validate.model.hub_transfer import (
     check_free_space,
     check_writable,
     download_resumable,
+    file_size,
+    partial_path,
+    record_ref,
     remove_stale_partials,
     repo_folder,
 )
@@ -112,8 +115,9 @@ class ModelFile:
     revision: str  # as requested (branch, tag or commit); "main" when none was given
     commit_hash: str | None  # the commit it resolved to
     size_bytes: int
-    source: Source
+    source: Source  # "download" when any byte (of any part) was fetched
     download_s: float | None  # wall time of the transfer; None when served from the cache
+    parts: int = 1  # a split model (gguf-split): how many; `path` is the first, size_bytes all of them together
 
 
 def cache_dir() -> Path:
@@ -171,6 +175,33 @@ def check_names(repo_id: str, filename: str, revision: str) -> None:
         )
 
 
+# llama.cpp's llama_split_path names the parts "%s-%05d-of-%05d.gguf"; llama_split_prefix reads the prefix back.
+_SPLIT = re.compile(r"(.*)-(\d{5})-of-(\d{5})\.gguf")
+
+
+def split_parts(filename: str) -> list[str] | None:
+    """Every part of the split model (gguf-split) that `filename` names, first to last; None for one whole file.
+
+    llama.cpp loads a split model from its first part and opens the others beside it by their names, so the first
+    is the only one to ask for: another part, or a number no part has, is a usage error (exit 2), with no network.
+    """
+    match = _SPLIT.fullmatch(filename)
+    if match is None or int(match.group(3)) <= 1:
+        return None
+    prefix, no, count = match.group(1), int(match.group(2)), int(match.group(3))
+    names = [f"{prefix}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+    if no == 1:
+        return names
+    if 1 < no <= count:
+        what = f"is part {no} of {count} of a split model, not its first"
+    else:
+        what = f"names no part of a split model (gguf-split numbers its {count} parts 00001 to {count:05d})"
+    raise UsageError(
+        f"--filename {filename!r} {what}",
+        fix=f"Pass --filename {names[0]}: llama.cpp loads a split model from its first part.",
+    )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Fetch
 
@@ -186,8 +217,9 @@ def fetch_model(
     """Return `filename` from `repo_id` at `revision`, from the cache if complete there, else downloaded into it.
 
     `token` overrides HF_TOKEN / the stored login (None: use those). `on_progress` hears of the bytes on disk
-    during a download (not when HF_HUB_DISABLE_PROGRESS_BARS is set). Raises ModelNotFoundError, HubAuthError,
-    HubUnreachableError, DiskFullError or UsageError, all one line.
+    during a download (not when HF_HUB_DISABLE_PROGRESS_BARS is set). The first part of a split model brings all
+    its parts (see fetch_split). Raises ModelNotFoundError, HubAuthError, HubUnreachableError, DiskFullError or
+    UsageError, all one line.
     """
     bad = environment_error()
     if bad is not None:
@@ -196,6 +228,12 @@ def fetch_model(
 
     rev = revision or DEFAULT_REVISION
     label = f"{repo_id}/{filename} @ {rev}"
+    check_names(repo_id, filename, rev)
+    parts = split_parts(filename)
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is True:
+        on_progress = None
+    if parts is not None:
+        return fetch_split(repo_id, parts, rev, token, on_progress)
 
     cached = lookup_cache(repo_id, filename, rev)
     if isinstance(cached, tuple):
@@ -215,17 +253,39 @@ def fetch_model(
     timeout = metadata_timeout()
     remote = fetch_metadata(repo_id, filename, rev, token, timeout)
 
-    if constants.HF_HUB_DISABLE_PROGRESS_BARS is True:
-        on_progress = None
-    kept = Kept()
     start = time.perf_counter()
+    local, downloaded = transfer(remote, repo_id, filename, rev, token, timeout, on_progress)
+    elapsed = time.perf_counter() - start
+
+    commit = local.parent.name if local.parent.parent.name == "snapshots" else remote.commit
+    source: Source = "download" if downloaded else "cache"
+    return ModelFile(
+        local, repo_id, filename, rev, commit, local.stat().st_size, source, elapsed if downloaded else None
+    )
+
+
+def transfer(
+    remote: Remote,
+    repo_id: str,
+    filename: str,
+    rev: str,
+    token: str | None,
+    timeout: float,
+    on_progress: OnProgress | None,
+    part: tuple[int, int] | None = None,
+) -> tuple[Path, bool]:
+    """One file into the cache (resumable HTTP, or hf_xet when asked for); (snapshot path, transferred).
+
+    Any failure is one of the project's one-line errors naming the file (`part`: (number, count) of a split model:
+    then hf_xet is asked for it at `remote.commit`, the commit every part resolved to, not at `rev`).
+    """
+    label = f"{repo_id}/{filename} @ {rev}"
+    kept = Kept()
     try:
         if remote.xet:
-            local, downloaded = _download_xet(remote, repo_id, filename, rev, token, timeout, label, on_progress)
-        else:
-            local, downloaded = download_resumable(
-                remote, cache_dir(), repo_id, filename, rev, token, label, kept, on_progress
-            )
+            at = remote.commit if part is not None else None
+            return _download_xet(remote, repo_id, filename, rev, token, timeout, label, on_progress, at)
+        return download_resumable(remote, cache_dir(), repo_id, filename, rev, token, label, kept, on_progress)
     except KcudaError:
         raise
     except Exception as err:
@@ -238,18 +298,145 @@ def fetch_model(
             size=remote.size,
             kept=None if remote.xet else kept.bytes,
             listing=lambda: gguf_listing(repo_id, rev, None, timeout),
+            part=part,
         )
         mapped = map_error(err, attempt)
         if mapped is None:
             raise
         raise mapped from err
-    elapsed = time.perf_counter() - start
 
-    commit = local.parent.name if local.parent.parent.name == "snapshots" else remote.commit
+
+def fetch_split(
+    repo_id: str, parts: list[str], rev: str, token: str | None, on_progress: OnProgress | None
+) -> ModelFile:
+    """Every part of a split model into one snapshot folder, where llama.cpp finds them beside the first.
+
+    * Cache first: all parts complete in the cache for `rev` is an answer with no network at all. Offline with a
+      part missing is exit 10 naming the first missing one.
+    * One commit: the first HEAD (the first missing part, at `rev`) decides the commit, and every other part is
+      asked for at that commit, so a branch that moves meanwhile cannot mix two commits' parts. Parts cached
+      under another commit are asked for too: their blob, when the content is the same, is linked, not fetched.
+    * Every HEAD before a byte is fetched: a part missing on the Hub is exit 10 naming it, with nothing fetched
+      or linked; then one free-space check for the total the parts still lack (their partials deducted).
+    * Each part is then fetched as one file is (`transfer`): resumable, its snapshot link made only once its
+      blob is complete. A failure keeps the parts already linked and the failing part's partial; the next run
+      asks only for what is still missing.
+    * Progress: one DownloadProgress stream for the whole set, labelled with the first part and the number of
+      parts fetched, its bytes those of all the parts being fetched.
+    """
+    from huggingface_hub import constants
+
+    count, first = len(parts), parts[0]
+    label = f"{repo_id}/{first} @ {rev}"
+    hits = {part: lookup_cache(repo_id, part, rev) for part in parts}
+    cached = {part: hit for part, hit in hits.items() if isinstance(hit, tuple)}
+    if len(cached) == count:
+        size = sum(cached[part][0].stat().st_size for part in parts)
+        return ModelFile(cached[first][0], repo_id, first, rev, cached[first][1], size, "cache", None, count)
+    missing = [part for part in parts if part not in cached]
+    if constants.HF_HUB_OFFLINE:
+        raise offline_part(repo_id, rev, parts, missing, hits[missing[0]] is True)
+
+    check_cache_folders(label)
+    timeout = metadata_timeout()
+
+    def ask(part: str, at: str | None) -> Remote:
+        return fetch_metadata(repo_id, part, rev, token, timeout, at=at, part=(parts.index(part) + 1, count))
+
+    remotes = {missing[0]: ask(missing[0], None)}
+    commit = remotes[missing[0]].commit
+    stale = [part for part, (_, at) in cached.items() if at != commit]  # not in the folder llama.cpp reads
+    for part in missing[1:] + stale:
+        remote = remotes[part] = ask(part, commit)
+        if remote.commit != commit:
+            raise HubUnreachableError(
+                f"{hub_host()} answered for {repo_id}/{part} at commit {commit} with another commit "
+                f"({remote.commit}), so the parts of {label} cannot be had from one commit",
+                fix="Check HF_ENDPOINT and any proxy or captive portal between you and the Hub, " + OR_OFFLINE,
+            )
+
+    storage = cache_dir() / repo_folder(repo_id)
+    fetch = [part for part in parts if part in remotes and not (storage / "blobs" / remotes[part].etag).is_file()]
+    check_writable(cache_dir(), label)
+    need = have = 0
+    for part in fetch:
+        remote = remotes[part]
+        if remote.size is None:
+            continue
+        got = 0 if remote.xet else file_size(partial_path(storage, remote.etag, part))
+        got = got if got <= remote.size else 0
+        need, have = need + remote.size - got, have + got
+    if need:
+        if len(fetch) == count:
+            needs = f"its {count} parts need"
+        elif len(fetch) == 1:
+            needs = f"its part {parts.index(fetch[0]) + 1} of {count}, still missing, needs"
+        else:
+            needs = f"the {len(fetch)} of its {count} parts still missing need"
+        check_free_space(cache_dir(), need, label, have, needs=needs)
+
+    progress = SetProgress(label, count, [(part, remotes[part].size) for part in fetch], on_progress)
+    paths: dict[str, Path] = {}
+    downloaded = False
+    start = time.perf_counter()
+    for number, part in enumerate(parts, 1):
+        if part not in remotes:
+            paths[part] = cached[part][0]
+            continue
+        local, transferred = transfer(
+            remotes[part], repo_id, part, rev, token, timeout, progress.reporter(part), (number, count)
+        )
+        paths[part], downloaded = local, downloaded or transferred
+    elapsed = time.perf_counter() - start
+    size = sum(paths[part].stat().st_size for part in parts)
     source: Source = "download" if downloaded else "cache"
-    return ModelFile(
-        local, repo_id, filename, rev, commit, local.stat().st_size, source, elapsed if downloaded else None
-    )
+    return ModelFile(paths[first], repo_id, first, rev, commit, size, source, elapsed if downloaded else None, count)
+
+
+def offline_part(repo_id: str, rev: str, parts: list[str], missing: list[str], recorded_absent: bool) -> KcudaError:
+    """Offline, and a part of the split model is not in the cache: exit 10 naming the first missing part."""
+    part, count = missing[0], len(parts)
+    which = f"part {parts.index(part) + 1} of {count} of a split model"
+    if recorded_absent:
+        return ModelNotFoundError(
+            f"file '{part}' ({which}) does not exist in repo '{repo_id}' at revision '{rev}' "
+            "(as recorded in the cache; offline mode is on)",
+            fix="Name a split model whose parts all exist in the repo, or unset HF_HUB_OFFLINE to ask the Hub again.",
+        )
+    more = f", the first of its {len(missing)} parts missing" if len(missing) > 1 else ""
+    return offline_error(f"{repo_id}/{part} @ {rev} ({which}{more})")
+
+
+class SetProgress:
+    """One progress stream for the parts of a split model that this run fetches: bytes on disk across them all.
+
+    Each part's own reports (its bytes so far, resumed ones included) are offset by the sizes of the parts
+    fetched before it; the total is theirs together (None when the Hub did not say a part's size)."""
+
+    def __init__(
+        self, label: str, count: int, fetch: list[tuple[str, int | None]], on_progress: OnProgress | None
+    ) -> None:
+        shown = f"{count} parts" if len(fetch) == count else f"{len(fetch)} of {count} parts"
+        self.label = f"{label} ({shown})"
+        sizes = [size for _, size in fetch]
+        self.total = None if None in sizes else sum(s or 0 for s in sizes)
+        self.offsets: dict[str, int] = {}
+        offset = 0
+        for part, size in fetch:
+            self.offsets[part] = offset
+            offset += size or 0
+        self.on_progress = on_progress
+
+    def reporter(self, part: str) -> OnProgress | None:
+        """The callback for `part`'s transfer; None for a part that is only linked (its blob is there)."""
+        sink, offset = self.on_progress, self.offsets.get(part)
+        if sink is None or offset is None:
+            return None
+
+        def report(p: DownloadProgress) -> None:
+            sink(DownloadProgress(self.label, offset + p.done, self.total))
+
+        return report
 
 
 def check_cache_folders(label: str) -> None:
@@ -272,12 +459,14 @@ def _download_xet(
     timeout: float,
     label: str,
     on_progress: OnProgress | None,
+    at: str | None = None,
 ) -> tuple[Path, bool]:
     """A Xet-served file through hf_hub_download (hf_xet does the transfer); (snapshot path, transferred).
 
     hf_hub_download writes the standard cache, refs/<rev> included. Its temp file is unique to the call and
     deleted on any failure, KeyboardInterrupt included: nothing partial survives the process. We never pass
-    force_download, which would bypass the cache.
+    force_download, which would bypass the cache. `at`: the revision to fetch at, when not `rev` (a split model's
+    commit); refs/<rev> is then ours to write, as hub_transfer does.
     """
     from huggingface_hub import hf_hub_download
 
@@ -293,11 +482,13 @@ def _download_xet(
     local = hf_hub_download(
         repo_id,
         filename,
-        revision=rev,
+        revision=at or rev,
         token=token,
         etag_timeout=timeout,
         tqdm_class=progress_class(label, on_progress),  # any tqdm-like class works
     )
+    if at is not None:
+        record_ref(storage, rev, at)
     return Path(local), not already_local
 
 
@@ -424,10 +615,21 @@ def metadata_timeout() -> float:
     return METADATA_TIMEOUT_S
 
 
-def fetch_metadata(repo_id: str, filename: str, rev: str, token: str | None, timeout: float) -> Remote:
+def fetch_metadata(
+    repo_id: str,
+    filename: str,
+    rev: str,
+    token: str | None,
+    timeout: float,
+    *,
+    at: str | None = None,
+    part: tuple[int, int] | None = None,
+) -> Remote:
     """One HEAD on /resolve: commit, etag and size, or the reason we cannot have the file, within the deadline.
 
     No retries (`retry_on_errors=False`): an unreachable Hub is reported at once instead of after backoff.
+    `at`: the revision to ask at, when not `rev` (the commit the other parts of a split model resolved to);
+    messages still name `rev`, as the user gave it. `part`: (number, count) of a split model's part.
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import validate_repo_id
@@ -439,7 +641,7 @@ def fetch_metadata(repo_id: str, filename: str, rev: str, token: str | None, tim
             f"--repo-id {repo_id!r} is not a Hub repo id ({one_line(err)})",
             fix="Use the form owner/name, e.g. --repo-id Qwen/Qwen2.5-0.5B-Instruct-GGUF.",
         ) from None
-    url = hf_hub_url(repo_id, filename, revision=rev)
+    url = hf_hub_url(repo_id, filename, revision=at or rev)
     try:
         meta = with_deadline(
             lambda: get_hf_file_metadata(url, token=token, timeout=timeout, retry_on_errors=False),
@@ -453,7 +655,7 @@ def fetch_metadata(repo_id: str, filename: str, rev: str, token: str | None, tim
         ) from None
     except Exception as err:
         listing = lambda: gguf_listing(repo_id, rev, token, timeout)  # noqa: E731 - only called for a missing file
-        mapped = map_error(err, Attempt(repo_id, filename, rev, timeout, token=token, listing=listing))
+        mapped = map_error(err, Attempt(repo_id, filename, rev, timeout, token=token, listing=listing, part=part))
         if mapped is None:
             raise
         raise mapped from err

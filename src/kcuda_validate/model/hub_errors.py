@@ -49,6 +49,7 @@ class Attempt:
     size: int | None = None
     kept: int | None = None  # bytes a failed resumable download left for the next run; None: it keeps nothing
     listing: Callable[[], str] | None = None  # "; .gguf files there: ..." for a missing file (a network call)
+    part: tuple[int, int] | None = None  # (number, count) when the file is a part of a split model (gguf-split)
 
     @property
     def label(self) -> str:
@@ -130,6 +131,14 @@ def _revision_not_found(err: Any, a: Attempt) -> KcudaError:
 
 def _entry_not_found(err: Any, a: Attempt) -> KcudaError:
     listing = a.listing() if a.listing is not None else ""
+    if a.part is not None:
+        no, count = a.part
+        return ModelNotFoundError(
+            f"file '{a.filename}' (part {no} of {count} of a split model) not found in repo '{a.repo_id}' "
+            f"at revision '{a.rev}'{listing}",
+            fix="llama.cpp needs every part of a split model: pass a --revision that has them all, or another "
+            "--filename (see the repo's Files tab on the Hub).",
+        )
     return ModelNotFoundError(
         f"file '{a.filename}' not found in repo '{a.repo_id}' at revision '{a.rev}'{listing}",
         fix="Pass --filename with one of the repo's .gguf files (see the repo's Files tab on the Hub).",
@@ -345,8 +354,11 @@ def disk_full_error(
     kept: int | None = None,
     *,
     have: int = 0,
+    needs: str = "needs",
 ) -> DiskFullError:
-    """Out of space during the transfer (`need_free` None), or refused before it: (bytes needed, bytes free)."""
+    """Out of space during the transfer (`need_free` None), or refused before it: (bytes needed, bytes free).
+
+    `needs`: the refusal's subject and verb (a split model's: "its 4 parts need")."""
     if need_free is None:
         what = f" (the file is {mib(size)})" if size else ""
         more = f" ({amount(size - kept)} more needed)" if size and kept else ""
@@ -357,7 +369,7 @@ def disk_full_error(
     need, free = need_free
     already = f" more ({amount(have)} already downloaded)" if have else ""
     return DiskFullError(
-        f"{label}: needs {mib(need)}{already} in {where}, only {mib(free)} free",
+        f"{label}: {needs} {mib(need)}{already} in {where}, only {mib(free)} free",
         fix=f"free {mib(need - free)} or point {cache_variable()} at a bigger disk",
     )
 

@@ -160,7 +160,7 @@ def download_resumable(
     partial = partial_path(storage, remote.etag, filename)
     lock = cache / ".locks" / repo_folder(repo_id) / f"{remote.etag}.lock"
     check_writable(cache, label)
-    if remote.size is not None:  # before anything is made: a refused download leaves no trace
+    if remote.size is not None and not blob.is_file():  # before anything is made: a refusal leaves no trace
         have = file_size(partial)
         have = have if have <= remote.size else 0
         check_free_space(cache, remote.size - have, label, have)
@@ -511,10 +511,11 @@ def file_size(path: Path) -> int:
         return 0
 
 
-def check_free_space(where: Path, need: int, label: str, have: int = 0) -> None:
+def check_free_space(where: Path, need: int, label: str, have: int = 0, *, needs: str = "needs") -> None:
     """Refuse to start a download that cannot fit: failing after 400 MB is slower and can fill the disk for others.
 
-    `need`: the bytes still to download; `have`: those a partial file already holds (they need no new space).
+    `need`: the bytes still to download; `have`: those a partial file already holds (they need no new space);
+    `needs`: the message's subject and verb (see disk_full_error).
     """
     probe = where
     while not probe.exists() and probe != probe.parent:
@@ -524,7 +525,7 @@ def check_free_space(where: Path, need: int, label: str, have: int = 0) -> None:
     except OSError:
         return  # cannot tell; the download itself will report ENOSPC
     if free < need:
-        raise disk_full_error(label, where, (need, free), have=have)
+        raise disk_full_error(label, where, (need, free), have=have, needs=needs)
 
 
 def blocked_by(where: Path) -> str | None:

@@ -70,6 +70,10 @@ class ModelSpec:
             from kcuda_validate.model.synthetic_spec import parse_size
 
             parse_size(self.synthetic)
+        if self.origin == "hub" and self.filename is not None:  # a split model's other part: before any network
+            from kcuda_validate.model.hub import split_parts
+
+            split_parts(self.filename)
         if self.filename is not None and self.repo_id is None and self.model_path is None and not self.synthetic:
             # --filename alone means "this file from the default repo".
             return
@@ -91,6 +95,8 @@ class ResolvedModel:
     def describe(self) -> str:
         if self.origin == "hub":
             src = "cache" if self.detail.get("source") == "cache" else "downloaded"
+            if self.detail.get("parts"):
+                src = f"{self.detail['parts']} parts, {src}"
             return (
                 f"{self.detail['repo_id']}/{self.detail['filename']} @ {self.detail.get('revision') or 'main'} ({src})"
             )
@@ -102,7 +108,8 @@ class ResolvedModel:
 def resolve_model(spec: ModelSpec, on_progress: OnProgress | None = None) -> ResolvedModel:
     """Get the file onto this machine; errors are the project's one-line KcudaErrors.
 
-    `on_progress` hears of a Hub download's bytes (the CLI draws the bar)."""
+    `on_progress` hears of a Hub download's bytes (the CLI draws the bar). A split Hub model (gguf-split) comes
+    whole: every part into one snapshot folder, the path its first part's (llama.cpp opens the others itself)."""
     spec.validate()
     start = time.perf_counter()
     if spec.model_path is not None:
@@ -124,20 +131,18 @@ def resolve_model(spec: ModelSpec, on_progress: OnProgress | None = None) -> Res
 
     repo, filename, _ = spec.hub_file()
     mf = hub.fetch_model(repo, filename, spec.revision, on_progress=on_progress)
-    return ResolvedModel(
-        mf.path,
-        "hub",
-        {
-            "repo_id": mf.repo_id,
-            "filename": mf.filename,
-            "revision": mf.revision,
-            "commit": mf.commit_hash,
-            "source": mf.source,
-            "size_bytes": mf.size_bytes,
-            "download_s": mf.download_s,
-        },
-        time.perf_counter() - start,
-    )
+    detail: dict[str, Any] = {
+        "repo_id": mf.repo_id,
+        "filename": mf.filename,  # a split model's first part: what llama.cpp loads, the others beside it
+        "revision": mf.revision,
+        "commit": mf.commit_hash,
+        "source": mf.source,  # "download" when any part was fetched
+        "size_bytes": mf.size_bytes,  # all parts together
+        "download_s": mf.download_s,
+    }
+    if mf.parts > 1:
+        detail["parts"] = mf.parts
+    return ResolvedModel(mf.path, "hub", detail, time.perf_counter() - start)
 
 
 REGULAR_FIX = "Pass a regular .gguf file (a symlink to one is fine)."
