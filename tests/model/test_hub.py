@@ -1890,6 +1890,8 @@ def test_a_part_other_than_the_first_is_a_usage_error_naming_the_first(
     with pytest.raises(UsageError) as info:
         ModelSpec(repo_id=REPO, filename=filename).validate()  # the CLI's own check, before detect's Hub probe
     assert (info.value.message, info.value.fix) == (message, fix)
+    probe = hub.probe_hub(REPO, filename)
+    assert (probe.error, probe.fix, probe.cached) == (message, fix, False)
     result = CliRunner().invoke(cli, ["validate-all", "--device", "cpu", "--repo-id", REPO, "--filename", filename])
     assert result.exit_code == ExitCode.USAGE
     assert result.stderr.splitlines()[:2] == [f"Error: {message}", f"Fix: {fix}"]
@@ -1997,6 +1999,8 @@ def test_offline_with_a_part_missing_names_the_first_missing_part(hub_env: HubEn
         "Unset HF_HUB_OFFLINE to download, or pass --model-path / --synthetic.",
         ExitCode.MODEL_NOT_FOUND,
     )
+    probe = hub.probe_hub(REPO, SPLIT[0])  # detect: not cached until every part is
+    assert (probe.cached, probe.offline, probe.parts, probe.error) == (False, True, 4, None)
 
 
 def test_a_failed_split_download_keeps_the_finished_parts_and_the_next_run_fetches_only_the_rest(
@@ -2092,6 +2096,38 @@ def test_xet_parts_are_fetched_by_huggingface_hub_at_the_commit_the_first_resolv
     assert (fetched, fake_hub.requests("GET")) == (SPLIT, [])
     hub_env.offline()
     assert hub.fetch_model(REPO, SPLIT[0]).source == "cache"
+
+
+def test_detect_asks_for_the_first_part_of_a_split_model_and_says_how_many_parts(
+    hub_env: HubEnv, fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    fake_hub.serve_split(PARTS)
+    probe = hub.probe_hub(REPO, SPLIT[0])
+    assert (probe.cached, probe.parts, probe.size_bytes, probe.error) == (False, 4, len(PARTS[SPLIT[0]]), None)
+    assert probe.to_json()["parts"] == 4
+    assert heads(fake_hub) == [f"/{REPO}/resolve/main/{SPLIT[0]}"]  # one HEAD, the first part's
+
+    fake_hub.seen.clear()
+    hub_env.monkeypatch.setenv("KCUDA_LOG_DIR", str(tmp_path / "logs"))
+    result = CliRunner().invoke(
+        cli, ["validate-all", "--device", "cpu", "--json", "--skip-torch", "--repo-id", REPO, "--filename", SPLIT[0]]
+    )
+    check = next(c for c in json.loads(result.stdout)["checks"] if c["id"] == "env.hub")
+    ms = check["evidence"]["answer_ms"]
+    assert (check["status"], check["summary"]) == (
+        "pass",
+        f"{fake_hub.url.removeprefix('http://')} answered in {ms:.0f} ms: {SPLIT_LABEL} (4 parts; the first is "
+        "0.1 MB) can be downloaded, HF_TOKEN not set",
+    )
+    assert heads(fake_hub)[0] == f"/{REPO}/resolve/main/{SPLIT[0]}"
+
+    assert hub.probe_hub(REPO, SPLIT[0]).cached is True  # validate-all fetched every part
+    (hub_env.storage / "snapshots" / COMMIT / SPLIT[3]).unlink()
+    assert hub.probe_hub(REPO, SPLIT[0]).cached is False
 
 
 def test_real_llama_cpp_loads_a_split_model_resolved_from_the_hub(

@@ -370,17 +370,23 @@ def check_hub_access(facts: Facts) -> tuple[Check, ...]:
         return (detect_check(cid, title, Status.SKIP, f"the model is {what}: this run needs no Hub", token=token),)
     ev: dict[str, Any] = {"token": token, **probe.to_json()}
     name = "the default model" if probe.default else ev["model"]  # in full in the evidence
+    parts = f" ({probe.parts} parts)" if probe.parts > 1 else ""
     if probe.cached:
+        name += parts
         mode = " (HF_HUB_OFFLINE=on)" if probe.offline else ""
         summary = f"{name} is in the cache: load and validate-all need no network{mode}"
         return (detect_check(cid, title, Status.PASS, summary, **ev),)
     if probe.offline:
-        summary = f"HF_HUB_OFFLINE=on and {name} is not in the cache: only cached models can be loaded"
+        summary = f"HF_HUB_OFFLINE=on and {name}{parts} is not in the cache: only cached models can be loaded"
         return (detect_check(cid, title, Status.WARN, summary, FIX_OFFLINE, **ev),)
     if probe.error is not None:
         return (detect_check(cid, title, Status.WARN, probe.error, probe.fix or FIX_HUB_UNKNOWN, **ev),)
     mb = None if probe.size_bytes is None else probe.size_bytes / 1e6
-    size = "" if mb is None else f" ({mb:.0f} MB)" if mb >= 10 else f" ({mb:.1f} MB)"
+    size = "" if mb is None else f"{mb:.0f} MB" if mb >= 10 else f"{mb:.1f} MB"
+    if probe.parts > 1:  # the one HEAD was the first part's
+        size = f" ({probe.parts} parts{f'; the first is {size}' if size else ''})"
+    elif size:
+        size = f" ({size})"
     ms = round(probe.answer_ms or 0.0, 1)  # the figure the evidence carries, so the two never read apart
     summary = f"{probe.host} answered in {ms:.0f} ms: {name}{size} can be downloaded, HF_TOKEN {token}"
     return (detect_check(cid, title, Status.PASS, summary, **ev),)

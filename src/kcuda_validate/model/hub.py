@@ -557,13 +557,14 @@ class HubProbe:
     size_bytes: int | None = None  # the file's size from that answer
     error: str | None = None  # one line: why the file cannot be had now
     fix: str | None = None
+    parts: int = 1  # a split model's (cached: all of them; the HEAD and size_bytes are of the first only)
 
     @property
     def default(self) -> bool:
         return (self.repo_id, self.filename, self.revision) == (DEFAULT_REPO_ID, DEFAULT_FILENAME, DEFAULT_REVISION)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "model": f"{self.repo_id}/{self.filename} @ {self.revision}",
             "hub": self.host,
             "offline": self.offline,
@@ -572,12 +573,17 @@ class HubProbe:
             "size_bytes": self.size_bytes,
             "error": self.error,
         }
+        if self.parts > 1:
+            doc["parts"] = self.parts
+        return doc
 
 
 def probe_hub(
     repo_id: str = DEFAULT_REPO_ID, filename: str = DEFAULT_FILENAME, revision: str = DEFAULT_REVISION
 ) -> HubProbe:
-    """The cache, then (online and not cached) the same one HEAD `load` starts with, within the same deadline."""
+    """The cache, then (online and not cached) the same one HEAD `load` starts with, within the same deadline.
+
+    A split model is cached when all its parts are; online, only its first part is asked for (one HEAD)."""
     bad = environment_error()
     if bad is not None:  # huggingface_hub would not even import
         endpoint = netloc(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
@@ -585,12 +591,16 @@ def probe_hub(
     from huggingface_hub import constants
 
     host, offline = hub_host(), bool(constants.HF_HUB_OFFLINE)
+    try:
+        parts = split_parts(filename) or [filename]
+    except UsageError as err:
+        return HubProbe(repo_id, filename, revision, host, offline, False, error=err.message, fix=err.fix)
 
     def found(**answer: Any) -> HubProbe:
-        return HubProbe(repo_id, filename, revision, host, offline, cached=False, **answer)
+        return HubProbe(repo_id, filename, revision, host, offline, cached=False, parts=len(parts), **answer)
 
-    if isinstance(lookup_cache(repo_id, filename, revision), tuple):
-        return HubProbe(repo_id, filename, revision, host, offline, cached=True)
+    if all(isinstance(lookup_cache(repo_id, part, revision), tuple) for part in parts):
+        return HubProbe(repo_id, filename, revision, host, offline, cached=True, parts=len(parts))
     if offline:
         return found()
     start = time.perf_counter()
