@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -423,6 +425,41 @@ def test_report_parent_directories_are_created_at_the_end(tiny_model: Path, tmp_
     assert result.exit_code == 0, result.output
     assert json.loads(dest.read_text())["command"] == "load"
     assert [p.name for p in dest.parent.iterdir()] == ["report.json"]  # no temp files left
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real filesystem with no space left: a 64 KiB tmpfs, filled (needs the right to mount, as root here)."""
+    where = tmp_path / "full"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        fd = os.open(where / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while os.write(fd, bytes(4096)):
+                pass
+        os.close(fd)
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.parametrize("option", ["--report", "--junit-xml", "--prometheus"])
+def test_an_output_file_on_a_full_disk_is_refused_before_the_run(
+    tiny_model: Path, full_disk: Path, option: str
+) -> None:
+    """A full disk still lets an empty file be made: the up-front check writes, so it is found before the run."""
+    dest = full_disk / "out" / "r.json"
+    result = invoke(option, str(dest), "load", "--device", "cpu", "--model-path", str(tiny_model))
+
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stdout == ""  # nothing ran
+    assert result.stderr.splitlines()[:2] == [
+        f"Error: {option} {dest}: no space left in {full_disk} (No space left on device)",
+        "Fix: Free some space there, or pass a path on another filesystem.",
+    ]
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # the probe went, no folder was made
 
 
 def test_a_report_that_cannot_be_written_at_the_end_still_leaves_the_result(

@@ -7,6 +7,7 @@ parse stdout. Colour follows the terminal: none when piped or NO_COLOR is set.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -184,6 +185,7 @@ class Output:
 
 
 WRITABLE_FIX = "Pass a path in a directory you can write to, or leave the option out."
+PROBE_BYTES = 64 * 1024  # what the up-front check writes (and removes) where an output file will go
 SHORTER = "Pass a shorter file name."
 
 
@@ -238,10 +240,25 @@ def check_writable(path: Path, option: str, fix: str = WRITABLE_FIX) -> None:
         raise UsageError(f"{option} {path}: the file it leads to, {target}, has too long a name", fix=SHORTER)
     try:
         fd, probe = tempfile.mkstemp(prefix=".kcuda-validate-probe.", dir=where)
-        os.close(fd)
-        os.unlink(probe)
     except OSError as exc:
         raise UsageError(f"{option} {path}: cannot write in {where} ({exc.strerror or exc})", fix=fix) from exc
+    try:
+        # A full disk still lets an empty file be made: only writing finds it (and a quota). A report is
+        # tens of KiB; a filesystem without PROBE_BYTES free is full, better said now than after the run.
+        written = 0
+        while written < PROBE_BYTES:
+            written += os.write(fd, bytes(PROBE_BYTES - written))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UsageError(
+                f"{option} {path}: no space left in {where} ({exc.strerror})",
+                fix="Free some space there, or pass a path on another filesystem.",
+            ) from None
+        raise UsageError(f"{option} {path}: cannot write in {where} ({exc.strerror or exc})", fix=fix) from exc
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
 
 
 def check_distinct(paths: dict[str, Path | None]) -> None:
