@@ -327,7 +327,7 @@ def fetch_split(
     from huggingface_hub import constants
 
     count, first = len(parts), parts[0]
-    number = {part: i for i, part in enumerate(parts, start=1)}  # gguf-split counts up to 65535 parts
+    part_no = {part: i for i, part in enumerate(parts, start=1)}  # gguf-split counts up to 65535 parts
     label = f"{repo_id}/{first} @ {rev}"
     hits = {part: lookup_cache(repo_id, part, rev) for part in parts}
     cached = {part: hit for part, hit in hits.items() if isinstance(hit, tuple)}
@@ -342,7 +342,7 @@ def fetch_split(
     timeout = metadata_timeout()
 
     def ask(part: str, at: str | None) -> Remote:
-        return fetch_metadata(repo_id, part, rev, token, timeout, at=at, part=(number[part], count))
+        return fetch_metadata(repo_id, part, rev, token, timeout, at=at, part=(part_no[part], count))
 
     remotes = {missing[0]: ask(missing[0], None)}
     commit = remotes[missing[0]].commit
@@ -371,7 +371,7 @@ def fetch_split(
         if len(fetch) == count:
             needs = f"its {count} parts need"
         elif len(fetch) == 1:
-            needs = f"its part {number[fetch[0]]} of {count}, still missing, needs"
+            needs = f"its part {part_no[fetch[0]]} of {count}, still missing, needs"
         else:
             needs = f"the {len(fetch)} of its {count} parts still missing need"
         check_free_space(cache_dir(), need, label, have, needs=needs)
