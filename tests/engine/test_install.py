@@ -270,3 +270,34 @@ def test_a_good_sdist_is_judged_by_its_first_header_only_and_given_back_absolute
     locked = inst.LockedLlama("0.3.36", None, None)
     got = inst.fetch_sdist(tmp_path / "cache", locked, Path(path.name))
     assert got == path and got.is_absolute()
+
+
+def test_the_engine_records_whether_it_was_built_from_the_locked_sdist(tmp_path: Path) -> None:
+    """A --sdist is taken as given (a trimmed one for an offline box cannot match uv.lock): recorded, not enforced."""
+    import hashlib
+
+    sdist = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+    sdist.write_bytes(b"not really a tarball, but bytes to hash")
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+
+    same = inst.sdist_origin(sdist, inst.LockedLlama("0.3.36", None, digest))
+    other = inst.sdist_origin(sdist, inst.LockedLlama("0.3.36", None, "0" * 64))
+    unknown = inst.sdist_origin(sdist, inst.LockedLlama("0.3.36", None, None))
+
+    assert same == {"file": sdist.name, "sha256": digest, "locked": True}
+    assert (other["locked"], unknown["locked"]) == (False, None)
+    assert inst.origin_line(same) == f"built from {sdist.name} (sha256 {digest[:12]}…, the sdist uv.lock names)"
+    assert inst.origin_line(other) == (
+        f"built from {sdist.name} (sha256 {digest[:12]}…, not the sdist uv.lock names (a trimmed or rebuilt one))"
+    )
+    assert inst.origin_line(unknown).endswith(", uv.lock names no sha256)")
+
+
+def test_the_locked_sdist_hash_is_the_one_in_uv_lock() -> None:
+    """What `locked` is compared with: uv.lock's own sdist entry for llama-cpp-python."""
+    import tomllib
+
+    lock = tomllib.loads((Path(__file__).parents[2] / "uv.lock").read_text())
+    (pkg,) = [p for p in lock["package"] if p["name"] == "llama-cpp-python"]
+    locked = inst.locked_llama()
+    assert (locked.version, f"sha256:{locked.sha256}") == (pkg["version"], pkg["sdist"]["hash"])

@@ -213,6 +213,25 @@ def fetch_sdist(cache: Path, locked: LockedLlama, given: Path | None, timeout_s:
 DISK_FIX = "Free some space, or point KCUDA_CACHE_DIR at a disk with more room."
 
 
+def sdist_origin(sdist: Path, locked: LockedLlama) -> dict[str, Any]:
+    """What the engine was built from, for its stamp and the build log: a --sdist is taken as given (a trimmed one
+    carried to an offline box cannot match uv.lock), so whether it is the locked file is recorded, not enforced.
+
+    `locked`: True when its sha256 is the one uv.lock names, False when not, None when the lock names none."""
+    digest = _sha256(sdist)
+    return {
+        "file": sdist.name,
+        "sha256": digest,
+        "locked": None if locked.sha256 is None else digest == locked.sha256,
+    }
+
+
+def origin_line(origin: Mapping[str, Any]) -> str:
+    said = {True: "the sdist uv.lock names", False: "not the sdist uv.lock names (a trimmed or rebuilt one)"}
+    which = said.get(origin["locked"], "uv.lock names no sha256")
+    return f"built from {origin['file']} (sha256 {str(origin['sha256'])[:12]}…, {which})"
+
+
 # --- wheels ---------------------------------------------------------------------------------------------
 
 

@@ -234,7 +234,10 @@ def run_setup(
                     cxx = facts.compiler.path if facts.compiler else None
                     root = tk.assemble_root(scratch / "cuda", layers, cxx)
                     on_step(f"Fetching llama-cpp-python {facts.llama_version}…")
-                    sdist = inst.fetch_sdist(cache, inst.locked_llama(), opts.sdist)
+                    locked = inst.locked_llama()
+                    sdist = inst.fetch_sdist(cache, locked, opts.sdist)
+                    origin = inst.sdist_origin(sdist, locked)
+                    log_fh.write(f"kcuda-validate: {inst.origin_line(origin)}\n")
                     on_step(
                         f"Building llama-cpp-python {facts.llama_version} for "
                         + ", ".join(f"sm_{a}" for a in plan.archs)
@@ -258,6 +261,7 @@ def run_setup(
                             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
                             "build_seconds": round(result.seconds, 1),
                             "jobs": plan.jobs,
+                            "sdist": origin,
                         },
                     )
                     log_fh.write(
