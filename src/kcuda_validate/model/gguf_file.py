@@ -248,7 +248,7 @@ def read_gguf(path: Path | str) -> GgufInfo:
 
 # gguf-split's names, as llama.cpp's llama_split_path writes them and llama_split_prefix reads them back.
 SPLIT_NAME = "{prefix}-{no:05d}-of-{count:05d}.gguf"
-_SPLIT_NAME = re.compile(r"(.+)-(\d{5})-of-(\d{5})\.gguf")
+SPLIT_PATTERN = re.compile(r"(.*)-(\d{5})-of-(\d{5})\.gguf")  # the Hub's --filename is read by it too
 _SHOWN_MISSING = 3  # parts a "missing" message names; a header may claim 65535
 
 
@@ -262,7 +262,7 @@ def _split_key(info: GgufInfo, key: str) -> int:
 def _read_parts(first: GgufInfo, count: int) -> GgufInfo:
     path = first.path
     no = _split_key(first, "split.no")
-    match = _SPLIT_NAME.fullmatch(path.name)
+    match = SPLIT_PATTERN.fullmatch(path.name)
     if no != 0:
         if match is not None:
             first_name = path.with_name(SPLIT_NAME.format(prefix=match.group(1), no=1, count=count))

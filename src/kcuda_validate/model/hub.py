@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 
 from kcuda_validate.cache_dir import hub_cache_dir
 from kcuda_validate.errors import HubUnreachableError, KcudaError, ModelNotFoundError, UsageError
+from kcuda_validate.model.gguf_file import SPLIT_NAME, SPLIT_PATTERN
 from kcuda_validate.model.hub_errors import (
     OR_OFFLINE,
     SLOW_LINK_HINT,
@@ -176,20 +177,17 @@ def check_names(repo_id: str, filename: str, revision: str) -> None:
 
 
 # llama.cpp's llama_split_path names the parts "%s-%05d-of-%05d.gguf"; llama_split_prefix reads the prefix back.
-_SPLIT = re.compile(r"(.*)-(\d{5})-of-(\d{5})\.gguf")
-
-
 def split_parts(filename: str) -> list[str] | None:
     """Every part of the split model (gguf-split) that `filename` names, first to last; None for one whole file.
 
     llama.cpp loads a split model from its first part and opens the others beside it by their names, so the first
     is the only one to ask for: another part, or a number no part has, is a usage error (exit 2), with no network.
     """
-    match = _SPLIT.fullmatch(filename)
+    match = SPLIT_PATTERN.fullmatch(filename)
     if match is None or int(match.group(3)) <= 1:
         return None
     prefix, no, count = match.group(1), int(match.group(2)), int(match.group(3))
-    names = [f"{prefix}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+    names = [SPLIT_NAME.format(prefix=prefix, no=i, count=count) for i in range(1, count + 1)]
     if no == 1:
         return names
     if 1 < no <= count:
