@@ -378,12 +378,12 @@ def fetch_split(
     paths: dict[str, Path] = {}
     downloaded = False
     start = time.perf_counter()
-    for number, part in enumerate(parts, 1):
+    for part in parts:
         if part not in remotes:
             paths[part] = cached[part][0]
             continue
         local, transferred = transfer(
-            remotes[part], repo_id, part, rev, token, timeout, progress.reporter(part), (number, count)
+            remotes[part], repo_id, part, rev, token, timeout, progress.reporter(part), (part_no[part], count)
         )
         paths[part], downloaded = local, downloaded or transferred
     elapsed = time.perf_counter() - start
