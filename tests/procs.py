@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -60,6 +63,27 @@ def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.02) 
         if time.monotonic() >= deadline:
             return False
         time.sleep(step)
+
+
+@contextlib.contextmanager
+def held_while_writing(proc: subprocess.Popen[str], directory: Path, timeout: float = 60) -> Iterator[None]:
+    """The child stopped (SIGSTOP) while a temp file of its own is under `directory`, resumed on leaving.
+
+    A signal sent inside is delivered on resuming, in that write whatever the disk's speed: a test that only
+    polled for the temp file and then signalled raced the write's end (a fast or idle disk finished 6 GiB
+    first and the signal landed in the next stage)."""
+
+    def writing() -> bool:
+        return any(p.name.endswith(".tmp") for p in directory.rglob("*"))
+
+    assert wait_for(writing, timeout), f"nothing was ever being written under {directory}"
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        assert wait_for(lambda: (_stat(proc.pid) or ["?"])[0] == "T", 10), "the child did not stop"
+        assert writing(), "the write ended before the child could be held in it"
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
 
 
 def ignores(pid: int, signum: int) -> bool:

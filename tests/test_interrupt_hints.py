@@ -21,6 +21,7 @@ from kcuda_validate.logs import log_path, setup_logging
 from kcuda_validate.model.source import ModelSpec
 from kcuda_validate.pipeline import ModelValidation, interrupt_hint
 from kcuda_validate.verdicts import StageVerdict, interrupted
+from procs import held_while_writing
 
 RESUME = "A partial download is kept: run the same command again to resume it."
 REGENERATE = "Nothing partial is kept: run the same command again to generate the synthetic model."
@@ -39,11 +40,8 @@ def test_an_interrupt_while_generating_a_synthetic_model_does_not_promise_a_down
         env=os.environ | {"KCUDA_CACHE_DIR": str(cache)},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # an ignored SIGINT is inherited
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(p.name.endswith(".tmp") for p in cache.rglob("*")):
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
+    with held_while_writing(proc, cache):
+        proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     # The whole of stderr: an interrupt names no log file (specs/cli.md), only the stop and what to do next.

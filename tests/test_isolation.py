@@ -21,7 +21,7 @@ from click.testing import CliRunner, Result
 
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode
-from procs import catches, with_marker
+from procs import catches, held_while_writing, with_marker
 
 
 @pytest.fixture
@@ -141,11 +141,9 @@ def test_interrupt_while_getting_the_model_leaves_no_partial_file_and_a_report(
         text=True,
         env=env,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(p.suffix != ".lock" for p in cache.rglob("*") if p.is_file()):
-        time.sleep(0.05)
-    assert catches(proc.pid, signum), "the CLI does not catch the signal (suite started with it ignored?)"
-    proc.send_signal(signum)
+    with held_while_writing(proc, cache):
+        assert catches(proc.pid, signum), "the CLI does not catch the signal (suite started with it ignored?)"
+        proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     doc = json.loads(report.read_text())
