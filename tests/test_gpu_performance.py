@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from fakes.hardware import RTX_3060_LAPTOP, RTX_4090, FakeGpu, FakePynvml
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.gpu.nvml import GpuInfo, Nvml
-from kcuda_validate.gpu_performance import judge_gpu_performance
+from kcuda_validate.gpu_performance import FAR_BELOW, judge_decode_bandwidth, judge_gpu_performance
 from kcuda_validate.telemetry import TelemetrySummary, summarize
 
 # An RTX 4090 decoding: P2, boost clock, memory at its maximum, gen 4 x16, SW power cap now and then.
@@ -116,3 +118,114 @@ def test_nothing_sampled_is_a_skip() -> None:
         gpu = nvml.gpu(0)
     check = judge_gpu_performance(summarize([], 0.1), gpu)
     assert (check.status, check.summary) == (Status.SKIP, "no telemetry sampled during inference")
+
+
+# -- decode vs the probed memory bandwidth ------------------------------------------------------------------------
+# An 8B Q4_K_M on an RTX 4090: 4.9 GB read per token, 920 GB/s reached by detect's copies (5.3 ms of reads).
+PER_TOKEN, PROBED, MODEL = 4.9e9, 9.2e11, "/models/llama 8b.gguf"
+LOOK = (
+    "look for other work on the GPU (`nvidia-smi`) and a busy CPU (`top`), then compare with llama.cpp's own "
+    "`llama-bench -m '/models/llama 8b.gguf' -ngl 99` on this machine (bench/build_llama_bench.sh builds it from the "
+    "engine's sources)"
+)
+
+
+def bandwidth(gen_tps: float, performance: Check | None, probed: float | None = PROBED) -> Check:
+    return judge_decode_bandwidth(PER_TOKEN, gen_tps, probed, performance, MODEL)
+
+
+def test_a_decode_memory_paces_passes_with_its_share_of_the_probed_bandwidth() -> None:
+    check = bandwidth(130.0, judge(series(30, LOADED, dataclasses.replace(LOADED, clocks_event_reasons=0x4))))
+    assert (check.status, check.summary, check.fix) == (
+        Status.PASS,
+        "decode read 637 GB/s, 69 % of the 920 GB/s a copy reached",
+        None,
+    )
+    assert check.evidence["reads_ms_per_token"] == pytest.approx(5.326, abs=1e-3)
+
+
+def test_the_share_just_at_the_mark_passes_and_just_under_it_warns() -> None:
+    at = FAR_BELOW * PROBED / PER_TOKEN
+    assert bandwidth(at, judge([LOADED] * 20)).status is Status.PASS
+    assert bandwidth(at * 0.99, judge([LOADED] * 20)).status is Status.WARN
+
+
+def test_far_below_the_probed_bandwidth_names_the_cause_found_under_load() -> None:
+    hot = dataclasses.replace(LOADED, clocks_event_reasons=0x40, temperature_c=89)
+    check = bandwidth(18.0, judge(series(63, LOADED, hot)))
+    assert (check.status, check.summary, check.fix) == (
+        Status.WARN,
+        "decode read 88 GB/s, 10 % of the 920 GB/s a copy reached, far below what memory allows on this model "
+        "(5.3 ms of reads per token); under load: clocks held back by HW thermal slowdown for 63 % of inference "
+        "(89 °C, slowdown at 87 °C)",
+        "Fix what GPU performance under load found first (see its fix); then " + LOOK + ".",
+    )
+
+
+def test_far_below_with_no_slowdown_under_load_says_where_to_look() -> None:
+    check = bandwidth(18.0, judge([LOADED] * 20))
+    assert (check.status, check.summary, check.fix) == (
+        Status.WARN,
+        "decode read 88 GB/s, 10 % of the 920 GB/s a copy reached, far below what memory allows on this model "
+        "(5.3 ms of reads per token); no slowdown under load",
+        "No slowdown showed in clocks, power, P-state or PCIe: " + LOOK + ".",
+    )
+
+
+def test_far_below_where_the_driver_reports_nothing_under_load_says_so() -> None:
+    with Nvml.open(FakePynvml((LOADED,))) as nvml:  # type: ignore[arg-type]
+        gpu = nvml.gpu(0)
+    nothing = judge_gpu_performance(summarize([], 0.1), gpu)
+    check = bandwidth(18.0, nothing)
+    assert check.status is Status.WARN
+    assert check.summary.endswith("; under load: no telemetry sampled during inference")
+    assert check.fix == LOOK[0].upper() + LOOK[1:] + "."
+    unsampled = bandwidth(18.0, None)  # --no-telemetry
+    assert unsampled.summary.endswith("; nothing was sampled under load to say why")
+    assert unsampled.fix == "Rerun with telemetry to see why; " + LOOK + "."
+
+
+def test_a_model_too_small_for_memory_to_set_the_pace_is_not_judged() -> None:
+    """Gemma-3-270M on the H100 read 7 % of peak (docs/benchmarks.md §6) on a healthy GPU: launches, not memory,
+    set its pace. Judging it would be a false positive."""
+    check = judge_decode_bandwidth(2.66e8, 895.5, 3.0e12, judge([LOADED] * 20))
+    assert (check.status, check.summary) == (
+        Status.SKIP,
+        "not judged: 0.27 GB of reads per token take 0.09 ms at the 3.00 TB/s a copy reached; under 2 ms, kernel "
+        "launches and the CPU set the pace, not memory",
+    )
+
+
+def test_without_a_probe_there_is_nothing_to_judge_against() -> None:
+    check = bandwidth(18.0, judge([LOADED] * 20), probed=None)
+    assert (check.status, check.summary) == (
+        Status.SKIP,
+        "no probed bandwidth to compare with (validate-all probes it, unless --skip-torch)",
+    )
+
+
+def test_a_partial_offload_is_not_set_against_the_gpus_bandwidth() -> None:
+    """The real offload judge on llama.cpp's log of a 10-of-25-layer load (tests/data/llama_logs): host memory
+    shares the pace, so a slow decode there says nothing of the GPU. A full offload is judged."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "llm"))
+    from test_llamalog import FULL, PARTIAL, RTX4090, read_log
+
+    from kcuda_validate.llm.llamalog import parse_load_log
+    from kcuda_validate.llm.loader import LoadOptions, judge_offload
+
+    def offload(log: str, options: LoadOptions) -> Check:
+        ev = parse_load_log(read_log(log))
+        return judge_offload(ev, options, 24, None, gpu_name=RTX4090).check(ev, cpu_mode=False)
+
+    partial = offload(PARTIAL, LoadOptions(gpu_layers=10))
+    check = judge_decode_bandwidth(PER_TOKEN, 18.0, PROBED, judge([LOADED] * 20), MODEL, partial)
+    assert (check.status, check.summary) == (
+        Status.SKIP,
+        f"not judged: the offload is not full (GPU offload: {partial.summary})",
+    )
+    full = offload(FULL, LoadOptions())
+    assert full.status is Status.PASS
+    assert judge_decode_bandwidth(PER_TOKEN, 18.0, PROBED, judge([LOADED] * 20), MODEL, full).status is Status.WARN

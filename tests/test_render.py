@@ -19,6 +19,7 @@ from rich.console import Console
 
 from goldens import GOLDEN, assert_golden
 from kcuda_validate.checks import Check, Metric, Status, passed, skipped
+from kcuda_validate.gpu_performance import judge_decode_bandwidth
 from kcuda_validate.llm.llamalog import LogLine, parse_load_log
 from kcuda_validate.llm.loader import LoadOptions, judge_offload
 from kcuda_validate.render import inference_panel, render_report
@@ -114,7 +115,9 @@ def _rtx4090(offload: Check, performance: Check) -> Report:
     scenario's NVML sample series, tests/test_gpu_performance.py); the speeds are typed in, as above."""
     report = Report("infer", argv=[])
     report.device_mode = "gpu"
-    report.add(offload, performance)
+    # `infer` probes no bandwidth (validate-all does), so the decode-vs-bandwidth judge says it has nothing to
+    # compare with; its judged cases are in test_gpu_performance.py.
+    report.add(offload, performance, judge_decode_bandwidth(6.1e11 / 895.5, 895.5, None, performance))
     report.add_metrics([m for m in _base("gpu", "").metrics])
     report.add_metrics(
         [

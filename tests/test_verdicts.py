@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kcuda_validate.checks import MetricName, Status
+from kcuda_validate.checks import Check, MetricName, Status
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.isolation import Worker, WorkerOutcome
 from kcuda_validate.llm.llamalog import LogLine
@@ -172,6 +172,45 @@ def test_the_roofline_also_measures_against_the_probed_bandwidth(cpu_outcome: Wo
         (MetricName.BANDWIDTH_PROBED, None),
         (MetricName.BANDWIDTH_PCT_OF_PROBED, None),
     ]
+
+
+def test_a_gpu_run_judges_its_decode_against_the_probed_bandwidth(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:
+    """Wiring: the inference stage hands the roofline's bytes per token, the decode speed, detect's probe and the
+    performance check to judge_decode_bandwidth (its cases are in test_gpu_performance.py). The result is this CPU
+    run's and the probes are made up, so no figure here stands for a GPU's; a CPU run gets no such check."""
+    assert cpu_outcome.inferred is not None
+    info = read_gguf(tiny_model)
+
+    def judged(probed: float | None) -> tuple[Check, float, float]:
+        v = inference_verdict(cpu_outcome.inferred, info, Thresholds(), None, 3.35e12, True, None, probed)
+        per_token, gen = find(v.metrics, MetricName.BYTES_PER_TOKEN), find(v.metrics, MetricName.GEN_TPS)
+        assert per_token is not None and per_token.value and gen is not None and gen.value
+        return next(c for c in v.checks if c.id == "infer.bandwidth"), per_token.value, gen.value
+
+    tiny, per_token, gen = judged(3.0e12)
+    assert tiny.status is Status.SKIP and tiny.summary.startswith("not judged: ")
+    slow_copy = per_token / 0.005  # the reads then take 5 ms: judged
+    check, _, gen = judged(slow_copy)
+    assert check.status is (Status.PASS if gen * 0.005 >= 0.15 else Status.WARN)
+    assert check.evidence["share_of_probed"] == pytest.approx(gen * 0.005)
+    assert check.summary.startswith("decode read ")
+    if check.status is Status.WARN:  # no telemetry was handed in
+        assert check.summary.endswith("; nothing was sampled under load to say why")
+    else:
+        assert check.fix is None
+    assert judged(None)[0].summary.startswith("no probed bandwidth to compare with")
+    # worker_verdicts hands the load stage's offload check on: this run's layers stayed on the CPU.
+    _, infer = worker_verdicts(
+        cpu_outcome, info, Thresholds(), infer_requested=True, on_gpu=True, probed_bandwidth=slow_copy
+    )
+    offload = next(c for c in infer.checks if c.id == "infer.bandwidth")
+    assert (offload.status, offload.summary) == (
+        Status.SKIP,
+        "not judged: the offload is not full (GPU offload (CPU run): CPU run: 0/4 layers offloaded (by request), "
+        "4 MiB of weights in host memory)",
+    )
+    on_cpu = inference_verdict(cpu_outcome.inferred, info, Thresholds(), None, None, False, None, 3.0e12)
+    assert "infer.bandwidth" not in [c.id for c in on_cpu.checks]
 
 
 def test_thresholds_are_judged_on_the_measured_figures(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:

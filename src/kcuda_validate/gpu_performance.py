@@ -4,10 +4,14 @@ A pure function of the sampler's summary and what NVML said of the GPU (no I/O).
 cause, the share of the sampled inference it held for, and the fix. A figure the driver cannot give is n/a in
 the summary, never dropped. SW power cap at the default limit is how a GPU boosts, not a fault; an idle PCIe link
 downshifts on its own, so the link is judged on the best generation and width seen under load.
+
+`judge_decode_bandwidth` sets the decode's achieved bandwidth against what detect's timed copies reached, on a
+model large enough for memory to set the pace, and names the causes the judge above found.
 """
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from kcuda_validate.checks import Check, Status
@@ -34,6 +38,22 @@ FIX_LINK = (
     "the link trained below what card and slot allow: reseat the card (no riser), check its power cables and the "
     "BIOS PCIe link-speed setting"
 )
+
+
+BW_CHECK_ID, BW_TITLE = "infer.bandwidth", "Decode vs memory bandwidth"
+# Memory sets the decode's pace only once the reads per token take this long at the probed bandwidth; below it,
+# kernel launches and the CPU do. On the H100 (docs/benchmarks.md) a token cost ~0.8 ms plus its reads at
+# ~1.6 TB/s, so a healthy decode of a model past this mark reads >= 40 % of a ~2.9 TB/s copy.
+BOUND_MS = 2.0
+FAR_BELOW = 0.15  # under this share of the probed bandwidth on such a model, something holds the decode back
+FIX_LOOK = (
+    "look for other work on the GPU (`nvidia-smi`) and a busy CPU (`top`), then compare with llama.cpp's own "
+    "`llama-bench -m {model} -ngl 99` on this machine (bench/build_llama_bench.sh builds it from the engine's sources)"
+)
+
+
+def _rate(bytes_s: float) -> str:
+    return f"{bytes_s / 1e12:.2f} TB/s" if bytes_s >= 1e12 else f"{bytes_s / 1e9:.0f} GB/s"
 
 
 def _pct(share: float) -> str:
@@ -136,3 +156,79 @@ def judge_gpu_performance(summary: TelemetrySummary, gpu: GpuInfo) -> Check:
         else "SM clock n/a"
     )
     return Check(CHECK_ID, STAGE, TITLE, Status.PASS, f"no slowdown, {sm}{tail}", evidence)
+
+
+def judge_decode_bandwidth(
+    bytes_per_token: float | None,
+    gen_tps: float | None,
+    probed: float | None,
+    performance: Check | None,
+    model: str = "MODEL",
+    offload: Check | None = None,
+) -> Check:
+    """Pass, or warn when a decode that memory should pace reads far less than a copy reached, with the causes
+    found under load (`performance`: the gpu.performance check, None when nothing was sampled) and their fixes.
+    SKIP, saying why, when there is no probe to compare with or the model is too small for memory to set the
+    pace, or when `offload` (the load.offload check) did not pass: with part of the model on the CPU, host
+    memory shares the pace. `model` is the path the llama-bench comparison names."""
+    evidence: dict[str, Any] = {
+        "bytes_per_token": bytes_per_token,
+        "gen_tps": gen_tps,
+        "bandwidth_probed": probed,
+        "bound_ms": BOUND_MS,
+        "far_below_share": FAR_BELOW,
+    }
+    if not probed:
+        return Check(
+            BW_CHECK_ID,
+            STAGE,
+            BW_TITLE,
+            Status.SKIP,
+            "no probed bandwidth to compare with (validate-all probes it, unless --skip-torch)",
+            evidence,
+        )
+    on_gpu, total = (offload.evidence.get(k) for k in ("layers_on_gpu", "layers_total")) if offload else (0, 0)
+    if offload is not None and (offload.status is not Status.PASS or (on_gpu or 0) < (total or 0)):
+        return Check(
+            BW_CHECK_ID,
+            STAGE,
+            BW_TITLE,
+            Status.SKIP,
+            f"not judged: the offload is not full ({offload.title}: {offload.summary})",
+            evidence,
+        )
+    if not bytes_per_token or not gen_tps:
+        return Check(BW_CHECK_ID, STAGE, BW_TITLE, Status.SKIP, "no decode speed to compare", evidence)
+    reads_ms = bytes_per_token / probed * 1e3
+    achieved = gen_tps * bytes_per_token
+    share = achieved / probed
+    evidence |= {"reads_ms_per_token": reads_ms, "bandwidth_achieved": achieved, "share_of_probed": share}
+    copy = f"the {_rate(probed)} a copy reached"
+    if reads_ms < BOUND_MS:
+        return Check(
+            BW_CHECK_ID,
+            STAGE,
+            BW_TITLE,
+            Status.SKIP,
+            f"not judged: {bytes_per_token / 1e9:.2f} GB of reads per token take {reads_ms:.2f} ms at {copy}; "
+            f"under {BOUND_MS:.0f} ms, kernel launches and the CPU set the pace, not memory",
+            evidence,
+        )
+    what = f"decode read {_rate(achieved)}, {_pct(share)} of {copy}"
+    if share >= FAR_BELOW:
+        return Check(BW_CHECK_ID, STAGE, BW_TITLE, Status.PASS, what, evidence)
+    what += f", far below what memory allows on this model ({reads_ms:.1f} ms of reads per token)"
+    look = FIX_LOOK.format(model=shlex.quote(model))
+    if performance is None:
+        what, fix = what + "; nothing was sampled under load to say why", f"Rerun with telemetry to see why; {look}."
+    elif performance.status is Status.WARN:
+        what = f"{what}; under load: {performance.summary}"
+        fix = f"Fix what {TITLE} found first (see its fix); then {look}."
+    elif performance.status is Status.SKIP:
+        what, fix = f"{what}; under load: {performance.summary}", look[0].upper() + look[1:] + "."
+    else:
+        what, fix = (
+            what + "; no slowdown under load",
+            "No slowdown showed in clocks, power, P-state or PCIe: " + look + ".",
+        )
+    return Check(BW_CHECK_ID, STAGE, BW_TITLE, Status.WARN, what, evidence, fix)

@@ -216,13 +216,16 @@ def inference_verdict(
     on_gpu: bool = False,
     gpu: GpuInfo | None = None,
     probed_bandwidth: float | None = None,
+    offload: Check | None = None,
 ) -> StageVerdict:
     """Generation, determinism, the two clocks, telemetry, the roofline estimate, the GPU's performance health
     under load and the speed thresholds.
 
     `on_gpu`: the run used a GPU, so the achieved bandwidth's share of its `peak_bandwidth` (and of the
     `probed_bandwidth` detect measured, the ceiling a copy really reaches) is reported, and
-    the telemetry sampled during the decode is judged against the GPU's own limits (`gpu`, read at detect)."""
+    the telemetry sampled during the decode is judged against the GPU's own limits (`gpu`, read at detect).
+    `offload` is the load stage's load.offload check: a decode with part of the model on the CPU is not set
+    against the GPU's bandwidth."""
     sections = Sections(inference=result.to_json())
     metrics = list(result.metrics())
     runs = result.runs
@@ -254,6 +257,7 @@ def inference_verdict(
     ]
     checks += determinism_checks(result)
     checks += timing_agreement_checks(metrics)
+    performance: Check | None = None
     if telemetry is not None:
         sections["telemetry"] = telemetry.to_json()
         tokens = sum(x.generated_tokens for x in runs) + (result.warmup.generated_tokens if result.warmup else 0)
@@ -261,10 +265,23 @@ def inference_verdict(
         if on_gpu and gpu is not None:
             from kcuda_validate.gpu_performance import judge_gpu_performance
 
-            checks.append(judge_gpu_performance(telemetry, gpu))
-    metrics += roofline_metrics(
-        info, result, find(metrics, MetricName.GEN_TPS), on_gpu, peak_bandwidth, probed_bandwidth
-    )
+            checks.append(performance := judge_gpu_performance(telemetry, gpu))
+    gen_metric = find(metrics, MetricName.GEN_TPS)
+    metrics += roofline_metrics(info, result, gen_metric, on_gpu, peak_bandwidth, probed_bandwidth)
+    if on_gpu:
+        from kcuda_validate.gpu_performance import judge_decode_bandwidth
+
+        per_token = find(metrics, MetricName.BYTES_PER_TOKEN)
+        checks.append(
+            judge_decode_bandwidth(
+                per_token.value if per_token else None,
+                gen_metric.value if gen_metric else None,
+                probed_bandwidth,
+                performance,
+                str(info.path),
+                offload,
+            )
+        )
     checks += speed_threshold_checks(thresholds, metrics)
     return StageVerdict("infer", tuple(checks), tuple(metrics), sections)
 
@@ -585,7 +602,17 @@ def worker_verdicts(
         return [load, halt("infer", check, announce=False)]
     return [
         load,
-        inference_verdict(out.inferred, info, thresholds, telemetry, peak_bandwidth, on_gpu, gpu, probed_bandwidth),
+        inference_verdict(
+            out.inferred,
+            info,
+            thresholds,
+            telemetry,
+            peak_bandwidth,
+            on_gpu,
+            gpu,
+            probed_bandwidth,
+            offload=next((c for c in load.checks if c.id == "load.offload"), None),
+        ),
     ]
 
 
