@@ -155,7 +155,7 @@ def test_far_below_the_probed_bandwidth_names_the_cause_found_under_load() -> No
     check = bandwidth(18.0, judge(series(63, LOADED, hot)))
     assert (check.status, check.summary, check.fix) == (
         Status.WARN,
-        "decode read 88 GB/s, 10 % of the 920 GB/s a copy reached, far below what memory allows on this model "
+        "decode read 88.2 GB/s, 10 % of the 920 GB/s a copy reached, far below what memory allows on this model "
         "(5.3 ms of reads per token); under load: clocks held back by HW thermal slowdown for 63 % of inference "
         "(89 °C, slowdown at 87 °C)",
         "Fix what GPU performance under load found first (see its fix); then " + LOOK + ".",
@@ -166,7 +166,7 @@ def test_far_below_with_no_slowdown_under_load_says_where_to_look() -> None:
     check = bandwidth(18.0, judge([LOADED] * 20))
     assert (check.status, check.summary, check.fix) == (
         Status.WARN,
-        "decode read 88 GB/s, 10 % of the 920 GB/s a copy reached, far below what memory allows on this model "
+        "decode read 88.2 GB/s, 10 % of the 920 GB/s a copy reached, far below what memory allows on this model "
         "(5.3 ms of reads per token); no slowdown under load",
         "No slowdown showed in clocks, power, P-state or PCIe: " + LOOK + ".",
     )

@@ -90,6 +90,13 @@ def mean_of(values: Iterable[float | int | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def bandwidth_text(bytes_s: float) -> str:
+    """A bandwidth as every check and panel writes it, so the probe, the roofline and the judge read alike."""
+    if bytes_s >= 1e12:
+        return f"{bytes_s / 1e12:.2f} TB/s"
+    return f"{bytes_s / 1e9:.0f} GB/s" if bytes_s >= 100e9 else f"{bytes_s / 1e9:.1f} GB/s"
+
+
 class MetricName(StrEnum):
     """Every metric's name, in one place: the inferencer, the telemetry sampler, the judges, the renderer and
     the Prometheus exporter read and write figures under these (a StrEnum: equal to, and JSON as, the string)."""

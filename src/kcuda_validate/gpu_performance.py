@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from kcuda_validate.checks import Check, Status
+from kcuda_validate.checks import Check, Status, bandwidth_text
 from kcuda_validate.gpu.nvml import GpuInfo
 from kcuda_validate.telemetry import TelemetrySummary
 
@@ -50,10 +50,6 @@ FIX_LOOK = (
     "look for other work on the GPU (`nvidia-smi`) and a busy CPU (`top`), then compare with llama.cpp's own "
     "`llama-bench -m {model} -ngl 99` on this machine (bench/build_llama_bench.sh builds it from the engine's sources)"
 )
-
-
-def _rate(bytes_s: float) -> str:
-    return f"{bytes_s / 1e12:.2f} TB/s" if bytes_s >= 1e12 else f"{bytes_s / 1e9:.0f} GB/s"
 
 
 def _pct(share: float) -> str:
@@ -203,7 +199,7 @@ def judge_decode_bandwidth(
     achieved = gen_tps * bytes_per_token
     share = achieved / probed
     evidence |= {"reads_ms_per_token": reads_ms, "bandwidth_achieved": achieved, "share_of_probed": share}
-    copy = f"the {_rate(probed)} a copy reached"
+    copy = f"the {bandwidth_text(probed)} a copy reached"
     if reads_ms < BOUND_MS:
         return Check(
             BW_CHECK_ID,
@@ -214,7 +210,7 @@ def judge_decode_bandwidth(
             f"under {BOUND_MS:.0f} ms, kernel launches and the CPU set the pace, not memory",
             evidence,
         )
-    what = f"decode read {_rate(achieved)}, {_pct(share)} of {copy}"
+    what = f"decode read {bandwidth_text(achieved)}, {_pct(share)} of {copy}"
     if share >= FAR_BELOW:
         return Check(BW_CHECK_ID, STAGE, BW_TITLE, Status.PASS, what, evidence)
     what += f", far below what memory allows on this model ({reads_ms:.1f} ms of reads per token)"

@@ -20,7 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from kcuda_validate.checks import Check, Metric, MetricName, Status
+from kcuda_validate.checks import Check, Metric, MetricName, Status, bandwidth_text
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.report import Report
 from kcuda_validate.safetext import safe, safe_json, spelled_out
@@ -179,9 +179,7 @@ def inference_panel(report: Report) -> Panel | None:
         beside = ""
         if probed is not None and probed.value is not None and probed_abs is not None and probed_abs.value:
             pct = fmt_metric(probed, "{:.0f}", False, " %")
-            v = probed_abs.value
-            copy = f"{v / 1e12:.2f} TB/s" if v >= 1e12 else f"{v / 1e9:.0f} GB/s"
-            beside = f", {pct} of the {copy} a copy reached"
+            beside = f", {pct} of the {bandwidth_text(probed_abs.value)} a copy reached"
         if bw is not None and bw.value is not None:
             pct = fmt_metric(bw, "{:.0f}", False, " %")
             rows.add_row("Bandwidth", f"{achieved} = {pct} of peak{beside} (estimate)")

@@ -8,7 +8,7 @@ import logging
 import re
 from typing import Any
 
-from kcuda_validate.checks import Check, Status
+from kcuda_validate.checks import Check, Status, bandwidth_text
 from kcuda_validate.detect.facts import Facts, detect_check
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.gpu.nvml import GpuInfo
@@ -202,12 +202,6 @@ def check_torch_kernels(facts: Facts) -> tuple[Check, ...]:
     )
 
 
-def _rate(bytes_s: float) -> str:
-    if bytes_s >= 1e12:
-        return f"{bytes_s / 1e12:.2f} TB/s"
-    return f"{bytes_s / 1e9:.0f} GB/s" if bytes_s >= 100e9 else f"{bytes_s / 1e9:.1f} GB/s"
-
-
 # PCIe bytes/s per lane after line encoding, by generation: the link's theoretical rate, said beside the probe.
 PCIE_LANE_BYTES_S = {1: 0.25e9, 2: 0.5e9, 3: 0.985e9, 4: 1.969e9, 5: 3.938e9, 6: 7.563e9}
 
@@ -230,13 +224,13 @@ def check_torch_bandwidth(facts: Facts) -> tuple[Check, ...]:
             continue
         gpu = _nvml_gpu(facts, dev.index, dev.name)
         peak = gpu.peak_bandwidth_bytes_s if gpu else None
-        mem = f"memory {_rate(dev.mem_bw_bytes_s)}"
+        mem = f"memory {bandwidth_text(dev.mem_bw_bytes_s)}"
         if peak:
-            mem += f", {dev.mem_bw_bytes_s / peak * 100:.0f} % of {_rate(peak)} peak"
-        link = f"host→GPU {_rate(dev.h2d_bytes_s)}"
+            mem += f", {dev.mem_bw_bytes_s / peak * 100:.0f} % of {bandwidth_text(peak)} peak"
+        link = f"host→GPU {bandwidth_text(dev.h2d_bytes_s)}"
         if gpu and gpu.pcie_gen_max in PCIE_LANE_BYTES_S and gpu.pcie_width_max:
             theory = PCIE_LANE_BYTES_S[gpu.pcie_gen_max] * gpu.pcie_width_max
-            link += f" (gen{gpu.pcie_gen_max} x{gpu.pcie_width_max}: {_rate(theory)} max)"
+            link += f" (gen{gpu.pcie_gen_max} x{gpu.pcie_width_max}: {bandwidth_text(theory)} max)"
         ev |= {"peak_bandwidth_bytes_per_s": peak, "nvml_index": gpu.index if gpu else None}
         out.append(detect_check(cid, title, Status.PASS, f"{mem}; {link}", **ev))
     return tuple(out)
