@@ -56,7 +56,16 @@ cat "$OUT/machine.txt"
 # llama_cpp is imported before pytest: a CUDA build crashed on an H100 when numpy (pulled in by some
 # pytest plugins) was loaded first.
 step pytest_gpu "${PY[@]}" -c 'import llama_cpp, sys, pytest; sys.exit(pytest.main(["-m", "gpu", "-v", "tests/test_gpu.py"]))'
-step validate_all "${PY[@]}" -m kcuda_validate validate-all --synthetic 64MiB --compare-cpu --report "$OUT/validate_all.json"
+# A GPU report in every format the fleet path reads (issue 15): JSON, JUnit, the Prometheus textfile, the ready file.
+step validate_all "${PY[@]}" -m kcuda_validate validate-all --synthetic 64MiB --compare-cpu --report "$OUT/validate_all.json" \
+    --junit-xml "$OUT/validate_all.junit.xml" --prometheus "$OUT/validate_all.prom" --ready-file "$OUT/ready/gpu-ready"
+step ready_file ls -l "$OUT/ready/gpu-ready"
+if command -v promtool >/dev/null; then
+    step promtool bash -c "promtool check metrics <'$OUT/validate_all.prom'"
+fi
+step fleet "${PY[@]}" -m kcuda_validate fleet "$OUT/validate_all.json"
+step health "${PY[@]}" -m kcuda_validate health
+step bench_health "${PY[@]}" bench/bench_health.py
 step bench_gpu "${PY[@]}" bench/bench_gpu.py --save "$OUT/bench_gpu.json"
 step telemetry_tool "${PY[@]}" bench/bench_telemetry.py --tool
 step telemetry_same_process "${PY[@]}" bench/bench_telemetry.py --gpu
