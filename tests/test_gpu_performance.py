@@ -131,7 +131,7 @@ LOOK = (
 
 
 def bandwidth(gen_tps: float, performance: Check | None, probed: float | None = PROBED) -> Check:
-    return judge_decode_bandwidth(PER_TOKEN, gen_tps, probed, performance, MODEL)
+    return judge_decode_bandwidth(PER_TOKEN, gen_tps * PER_TOKEN, probed, performance, MODEL)
 
 
 def test_a_decode_memory_paces_passes_with_its_share_of_the_probed_bandwidth() -> None:
@@ -188,7 +188,7 @@ def test_far_below_where_the_driver_reports_nothing_under_load_says_so() -> None
 def test_a_model_too_small_for_memory_to_set_the_pace_is_not_judged() -> None:
     """Gemma-3-270M on the H100 read 7 % of peak (docs/benchmarks.md §6) on a healthy GPU: launches, not memory,
     set its pace. Judging it would be a false positive."""
-    check = judge_decode_bandwidth(2.66e8, 895.5, 3.0e12, judge([LOADED] * 20))
+    check = judge_decode_bandwidth(2.66e8, 2.66e8 * 895.5, 3.0e12, judge([LOADED] * 20))
     assert (check.status, check.summary) == (
         Status.SKIP,
         "not judged: 0.27 GB of reads per token take 0.09 ms at the 3.00 TB/s a copy reached; under 2 ms, kernel "
@@ -221,11 +221,14 @@ def test_a_partial_offload_is_not_set_against_the_gpus_bandwidth() -> None:
         return judge_offload(ev, options, 24, None, gpu_name=RTX4090).check(ev, cpu_mode=False)
 
     partial = offload(PARTIAL, LoadOptions(gpu_layers=10))
-    check = judge_decode_bandwidth(PER_TOKEN, 18.0, PROBED, judge([LOADED] * 20), MODEL, partial)
+    check = judge_decode_bandwidth(PER_TOKEN, 18.0 * PER_TOKEN, PROBED, judge([LOADED] * 20), MODEL, partial)
     assert (check.status, check.summary) == (
         Status.SKIP,
         f"not judged: the offload is not full (GPU offload: {partial.summary})",
     )
     full = offload(FULL, LoadOptions())
     assert full.status is Status.PASS
-    assert judge_decode_bandwidth(PER_TOKEN, 18.0, PROBED, judge([LOADED] * 20), MODEL, full).status is Status.WARN
+    assert (
+        judge_decode_bandwidth(PER_TOKEN, 18.0 * PER_TOKEN, PROBED, judge([LOADED] * 20), MODEL, full).status
+        is Status.WARN
+    )

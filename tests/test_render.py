@@ -117,7 +117,7 @@ def _rtx4090(offload: Check, performance: Check) -> Report:
     report.device_mode = "gpu"
     # `infer` probes no bandwidth (validate-all does), so the decode-vs-bandwidth judge says it has nothing to
     # compare with; its judged cases are in test_gpu_performance.py.
-    report.add(offload, performance, judge_decode_bandwidth(6.1e11 / 895.5, 895.5, None, performance))
+    report.add(offload, performance, judge_decode_bandwidth(6.1e11 / 895.5, 6.1e11, None, performance))
     report.add_metrics([m for m in _base("gpu", "").metrics])
     report.add_metrics(
         [

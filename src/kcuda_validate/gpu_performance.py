@@ -156,7 +156,7 @@ def judge_gpu_performance(summary: TelemetrySummary, gpu: GpuInfo) -> Check:
 
 def judge_decode_bandwidth(
     bytes_per_token: float | None,
-    gen_tps: float | None,
+    achieved: float | None,
     probed: float | None,
     performance: Check | None,
     model: str = "MODEL",
@@ -164,51 +164,37 @@ def judge_decode_bandwidth(
 ) -> Check:
     """Pass, or warn when a decode that memory should pace reads far less than a copy reached, with the causes
     found under load (`performance`: the gpu.performance check, None when nothing was sampled) and their fixes.
-    SKIP, saying why, when there is no probe to compare with or the model is too small for memory to set the
-    pace, or when `offload` (the load.offload check) did not pass: with part of the model on the CPU, host
-    memory shares the pace. `model` is the path the llama-bench comparison names."""
+    `bytes_per_token` and `achieved` are the roofline's (verdicts.roofline_metrics). SKIP, saying why, when there
+    is no probe to compare with or the model is too small for memory to set the pace, or when `offload` (the
+    load.offload check) left part of the model on the CPU: host memory then shares the pace. `model` is the path
+    the llama-bench comparison names."""
     evidence: dict[str, Any] = {
         "bytes_per_token": bytes_per_token,
-        "gen_tps": gen_tps,
+        "bandwidth_achieved": achieved,
         "bandwidth_probed": probed,
         "bound_ms": BOUND_MS,
         "far_below_share": FAR_BELOW,
     }
+
+    def skip(summary: str) -> Check:
+        return Check(BW_CHECK_ID, STAGE, BW_TITLE, Status.SKIP, summary, evidence)
+
     if not probed:
-        return Check(
-            BW_CHECK_ID,
-            STAGE,
-            BW_TITLE,
-            Status.SKIP,
-            "no probed bandwidth to compare with (validate-all probes it, unless --skip-torch)",
-            evidence,
-        )
-    on_gpu, total = (offload.evidence.get(k) for k in ("layers_on_gpu", "layers_total")) if offload else (0, 0)
-    if offload is not None and (offload.status is not Status.PASS or (on_gpu or 0) < (total or 0)):
-        return Check(
-            BW_CHECK_ID,
-            STAGE,
-            BW_TITLE,
-            Status.SKIP,
-            f"not judged: the offload is not full ({offload.title}: {offload.summary})",
-            evidence,
-        )
-    if not bytes_per_token or not gen_tps:
-        return Check(BW_CHECK_ID, STAGE, BW_TITLE, Status.SKIP, "no decode speed to compare", evidence)
+        return skip("no probed bandwidth to compare with (validate-all probes it, unless --skip-torch)")
+    if offload is not None:
+        layers = offload.evidence
+        if offload.status is not Status.PASS or (layers.get("layers_on_gpu") or 0) < (layers.get("layers_total") or 0):
+            return skip(f"not judged: the offload is not full ({offload.title}: {offload.summary})")
+    if not bytes_per_token or not achieved:
+        return skip("no decode speed to compare")
     reads_ms = bytes_per_token / probed * 1e3
-    achieved = gen_tps * bytes_per_token
     share = achieved / probed
-    evidence |= {"reads_ms_per_token": reads_ms, "bandwidth_achieved": achieved, "share_of_probed": share}
+    evidence |= {"reads_ms_per_token": reads_ms, "share_of_probed": share}
     copy = f"the {bandwidth_text(probed)} a copy reached"
     if reads_ms < BOUND_MS:
-        return Check(
-            BW_CHECK_ID,
-            STAGE,
-            BW_TITLE,
-            Status.SKIP,
+        return skip(
             f"not judged: {bytes_per_token / 1e9:.2f} GB of reads per token take {reads_ms:.2f} ms at {copy}; "
-            f"under {BOUND_MS:.0f} ms, kernel launches and the CPU set the pace, not memory",
-            evidence,
+            f"under {BOUND_MS:.0f} ms, kernel launches and the CPU set the pace, not memory"
         )
     what = f"decode read {bandwidth_text(achieved)}, {_pct(share)} of {copy}"
     if share >= FAR_BELOW:
@@ -223,8 +209,6 @@ def judge_decode_bandwidth(
     elif performance.status is Status.SKIP:
         what, fix = f"{what}; under load: {performance.summary}", look[0].upper() + look[1:] + "."
     else:
-        what, fix = (
-            what + "; no slowdown under load",
-            "No slowdown showed in clocks, power, P-state or PCIe: " + look + ".",
-        )
+        what += "; no slowdown under load"
+        fix = "No slowdown showed in clocks, power, P-state or PCIe: " + look + "."
     return Check(BW_CHECK_ID, STAGE, BW_TITLE, Status.WARN, what, evidence, fix)

@@ -266,22 +266,15 @@ def inference_verdict(
             from kcuda_validate.gpu_performance import judge_gpu_performance
 
             checks.append(performance := judge_gpu_performance(telemetry, gpu))
-    gen_metric = find(metrics, MetricName.GEN_TPS)
-    metrics += roofline_metrics(info, result, gen_metric, on_gpu, peak_bandwidth, probed_bandwidth)
+    metrics += roofline_metrics(
+        info, result, find(metrics, MetricName.GEN_TPS), on_gpu, peak_bandwidth, probed_bandwidth
+    )
     if on_gpu:
         from kcuda_validate.gpu_performance import judge_decode_bandwidth
 
-        per_token = find(metrics, MetricName.BYTES_PER_TOKEN)
-        checks.append(
-            judge_decode_bandwidth(
-                per_token.value if per_token else None,
-                gen_metric.value if gen_metric else None,
-                probed_bandwidth,
-                performance,
-                str(info.path),
-                offload,
-            )
-        )
+        per_token, achieved = (find(metrics, n) for n in (MetricName.BYTES_PER_TOKEN, MetricName.BANDWIDTH_ACHIEVED))
+        read = (per_token.value if per_token else None, achieved.value if achieved else None)
+        checks.append(judge_decode_bandwidth(*read, probed_bandwidth, performance, str(info.path), offload))
     checks += speed_threshold_checks(thresholds, metrics)
     return StageVerdict("infer", tuple(checks), tuple(metrics), sections)
 
@@ -600,20 +593,9 @@ def worker_verdicts(
     if out.inferred is None:
         check = failed("infer.generate", "infer", "Inference", "the worker returned no result", None)
         return [load, halt("infer", check, announce=False)]
-    return [
-        load,
-        inference_verdict(
-            out.inferred,
-            info,
-            thresholds,
-            telemetry,
-            peak_bandwidth,
-            on_gpu,
-            gpu,
-            probed_bandwidth,
-            offload=next((c for c in load.checks if c.id == "load.offload"), None),
-        ),
-    ]
+    offload = next((c for c in load.checks if c.id == "load.offload"), None)
+    judged = (telemetry, peak_bandwidth, on_gpu, gpu, probed_bandwidth, offload)
+    return [load, inference_verdict(out.inferred, info, thresholds, *judged)]
 
 
 def probed_bandwidth(verdicts: Iterable[StageVerdict], nvml_index: int) -> float | None:
