@@ -17,6 +17,7 @@ from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.isolation import WorkerOutcome
 from kcuda_validate.llm.loader import LoadResult, judge_offload
 from kcuda_validate.llm.measures import InferenceResult
+from kcuda_validate.model.fit import decode_reads
 from kcuda_validate.model.gguf_info import GgufInfo
 from kcuda_validate.report import Sections
 from kcuda_validate.worker_protocol import ErrorKind, WorkerError
@@ -342,27 +343,22 @@ def roofline_metrics(
     peak: float | None = None,
     probed: float | None = None,
 ) -> list[Metric]:
-    """Achieved bandwidth = tokens/s × bytes read per token (weights except embedding lookup + KV); on a GPU
+    """Achieved bandwidth = tokens/s × bytes read per token (fit.decode_reads); on a GPU
     also its share of the peak (`peak` None: NVML could not tell, the share is n/a) and of what detect's
     timed copies reached (`probed` None: not probed in this run, e.g. `infer` or --skip-torch)."""
     if gen is None or not gen.value:
         return []
-    tensors = {t.name: t for t in info.tensors}
-    weights = sum(t.nbytes for t in info.tensors)
-    if "token_embd.weight" in tensors and "output.weight" in tensors:
-        weights -= tensors["token_embd.weight"].nbytes  # only one row is read per token
-    n_layer = info.block_count or 0
-    kv_per_token = 2 * n_layer * (info.head_count_kv or 0) * (info.key_length or 0) * 2  # f16 K and V
     runs = result.runs
     avg_ctx = (runs[0].prompt_tokens + runs[0].generated_tokens / 2) if runs else 0
-    per_token = weights + kv_per_token * avg_ctx
+    per_token = decode_reads(info, avg_ctx)
     achieved = gen.value * per_token
     out = [
         Metric(
             MetricName.BYTES_PER_TOKEN,
             per_token,
             "bytes",
-            "GGUF tensor sizes (token embedding excluded unless tied) + f16 KV cache at mean context",
+            "GGUF tensor sizes (token embedding excluded unless tied, routed experts at used/count) "
+            "+ f16 KV cache at mean context",
             estimate=True,
         ),
         Metric(MetricName.BANDWIDTH_ACHIEVED, achieved, "bytes/s", "gen_tps × bytes_per_token", estimate=True),

@@ -122,6 +122,38 @@ def test_flash_attention_drops_the_attention_scores(info: GgufInfo) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# decode_reads: the roofline's bytes per token
+
+
+def test_a_dense_tied_model_reads_every_weight_and_its_kv_per_token(info: GgufInfo) -> None:
+    # Gemma ties its output to token_embd, so the whole table is read as the output matrix; KV is 18 x 1 x 512 x 2.
+    assert fit.decode_reads(info, 100.5) == info.tensor_bytes + 100.5 * 18 * 1024
+    embd = next(t for t in info.tensors if t.name == "token_embd.weight")
+    output = TensorInfo("output.weight", embd.shape, embd.ggml_type, embd.offset, embd.nbytes)
+    untied = dataclasses.replace(info, tensors=(*info.tensors, output))
+    assert fit.decode_reads(untied, 0) == info.tensor_bytes  # one row of the input table, the output matrix whole
+
+
+def test_a_mixture_of_experts_token_reads_only_its_routed_experts(info: GgufInfo) -> None:
+    """8 experts, 2 used: a token reads a quarter of each layer's routed-expert tensors (weights and biases), and
+    its shared expert and router whole, as llama.cpp's MoE graph does (ggml_mul_mat_id on the chosen rows)."""
+    names = ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight", "ffn_down_exps.bias")
+    experts = tuple(TensorInfo(f"blk.{i}.{n}", (640, 2048, 8), 12, 0, 8 * MIB) for i in range(18) for n in names)
+    always = (
+        TensorInfo("blk.0.ffn_gate_inp.weight", (640, 8), 0, 0, 20480),
+        TensorInfo("blk.0.ffn_up_shexp.weight", (640, 2048), 12, 0, MIB),
+    )
+    meta = {**info.metadata, "gemma3.expert_count": 8, "gemma3.expert_used_count": 2}
+    moe = dataclasses.replace(info, metadata=meta, tensors=(*info.tensors, *experts, *always))
+    dense = fit.decode_reads(info, 64)
+    assert fit.decode_reads(moe, 64) == dense + 18 * 4 * 8 * MIB / 4 + 20480 + MIB
+    # A header that cannot tell the share (no used count, or more used than there are) counts every expert.
+    for broken in ({"gemma3.expert_count": 8}, {"gemma3.expert_count": 2, "gemma3.expert_used_count": 8}):
+        odd = dataclasses.replace(moe, metadata={**info.metadata, **broken})
+        assert fit.decode_reads(odd, 64) == dense + 18 * 4 * 8 * MIB + 20480 + MIB
+
+
+# --------------------------------------------------------------------------------------------------------------
 # estimate_fit: the check and its messages
 
 

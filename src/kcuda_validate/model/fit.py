@@ -61,6 +61,32 @@ def kv_bytes_per_token_layer(info: GgufInfo) -> int:
     return kv_heads * ((info.key_length or 0) + (info.value_length or 0)) * 2
 
 
+def _is_routed_expert(name: str) -> bool:
+    """blk.<i>.ffn_{gate,up,down,gate_up}_exps.{weight,bias}: all of a layer's routed experts in one 3-D tensor.
+    Shared experts (`_shexp`) and the router (`ffn_gate_inp`) are read whole for every token."""
+    return name.startswith("blk.") and "_exps." in name
+
+
+def decode_reads(info: GgufInfo, context: float) -> float:
+    """Bytes read from memory to decode one token at `context` cells of KV: the roofline's numerator.
+
+    Every weight is read once, except the token embedding (one row is looked up, unless it is tied as the
+    output matrix too) and, in a mixture of experts, the routed experts: a token reads the `expert_used_count`
+    of `expert_count`, so their tensors count at that share (counting them whole overstated a MoE's
+    bandwidth several times over). Plus f16 K and V over the context in every layer.
+    """
+    tensors = {t.name for t in info.tensors}
+    tied = "output.weight" not in tensors
+    experts, used = info.arch_int("expert_count"), info.arch_int("expert_used_count")
+    share = used / experts if experts and used and 0 < used <= experts else 1.0
+    weights = 0.0
+    for t in info.tensors:
+        if t.name == "token_embd.weight" and not tied:
+            continue
+        weights += t.nbytes * share if _is_routed_expert(t.name) else t.nbytes
+    return weights + (info.block_count or 0) * kv_bytes_per_token_layer(info) * context
+
+
 @dataclass(frozen=True)
 class _Weights:
     """The tensor bytes the estimate places, summed once per header: the searches below call it many times."""
