@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gguf_rewrite import rewrite_model
 from kcuda_validate.checks import Status
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.llm.build import probe_llama_build, setup_fix
@@ -94,35 +95,6 @@ def test_gpu_request_on_a_cpu_only_build_fails(gpu_run_on_cpu_build: tuple[LoadR
     assert check.evidence["llama_log"]["layer_devices"]["18"] == "CPU"
 
 
-def _copy_with_one_row_short(src: Path, dst: Path, tensor: str) -> None:
-    """The GGUF at `src` rewritten with the gguf package, `tensor` one row short: a header every reader parses and
-    a shape llama.cpp must refuse."""
-    import numpy as np
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
-
-    reader = GGUFReader(src)
-    writer = GGUFWriter(dst, "llama")
-    for f in reader.fields.values():
-        if f.name.startswith("GGUF.") or f.name == "general.architecture":
-            continue
-        kind = f.types[0]
-        if kind == GGUFValueType.ARRAY and f.types[1] == GGUFValueType.STRING:
-            writer.add_array(f.name, [bytes(f.parts[i]).decode() for i in f.data])
-        elif kind == GGUFValueType.ARRAY:
-            writer.add_array(f.name, [f.parts[i].tolist()[0] for i in f.data])
-        elif kind == GGUFValueType.STRING:
-            writer.add_string(f.name, bytes(f.parts[f.data[0]]).decode())
-        else:
-            writer.add_key_value(f.name, f.parts[f.data[0]].tolist()[0], kind)
-    for t in reader.tensors:
-        data = np.array(t.data)
-        writer.add_tensor(t.name, data[:-1] if t.name == tensor else data, raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 def test_a_tensor_of_the_wrong_shape_is_llama_cpps_one_line_error_and_exit_5(tiny_model: Path, tmp_path: Path) -> None:
     """The header reader checks the layout, not each tensor against the hyperparameters: llama.cpp does that at load,
     and its verdict reaches the user as one readable line naming the tensor and both shapes."""
@@ -131,7 +103,7 @@ def test_a_tensor_of_the_wrong_shape_is_llama_cpps_one_line_error_and_exit_5(tin
     from kcuda_validate.cli import cli
 
     bad = tmp_path / "short-attn-q.gguf"
-    _copy_with_one_row_short(tiny_model, bad, "blk.0.attn_q.weight")
+    rewrite_model(tiny_model, bad, rows=lambda name, rows: rows[:-1] if name == "blk.0.attn_q.weight" else rows)
     assert read_gguf(bad).block_count == read_gguf(tiny_model).block_count  # the header still reads
     n_embd = read_gguf(tiny_model).metadata["llama.embedding_length"]
     result = CliRunner().invoke(cli, ["load", "--device", "cpu", "--model-path", str(bad)])

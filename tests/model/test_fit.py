@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gguf_rewrite import rewrite_model
 from kcuda_validate.checks import Status
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.llm.llamalog import LoadEvidence
@@ -119,6 +121,88 @@ def test_flash_attention_drops_the_attention_scores(info: GgufInfo) -> None:
     plain = fit.estimate(info, 131072, 0, gpu=False)
     flash = fit.estimate(info, 131072, 0, gpu=False, flash_attn=True)
     assert plain.compute > flash.compute == fit.estimate(info, 512, 0, gpu=False).compute
+
+
+def test_each_layer_keeps_the_kv_cache_of_its_own_heads_as_llama_cpp_does(tiny_model: Path, tmp_path: Path) -> None:
+    """Per-layer KV heads against real loads. The tiny llama is rewritten as DeciLM, whose converter writes one
+    head_count_kv per layer, with 5, 0 and 1: layer 1 attends with no KV (Q, K and V dropped), layer 2's K and V
+    are cut to one head of 64. The estimate must be the KV buffer llama.cpp logs, with and without flash
+    attention: without it llama.cpp stores V transposed and pads every layer's V to the widest (5 heads)."""
+    if inprocess_llama_has_gpu():
+        pytest.skip(HOST_ONLY)
+
+    def heads(name: str, rows: Any) -> Any:
+        if name.split(".")[:3] in (["blk", "1", "attn_q"], ["blk", "1", "attn_k"], ["blk", "1", "attn_v"]):
+            return None
+        return rows[:64] if name in ("blk.2.attn_k.weight", "blk.2.attn_v.weight") else rows
+
+    model = rewrite_model(
+        tiny_model, tmp_path / "deci.gguf", arch="deci", fields={"deci.attention.head_count_kv": [5, 0, 1]}, rows=heads
+    )
+    info = read_gguf(model)
+    assert (info.kv_heads_per_layer, info.head_count_kv) == ((5, 0, 1), 5)
+    k = (5 + 0 + 1) * 64
+    for flash_attn, v in ((False, 3 * 5 * 64), (True, (5 + 0 + 1) * 64)):
+        options = LoadOptions(cpu_mode=True, n_ctx=2048, flash_attn=flash_attn)
+        with ModelLoader(options).load(model) as loaded:
+            actual = sum(loaded.result.evidence.kv_buffers.values())
+        assert actual == 2048 * (k + v) * 2, flash_attn  # f16: 5.25 and 3 MiB, exact in llama.cpp's log
+        assert fit.estimate(info, 2048, 0, gpu=False, flash_attn=flash_attn).kv_cache == actual
+    # --gpu-layers 3 puts the output layer and the last two blocks on the GPU: K of 0 + 1 heads, V of 2 x 5.
+    assert fit.estimate(info, 2048, 3).kv_cache == 2048 * (1 * 64 + 2 * 5 * 64) * 2
+    assert fit.decode_reads(info, 10) - fit.decode_reads(info, 0) == 10 * (k + k) * 2  # own V: padding is not read
+
+
+def as_arch(info: GgufInfo, arch: str, **keys: Any) -> GgufInfo:
+    """Gemma's header (18 layers, 1 KV head of 256 + 256) as another architecture, with `keys` (`<arch>.` added)."""
+    meta = {k.replace("gemma3.", f"{arch}.", 1): v for k, v in info.metadata.items()}
+    meta |= {"general.architecture": arch} | {f"{arch}.{k}": v for k, v in keys.items()}
+    return dataclasses.replace(info, metadata=meta)
+
+
+PER_LAYER = 1024  # bytes of f16 K and V per token in one of those layers
+
+
+def kv(info: GgufInfo, layers: int = 0, flash_attn: bool = True) -> int:
+    return fit.estimate(info, 2048, layers, gpu=layers > 0, flash_attn=flash_attn).kv_cache
+
+
+def test_a_hybrids_recurrent_layers_keep_no_kv_cache(info: GgufInfo) -> None:
+    """Hybrids mark their recurrent (SSM, linear-attention) layers as the vendored llama.cpp reads them, and its
+    hybrid memory gives those none. Taking layer 0's KV count for all made Granite-4.0-H's Mamba first layer
+    (0 heads) fall back to every query head: 4 x 18 heads on this header instead of 6."""
+    attends = [1 if i % 3 == 2 else 0 for i in range(18)]
+    granite = as_arch(info, "granitehybrid", **{"attention.head_count_kv": attends})
+    assert (granite.kv_heads_per_layer, granite.head_count_kv) == (tuple(attends), 1)
+    assert fit.recurrent_layers(granite) == {i for i in range(18) if i % 3 != 2}
+    assert kv(granite) == kv(granite, flash_attn=False) == 2048 * 6 * PER_LAYER
+    assert kv(granite, 7) == 2048 * 2 * PER_LAYER  # the last 6 blocks: layers 14 and 17 attend
+    assert fit.decode_reads(granite, 10) == info.tensor_bytes + 10 * 6 * PER_LAYER
+    # The same counts in a model that is not a hybrid (DeciLM's no-KV layers) keep a cache: V padded, no K.
+    deci = as_arch(info, "deci", **{"attention.head_count_kv": attends})
+    assert kv(deci, flash_attn=False) == 2048 * (6 * 256 + 18 * 256) * 2
+    # Qwen3-Next and Qwen3.5 attend every full_attention_interval-th layer (4 where the file does not say).
+    assert kv(as_arch(info, "qwen35")) == 2048 * 4 * PER_LAYER
+    assert kv(as_arch(info, "qwen3next", full_attention_interval=3)) == 2048 * 6 * PER_LAYER
+    marks = [i != 0 for i in range(18)]
+    assert kv(as_arch(info, "qwen35moe", **{"attention.recurrent_layers": marks})) == 2048 * PER_LAYER
+    # Nemotron-H: a layer with neither KV heads nor an FFN is Mamba; one with an FFN only keeps an empty K.
+    nemotron = as_arch(
+        info,
+        "nemotron_h",
+        **{"attention.head_count_kv": [1, 0, 0] * 6, "feed_forward_length": [0, 0, 2048] * 6},
+    )
+    assert fit.recurrent_layers(nemotron) == set(range(1, 18, 3))
+    assert kv(nemotron, flash_attn=False) == 2048 * (6 * PER_LAYER + 6 * 512)
+
+
+def test_latent_attention_and_shared_caches_are_counted_as_llama_cpp_keeps_them(info: GgufInfo) -> None:
+    # MLA (DeepSeek-V3, Kimi-K2, GLM-4.7-Flash): one head of the compressed latent, K only (V is read from it).
+    mla = as_arch(info, "deepseek2", **{"attention.key_length_mla": 192, "attention.value_length_mla": 128})
+    assert kv(mla) == kv(mla, flash_attn=False) == 2048 * 18 * 512
+    # gemma4 keeps a cache in its first block_count - shared_kv_layers layers; gemma3n in its first 20.
+    assert kv(as_arch(info, "gemma4", **{"attention.shared_kv_layers": 8})) == 2048 * 10 * PER_LAYER
+    assert kv(as_arch(info, "gemma3n")) == 2048 * 18 * PER_LAYER  # 18 layers, all within the first 20
 
 
 # --------------------------------------------------------------------------------------------------------------

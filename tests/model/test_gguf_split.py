@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gguf_split import split_model
+from gguf_rewrite import split_model
 from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode, ModelInvalidError
 from kcuda_validate.model.gguf_file import read_gguf

@@ -2137,7 +2137,7 @@ def test_real_llama_cpp_loads_a_split_model_resolved_from_the_hub(
     and llama.cpp opens the others from the same snapshot folder."""
     from click.testing import CliRunner
 
-    from gguf_split import split_model
+    from gguf_rewrite import split_model
     from kcuda_validate.cli import cli
 
     parts = split_model(tiny_model, tmp_path / "split", max_tensors=10, prefix="tiny-q8_0")

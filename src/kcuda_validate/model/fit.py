@@ -1,7 +1,7 @@
 """Will it fit? An estimate of the memory a load needs, made from the GGUF header before loading.
 
 Weights (what llama.cpp puts on the GPU), the KV cache for the requested
-context (layers × KV heads × head size × 2 bytes each for K and V), and the
+context (each layer's KV heads × head size × 2 bytes each for K and V), and the
 compute buffer (the larger of the logits of one micro-batch and the attention
 scores) are compared with free VRAM — or with available host memory on a CPU
 run — so a hopeless load fails in milliseconds with a concrete alternative.
@@ -55,10 +55,59 @@ class FitEstimate:
         }
 
 
-def kv_bytes_per_token_layer(info: GgufInfo) -> int:
-    """f16 K and V for one token in one layer."""
-    kv_heads = info.head_count_kv or info.head_count or 0
-    return kv_heads * ((info.key_length or 0) + (info.value_length or 0)) * 2
+# How the vendored llama.cpp marks a hybrid's recurrent layers (SSM, linear attention), which its hybrid memory
+# gives no KV cache: the is_recr_impl setters in src/models/<arch>.cpp, for the archs of llm_arch_is_hybrid.
+_RECURRENT_BUT_EVERY_NTH = frozenset({"qwen3next", "qwen35", "qwen35moe", "qwen4exp", "minimax-01"})
+_RECURRENT_WITHOUT_KV_HEADS = frozenset(
+    {"jamba", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "kimi-linear", "bailingmoe3", "kimi-k3", "glm5-next"}
+)
+_RECURRENT_WITHOUT_KV_HEADS_OR_FFN = frozenset({"nemotron_h", "nemotron_h_moe"})
+# gemma3n hard-codes that only its first 20 layers keep a KV cache (the rest reuse it); gemma4 says so in the file.
+_KV_LAYERS_FIXED = {"gemma3n": 20}
+
+
+def recurrent_layers(info: GgufInfo) -> frozenset[int]:
+    """The layers llama.cpp keeps a recurrent state for instead of a KV cache (none outside hybrid models)."""
+    heads, arch = info.kv_heads_per_layer, info.architecture
+    if arch in _RECURRENT_BUT_EVERY_NTH:
+        marks = info.arch_key("attention.recurrent_layers")
+        if isinstance(marks, list) and len(marks) == len(heads):
+            return frozenset(i for i, mark in enumerate(marks) if mark)
+        every = info.arch_int("full_attention_interval") or 4  # llama.cpp's default for these
+        return frozenset(i for i in range(len(heads)) if (i + 1) % every)
+    if arch in _RECURRENT_WITHOUT_KV_HEADS:
+        return frozenset(i for i, h in enumerate(heads) if h == 0)
+    if arch in _RECURRENT_WITHOUT_KV_HEADS_OR_FFN:
+        ff = info.per_layer("feed_forward_length") or (0,) * len(heads)
+        return frozenset(i for i, (h, f) in enumerate(zip(heads, ff, strict=False)) if h == 0 and f == 0)
+    return frozenset()
+
+
+def kv_bytes_per_token(info: GgufInfo, first_layer: int = 0, padded_v: bool = True) -> int:
+    """f16 K and V for one token in the layers from `first_layer` on (a partial offload's GPU layers), laid out
+    as the vendored llama.cpp's llama_kv_cache allocates them:
+
+    - each layer with its own KV heads (the first layer's count for every layer overstated a hybrid's cache);
+    - none for a hybrid's recurrent layers, nor past the layers that keep one (gemma3n and gemma4 share theirs);
+    - `padded_v` (no flash attention: V is stored transposed): every layer's V as wide as the widest layer's;
+    - multi-head latent attention (DeepSeek-V2/V3, Kimi-K2, GLM-4.7-Flash: key_length_mla) keeps K only, the
+      compressed latent, and reads V from it.
+    """
+    heads = info.kv_heads_per_layer
+    skip = recurrent_layers(info)
+    keep = _KV_LAYERS_FIXED.get(info.architecture or "")
+    shared = info.arch_int("attention.shared_kv_layers")
+    if keep is None and shared:
+        keep = len(heads) - shared
+    k, v = info.key_length or 0, info.value_length or 0
+    if info.arch_int("attention.key_length_mla") and info.arch_int("attention.value_length_mla"):
+        v = 0
+    widest = max(heads, default=0) * v
+    total = 0
+    for il in range(first_layer, len(heads) if keep is None else min(keep, len(heads))):
+        if il not in skip:
+            total += heads[il] * k + (widest if padded_v else heads[il] * v)
+    return total * 2
 
 
 def _is_routed_expert(name: str) -> bool:
@@ -84,7 +133,7 @@ def decode_reads(info: GgufInfo, context: float) -> float:
         if t.name == "token_embd.weight" and not tied:
             continue
         weights += t.nbytes * share if _is_routed_expert(t.name) else t.nbytes
-    return weights + (info.block_count or 0) * kv_bytes_per_token_layer(info) * context
+    return weights + kv_bytes_per_token(info, padded_v=False) * context  # a layer reads its own V, not the padding
 
 
 @dataclass(frozen=True)
@@ -147,8 +196,9 @@ def estimate(
       input layer is never offloaded, so on a full CUDA offload it is not VRAM. On a CPU run every tensor is
       counted once, which matches the CPU_Mapped buffer (the mapped tensor data); CPU_REPACK buffers are
       re-laid-out copies of some matmul weights (12.7 MiB of Q4_K on Gemma-3-270M) and are not counted.
-    - kv_cache = the `<dev> KV buffer size` lines: f16 K and V for n_ctx (padded to 256) cells in every layer on
-      the device (offload_kqv puts a layer's cache on that layer's device). Sliding-window models get full-size
+    - kv_cache = the `<dev> KV buffer size` lines: f16 K and V for n_ctx (padded to 256) cells in each layer on
+      the device that keeps a cache (offload_kqv puts a layer's cache on that layer's device), each layer as
+      wide as `kv_bytes_per_token` says. Sliding-window models get full-size
       SWA caches because llama-cpp-python leaves swa_full on, so every layer counts n_ctx cells.
     - compute ~ the `<dev> compute buffer size` line of the device with the output layer (CUDA0, or CPU on a CPU
       run). ggml's allocator reuses memory, so the buffer is the graph's peak, not a sum: the larger of the f32
@@ -179,7 +229,7 @@ def _estimate(
     if not gpu and not w.tied:
         weights += w.embd  # the input embeddings, in host memory with everything else
     cells = -(-n_ctx // CTX_PAD) * CTX_PAD
-    kv = cells * blocks * kv_bytes_per_token_layer(info)
+    kv = cells * kv_bytes_per_token(info, n_layer - blocks, padded_v=not flash_attn)
     ub = min(n_ubatch, n_ctx)
     n_embd = info.embedding_length or 0
     logits = (info.vocab_size or 0) * ub * 4

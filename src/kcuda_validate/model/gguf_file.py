@@ -20,6 +20,7 @@ from typing import Any
 from kcuda_validate.errors import ModelInvalidError
 from kcuda_validate.model.gguf_info import (
     GGML_TYPES,
+    MAX_LAYERS,
     ArraySummary,
     GgufHeaderError,
     GgufInfo,
@@ -77,7 +78,6 @@ MAX_ARRAY_STRINGS = 1 << 21  # strings in all arrays together: the largest vocab
 MAX_HEADER_BYTES = 512 << 20  # metadata + tensor table; real ones are a few MB to tens of MB
 MAX_TENSOR_NAME = 63  # GGML_MAX_NAME (64) including the terminating NUL
 MAX_DIMS = 4  # GGML_MAX_DIMS
-MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp asserts (aborts) on a larger block_count
 MAX_DIM = 1 << 24  # widths, head counts, head sizes, vocabulary: the largest real ones are ~1e5-1e6
 U32_MAX = (1 << 32) - 1
 _I64_LIMIT = 1 << 63  # tensor dimensions and element counts are int64 in ggml

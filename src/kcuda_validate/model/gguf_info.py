@@ -91,6 +91,9 @@ FILE_TYPES: dict[int, str] = {
 }
 
 
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp asserts (aborts) on a larger block_count
+
+
 @dataclass(frozen=True, slots=True)
 class TensorInfo:
     name: str
@@ -199,7 +202,25 @@ class GgufInfo:
 
     @property
     def head_count_kv(self) -> int | None:
-        return self.arch_int("attention.head_count_kv") or self.head_count
+        """The most KV heads any layer has (a hybrid's first layers may have none)."""
+        return max(self.kv_heads_per_layer, default=None) or self.head_count
+
+    def per_layer(self, suffix: str) -> tuple[int, ...] | None:
+        """A hyperparameter llama.cpp reads with get_key_or_arr, for each of block_count layers: the array as
+        written (read_gguf checked its length) or the one value repeated; None when absent or not integers."""
+        value = self.arch_key(suffix)
+        if isinstance(value, list):
+            ints = tuple(v for v in value if _as_int(v) is not None)
+            return ints if ints and len(ints) == len(value) else None
+        one = _as_int(value)
+        return None if one is None else (one,) * min(self.block_count or 0, MAX_LAYERS)  # read_gguf refuses more
+
+    @property
+    def kv_heads_per_layer(self) -> tuple[int, ...]:
+        """KV heads of each layer, 0 where a layer keeps no KV cache (the recurrent layers of a hybrid such as
+        Granite-4.0-H or Jamba, whose converters write one value per layer). As in llama.cpp, head_count where
+        the file gives no KV count."""
+        return self.per_layer("attention.head_count_kv") or self.per_layer("attention.head_count") or ()
 
     @property
     def key_length(self) -> int | None:
