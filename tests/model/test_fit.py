@@ -202,6 +202,12 @@ def test_latent_attention_and_shared_caches_are_counted_as_llama_cpp_keeps_them(
     assert kv(mla) == kv(mla, flash_attn=False) == 2048 * 18 * 512
     # gemma4 keeps a cache in its first block_count - shared_kv_layers layers; gemma3n in its first 20.
     assert kv(as_arch(info, "gemma4", **{"attention.shared_kv_layers": 8})) == 2048 * 10 * PER_LAYER
+    # gemma4's sliding-window layers have heads of their own size (here 128 on 5 of each 6 layers, 256 on the
+    # rest); without flash attention every V is padded to the widest.
+    pattern = [i % 6 != 5 for i in range(18)]
+    gemma4 = as_arch(info, "gemma4", **{"attention.sliding_window_pattern": pattern, "attention.key_length_swa": 128})
+    assert kv(gemma4) == 2048 * (15 * 128 + 3 * 256) * 2 * 2
+    assert kv(gemma4, flash_attn=False) == 2048 * ((15 * 128 + 3 * 256) + 18 * 256) * 2
     assert kv(as_arch(info, "gemma3n")) == 2048 * 18 * PER_LAYER  # 18 layers, all within the first 20
 
 

@@ -83,29 +83,44 @@ def recurrent_layers(info: GgufInfo) -> frozenset[int]:
     return frozenset()
 
 
+def _head_sizes(info: GgufInfo) -> list[tuple[int, int]]:
+    """Each layer's K and V head size: key_length/value_length, and on the sliding-window layers of a model that
+    gives them their own (gemma4: key_length_swa, with a sliding_window_pattern per layer) those."""
+    full = (info.key_length or 0, info.value_length or 0)
+    n = len(info.kv_heads_per_layer)
+    pattern = info.arch_key("attention.sliding_window_pattern")
+    k_swa = info.arch_int("attention.key_length_swa")
+    if k_swa is None or not isinstance(pattern, list) or len(pattern) != n:
+        return [full] * n
+    swa = (k_swa, info.arch_int("attention.value_length_swa") or k_swa)
+    return [swa if is_swa else full for is_swa in pattern]
+
+
 def kv_bytes_per_token(info: GgufInfo, first_layer: int = 0, padded_v: bool = True) -> int:
     """f16 K and V for one token in the layers from `first_layer` on (a partial offload's GPU layers), laid out
     as the vendored llama.cpp's llama_kv_cache allocates them:
 
-    - each layer with its own KV heads (the first layer's count for every layer overstated a hybrid's cache);
+    - each layer with its own KV heads (the first layer's count for every layer overstated a hybrid's cache),
+      and its own head sizes (gemma4's sliding-window layers);
     - none for a hybrid's recurrent layers, nor past the layers that keep one (gemma3n and gemma4 share theirs);
     - `padded_v` (no flash attention: V is stored transposed): every layer's V as wide as the widest layer's;
     - multi-head latent attention (DeepSeek-V2/V3, Kimi-K2, GLM-4.7-Flash: key_length_mla) keeps K only, the
       compressed latent, and reads V from it.
     """
     heads = info.kv_heads_per_layer
+    sizes = _head_sizes(info)
+    if info.arch_int("attention.key_length_mla") and info.arch_int("attention.value_length_mla"):
+        sizes = [(k, 0) for k, _ in sizes]
     skip = recurrent_layers(info)
     keep = _KV_LAYERS_FIXED.get(info.architecture or "")
     shared = info.arch_int("attention.shared_kv_layers")
     if keep is None and shared:
         keep = len(heads) - shared
-    k, v = info.key_length or 0, info.value_length or 0
-    if info.arch_int("attention.key_length_mla") and info.arch_int("attention.value_length_mla"):
-        v = 0
-    widest = max(heads, default=0) * v
+    widest = max((h * v for h, (_, v) in zip(heads, sizes, strict=True)), default=0)
     total = 0
     for il in range(first_layer, len(heads) if keep is None else min(keep, len(heads))):
         if il not in skip:
+            k, v = sizes[il]
             total += heads[il] * k + (widest if padded_v else heads[il] * v)
     return total * 2
 
