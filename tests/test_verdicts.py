@@ -4,6 +4,7 @@ and real worker outcomes (a real CPU inference on the tiny synthetic model, a re
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from kcuda_validate.llm.llamalog import LogLine
 from kcuda_validate.llm.loader import LoadOptions, LoadResult
 from kcuda_validate.llm.measures import InferOptions
 from kcuda_validate.model.gguf_file import read_gguf
+from kcuda_validate.model.gguf_info import TensorInfo
 from kcuda_validate.verdicts import (
     NOT_MEASURED_FIX,
     Thresholds,
@@ -211,6 +213,19 @@ def test_a_gpu_run_judges_its_decode_against_the_probed_bandwidth(cpu_outcome: W
     )
     on_cpu = inference_verdict(cpu_outcome.inferred, info, Thresholds(), None, None, False, None, 3.0e12)
     assert "infer.bandwidth" not in [c.id for c in on_cpu.checks]
+    # The header decides whether it is a mixture of experts: this one, relabelled with 2 of 8 routed experts.
+    exps = TensorInfo("blk.0.ffn_up_exps.weight", (320, 768, 8), 8, 0, 8 * 261120)
+    moe = dataclasses.replace(
+        info,
+        metadata={**info.metadata, "llama.expert_count": 8, "llama.expert_used_count": 2},
+        tensors=(*info.tensors, exps),
+    )
+    v = inference_verdict(cpu_outcome.inferred, moe, Thresholds(), None, 3.35e12, True, None, slow_copy)
+    routed = next(c for c in v.checks if c.id == "infer.bandwidth")
+    assert (routed.status, routed.summary.split(" reads ")[0]) == (
+        Status.SKIP,
+        "not judged: a mixture of experts (2 of 8 experts per token)",
+    )
 
 
 def test_thresholds_are_judged_on_the_measured_figures(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:

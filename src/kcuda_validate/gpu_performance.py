@@ -161,13 +161,15 @@ def judge_decode_bandwidth(
     performance: Check | None,
     model: str = "MODEL",
     offload: Check | None = None,
+    experts: tuple[int, int] | None = None,
 ) -> Check:
     """Pass, or warn when a decode that memory should pace reads far less than a copy reached, with the causes
     found under load (`performance`: the gpu.performance check, None when nothing was sampled) and their fixes.
     `bytes_per_token` and `achieved` are the roofline's (verdicts.roofline_metrics). SKIP, saying why, when there
     is no probe to compare with or the model is too small for memory to set the pace, or when `offload` (the
-    load.offload check) left part of the model on the CPU: host memory then shares the pace. `model` is the path
-    the llama-bench comparison names."""
+    load.offload check) left part of the model on the CPU: host memory then shares the pace, or when the model is a
+    mixture of experts (`experts`: used, count): it reads scattered expert slices, and FAR_BELOW is a dense
+    model's mark that nothing has calibrated for a MoE. `model` is the path the llama-bench comparison names."""
     evidence: dict[str, Any] = {
         "bytes_per_token": bytes_per_token,
         "bandwidth_achieved": achieved,
@@ -191,6 +193,11 @@ def judge_decode_bandwidth(
     share = achieved / probed
     evidence |= {"reads_ms_per_token": reads_ms, "share_of_probed": share}
     copy = f"the {bandwidth_text(probed)} a copy reached"
+    if experts:
+        return skip(
+            f"not judged: a mixture of experts ({experts[0]} of {experts[1]} experts per token) reads scattered "
+            f"expert slices, so its decode is not paced like a dense model's ({_pct(share)} of {copy})"
+        )
     if reads_ms < BOUND_MS:
         return skip(
             f"not judged: {bytes_per_token / 1e9:.2f} GB of reads per token take {reads_ms:.2f} ms at {copy}; "

@@ -17,7 +17,7 @@ from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.isolation import WorkerOutcome
 from kcuda_validate.llm.loader import LoadResult, judge_offload
 from kcuda_validate.llm.measures import InferenceResult
-from kcuda_validate.model.fit import decode_reads
+from kcuda_validate.model.fit import decode_reads, routed_experts
 from kcuda_validate.model.gguf_info import GgufInfo
 from kcuda_validate.report import Sections
 from kcuda_validate.worker_protocol import ErrorKind, WorkerError
@@ -275,7 +275,8 @@ def inference_verdict(
 
         per_token, achieved = (find(metrics, n) for n in (MetricName.BYTES_PER_TOKEN, MetricName.BANDWIDTH_ACHIEVED))
         read = (per_token.value if per_token else None, achieved.value if achieved else None)
-        checks.append(judge_decode_bandwidth(*read, probed_bandwidth, performance, str(info.path), offload))
+        experts = routed_experts(info)
+        checks.append(judge_decode_bandwidth(*read, probed_bandwidth, performance, str(info.path), offload, experts))
     checks += speed_threshold_checks(thresholds, metrics)
     return StageVerdict("infer", tuple(checks), tuple(metrics), sections)
 

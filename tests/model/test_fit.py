@@ -236,10 +236,12 @@ def test_a_mixture_of_experts_token_reads_only_its_routed_experts(info: GgufInfo
     meta = {**info.metadata, "gemma3.expert_count": 8, "gemma3.expert_used_count": 2}
     moe = dataclasses.replace(info, metadata=meta, tensors=(*info.tensors, *experts, *always))
     dense = fit.decode_reads(info, 64)
+    assert (fit.routed_experts(moe), fit.routed_experts(info)) == ((2, 8), None)
     assert fit.decode_reads(moe, 64) == dense + 18 * 4 * 8 * MIB / 4 + 20480 + MIB
     # A header that cannot tell the share (no used count, or more used than there are) counts every expert.
     for broken in ({"gemma3.expert_count": 8}, {"gemma3.expert_count": 2, "gemma3.expert_used_count": 8}):
         odd = dataclasses.replace(moe, metadata={**info.metadata, **broken})
+        assert fit.routed_experts(odd) is None
         assert fit.decode_reads(odd, 64) == dense + 18 * 4 * 8 * MIB + 20480 + MIB
 
 

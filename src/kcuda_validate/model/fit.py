@@ -131,6 +131,15 @@ def _is_routed_expert(name: str) -> bool:
     return name.startswith("blk.") and "_exps." in name
 
 
+def routed_experts(info: GgufInfo) -> tuple[int, int] | None:
+    """(experts a token uses, experts per layer) of a mixture of experts with routed-expert tensors; None for a
+    dense model, or a header that cannot tell the share (no used count, or more used than exist)."""
+    count, used = info.arch_int("expert_count"), info.arch_int("expert_used_count")
+    if not count or not used or used > count or not any(_is_routed_expert(t.name) for t in info.tensors):
+        return None
+    return used, count
+
+
 def decode_reads(info: GgufInfo, context: float) -> float:
     """Bytes read from memory to decode one token at `context` cells of KV: the roofline's numerator.
 
@@ -141,8 +150,8 @@ def decode_reads(info: GgufInfo, context: float) -> float:
     """
     tensors = {t.name for t in info.tensors}
     tied = "output.weight" not in tensors
-    experts, used = info.arch_int("expert_count"), info.arch_int("expert_used_count")
-    share = used / experts if experts and used and 0 < used <= experts else 1.0
+    experts = routed_experts(info)
+    share = experts[0] / experts[1] if experts else 1.0
     weights = 0.0
     for t in info.tensors:
         if t.name == "token_embd.weight" and not tied:
