@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-Rows = Callable[[str, Any], Any]  # (tensor name, its raw rows) -> the rows to write, or None to leave it out
+# (tensor name, its raw rows) -> the rows to write; None to leave it out; or a list of (name, array) written in its
+# place, each array of raw rows in the tensor's own type, or float32 (written as F32).
+Rows = Callable[[str, Any], Any]
 
 
 def split_model(
@@ -81,7 +83,11 @@ def _copy(
         data = t.data if rows is None else rows(t.name, t.data)
         if data is None:
             continue
-        writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=t.tensor_type)
+        for name, array in data if isinstance(data, list) else [(t.name, data)]:
+            if array.dtype == "float32" and t.data.dtype != "float32":
+                writer.add_tensor(name, array)
+            else:
+                writer.add_tensor(name, array, raw_shape=array.shape, raw_dtype=t.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

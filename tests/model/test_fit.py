@@ -153,6 +153,49 @@ def test_each_layer_keeps_the_kv_cache_of_its_own_heads_as_llama_cpp_does(tiny_m
     assert fit.decode_reads(info, 10) - fit.decode_reads(info, 0) == 10 * (k + k) * 2  # own V: padding is not read
 
 
+def test_a_real_mixture_of_experts_is_placed_and_read_as_llama_cpp_runs_it(tiny_model: Path, tmp_path: Path) -> None:
+    """The tiny llama rewritten as a Mixtral-style MoE (llama.cpp's llama architecture with experts): each layer's
+    FFN stacked into 4 experts and a router, 2 experts per token. Real llama.cpp loads it, and `infer` runs it:
+    the fit estimate's weights are the mapped buffer, and the roofline reads half of each layer's experts."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    if inprocess_llama_has_gpu():
+        pytest.skip(HOST_ONLY)
+    router = np.random.default_rng(0).standard_normal((4, 320)).astype(np.float32)
+
+    def experts(name: str, rows: Any) -> Any:
+        kind = name.split(".")[2] if name.startswith("blk.") else ""
+        if kind not in ("ffn_gate", "ffn_up", "ffn_down"):
+            return rows
+        stacked = [(name.replace(kind, f"{kind}_exps"), np.stack([rows] * 4))]
+        return stacked + [(name.replace(kind, "ffn_gate_inp"), router)] if kind == "ffn_gate" else stacked
+
+    counts = {"llama.expert_count": 4, "llama.expert_used_count": 2}
+    model = rewrite_model(tiny_model, tmp_path / "moe.gguf", fields=counts, rows=experts)
+    info = read_gguf(model)
+    exps = sum(t.nbytes for t in info.tensors if "_exps." in t.name)
+    assert fit.routed_experts(info) == (2, 4) and exps == 3 * 4 * (2 * 768 * 340 + 320 * 816)  # 3 layers x 4
+    with ModelLoader(LoadOptions(cpu_mode=True, n_ctx=512)).load(model) as loaded:
+        mapped = loaded.result.evidence.model_buffers["CPU_Mapped"]
+    assert close(fit.estimate(info, 512, 0, gpu=False).weights, mapped, 0.01), (info.tensor_bytes, mapped)
+
+    result = CliRunner().invoke(
+        cli, ["--json", "infer", "--device", "cpu", "--model-path", str(model), "--max-tokens", "6", "--repeat", "1"]
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    per_token = doc["metrics"]["bytes_per_token"]["value"]
+    embd = next(t.nbytes for t in info.tensors if t.name == "token_embd.weight")  # untied: one row is read
+    weights = info.tensor_bytes - embd - exps / 2
+    context = (per_token - weights) / fit.kv_bytes_per_token(info, padded_v=False)  # the rest is KV, per cell
+    assert 1 <= context <= 512 and context * 2 == round(context * 2), context  # prompt + half the tokens made
+
+
 def as_arch(info: GgufInfo, arch: str, **keys: Any) -> GgufInfo:
     """Gemma's header (18 layers, 1 KV head of 256 + 256) as another architecture, with `keys` (`<arch>.` added)."""
     meta = {k.replace("gemma3.", f"{arch}.", 1): v for k, v in info.metadata.items()}
