@@ -196,6 +196,63 @@ def test_a_real_mixture_of_experts_is_placed_and_read_as_llama_cpp_runs_it(tiny_
     assert 1 <= context <= 512 and context * 2 == round(context * 2), context  # prompt + half the tokens made
 
 
+def test_a_real_hybrids_recurrent_layers_get_no_kv_cache(tiny_model: Path, tmp_path: Path) -> None:
+    """The tiny llama rewritten as an LFM2 hybrid: layers 0 and 2 short-convolution (recurrent, 0 KV heads, their
+    Q, K, V and output weights reused as the convolution's projections), layer 1 attention with 5 KV heads. Real
+    llama.cpp loads and runs it: its KV buffer holds the one attention layer, as the estimate says, and `load`
+    and `infer` pass on it."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    if inprocess_llama_has_gpu():
+        pytest.skip(HOST_ONLY)
+    kept: dict[str, Any] = {}
+
+    def lfm2(name: str, rows: Any) -> Any:
+        if name == "output_norm.weight":
+            return [("token_embd_norm.weight", rows)]  # LFM2's name for it
+        parts = name.split(".")
+        if parts[0] != "blk":
+            return rows
+        layer, kind = parts[1], parts[2]
+        if layer == "1" and kind == "attn_k":
+            norms = np.ones(64, dtype=np.float32)
+            return [(name, rows), ("blk.1.attn_q_norm.weight", norms), ("blk.1.attn_k_norm.weight", norms)]
+        if layer == "1" or kind not in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            return rows
+        kept[kind] = rows
+        if kind != "attn_output":
+            return (
+                None
+                if kind != "attn_v"
+                else [
+                    (f"blk.{layer}.shortconv.in_proj.weight", np.concatenate([kept["attn_q"], kept["attn_k"], rows])),
+                    (f"blk.{layer}.shortconv.conv.weight", np.full((320, 3), 0.1, dtype=np.float32)),
+                ]
+            )
+        return [(f"blk.{layer}.shortconv.out_proj.weight", rows)]
+
+    fields = {"lfm2.attention.head_count_kv": [0, 5, 0], "lfm2.shortconv.l_cache": 3}
+    model = rewrite_model(tiny_model, tmp_path / "lfm2.gguf", arch="lfm2", fields=fields, rows=lfm2)
+    info = read_gguf(model)
+    assert fit.recurrent_layers(info) == {0, 2}
+    with ModelLoader(LoadOptions(cpu_mode=True, n_ctx=2048)).load(model) as loaded:
+        actual = sum(loaded.result.evidence.kv_buffers.values())
+    assert actual == 2048 * 5 * 128 * 2  # one layer of 5 heads x (64 + 64) dims, f16: 2.5 MiB
+    assert fit.estimate(info, 2048, 0, gpu=False).kv_cache == actual
+    result = CliRunner().invoke(
+        cli, ["--json", "infer", "--device", "cpu", "--model-path", str(model), "--max-tokens", "6", "--repeat", "1"]
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["metrics"]["gen_tps"]["value"] > 0
+    assert {c["id"]: c["status"] for c in doc["checks"]}["model.fit"] == "pass"
+
+
 def as_arch(info: GgufInfo, arch: str, **keys: Any) -> GgufInfo:
     """Gemma's header (18 layers, 1 KV head of 256 + 256) as another architecture, with `keys` (`<arch>.` added)."""
     meta = {k.replace("gemma3.", f"{arch}.", 1): v for k, v in info.metadata.items()}
