@@ -311,6 +311,20 @@ def test_latent_attention_and_shared_caches_are_counted_as_llama_cpp_keeps_them(
     assert kv(as_arch(info, "gemma3n")) == 2048 * 18 * PER_LAYER  # 18 layers, all within the first 20
 
 
+def test_odd_layout_keys_give_an_estimate_not_a_crash(info: GgufInfo) -> None:
+    """The layout keys come from the file: values no converter writes still give a bounded, whole answer."""
+    odd = [
+        as_arch(info, "qwen35", full_attention_interval=0, **{"attention.recurrent_layers": [True]}),  # wrong length
+        as_arch(info, "qwen3next", full_attention_interval=-3),
+        as_arch(info, "gemma4", **{"attention.shared_kv_layers": 99}),
+        as_arch(info, "gemma4", **{"attention.sliding_window_pattern": [1, 0], "attention.key_length_swa": 128}),
+        as_arch(info, "nemotron_h", **{"attention.head_count_kv": [0] * 18}),  # no FFN lengths per layer
+        as_arch(info, "deepseek2", **{"attention.key_length_mla": 192}),  # half of MLA's pair: not MLA
+    ]
+    assert [kv(o) // (2048 * PER_LAYER) for o in odd] == [4, 6, 0, 18, 0, 18]
+    assert fit.estimate_fit(odd[0], LoadOptions(n_ctx=2048), 1 << 40).status is Status.PASS
+
+
 # --------------------------------------------------------------------------------------------------------------
 # decode_reads: the roofline's bytes per token
 
