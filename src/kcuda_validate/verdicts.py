@@ -358,8 +358,8 @@ def roofline_metrics(
             MetricName.BYTES_PER_TOKEN,
             per_token,
             "bytes",
-            "GGUF tensor sizes (token embedding excluded unless tied, routed experts at used/count) "
-            "+ f16 KV cache at mean context",
+            "GGUF tensor sizes (input lookup tables excluded unless tied as the output, routed experts at "
+            "used/count) + f16 KV cache at mean context",
             estimate=True,
         ),
         Metric(MetricName.BANDWIDTH_ACHIEVED, achieved, "bytes/s", "gen_tps × bytes_per_token", estimate=True),

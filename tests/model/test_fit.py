@@ -116,6 +116,20 @@ def test_untied_output_leaves_token_embeddings_off_the_gpu(info: GgufInfo) -> No
     assert fit.estimate(untied, 2048, 0, gpu=False).weights == untied.tensor_bytes
 
 
+def test_the_input_layers_other_tables_stay_in_host_memory_and_are_read_a_row_at_a_time(info: GgufInfo) -> None:
+    """gemma3n's and gemma4's per-layer embeddings (a large part of an E4B file), GPT-2's positions and BERT's token
+    types are input-layer lookups like token_embd: never offloaded, one row read per token. Counting them as GPU
+    weights could refuse a model that fits."""
+    tables = (
+        TensorInfo("per_layer_token_embd.weight", (10752, 262144), 12, 0, 1500 * MIB),
+        TensorInfo("position_embd.weight", (640, 32768), 0, 0, 80 * MIB),
+    )
+    more = dataclasses.replace(info, tensors=(*info.tensors, *tables))
+    assert fit.estimate(more, 2048, -1).weights == fit.estimate(info, 2048, -1).weights
+    assert fit.estimate(more, 2048, 0, gpu=False).weights == fit.estimate(info, 2048, 0, gpu=False).weights + 1580 * MIB
+    assert fit.decode_reads(more, 10) == fit.decode_reads(info, 10)
+
+
 def test_flash_attention_drops_the_attention_scores(info: GgufInfo) -> None:
     # At 131072 cells the f32 scores (4 heads x ctx x 512) outgrow the logits; flash attention never builds them.
     plain = fit.estimate(info, 131072, 0, gpu=False)

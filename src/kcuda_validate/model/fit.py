@@ -125,6 +125,20 @@ def kv_bytes_per_token(info: GgufInfo, first_layer: int = 0, padded_v: bool = Tr
     return total * 2
 
 
+# The input layer's lookup tables besides token_embd (LLM_TENSOR_LAYER_INPUT in the vendored llama-arch.cpp): the
+# input layer is never offloaded, so they stay in host memory on a full offload, and a token reads one row of each.
+# gemma3n's and gemma4's per-layer embeddings are a large part of their E2B/E4B files.
+INPUT_TABLES = frozenset(
+    {
+        "position_embd.weight",
+        "token_types.weight",
+        "per_layer_token_embd.weight",
+        "masked_embd_centroids.weight",
+        "masked_embd_ordering",
+    }
+)
+
+
 def _is_routed_expert(name: str) -> bool:
     """blk.<i>.ffn_{gate,up,down,gate_up}_exps.{weight,bias}: all of a layer's routed experts in one 3-D tensor.
     Shared experts (`_shexp`) and the router (`ffn_gate_inp`) are read whole for every token."""
@@ -143,10 +157,11 @@ def routed_experts(info: GgufInfo) -> tuple[int, int] | None:
 def decode_reads(info: GgufInfo, context: float) -> float:
     """Bytes read from memory to decode one token at `context` cells of KV: the roofline's numerator.
 
-    Every weight is read once, except the token embedding (one row is looked up, unless it is tied as the
-    output matrix too) and, in a mixture of experts, the routed experts: a token reads the `expert_used_count`
-    of `expert_count`, so their tensors count at that share (counting them whole overstated a MoE's
-    bandwidth several times over). Plus f16 K and V over the context in every layer.
+    Every weight is read once, except the input layer's lookup tables (one row each: the token embedding,
+    unless it is tied as the output matrix too, and INPUT_TABLES) and, in a mixture of experts, the routed
+    experts: a token reads the `expert_used_count` of `expert_count`, so their tensors count at that share
+    (counting them whole overstated a MoE's bandwidth several times over). Plus f16 K and V over the context
+    in every layer that keeps a cache.
     """
     tensors = {t.name for t in info.tensors}
     tied = "output.weight" not in tensors
@@ -154,7 +169,7 @@ def decode_reads(info: GgufInfo, context: float) -> float:
     share = experts[0] / experts[1] if experts else 1.0
     weights = 0.0
     for t in info.tensors:
-        if t.name == "token_embd.weight" and not tied:
+        if (t.name == "token_embd.weight" and not tied) or t.name in INPUT_TABLES:
             continue
         weights += t.nbytes * share if _is_routed_expert(t.name) else t.nbytes
     return weights + kv_bytes_per_token(info, padded_v=False) * context  # a layer reads its own V, not the padding
@@ -168,6 +183,7 @@ class _Weights:
     embd: int
     other: int
     tied: bool
+    inputs: int = 0  # the input layer's other lookup tables (INPUT_TABLES): host memory, never offloaded
 
     def last_layers(self, n_layer: int, blocks: int) -> int:
         """Bytes of the last `blocks` repeating layers: O(layers present), whatever n_layer claims."""
@@ -185,7 +201,7 @@ def _layer_index(name: str) -> int | None:
 
 def _layer_weights(info: GgufInfo) -> _Weights:
     per_layer: dict[int, int] = {}
-    embd = other = 0
+    embd = other = inputs = 0
     tied = not any(t.name == "output.weight" for t in info.tensors)
     for t in info.tensors:
         idx = _layer_index(t.name)
@@ -193,9 +209,11 @@ def _layer_weights(info: GgufInfo) -> _Weights:
             per_layer[idx] = per_layer.get(idx, 0) + t.nbytes
         elif t.name == "token_embd.weight":
             embd = t.nbytes
+        elif t.name in INPUT_TABLES:
+            inputs += t.nbytes
         else:
             other += t.nbytes
-    return _Weights(tuple(per_layer.items()), embd, other, tied)
+    return _Weights(tuple(per_layer.items()), embd, other, tied, inputs)
 
 
 CTX_PAD = 256  # llama-context.cpp pads n_ctx (and so the KV cache) up to a multiple of 256
@@ -216,10 +234,11 @@ def estimate(
     - weights ~ the `<dev> model buffer size` lines. llama.cpp places layer il on the GPU when
       il >= n_layer + 1 - gpu_layers, where layer n_layer is the output layer: any offload puts the output layer
       (output.weight, or a GPU copy of token_embd.weight when the embeddings are tied) on the GPU first, then the
-      last gpu_layers - 1 blocks. token_embd.weight itself always stays in host memory (CPU_Mapped) because the
-      input layer is never offloaded, so on a full CUDA offload it is not VRAM. On a CPU run every tensor is
-      counted once, which matches the CPU_Mapped buffer (the mapped tensor data); CPU_REPACK buffers are
-      re-laid-out copies of some matmul weights (12.7 MiB of Q4_K on Gemma-3-270M) and are not counted.
+      last gpu_layers - 1 blocks. token_embd.weight itself (and the other INPUT_TABLES) always stays in host
+      memory (CPU_Mapped) because the input layer is never offloaded, so on a full CUDA offload it is not VRAM.
+      On a CPU run every tensor is counted once, which matches the CPU_Mapped buffer (the mapped tensor data);
+      CPU_REPACK buffers are re-laid-out copies of some matmul weights (12.7 MiB of Q4_K on Gemma-3-270M) and
+      are not counted.
     - kv_cache = the `<dev> KV buffer size` lines: f16 K and V for n_ctx (padded to 256) cells in each layer on
       the device that keeps a cache (offload_kqv puts a layer's cache on that layer's device), each layer as
       wide as `kv_bytes_per_token` says. Sliding-window models get full-size
@@ -250,8 +269,8 @@ def _estimate(
     weights = w.last_layers(n_layer, blocks)
     if output_on:
         weights += w.other + (w.embd if w.tied else 0)  # output layer; a tied model's output is token_embd (a GPU copy)
-    if not gpu and not w.tied:
-        weights += w.embd  # the input embeddings, in host memory with everything else
+    if not gpu:
+        weights += w.inputs + (0 if w.tied else w.embd)  # the input layer, in host memory with everything else
     cells = -(-n_ctx // CTX_PAD) * CTX_PAD
     kv = cells * kv_bytes_per_token(info, n_layer - blocks, padded_v=not flash_attn)
     ub = min(n_ubatch, n_ctx)
