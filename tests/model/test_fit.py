@@ -239,25 +239,26 @@ def test_a_real_hybrids_recurrent_layers_get_no_kv_cache(tiny_model: Path, tmp_p
         if layer == "1" or kind not in ("attn_q", "attn_k", "attn_v", "attn_output"):
             return rows
         kept[kind] = rows
-        if kind != "attn_output":
-            return (
-                None
-                if kind != "attn_v"
-                else [
-                    (f"blk.{layer}.shortconv.in_proj.weight", np.concatenate([kept["attn_q"], kept["attn_k"], rows])),
-                    (f"blk.{layer}.shortconv.conv.weight", np.full((320, 3), 0.1, dtype=np.float32)),
-                ]
-            )
-        return [(f"blk.{layer}.shortconv.out_proj.weight", rows)]
+        if kind == "attn_output":
+            return [(f"blk.{layer}.shortconv.out_proj.weight", rows)]
+        if kind != "attn_v":
+            return None  # Q and K go into the convolution's input projection with V
+        qkv = np.concatenate([kept["attn_q"], kept["attn_k"], rows])
+        conv = np.full((320, 65), 0.01, dtype=np.float32)
+        return [(f"blk.{layer}.shortconv.in_proj.weight", qkv), (f"blk.{layer}.shortconv.conv.weight", conv)]
 
-    fields = {"lfm2.attention.head_count_kv": [0, 5, 0], "lfm2.shortconv.l_cache": 3}
+    fields = {"lfm2.attention.head_count_kv": [0, 5, 0], "lfm2.shortconv.l_cache": 65}  # a state big enough to see
     model = rewrite_model(tiny_model, tmp_path / "lfm2.gguf", arch="lfm2", fields=fields, rows=lfm2)
     info = read_gguf(model)
     assert fit.recurrent_layers(info) == {0, 2}
     with ModelLoader(LoadOptions(cpu_mode=True, n_ctx=2048)).load(model) as loaded:
-        actual = sum(loaded.result.evidence.kv_buffers.values())
+        evidence = loaded.result.evidence
+    actual, state = sum(evidence.kv_buffers.values()), sum(evidence.rs_buffers.values())
     assert actual == 2048 * 5 * 128 * 2  # one layer of 5 heads x (64 + 64) dims, f16: 2.5 MiB
-    assert fit.estimate(info, 2048, 0, gpu=False).kv_cache == actual
+    estimate = fit.estimate(info, 2048, 0, gpu=False)
+    assert estimate.kv_cache == actual
+    # Each convolution layer keeps its last 64 inputs of 320 floats; llama.cpp logs the RS buffer to 0.01 MiB.
+    assert estimate.recurrent_state == 2 * 64 * 320 * 4 and abs(state - estimate.recurrent_state) <= 0.005 * MIB
     result = CliRunner().invoke(
         cli, ["--json", "infer", "--device", "cpu", "--model-path", str(model), "--max-tokens", "6", "--repeat", "1"]
     )
@@ -308,6 +309,21 @@ def test_a_hybrids_recurrent_layers_keep_no_kv_cache(info: GgufInfo) -> None:
     )
     assert fit.recurrent_layers(nemotron) == set(range(1, 18, 3))
     assert kv(nemotron, flash_attn=False) == 2048 * (6 * PER_LAYER + 6 * 512)
+
+
+def test_recurrent_layers_keep_a_fixed_state_sized_as_llama_cpp_sizes_it(info: GgufInfo) -> None:
+    """n_embd_r() + n_embd_s() f32 per recurrent layer. Qwen3.5-9B's shape (gated delta net: 4-wide convolution
+    over 4096 values and 16 groups of 128 keys, a 128 x 4096 state) on 18 layers, 14 of them linear attention;
+    Mamba keeps one in every layer; a dense model none."""
+    ssm = {"ssm.conv_kernel": 4, "ssm.inner_size": 4096, "ssm.state_size": 128, "ssm.group_count": 16}
+    per_layer = (3 * (4096 + 2 * 16 * 128) + 128 * 4096) * 4  # 2.09 MiB
+    qwen = as_arch(info, "qwen35", **ssm)
+    assert fit.recurrent_state_bytes(qwen) == 14 * per_layer
+    assert fit.estimate(qwen, 2048, 5).recurrent_state == 3 * per_layer  # of the last 4 blocks, 14, 16 and 17 recur
+    assert fit.recurrent_state_bytes(as_arch(info, "mamba", **ssm)) == 18 * per_layer
+    rwkv = as_arch(info, "rwkv7", **{"wkv.head_size": 64})
+    assert fit.recurrent_state_bytes(rwkv) == 18 * (2 * 640 + 640 * 64) * 4
+    assert fit.recurrent_state_bytes(info) == fit.estimate(info, 2048, -1).recurrent_state == 0
 
 
 def test_latent_attention_and_shared_caches_are_counted_as_llama_cpp_keeps_them(info: GgufInfo) -> None:

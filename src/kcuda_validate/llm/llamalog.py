@@ -159,6 +159,7 @@ _RE_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _RE_LAYER_DEVICE = re.compile(r"layer\s+(\d+) assigned to device ([^,\s]+)")
 _RE_MODEL_BUF = re.compile(r"^\S*:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 _RE_KV_BUF = re.compile(r"^\S*:\s+(\S+) KV buffer size =\s+([\d.]+) MiB")
+_RE_RS_BUF = re.compile(r"^\S*:\s+(\S+) RS buffer size =\s+([\d.]+) MiB")
 _RE_COMPUTE_BUF = re.compile(r"^\S*:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
 _RE_OUTPUT_BUF = re.compile(r"^\S*:\s+(\S+)\s+output buffer size =\s+([\d.]+) MiB")
 # llama-model-loader.cpp's done_getting_tensors(): one debug line per load naming the first weight that could not
@@ -189,6 +190,7 @@ class LoadEvidence:
     layer_devices: dict[int, str] = field(default_factory=dict)
     model_buffers: dict[str, int] = field(default_factory=dict)
     kv_buffers: dict[str, int] = field(default_factory=dict)
+    rs_buffers: dict[str, int] = field(default_factory=dict)  # a recurrent or hybrid model's recurrent state
     compute_buffers: dict[str, int] = field(default_factory=dict)
     output_buffers: dict[str, int] = field(default_factory=dict)
     # {"tensor", "type", "others", "preferred", "used"} per fallback line (buffer type names as llama.cpp prints them)
@@ -199,14 +201,14 @@ class LoadEvidence:
     def bytes_on(self, family: str) -> int:
         """Bytes llama.cpp allocated on a device family (e.g. "CUDA0"), summed over buffer kinds."""
         total = 0
-        for bufs in (self.model_buffers, self.kv_buffers, self.compute_buffers, self.output_buffers):
+        for bufs in (self.model_buffers, self.kv_buffers, self.rs_buffers, self.compute_buffers, self.output_buffers):
             total += sum(v for k, v in bufs.items() if device_family(k) == family)
         return total
 
     @property
     def gpu_families(self) -> tuple[str, ...]:
         fams = []
-        for bufs in (self.model_buffers, self.kv_buffers, self.compute_buffers):
+        for bufs in (self.model_buffers, self.kv_buffers, self.rs_buffers, self.compute_buffers):
             for k in bufs:
                 fam = device_family(k)
                 if fam != "CPU" and fam not in fams:
@@ -239,6 +241,7 @@ class LoadEvidence:
             "layer_devices": {str(k): v for k, v in sorted(self.layer_devices.items())},
             "model_buffers_bytes": self.model_buffers,
             "kv_buffers_bytes": self.kv_buffers,
+            "rs_buffers_bytes": self.rs_buffers,
             "compute_buffers_bytes": self.compute_buffers,
             "output_buffers_bytes": self.output_buffers,
             "tensor_fallbacks": list(self.tensor_fallbacks),
@@ -260,6 +263,7 @@ def parse_load_log(lines: list[LogLine] | str) -> LoadEvidence:
     layer_devices: dict[int, str] = {}
     model_b: dict[str, int] = {}
     kv_b: dict[str, int] = {}
+    rs_b: dict[str, int] = {}
     comp_b: dict[str, int] = {}
     out_b: dict[str, int] = {}
     fallbacks: list[dict[str, Any]] = []
@@ -283,6 +287,8 @@ def parse_load_log(lines: list[LogLine] | str) -> LoadEvidence:
             _add_size(model_b, m.group(1), m.group(2))
         elif m := _RE_KV_BUF.search(text):
             _add_size(kv_b, m.group(1), m.group(2))
+        elif m := _RE_RS_BUF.search(text):
+            _add_size(rs_b, m.group(1), m.group(2))
         elif m := _RE_COMPUTE_BUF.search(text):
             _add_size(comp_b, m.group(1), m.group(2))
         elif m := _RE_OUTPUT_BUF.search(text):
@@ -304,6 +310,7 @@ def parse_load_log(lines: list[LogLine] | str) -> LoadEvidence:
         layer_devices=layer_devices,
         model_buffers=model_b,
         kv_buffers=kv_b,
+        rs_buffers=rs_b,
         compute_buffers=comp_b,
         output_buffers=out_b,
         tensor_fallbacks=tuple(fallbacks),

@@ -18,7 +18,7 @@ from typing import Any
 
 from kcuda_validate.checks import Check, Status
 from kcuda_validate.errors import ExitCode
-from kcuda_validate.model.gguf_info import GgufInfo
+from kcuda_validate.model.gguf_info import MAX_LAYERS, GgufInfo
 
 MIB = 1024 * 1024
 # What the CUDA runtime and cuBLAS take beyond llama.cpp's own buffers: NVML's used-memory delta over a load
@@ -38,15 +38,17 @@ class FitEstimate:
     overhead: int
     layers_on_gpu: int
     n_layer: int
+    recurrent_state: int = 0  # the RS buffers of a recurrent or hybrid model's recurrent layers
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.compute + self.overhead
+        return self.weights + self.kv_cache + self.recurrent_state + self.compute + self.overhead
 
     def to_json(self) -> dict[str, Any]:
         return {
             "weights_bytes": self.weights,
             "kv_cache_bytes": self.kv_cache,
+            "recurrent_state_bytes": self.recurrent_state,
             "compute_bytes": self.compute,
             "overhead_bytes": self.overhead,
             "total_bytes": self.total,
@@ -81,6 +83,47 @@ def recurrent_layers(info: GgufInfo) -> frozenset[int]:
         ff = info.per_layer("feed_forward_length") or (0,) * len(heads)
         return frozenset(i for i, (h, f) in enumerate(zip(heads, ff, strict=False)) if h == 0 and f == 0)
     return frozenset()
+
+
+# llm_arch_is_recurrent in the vendored llama-arch.cpp: every layer keeps a recurrent state, none a KV cache.
+_ALL_RECURRENT = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
+
+
+def recurrent_state_bytes(info: GgufInfo, first_layer: int = 0) -> int:
+    """The f32 state one sequence keeps in each recurrent layer from `first_layer` on: llama.cpp's RS buffers, of
+    n_embd_r() (the convolution or token-shift history) + n_embd_s() (the state) floats per layer, as the vendored
+    llama-hparams.cpp sizes them for RWKV, LFM2's short convolution, Kimi's KDA, MiniMax's linear attention and
+    the Mamba-style rest (Mamba, Mamba-2, gated delta nets). Fixed whatever the context: 2 MiB a layer on
+    Qwen3.5-9B's 24 linear-attention layers."""
+    n = info.block_count or 0
+    layers = range(min(n, MAX_LAYERS)) if info.architecture in _ALL_RECURRENT else recurrent_layers(info)
+    count = sum(1 for il in layers if il >= first_layer)
+    if not count:
+        return 0
+
+    def key(suffix: str) -> int:
+        return max(info.arch_int(suffix) or 0, 0)
+
+    n_embd, heads = info.embedding_length or 0, info.head_count or 0
+    d_conv, d_inner, d_state = key("ssm.conv_kernel"), key("ssm.inner_size"), key("ssm.state_size")
+    wkv, l_cache, kda = key("wkv.head_size"), key("shortconv.l_cache"), key("kda.head_dim")
+    if wkv:
+        r = (key("token_shift_count") or 2) * n_embd
+    elif l_cache:
+        r = n_embd * max(l_cache - 1, 0)
+    elif kda:
+        r = 3 * (d_conv - 1 if d_conv > 0 else 3) * heads * kda
+    else:
+        r = max(d_conv - 1, 0) * (d_inner + 2 * key("ssm.group_count") * d_state)
+    if wkv:
+        s = n_embd * wkv
+    elif kda:
+        s = kda * kda * heads
+    elif info.architecture == "minimax-01":
+        s = (info.key_length or 0) ** 2 * heads
+    else:
+        s = d_state * d_inner
+    return count * (r + s) * 4
 
 
 def _head_sizes(info: GgufInfo) -> list[tuple[int, int]]:
@@ -243,6 +286,8 @@ def estimate(
       the device that keeps a cache (offload_kqv puts a layer's cache on that layer's device), each layer as
       wide as `kv_bytes_per_token` says. Sliding-window models get full-size
       SWA caches because llama-cpp-python leaves swa_full on, so every layer counts n_ctx cells.
+    - recurrent_state = the `<dev> RS buffer size` lines of a recurrent or hybrid model: each recurrent layer's
+      fixed state (`recurrent_state_bytes`), on that layer's device like its KV cache.
     - compute ~ the `<dev> compute buffer size` line of the device with the output layer (CUDA0, or CPU on a CPU
       run). ggml's allocator reuses memory, so the buffer is the graph's peak, not a sum: the larger of the f32
       logits of one micro-batch (n_vocab x ubatch, usually the peak), the f32 attention scores without flash
@@ -280,7 +325,8 @@ def _estimate(
     ffn = 3 * _ff_length(info) * ub * 4
     compute = max(logits, scores, ffn) + 2 * n_embd * ub * 4 if output_on or blocks else 0
     overhead = CUDA_CONTEXT if gpu and offloaded else 0
-    return FitEstimate(weights, kv, compute, overhead, offloaded, n_layer)
+    state = recurrent_state_bytes(info, n_layer - blocks)  # with its layer, as the KV cache
+    return FitEstimate(weights, kv, compute, overhead, offloaded, n_layer, state)
 
 
 def host_available() -> int | None:
@@ -357,7 +403,10 @@ def estimate_fit(info: GgufInfo, load: Any, free_bytes: int | None, cpu_mode: bo
     where = "free VRAM" if gpu else "available host memory"
     ev: dict[str, Any] = est.to_json() | {"budget_bytes": budget, "budget": where, "n_ctx": load.n_ctx}
     need = f"{est.total / MIB:,.0f} MiB"
-    parts = f"weights {est.weights / MIB:,.0f} + KV {est.kv_cache / MIB:,.0f} + compute {est.compute / MIB:,.0f}"
+    parts = f"weights {est.weights / MIB:,.0f} + KV {est.kv_cache / MIB:,.0f}"
+    if est.recurrent_state:
+        parts += f" + state {est.recurrent_state / MIB:,.0f}"
+    parts += f" + compute {est.compute / MIB:,.0f}"
     if gpu:
         parts += f" + CUDA {est.overhead / MIB:,.0f}"
     if budget is None:
