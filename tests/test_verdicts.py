@@ -77,10 +77,24 @@ def test_a_kv_cache_left_in_host_memory_is_not_a_full_offload() -> None:
         " host memory",
         ExitCode.CHECK_FAILED,
     )
-    assert offload.fix is not None and offload.fix.startswith("llama.cpp kept the KV cache on the CPU")
+    assert offload.fix is not None and offload.fix.startswith("llama.cpp kept the KV cache or recurrent state on")
     assert not v.proceed
     allowed = load_verdict(res, 18, 1000 * MIB, 1600 * MIB, H100, require_full_offload=False)
     assert allowed.checks[1].status == Status.WARN and allowed.proceed
+
+
+def test_a_recurrent_state_left_in_host_memory_is_not_a_full_offload() -> None:
+    """The recorded H100 load with the line a hybrid's recurrent layers add, their state in host memory as with KV
+    offload off (llama-memory-recurrent.cpp's format): every layer on the GPU, yet each token reads the state
+    across PCIe."""
+    rs = LogLine(2, "llama_memory_recurrent:        CPU RS buffer size =    48.00 MiB\n")
+    res = LoadResult(Path("/models/qwen3.5.gguf"), LoadOptions(n_ctx=512), 0.5, 512, (*read_log(H100_LOG), rs))
+    assert res.evidence.rs_buffers == {"CPU": 48 * MIB}
+    offload = load_verdict(res, 18, 1000 * MIB, 1600 * MIB, H100).checks[1]
+    assert (offload.status, offload.summary.split("; ")[-1]) == (
+        Status.FAIL,
+        "the recurrent state (48 MiB) stayed in host memory",
+    )
 
 
 def test_a_gpu_request_on_a_cpu_only_build_stops_the_run_at_load() -> None:
