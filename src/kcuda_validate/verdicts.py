@@ -359,7 +359,7 @@ def roofline_metrics(
             per_token,
             "bytes",
             "GGUF tensor sizes (input lookup tables excluded unless tied as the output, routed experts at "
-            "used/count) + f16 KV cache at mean context",
+            "used/count) + f16 KV cache at mean context + any recurrent state",
             estimate=True,
         ),
         Metric(MetricName.BANDWIDTH_ACHIEVED, achieved, "bytes/s", "gen_tps × bytes_per_token", estimate=True),

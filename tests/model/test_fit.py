@@ -324,6 +324,7 @@ def test_recurrent_layers_keep_a_fixed_state_sized_as_llama_cpp_sizes_it(info: G
     rwkv = as_arch(info, "rwkv7", **{"wkv.head_size": 64})
     assert fit.recurrent_state_bytes(rwkv) == 18 * (2 * 640 + 640 * 64) * 4
     assert fit.recurrent_state_bytes(info) == fit.estimate(info, 2048, -1).recurrent_state == 0
+    assert fit.decode_reads(qwen, 10) == info.tensor_bytes + 10 * 4 * PER_LAYER + 14 * per_layer  # state read once
 
 
 def test_latent_attention_and_shared_caches_are_counted_as_llama_cpp_keeps_them(info: GgufInfo) -> None:

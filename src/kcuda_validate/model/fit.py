@@ -204,7 +204,7 @@ def decode_reads(info: GgufInfo, context: float) -> float:
     unless it is tied as the output matrix too, and INPUT_TABLES) and, in a mixture of experts, the routed
     experts: a token reads the `expert_used_count` of `expert_count`, so their tensors count at that share
     (counting them whole overstated a MoE's bandwidth several times over). Plus f16 K and V over the context
-    in every layer that keeps a cache.
+    in every layer that keeps a cache, and each recurrent layer's state, read once.
     """
     tensors = {t.name for t in info.tensors}
     tied = "output.weight" not in tensors
@@ -215,7 +215,8 @@ def decode_reads(info: GgufInfo, context: float) -> float:
         if (t.name == "token_embd.weight" and not tied) or t.name in INPUT_TABLES:
             continue
         weights += t.nbytes * share if _is_routed_expert(t.name) else t.nbytes
-    return weights + kv_bytes_per_token(info, padded_v=False) * context  # a layer reads its own V, not the padding
+    kv = kv_bytes_per_token(info, padded_v=False) * context  # a layer reads its own V, not the padding
+    return weights + kv + recurrent_state_bytes(info)
 
 
 @dataclass(frozen=True)
