@@ -77,7 +77,7 @@ def test_a_kv_cache_left_in_host_memory_is_not_a_full_offload() -> None:
         " host memory",
         ExitCode.CHECK_FAILED,
     )
-    assert offload.fix is not None and offload.fix.startswith("llama.cpp kept the KV cache or recurrent state on")
+    assert offload.fix is not None and offload.fix.startswith("llama.cpp kept the KV cache on the CPU")
     assert not v.proceed
     allowed = load_verdict(res, 18, 1000 * MIB, 1600 * MIB, H100, require_full_offload=False)
     assert allowed.checks[1].status == Status.WARN and allowed.proceed
@@ -91,9 +91,11 @@ def test_a_recurrent_state_left_in_host_memory_is_not_a_full_offload() -> None:
     res = LoadResult(Path("/models/qwen3.5.gguf"), LoadOptions(n_ctx=512), 0.5, 512, (*read_log(H100_LOG), rs))
     assert res.evidence.rs_buffers == {"CPU": 48 * MIB}
     offload = load_verdict(res, 18, 1000 * MIB, 1600 * MIB, H100).checks[1]
-    assert (offload.status, offload.summary.split("; ")[-1]) == (
+    assert (offload.status, offload.summary.split("; ")[-1], offload.fix) == (
         Status.FAIL,
         "the recurrent state (48 MiB) stayed in host memory",
+        "llama.cpp kept the recurrent state on the CPU, so every token reads it across PCIe: free VRAM or lower"
+        " --n-ctx, and check that nothing turns KV offload off (offload_kqv=False, --no-kv-offload).",
     )
 
 

@@ -238,17 +238,15 @@ def judge_offload(
     host_kv = sum(v for k, v in evidence.kv_buffers.items() if device_family(k) == "CPU")
     host_rs = sum(v for k, v in evidence.rs_buffers.items() if device_family(k) == "CPU")  # a recurrent layer's state
     if (host_kv > 0 or host_rs > 0) and full:
-        left = [
-            f"{what} ({size / MIB:.0f} MiB)"
-            for what, size in (("the KV cache", host_kv), ("the recurrent state", host_rs))
-            if size
-        ]
+        left = [(what, size) for what, size in (("the KV cache", host_kv), ("the recurrent state", host_rs)) if size]
+        names = " and ".join(what for what, _ in left)
+        sizes = " and ".join(f"{what} ({size / MIB:.0f} MiB)" for what, size in left)
+        reads = f"every token reads {'them' if host_kv else 'it'}" if host_rs else "every token's attention reads it"
         return judged(
             Status.FAIL,
-            line + f"; {' and '.join(left)} stayed in host memory",
-            "llama.cpp kept the KV cache or recurrent state on the CPU, so every token reads it across PCIe: free"
-            " VRAM or lower --n-ctx, and check that nothing turns KV offload off (offload_kqv=False,"
-            " --no-kv-offload).",
+            f"{line}; {sizes} stayed in host memory",
+            f"llama.cpp kept {names} on the CPU, so {reads} across PCIe: free VRAM or lower --n-ctx, and check that"
+            " nothing turns KV offload off (offload_kqv=False, --no-kv-offload).",
             ExitCode.CHECK_FAILED,
         )
     if vram_delta is not None and vram_delta < 0.5 * evidence.bytes_on(gpu or ""):
