@@ -17,8 +17,8 @@ from kcuda_validate.errors import ExitCode, KcudaError, UsageError
 from kcuda_validate.isolation import WorkerOutcome
 from kcuda_validate.llm.loader import LoadResult, judge_offload
 from kcuda_validate.llm.measures import InferenceResult
-from kcuda_validate.model.fit import decode_reads, routed_experts
 from kcuda_validate.model.gguf_info import GgufInfo
+from kcuda_validate.model.layout import decode_reads, routed_experts
 from kcuda_validate.report import Sections
 from kcuda_validate.worker_protocol import ErrorKind, WorkerError
 
@@ -344,7 +344,7 @@ def roofline_metrics(
     peak: float | None = None,
     probed: float | None = None,
 ) -> list[Metric]:
-    """Achieved bandwidth = tokens/s × bytes read per token (fit.decode_reads); on a GPU
+    """Achieved bandwidth = tokens/s × bytes read per token (layout.decode_reads); on a GPU
     also its share of the peak (`peak` None: NVML could not tell, the share is n/a) and of what detect's
     timed copies reached (`probed` None: not probed in this run, e.g. `infer` or --skip-torch)."""
     if gen is None or not gen.value:

@@ -1,7 +1,10 @@
-"""The fit estimate against what llama.cpp really allocates, and the fit check's messages.
+"""The fit estimate and the memory layout under it (model/layout.py) against what llama.cpp really allocates, and
+the fit check's messages.
 
 Two real CPU loads of Gemma-3-270M (n_ctx 512 and 2048) give llama.cpp's own buffer sizes; the estimate made from
-the GGUF header alone must match them (KV within 5%, compute within 25%, weights within 1%).
+the GGUF header alone must match them (KV within 5%, compute within 25%, weights within 1%). The tiny synthetic
+llama, rewritten as a DeciLM with per-layer KV heads, an LFM2 hybrid and a Mixtral-style MoE, is loaded and run
+by real llama.cpp too; the other architectures' rules are exact cases on Gemma's header relabelled.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from kcuda_validate.checks import Status
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.llm.llamalog import LoadEvidence
 from kcuda_validate.llm.loader import LoadOptions, ModelLoader
-from kcuda_validate.model import fit
+from kcuda_validate.model import fit, layout
 from kcuda_validate.model.gguf_file import read_gguf
 from kcuda_validate.model.gguf_info import GgufInfo, TensorInfo
 from machine import HOST_ONLY, inprocess_llama_has_gpu
@@ -127,7 +130,7 @@ def test_the_input_layers_other_tables_stay_in_host_memory_and_are_read_a_row_at
     more = dataclasses.replace(info, tensors=(*info.tensors, *tables))
     assert fit.estimate(more, 2048, -1).weights == fit.estimate(info, 2048, -1).weights
     assert fit.estimate(more, 2048, 0, gpu=False).weights == fit.estimate(info, 2048, 0, gpu=False).weights + 1580 * MIB
-    assert fit.decode_reads(more, 10) == fit.decode_reads(info, 10)
+    assert layout.decode_reads(more, 10) == layout.decode_reads(info, 10)
 
 
 def test_flash_attention_drops_the_attention_scores(info: GgufInfo) -> None:
@@ -164,7 +167,7 @@ def test_each_layer_keeps_the_kv_cache_of_its_own_heads_as_llama_cpp_does(tiny_m
         assert fit.estimate(info, 2048, 0, gpu=False, flash_attn=flash_attn).kv_cache == actual
     # --gpu-layers 3 puts the output layer and the last two blocks on the GPU: K of 0 + 1 heads, V of 2 x 5.
     assert fit.estimate(info, 2048, 3).kv_cache == 2048 * (1 * 64 + 2 * 5 * 64) * 2
-    assert fit.decode_reads(info, 10) - fit.decode_reads(info, 0) == 10 * (k + k) * 2  # own V: padding is not read
+    assert layout.decode_reads(info, 10) - layout.decode_reads(info, 0) == 10 * (k + k) * 2  # own V, not padding
 
 
 def test_a_real_mixture_of_experts_is_placed_and_read_as_llama_cpp_runs_it(tiny_model: Path, tmp_path: Path) -> None:
@@ -193,7 +196,7 @@ def test_a_real_mixture_of_experts_is_placed_and_read_as_llama_cpp_runs_it(tiny_
     model = rewrite_model(tiny_model, tmp_path / "moe.gguf", fields=counts, rows=experts)
     info = read_gguf(model)
     exps = sum(t.nbytes for t in info.tensors if "_exps." in t.name)
-    assert fit.routed_experts(info) == (2, 4) and exps == 3 * 4 * (2 * 768 * 340 + 320 * 816)  # 3 layers x 4
+    assert layout.routed_experts(info) == (2, 4) and exps == 3 * 4 * (2 * 768 * 340 + 320 * 816)  # 3 layers x 4
     with ModelLoader(LoadOptions(cpu_mode=True, n_ctx=512)).load(model) as loaded:
         mapped = loaded.result.evidence.model_buffers["CPU_Mapped"]
     assert close(fit.estimate(info, 512, 0, gpu=False).weights, mapped, 0.01), (info.tensor_bytes, mapped)
@@ -206,7 +209,7 @@ def test_a_real_mixture_of_experts_is_placed_and_read_as_llama_cpp_runs_it(tiny_
     per_token = doc["metrics"]["bytes_per_token"]["value"]
     embd = next(t.nbytes for t in info.tensors if t.name == "token_embd.weight")  # untied: one row is read
     weights = info.tensor_bytes - embd - exps / 2
-    context = (per_token - weights) / fit.kv_bytes_per_token(info, padded_v=False)  # the rest is KV, per cell
+    context = (per_token - weights) / layout.kv_bytes_per_token(info, padded_v=False)  # the rest is KV, per cell
     assert 1 <= context <= 512 and context * 2 == round(context * 2), context  # prompt + half the tokens made
 
 
@@ -250,7 +253,7 @@ def test_a_real_hybrids_recurrent_layers_get_no_kv_cache(tiny_model: Path, tmp_p
     fields = {"lfm2.attention.head_count_kv": [0, 5, 0], "lfm2.shortconv.l_cache": 65}  # a state big enough to see
     model = rewrite_model(tiny_model, tmp_path / "lfm2.gguf", arch="lfm2", fields=fields, rows=lfm2)
     info = read_gguf(model)
-    assert fit.recurrent_layers(info) == {0, 2}
+    assert layout.recurrent_layers(info) == {0, 2}
     with ModelLoader(LoadOptions(cpu_mode=True, n_ctx=2048)).load(model) as loaded:
         evidence = loaded.result.evidence
     actual, state = sum(evidence.kv_buffers.values()), sum(evidence.rs_buffers.values())
@@ -289,10 +292,10 @@ def test_a_hybrids_recurrent_layers_keep_no_kv_cache(info: GgufInfo) -> None:
     attends = [1 if i % 3 == 2 else 0 for i in range(18)]
     granite = as_arch(info, "granitehybrid", **{"attention.head_count_kv": attends})
     assert (granite.kv_heads_per_layer, granite.head_count_kv) == (tuple(attends), 1)
-    assert fit.recurrent_layers(granite) == {i for i in range(18) if i % 3 != 2}
+    assert layout.recurrent_layers(granite) == {i for i in range(18) if i % 3 != 2}
     assert kv(granite) == kv(granite, flash_attn=False) == 2048 * 6 * PER_LAYER
     assert kv(granite, 7) == 2048 * 2 * PER_LAYER  # the last 6 blocks: layers 14 and 17 attend
-    assert fit.decode_reads(granite, 10) == info.tensor_bytes + 10 * 6 * PER_LAYER
+    assert layout.decode_reads(granite, 10) == info.tensor_bytes + 10 * 6 * PER_LAYER
     # The same counts in a model that is not a hybrid (DeciLM's no-KV layers) keep a cache: V padded, no K.
     deci = as_arch(info, "deci", **{"attention.head_count_kv": attends})
     assert kv(deci, flash_attn=False) == 2048 * (6 * 256 + 18 * 256) * 2
@@ -307,7 +310,7 @@ def test_a_hybrids_recurrent_layers_keep_no_kv_cache(info: GgufInfo) -> None:
         "nemotron_h",
         **{"attention.head_count_kv": [1, 0, 0] * 6, "feed_forward_length": [0, 0, 2048] * 6},
     )
-    assert fit.recurrent_layers(nemotron) == set(range(1, 18, 3))
+    assert layout.recurrent_layers(nemotron) == set(range(1, 18, 3))
     assert kv(nemotron, flash_attn=False) == 2048 * (6 * PER_LAYER + 6 * 512)
 
 
@@ -318,13 +321,13 @@ def test_recurrent_layers_keep_a_fixed_state_sized_as_llama_cpp_sizes_it(info: G
     ssm = {"ssm.conv_kernel": 4, "ssm.inner_size": 4096, "ssm.state_size": 128, "ssm.group_count": 16}
     per_layer = (3 * (4096 + 2 * 16 * 128) + 128 * 4096) * 4  # 2.09 MiB
     qwen = as_arch(info, "qwen35", **ssm)
-    assert fit.recurrent_state_bytes(qwen) == 14 * per_layer
+    assert layout.recurrent_state_bytes(qwen) == 14 * per_layer
     assert fit.estimate(qwen, 2048, 5).recurrent_state == 3 * per_layer  # of the last 4 blocks, 14, 16 and 17 recur
-    assert fit.recurrent_state_bytes(as_arch(info, "mamba", **ssm)) == 18 * per_layer
+    assert layout.recurrent_state_bytes(as_arch(info, "mamba", **ssm)) == 18 * per_layer
     rwkv = as_arch(info, "rwkv7", **{"wkv.head_size": 64})
-    assert fit.recurrent_state_bytes(rwkv) == 18 * (2 * 640 + 640 * 64) * 4
-    assert fit.recurrent_state_bytes(info) == fit.estimate(info, 2048, -1).recurrent_state == 0
-    assert fit.decode_reads(qwen, 10) == info.tensor_bytes + 10 * 4 * PER_LAYER + 14 * per_layer  # state read once
+    assert layout.recurrent_state_bytes(rwkv) == 18 * (2 * 640 + 640 * 64) * 4
+    assert layout.recurrent_state_bytes(info) == fit.estimate(info, 2048, -1).recurrent_state == 0
+    assert layout.decode_reads(qwen, 10) == info.tensor_bytes + 10 * 4 * PER_LAYER + 14 * per_layer  # state read once
 
 
 def test_latent_attention_and_shared_caches_are_counted_as_llama_cpp_keeps_them(info: GgufInfo) -> None:
@@ -362,11 +365,11 @@ def test_odd_layout_keys_give_an_estimate_not_a_crash(info: GgufInfo) -> None:
 
 def test_a_dense_tied_model_reads_every_weight_and_its_kv_per_token(info: GgufInfo) -> None:
     # Gemma ties its output to token_embd, so the whole table is read as the output matrix; KV is 18 x 1 x 512 x 2.
-    assert fit.decode_reads(info, 100.5) == info.tensor_bytes + 100.5 * 18 * 1024
+    assert layout.decode_reads(info, 100.5) == info.tensor_bytes + 100.5 * 18 * 1024
     embd = next(t for t in info.tensors if t.name == "token_embd.weight")
     output = TensorInfo("output.weight", embd.shape, embd.ggml_type, embd.offset, embd.nbytes)
     untied = dataclasses.replace(info, tensors=(*info.tensors, output))
-    assert fit.decode_reads(untied, 0) == info.tensor_bytes  # one row of the input table, the output matrix whole
+    assert layout.decode_reads(untied, 0) == info.tensor_bytes  # one row of the input table, the output matrix whole
 
 
 def test_a_mixture_of_experts_token_reads_only_its_routed_experts(info: GgufInfo) -> None:
@@ -380,14 +383,14 @@ def test_a_mixture_of_experts_token_reads_only_its_routed_experts(info: GgufInfo
     )
     meta = {**info.metadata, "gemma3.expert_count": 8, "gemma3.expert_used_count": 2}
     moe = dataclasses.replace(info, metadata=meta, tensors=(*info.tensors, *experts, *always))
-    dense = fit.decode_reads(info, 64)
-    assert (fit.routed_experts(moe), fit.routed_experts(info)) == ((2, 8), None)
-    assert fit.decode_reads(moe, 64) == dense + 18 * 4 * 8 * MIB / 4 + 20480 + MIB
+    dense = layout.decode_reads(info, 64)
+    assert (layout.routed_experts(moe), layout.routed_experts(info)) == ((2, 8), None)
+    assert layout.decode_reads(moe, 64) == dense + 18 * 4 * 8 * MIB / 4 + 20480 + MIB
     # A header that cannot tell the share (no used count, or more used than there are) counts every expert.
     for broken in ({"gemma3.expert_count": 8}, {"gemma3.expert_count": 2, "gemma3.expert_used_count": 8}):
         odd = dataclasses.replace(moe, metadata={**info.metadata, **broken})
-        assert fit.routed_experts(odd) is None
-        assert fit.decode_reads(odd, 64) == dense + 18 * 4 * 8 * MIB + 20480 + MIB
+        assert layout.routed_experts(odd) is None
+        assert layout.decode_reads(odd, 64) == dense + 18 * 4 * 8 * MIB + 20480 + MIB
 
 
 # --------------------------------------------------------------------------------------------------------------
