@@ -315,7 +315,7 @@ def test_a_hybrids_recurrent_layers_keep_no_kv_cache(info: GgufInfo) -> None:
 
 
 def test_recurrent_layers_keep_a_fixed_state_sized_as_llama_cpp_sizes_it(info: GgufInfo) -> None:
-    """n_embd_r() + n_embd_s() f32 per recurrent layer. Qwen3.5-9B's shape (gated delta net: 4-wide convolution
+    """n_embd_r() + n_embd_s() f32 per recurrent layer. A Qwen3-Next-style gated delta net (a 4-wide convolution
     over 4096 values and 16 groups of 128 keys, a 128 x 4096 state) on 18 layers, 14 of them linear attention;
     Mamba keeps one in every layer; a dense model none."""
     ssm = {"ssm.conv_kernel": 4, "ssm.inner_size": 4096, "ssm.state_size": 128, "ssm.group_count": 16}

@@ -48,8 +48,8 @@ def recurrent_state_bytes(info: GgufInfo, first_layer: int = 0) -> int:
     """The f32 state one sequence keeps in each recurrent layer from `first_layer` on: llama.cpp's RS buffers, of
     n_embd_r() (the convolution or token-shift history) + n_embd_s() (the state) floats per layer, as the vendored
     llama-hparams.cpp sizes them for RWKV, LFM2's short convolution, Kimi's KDA, MiniMax's linear attention and
-    the Mamba-style rest (Mamba, Mamba-2, gated delta nets). Fixed whatever the context: 2 MiB a layer on
-    Qwen3.5-9B's 24 linear-attention layers."""
+    the Mamba-style rest (Mamba, Mamba-2, gated delta nets). Fixed whatever the context: about 2 MiB a layer
+    for a gated delta net with 32 value heads of 128 and 16 key heads of 128."""
     n = info.block_count or 0
     layers = range(min(n, MAX_LAYERS)) if info.architecture in _ALL_RECURRENT else recurrent_layers(info)
     count = sum(1 for il in layers if il >= first_layer)
