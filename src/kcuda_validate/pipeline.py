@@ -264,6 +264,7 @@ class ModelValidation:
         )
         if info.split_count > 1:
             text += f" in {info.split_count} parts"
+        text += _layout_text(info)
         if info.is_synthetic:
             text += " (synthetic)"
         self.keep(
@@ -459,3 +460,16 @@ def all_devices(report: Report, run: ModelRun, stages: ModelValidation) -> None:
             driver=driver,
         )
     )
+
+
+def _layout_text(info: GgufInfo) -> str:
+    """What sets a model's memory apart from a dense transformer's, for the header line: the experts a token uses,
+    and the layers that keep a recurrent state instead of a KV cache."""
+    from kcuda_validate.model.layout import recurrent_layers, routed_experts
+
+    text = ""
+    if experts := routed_experts(info):
+        text += f", {experts[0]} of {experts[1]} experts per token"
+    if recurrent := recurrent_layers(info):
+        text += f", {len(recurrent)} of {info.block_count} layers recurrent"
+    return text

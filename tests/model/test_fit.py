@@ -206,6 +206,8 @@ def test_a_real_mixture_of_experts_is_placed_and_read_as_llama_cpp_runs_it(tiny_
     )
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
+    header = next(c["summary"] for c in doc["checks"] if c["id"] == "model.gguf")
+    assert header == "llama, 11 M params, Q8_0, ctx 4096, 11 MiB, 2 of 4 experts per token (synthetic)"
     per_token = doc["metrics"]["bytes_per_token"]["value"]
     embd = next(t.nbytes for t in info.tensors if t.name == "token_embd.weight")  # untied: one row is read
     weights = info.tensor_bytes - embd - exps / 2
@@ -268,7 +270,10 @@ def test_a_real_hybrids_recurrent_layers_get_no_kv_cache(tiny_model: Path, tmp_p
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["metrics"]["gen_tps"]["value"] > 0
-    assert {c["id"]: c["status"] for c in doc["checks"]}["model.fit"] == "pass"
+    checks = {c["id"]: c for c in doc["checks"]}
+    assert checks["model.fit"]["status"] == "pass"
+    header = "lfm2, 4 M params, Q8_0, ctx 4096, 4 MiB, 2 of 3 layers recurrent (synthetic)"
+    assert checks["model.gguf"]["summary"] == header
 
 
 def as_arch(info: GgufInfo, arch: str, **keys: Any) -> GgufInfo:

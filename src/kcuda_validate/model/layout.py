@@ -23,9 +23,16 @@ _RECURRENT_WITHOUT_KV_HEADS_OR_FFN = frozenset({"nemotron_h", "nemotron_h_moe"})
 _KV_LAYERS_FIXED = {"gemma3n": 20}
 
 
+# llm_arch_is_recurrent in the vendored llama-arch.cpp: every layer keeps a recurrent state, none a KV cache.
+_ALL_RECURRENT = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
+
+
 def recurrent_layers(info: GgufInfo) -> frozenset[int]:
-    """The layers llama.cpp keeps a recurrent state for instead of a KV cache (none outside hybrid models)."""
+    """The layers llama.cpp keeps a recurrent state for instead of a KV cache: every layer of a recurrent model
+    (Mamba, RWKV), those its rules mark in a hybrid, none elsewhere."""
     heads, arch = info.kv_heads_per_layer, info.architecture
+    if arch in _ALL_RECURRENT:
+        return frozenset(range(min(info.block_count or 0, MAX_LAYERS)))
     if arch in _RECURRENT_BUT_EVERY_NTH:
         marks = info.arch_key("attention.recurrent_layers")
         if isinstance(marks, list) and len(marks) == len(heads):
@@ -40,19 +47,13 @@ def recurrent_layers(info: GgufInfo) -> frozenset[int]:
     return frozenset()
 
 
-# llm_arch_is_recurrent in the vendored llama-arch.cpp: every layer keeps a recurrent state, none a KV cache.
-_ALL_RECURRENT = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
-
-
 def recurrent_state_bytes(info: GgufInfo, first_layer: int = 0) -> int:
     """The f32 state one sequence keeps in each recurrent layer from `first_layer` on: llama.cpp's RS buffers, of
     n_embd_r() (the convolution or token-shift history) + n_embd_s() (the state) floats per layer, as the vendored
     llama-hparams.cpp sizes them for RWKV, LFM2's short convolution, Kimi's KDA, MiniMax's linear attention and
     the Mamba-style rest (Mamba, Mamba-2, gated delta nets). Fixed whatever the context: about 2 MiB a layer
     for a gated delta net with 32 value heads of 128 and 16 key heads of 128."""
-    n = info.block_count or 0
-    layers = range(min(n, MAX_LAYERS)) if info.architecture in _ALL_RECURRENT else recurrent_layers(info)
-    count = sum(1 for il in layers if il >= first_layer)
+    count = sum(1 for il in recurrent_layers(info) if il >= first_layer)
     if not count:
         return 0
 
