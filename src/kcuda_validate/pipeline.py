@@ -27,6 +27,7 @@ from kcuda_validate.llm.loader import LoadOptions, LoadResult
 from kcuda_validate.llm.measures import InferOptions
 from kcuda_validate.model.gguf_file import read_gguf
 from kcuda_validate.model.gguf_info import GgufInfo
+from kcuda_validate.model.layout import recurrent_layers, routed_experts
 from kcuda_validate.model.source import ModelSpec, ResolvedModel, resolve_model
 from kcuda_validate.report import Report, Sections
 from kcuda_validate.verdicts import (
@@ -465,8 +466,6 @@ def all_devices(report: Report, run: ModelRun, stages: ModelValidation) -> None:
 def _layout_text(info: GgufInfo) -> str:
     """What sets a model's memory apart from a dense transformer's, for the header line: the experts a token uses,
     and the layers that keep a recurrent state instead of a KV cache."""
-    from kcuda_validate.model.layout import recurrent_layers, routed_experts
-
     text = ""
     if experts := routed_experts(info):
         text += f", {experts[0]} of {experts[1]} experts per token"

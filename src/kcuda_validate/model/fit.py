@@ -85,7 +85,7 @@ def _layer_index(name: str) -> int | None:
 def _layer_weights(info: GgufInfo) -> _Weights:
     per_layer: dict[int, int] = {}
     embd = other = inputs = 0
-    tied = not any(t.name == "output.weight" for t in info.tensors)
+    tied = info.tied_output
     for t in info.tensors:
         idx = _layer_index(t.name)
         if idx is not None:

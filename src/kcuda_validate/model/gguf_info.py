@@ -210,10 +210,14 @@ class GgufInfo:
         written (read_gguf checked its length) or the one value repeated; None when absent or not integers."""
         value = self.arch_key(suffix)
         if isinstance(value, list):
-            ints = tuple(v for v in value if _as_int(v) is not None)
-            return ints if ints and len(ints) == len(value) else None
+            return tuple(value) if value and all(_as_int(v) is not None for v in value) else None
         one = _as_int(value)
         return None if one is None else (one,) * min(self.block_count or 0, MAX_LAYERS)  # read_gguf refuses more
+
+    @property
+    def tied_output(self) -> bool:
+        """No output.weight: llama.cpp uses the token embedding as the output matrix too."""
+        return not any(t.name == "output.weight" for t in self.tensors)
 
     @property
     def kv_heads_per_layer(self) -> tuple[int, ...]:

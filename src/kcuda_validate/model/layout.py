@@ -162,8 +162,7 @@ def decode_reads(info: GgufInfo, context: float) -> float:
     (counting them whole overstated a MoE's bandwidth several times over). Plus f16 K and V over the context
     in every layer that keeps a cache, and each recurrent layer's state, read once.
     """
-    tensors = {t.name for t in info.tensors}
-    tied = "output.weight" not in tensors
+    tied = info.tied_output
     experts = routed_experts(info)
     share = experts[0] / experts[1] if experts else 1.0
     weights = 0.0
