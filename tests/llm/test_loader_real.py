@@ -116,6 +116,26 @@ def test_a_tensor_of_the_wrong_shape_is_llama_cpps_one_line_error_and_exit_5(tin
     assert "Traceback" not in result.output
 
 
+def test_a_chat_template_jinja_cannot_compile_is_exit_5_naming_the_field(tiny_model: Path, tmp_path: Path) -> None:
+    """llama-cpp-python compiles the header's template while it loads (the tool formats with llama.cpp's own
+    formatter, so this is the only place it matters): a syntax error is the model's fault, exit 5, not a bug (70)."""
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    bad = rewrite_model(tiny_model, tmp_path / "bad-template.gguf", fields={"tokenizer.chat_template": "{% for %}"})
+    result = CliRunner().invoke(cli, ["load", "--device", "cpu", "-q", "--model-path", str(bad)])
+    assert result.exit_code == ExitCode.MODEL_INVALID, result.output
+    assert result.stderr.splitlines()[:2] == [
+        f"Error: {bad}: its chat template (tokenizer.chat_template) is not valid Jinja, so llama-cpp-python refuses "
+        "the model (TemplateSyntaxError: Expected an expression, got 'end of statement block')",
+        "Fix: Replace or drop the template with gguf's own editor, installed with this tool: gguf-new-metadata "
+        "--remove-metadata tokenizer.chat_template IN.gguf OUT.gguf (or --chat-template-file FILE.jinja), or use "
+        "another file.",
+    ]
+    assert "Traceback" not in result.output
+
+
 def test_bytes_llama_cpp_cannot_decode_are_shown_as_escapes_not_replacement_marks(
     tiny_model: Path, tmp_path: Path
 ) -> None:

@@ -22,7 +22,13 @@ from kcuda_validate.cli import cli
 from kcuda_validate.errors import ExitCode, ModelInvalidError
 from kcuda_validate.llm.loader import LoadOptions
 from kcuda_validate.model import fit
-from kcuda_validate.model.gguf_file import MAX_ARRAY_STRINGS, MAX_LAYERS, read_gguf
+from kcuda_validate.model.gguf_file import (
+    MAX_ARRAY_NUMBERS,
+    MAX_ARRAY_STRINGS,
+    MAX_LAYERS,
+    MAX_TEMPLATE_BYTES,
+    read_gguf,
+)
 from kcuda_validate.model.gguf_info import GgufHeaderError, GgufInfo, TensorInfo
 
 # GGUF metadata value types and ggml tensor types used below.
@@ -229,6 +235,32 @@ CASES: dict[str, tuple[bytes, str, str]] = {
         "tokenizer.ggml.tokens",
         f"{MAX_ARRAY_STRINGS + 1} strings take the header past {MAX_ARRAY_STRINGS} strings in arrays (implausible)",
     ),
+    "more numbers than any vocabulary": (
+        gguf([*BASE_KV, kv("x.numbers", ARR, struct.pack("<IQ", U8, MAX_ARRAY_NUMBERS + 1))]),
+        "x.numbers",
+        f"{MAX_ARRAY_NUMBERS + 1} numbers take the header past {MAX_ARRAY_NUMBERS} numbers in arrays (implausible)",
+    ),
+    # Floats llama.cpp uses unchecked: ggml aborts on a negative or NaN epsilon; a rope base of 0 makes NaN logits.
+    "negative norm epsilon": (
+        gguf([*BASE_KV, kv("llama.attention.layer_norm_rms_epsilon", F32, struct.pack("<f", -1.0))]),
+        "llama.attention.layer_norm_rms_epsilon",
+        "the float -1.0 where a finite number, 0 or more is expected",
+    ),
+    "NaN norm epsilon": (
+        gguf([*BASE_KV, kv("llama.attention.layer_norm_epsilon", F32, struct.pack("<f", float("nan")))]),
+        "llama.attention.layer_norm_epsilon",
+        "the float nan where a finite number, 0 or more is expected",
+    ),
+    "rope base 0": (
+        gguf([*BASE_KV, kv("llama.rope.freq_base", F32, struct.pack("<f", 0.0))]),
+        "llama.rope.freq_base",
+        "the float 0.0 where a finite number above 0 is expected",
+    ),
+    "rope base as a string": (
+        gguf([*BASE_KV, text("llama.rope.freq_base_swa", "1e4")]),
+        "llama.rope.freq_base_swa",
+        "the string '1e4' where a finite number above 0 is expected",
+    ),
     "duplicate key": (
         gguf([*BASE_KV, u32("llama.context_length", 8)]),
         "llama.context_length",
@@ -303,6 +335,35 @@ def test_implausible_or_ill_typed_header_names_the_file_and_the_field(
     assert err.value.field == field
     assert err.value.message.startswith(f"{p}: invalid GGUF header: {field}: {problem}"), err.value.message
     assert err.value.fix and "Re-download or re-convert" in err.value.fix
+
+
+@pytest.mark.parametrize(
+    ("key", "size"),
+    [("tokenizer.chat_template", MAX_TEMPLATE_BYTES + 1), ("tokenizer.chat_template.tool_use", 2 * MIB)],
+)
+def test_a_chat_template_too_long_to_compile_quickly_is_refused_with_the_editor_command(
+    key: str, size: int, write: Callable[[bytes], Path]
+) -> None:
+    """llama-cpp-python compiles every header template with Jinja2 at load, used or not: a 3.5 MB one took 24 s and
+    1.9 GB in the worker. The fix is gguf's own editor, which ships with this tool. (2 MiB is past what the reader
+    keeps, so that one is judged by its length alone.)"""
+    p = write(gguf([*BASE_KV, text(key, "{% if x %}a{% endif %}" * (size // 22) + "b" * (size % 22))]))
+    with pytest.raises(GgufHeaderError) as err:
+        read_gguf(p)
+    assert (err.value.field, err.value.exit_code) == (key, ExitCode.MODEL_INVALID)
+    assert err.value.message == (
+        f"{p}: invalid GGUF header: {key}: a chat template of {size:,} bytes (real ones are under 256 KiB; "
+        "llama-cpp-python compiles it at load, in time and memory that grow with it)"
+    )
+    assert err.value.fix == (
+        "Replace or drop the template with gguf's own editor, installed with this tool: gguf-new-metadata "
+        f"--remove-metadata {key} IN.gguf OUT.gguf (or --chat-template-file FILE.jinja), or use another file."
+    )
+
+
+def test_a_chat_template_of_the_largest_allowed_size_reads(write: Callable[[bytes], Path]) -> None:
+    p = write(gguf([*BASE_KV, text("tokenizer.chat_template", "x" * MAX_TEMPLATE_BYTES)]))
+    assert read_gguf(p).metadata["tokenizer.chat_template"] == "x" * MAX_TEMPLATE_BYTES
 
 
 def test_a_claim_that_runs_past_the_end_is_truncation_naming_the_field(write: Callable[[bytes], Path]) -> None:

@@ -34,6 +34,7 @@ from kcuda_validate.llm.llamalog import (
     load_failure_reason,
     parse_load_log,
 )
+from kcuda_validate.model.gguf_file import TEMPLATE_FIX
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +320,7 @@ class ModelLoader:
         self.capture = capture or LlamaLogCapture()
 
     def load(self, path: Path) -> LoadedModel:
+        import jinja2
         import llama_cpp
 
         self.capture.install()
@@ -349,6 +351,14 @@ class ModelLoader:
                 lines = self.capture.since(mark)
                 reason = load_failure_reason(lines) or str(exc)
                 raise self._load_error(path, reason) from None
+            except jinja2.TemplateError as exc:
+                # llama-cpp-python compiles every chat template in the header while it loads, used or not.
+                raise ModelLoadError(
+                    f"{path}: its chat template (tokenizer.chat_template) is not valid Jinja, so "
+                    f"llama-cpp-python refuses the model ({type(exc).__name__}: {exc})",
+                    fix=TEMPLATE_FIX.format(key="tokenizer.chat_template"),
+                    exit_code=ExitCode.MODEL_INVALID,
+                ) from None
         load_s = time.perf_counter() - start
         result = LoadResult(
             model_path=path,

@@ -8,6 +8,7 @@ The gguf package's reader maps every tensor into numpy and takes seconds on a
 from __future__ import annotations
 
 import itertools
+import math
 import mmap
 import os
 import re
@@ -75,6 +76,14 @@ MAX_KEY_BYTES = 256  # real keys are under 100 bytes
 MAX_STRING_BYTES = 64 << 20  # the largest real strings (an embedded tokenizer.json) are tens of MB
 MAX_ARRAY_ELEMENTS = 1 << 30  # GGUF_MAX_ARRAY_ELEMENTS in gguf.cpp
 MAX_ARRAY_STRINGS = 1 << 21  # strings in all arrays together: the largest vocab + merges is ~550k
+# Numbers in all arrays together: the largest real ones are a vocabulary's scores and token types (2 x ~262k).
+# llama.cpp itself takes up to GGUF_MAX_ARRAY_ELEMENTS (2^30) per array, but it turns every array into text while
+# loading: a 2^28-element array cost 14 s and 1.9 GB in the worker before it failed.
+MAX_ARRAY_NUMBERS = 1 << 24
+# A chat template (`tokenizer.chat_template`, or a named `tokenizer.chat_template.<name>`): real ones are 1-30 KB.
+# llama-cpp-python compiles every one with Jinja2 while it loads the model, even unused, in time and memory that
+# grow with its length (a 3.5 MB template: 24 s, 1.9 GB).
+MAX_TEMPLATE_BYTES = 256 << 10
 MAX_HEADER_BYTES = 512 << 20  # metadata + tensor table; real ones are a few MB to tens of MB
 MAX_TENSOR_NAME = 63  # GGML_MAX_NAME (64) including the terminating NUL
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -98,7 +107,7 @@ _MIN_TENSOR_BYTES = 24
 class _Reader:
     """Bounds-checked reads from the mapped file; every failure names the file and the field."""
 
-    __slots__ = ("buf", "keep_bytes", "keep_elements", "off", "path", "size", "strings_left")
+    __slots__ = ("buf", "keep_bytes", "keep_elements", "numbers_left", "off", "path", "size", "strings_left")
 
     def __init__(self, path: Path, buf: bytes | mmap.mmap) -> None:
         self.buf = buf
@@ -106,6 +115,7 @@ class _Reader:
         self.size = len(buf)
         self.path = path
         self.strings_left = MAX_ARRAY_STRINGS
+        self.numbers_left = MAX_ARRAY_NUMBERS
         self.keep_elements = _KEEP_ELEMENTS
         self.keep_bytes = _KEEP_STRING_BYTES
 
@@ -190,6 +200,11 @@ class _Reader:
                 return [self.string(f"{key}[{i}]") for i in range(count)]
             self.skip_strings(key, count)
             return ArraySummary(etype, count)
+        self.numbers_left -= count
+        if self.numbers_left < 0:
+            raise self.bad(
+                key, f"{count} numbers take the header past {MAX_ARRAY_NUMBERS} numbers in arrays (implausible)"
+            )
         s = _SCALARS[etype]
         self.need(s.size * count, key)
         start = self.off
@@ -521,15 +536,51 @@ def _text_key(info: GgufInfo, key: str, limit: int) -> None:
         raise header_error(info.path, key, f"{_show(v)} where text of at most {limit} characters is expected")
 
 
+TEMPLATE_FIX = (
+    "Replace or drop the template with gguf's own editor, installed with this tool: gguf-new-metadata "
+    "--remove-metadata {key} IN.gguf OUT.gguf (or --chat-template-file FILE.jinja), or use another file."
+)
+
+
+def _check_template(info: GgufInfo, key: str) -> None:
+    """A chat template llama-cpp-python will compile at load: text, and short enough to compile in milliseconds."""
+    v = info.metadata[key]
+    if not isinstance(v, str | StringSummary):
+        raise header_error(info.path, key, f"{_show(v)} where text is expected")
+    n = v.length if isinstance(v, StringSummary) else len(v.encode("utf-8"))
+    if n > MAX_TEMPLATE_BYTES:
+        raise GgufHeaderError(
+            f"{info.path}: invalid GGUF header: {key}: a chat template of {n:,} bytes (real ones are under "
+            f"{MAX_TEMPLATE_BYTES >> 10} KiB; llama-cpp-python compiles it at load, in time and memory that grow "
+            "with it)",
+            fix=TEMPLATE_FIX.format(key=key),
+            field=key,
+        )
+
+
+def _float_key(info: GgufInfo, key: str, *, positive: bool) -> None:
+    """A float llama.cpp uses unchecked: ggml aborts the worker on a negative or NaN norm epsilon, and a rope
+    base of 0 or NaN turns every logit into NaN."""
+    v = info.metadata.get(key)
+    if v is None:
+        return
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 if positive else v >= 0)
+    if not ok:
+        want = "a finite number above 0" if positive else "a finite number, 0 or more"
+        raise header_error(info.path, key, f"{_show(v)} where {want} is expected")
+
+
+_EPSILONS = ("attention.layer_norm_epsilon", "attention.layer_norm_rms_epsilon", "attention.group_norm_epsilon")
+
+
 def _check_hyperparameters(info: GgufInfo) -> None:
     md, path = info.metadata, info.path
     _text_key(info, "general.architecture", 64)
     _text_key(info, "general.name", 1024)
     _text_key(info, "tokenizer.ggml.model", 64)
     _uint_key(info, "general.file_type", 0, U32_MAX)
-    template = md.get("tokenizer.chat_template")
-    if template is not None and not isinstance(template, str | StringSummary):
-        raise header_error(path, "tokenizer.chat_template", f"{_show(template)} where text is expected")
+    for key in [k for k in md if k == "tokenizer.chat_template" or k.startswith("tokenizer.chat_template.")]:
+        _check_template(info, key)
     tokens = md.get("tokenizer.ggml.tokens")
     if tokens is not None and not (
         (isinstance(tokens, ArraySummary) and tokens.element_type == _STRING)
@@ -550,6 +601,10 @@ def _check_hyperparameters(info: GgufInfo) -> None:
             _uint_key(info, a + suffix, 0, MAX_DIM)
         for suffix in ("feed_forward_length", "attention.head_count", "attention.head_count_kv"):
             _per_layer_key(info, a + suffix, n_layer)
+        for suffix in _EPSILONS:
+            _float_key(info, a + suffix, positive=False)
+        for suffix in ("rope.freq_base", "rope.freq_base_swa"):
+            _float_key(info, a + suffix, positive=True)
     _check_layers(info, n_layer)
 
 
