@@ -126,6 +126,24 @@ def test_worker_exit_without_result_is_reported(
     assert with_marker(marker) == []
 
 
+def test_a_real_ggml_abort_keeps_its_assert_line_in_the_crash_report(tiny_model: Path, tmp_path: Path) -> None:
+    """A negative norm epsilon (the header check refuses it; the worker is driven directly here) makes ggml abort
+    at the first decode. Its reason is one line; without GGML_NO_BACKTRACE the gdb backtrace after it filled the
+    whole kept tail, so the report showed only debugger noise."""
+    from gguf_rewrite import rewrite_model
+    from kcuda_validate.isolation import Worker
+    from kcuda_validate.llm.inference import InferOptions
+    from kcuda_validate.llm.loader import LoadOptions
+    from kcuda_validate.worker_protocol import WorkerRequest
+
+    bad = rewrite_model(tiny_model, tmp_path / "eps.gguf", fields={"llama.attention.layer_norm_rms_epsilon": -1.0})
+    request = WorkerRequest(bad, LoadOptions(cpu_mode=True, n_ctx=256), InferOptions(max_tokens=4, repeat=1), "")
+    out = Worker(pin="").run(request, 120)
+    assert out.crash is not None and out.crash.signal == "SIGABRT", out
+    assert any(line.endswith("GGML_ASSERT(eps >= 0.0f) failed") for line in out.crash.log_tail), out.crash.log_tail
+    assert not any(line.startswith("#") or "ptrace" in line for line in out.crash.log_tail), out.crash.log_tail
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_while_getting_the_model_leaves_no_partial_file_and_a_report(
     tmp_path: Path, signum: int, code: int

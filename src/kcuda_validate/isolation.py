@@ -119,6 +119,11 @@ class Worker:
         """`pin`: the CUDA_VISIBLE_DEVICES the model stages will use ("" = no GPU), known before spawning so
         the child can import llama.cpp at once; None = decided later by the request."""
         self._env = dict(os.environ if env is None else env)
+        # On an abort ggml attaches gdb to print a backtrace: seconds of work, and 40+ lines of debugger output
+        # that push llama.cpp's own reason (`GGML_ASSERT(...) failed`) out of the tail the crash report keeps.
+        # KCUDA_DEBUG=1 keeps the backtrace, for a llama.cpp bug report.
+        if self._env.get("KCUDA_DEBUG", "") in ("", "0"):
+            self._env.setdefault("GGML_NO_BACKTRACE", "1")
         if pin is not None:
             self._env["CUDA_VISIBLE_DEVICES"] = pin
             self._env["KCUDA_WORKER_PIN"] = "1"
