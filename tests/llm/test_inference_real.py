@@ -102,6 +102,27 @@ def test_exact_prompt_token_count_for_benchmarks(inferencer: Inferencer) -> None
     assert result.runs[0].perf_prompt_n == 100
 
 
+def test_a_synthetic_prompt_fills_the_context_exactly(inferencer: Inferencer) -> None:
+    n = inferencer.n_ctx - 2
+    assert len(inferencer.synthetic_prompt(n)) == n
+
+
+def test_synthetic_tokens_past_the_context_are_refused_before_any_is_made(inferencer: Inferencer) -> None:
+    """Seen: 2^20 synthetic tokens ran the old one-filler-at-a-time loop (quadratic) into the 600 s timeout, and a
+    smaller overflow blamed --max-tokens. The count is known up front, so the refusal is immediate and names it."""
+    n_ctx, train = inferencer.n_ctx, inferencer.n_ctx_train
+    with pytest.raises(UsageError) as err:
+        inferencer.run(InferOptions(prompt_tokens=1 << 20, max_tokens=4))
+    assert err.value.message == (
+        f"--prompt-tokens 1048576: with --max-tokens 4 that is 1048580 tokens, more than the context holds "
+        f"(n_ctx {n_ctx})"
+    )
+    assert err.value.fix == (
+        f"Lower --prompt-tokens: it alone is 1048576 tokens and the model's trained context is {train} (--n-ctx "
+        "cannot go past it)."
+    )
+
+
 def test_context_overflow_is_a_usage_error(inferencer: Inferencer) -> None:
     pattern = r"--max-tokens 600: prompt \(\d+ tokens\) \+ max tokens = \d+ exceeds --n-ctx 512"
     with pytest.raises(UsageError, match=pattern):

@@ -209,7 +209,9 @@ def _largest(hi: int, fits: Callable[[int], bool]) -> int:
     return lo
 
 
-def context_fix(prompt_tokens: int, max_tokens: int, n_ctx: int, n_ctx_train: int | None) -> str:
+def context_fix(
+    prompt_tokens: int, max_tokens: int, n_ctx: int, n_ctx_train: int | None, shorten: str = "Shorten the prompt"
+) -> str:
     """What to do when prompt + --max-tokens overflows --n-ctx, offering only a context the model can take.
 
     "Raise --n-ctx" is advice only up to the model's trained context (llama.cpp's n_ctx_train, which the
@@ -221,7 +223,7 @@ def context_fix(prompt_tokens: int, max_tokens: int, n_ctx: int, n_ctx_train: in
     room = max(n_ctx, limit) - prompt_tokens  # the most tokens the largest allowed context leaves for the answer
     if room < 1:
         return (
-            f"Shorten the prompt: it alone is {prompt_tokens} tokens and the model's trained context is {limit} "
+            f"{shorten}: it alone is {prompt_tokens} tokens and the model's trained context is {limit} "
             "(--n-ctx cannot go past it)."
         )
     if n_ctx >= limit:
