@@ -115,7 +115,7 @@ def test_synthetic_tokens_past_the_context_are_refused_before_any_is_made(infere
         inferencer.run(InferOptions(prompt_tokens=1 << 20, max_tokens=4))
     assert err.value.message == (
         f"--prompt-tokens 1048576: with --max-tokens 4 that is 1048580 tokens, more than the context holds "
-        f"(n_ctx {n_ctx})"
+        f"(--n-ctx {n_ctx})"
     )
     assert err.value.fix == (
         f"Lower --prompt-tokens: it alone is 1048576 tokens and the model's trained context is {train} (--n-ctx "

@@ -59,6 +59,14 @@ class Inferencer:
         self.n_batch = int(self.llm.n_batch)
         self._graph_changed = False  # a backend sampler was detached: the next decode would re-reserve the graph
 
+    def _ctx_label(self) -> str:
+        """The context as the user asked for it, and what llama.cpp made of it when that differs (it pads n_ctx
+        up to a multiple of 256), so a message never names a --n-ctx the user did not pass."""
+        asked = self.model.result.options.n_ctx
+        if asked == self.n_ctx:
+            return f"--n-ctx {asked}"
+        return f"--n-ctx {asked}, which llama.cpp made {self.n_ctx}"
+
     # -- prompt handling -------------------------------------------------------------------------------
     def chat_template(self) -> bytes | None:
         template: bytes | None = self._lc.llama_model_chat_template(self.llm.model, None)
@@ -275,7 +283,7 @@ class Inferencer:
             if needed > self.n_ctx:  # known before a token is made: refused before the work, naming its option
                 raise UsageError(
                     f"--prompt-tokens {opts.prompt_tokens}: with --max-tokens {opts.max_tokens} that is {needed} "
-                    f"tokens, more than the context holds (n_ctx {self.n_ctx})",
+                    f"tokens, more than the context holds ({self._ctx_label()})",
                     fix=context_fix(
                         opts.prompt_tokens, opts.max_tokens, self.n_ctx, self.n_ctx_train, "Lower --prompt-tokens"
                     ),
@@ -293,7 +301,7 @@ class Inferencer:
         if needed > self.n_ctx:
             raise UsageError(
                 f"--max-tokens {opts.max_tokens}: prompt ({len(tokens)} tokens) + max tokens = {needed} exceeds "
-                f"--n-ctx {self.n_ctx}",
+                f"{self._ctx_label()}",
                 fix=context_fix(len(tokens), opts.max_tokens, self.n_ctx, self.n_ctx_train),
             )
         backend = self.backend_sampling(opts)
