@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kcuda_validate.checks import Check, MetricName, Status
+from kcuda_validate.checks import Check, Metric, MetricName, Status, verdict
 from kcuda_validate.errors import ExitCode
 from kcuda_validate.isolation import Worker, WorkerOutcome
 from kcuda_validate.llm.llamalog import LogLine
@@ -27,6 +27,7 @@ from kcuda_validate.verdicts import (
     find,
     inference_verdict,
     load_verdict,
+    speed_threshold_checks,
     speedup_threshold_checks,
     worker_verdicts,
 )
@@ -263,6 +264,58 @@ def test_thresholds_are_judged_on_the_measured_figures(cpu_outcome: WorkerOutcom
     met_summary = f"warm time to first token {ttft.value:.1f} ms meets 1000000000 ms"
     assert (met.status, met.summary) == (Status.PASS, met_summary)
     assert not v.proceed and not v.halted  # the run completed; the next stage (compare-cpu) does not run
+
+
+def test_a_near_miss_never_reads_as_the_limit() -> None:
+    """49.96 against 50 failed while the text said "50.0 tok/s misses 50 tok/s (short by 0.0 tok/s, 0%)"."""
+    gen = Metric(MetricName.GEN_TPS, 49.96, "tok/s", "llama_perf_context")
+    ttft = Metric(MetricName.TTFT_WARM_MS, 20.004, "ms", "wall clock")
+    missed = speed_threshold_checks(Thresholds(min_gen_tps=50, max_ttft_ms=20), (gen, ttft))
+    assert [(c.status, c.exit_code) for c in missed] == [(Status.FAIL, ExitCode.BELOW_THRESHOLD)] * 2
+    assert [c.summary for c in missed] == [
+        "generation speed 49.96 tok/s misses 50 tok/s (short by 0.04 tok/s, 0.08%)",
+        "warm time to first token 20.004 ms misses 20 ms (over by 0.004 ms, 0.02%)",
+    ]
+
+
+def test_energy_per_token_counts_every_run_in_the_sampler_window(cpu_outcome: WorkerOutcome, tiny_model: Path) -> None:
+    """Backend sampling alternates a CPU-sampled run after each measured one, inside the same NVML window: their
+    tokens are part of the energy, so they are part of the divisor (left out, J/token read 1.75x at --repeat 3)."""
+    from kcuda_validate.telemetry import TelemetrySummary
+
+    real = cpu_outcome.inferred
+    assert real is not None and real.warmup is not None
+    result = dataclasses.replace(real, cpu_sampled_runs=real.runs)
+    telemetry = TelemetrySummary(samples=50, duration_s=5.0, interval_s=0.1, energy_j=500.0)
+    v = inference_verdict(result, read_gguf(tiny_model), Thresholds(), telemetry=telemetry)
+    tokens = real.warmup.generated_tokens + 2 * sum(r.generated_tokens for r in real.runs)
+    energy = find(v.metrics, MetricName.ENERGY_PER_TOKEN)
+    assert energy is not None and energy.value == pytest.approx(500.0 / tokens)
+
+
+def test_a_cpu_comparison_whose_worker_dies_is_a_failed_check_not_a_missed_threshold(
+    cpu_outcome: WorkerOutcome, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real worker that exits with a status during the CPU run: the check names the status and carries the crash
+    hint (it read "failed: None"), and --min-speedup is not met for that reason, exit 1 as specified, not 6."""
+    assert cpu_outcome.inferred is not None
+    monkeypatch.setenv("KCUDA_TEST_FAULT", "exit:infer")
+    out = Worker(pin="").run(_cpu_request(tiny_model), 120)
+    assert out.crash is not None and out.crash.returncode == 3
+    v = compare_cpu_verdict(cpu_outcome.inferred, out, Thresholds(min_speedup=2))
+    compare, threshold = v.checks
+    assert (compare.status, compare.exit_code, compare.summary, compare.fix) == (
+        Status.FAIL,
+        ExitCode.CHECK_FAILED,
+        "the CPU comparison run failed: its worker died with status 3",
+        out.crash.hint,
+    )
+    assert (threshold.id, threshold.exit_code, threshold.summary) == (
+        "threshold.min_speedup",
+        ExitCode.CHECK_FAILED,
+        "speedup over CPU was not measured (the CPU comparison run failed), so --min-speedup 2 cannot be met",
+    )
+    assert verdict(list(v.checks)) == ExitCode.CHECK_FAILED
 
 
 def test_min_speedup_without_a_cpu_run_is_not_measured() -> None:

@@ -261,7 +261,10 @@ def inference_verdict(
     performance: Check | None = None
     if telemetry is not None:
         sections["telemetry"] = telemetry.to_json()
-        tokens = sum(x.generated_tokens for x in runs) + (result.warmup.generated_tokens if result.warmup else 0)
+        # Every run the sampler's window saw: the warm-up, the measured runs, and the CPU-sampled runs that backend
+        # sampling alternates with them (leaving those out overstated J/token 1.75x at --repeat 3).
+        window = [*runs, *([result.warmup] if result.warmup else []), *result.cpu_sampled_runs]
+        tokens = sum(x.generated_tokens for x in window)
         metrics += telemetry.metrics(tokens)
         if on_gpu and gpu is not None:
             from kcuda_validate.gpu_performance import judge_gpu_performance
@@ -415,8 +418,26 @@ SPEED_RULES = (
 SPEEDUP_RULES = (ThresholdRule("min_speedup", MetricName.SPEEDUP_VS_CPU, "×", "ge", "speedup over CPU"),)
 
 
-def threshold_checks(thresholds: Thresholds, metrics: Sequence[Metric], rules: Sequence[ThresholdRule]) -> list[Check]:
-    """One check per threshold set in `thresholds`: met, missed, or not measured."""
+def _shown(value: float, limit: float) -> tuple[str, int]:
+    """`value` with as few decimals as keep it from reading as `limit` (49.96 against 50 is "49.96", not "50.0",
+    which would say the limit was met), and that count of decimals, for the gap beside it."""
+    for decimals in range(1, 7):
+        text = f"{value:.{decimals}f}"
+        if float(text) != limit or value == limit:
+            return text, decimals
+    return f"{value:.10g}", 10
+
+
+def threshold_checks(
+    thresholds: Thresholds,
+    metrics: Sequence[Metric],
+    rules: Sequence[ThresholdRule],
+    unmeasured_because: str | None = None,
+) -> list[Check]:
+    """One check per threshold set in `thresholds`: met, missed, or not measured.
+
+    `unmeasured_because`: a failure already reported (the CPU comparison run died) is why nothing was measured;
+    the threshold says so and fails as that failure does (1), not as a missed threshold (6)."""
     out: list[Check] = []
     for rule in rules:
         limit: float | None = getattr(thresholds, rule.option)
@@ -431,9 +452,11 @@ def threshold_checks(thresholds: Thresholds, metrics: Sequence[Metric], rules: S
                     cid,
                     "threshold",
                     title,
-                    f"{rule.what} was not measured, so {option} {limit:.10g} cannot be met",
+                    f"{rule.what} was not measured"
+                    + (f" ({unmeasured_because})" if unmeasured_because else "")
+                    + f", so {option} {limit:.10g} cannot be met",
                     NOT_MEASURED_FIX.get(rule.option, "Run the stage that measures it."),
-                    ExitCode.BELOW_THRESHOLD,
+                    ExitCode.CHECK_FAILED if unmeasured_because else ExitCode.BELOW_THRESHOLD,
                 )
             )
             continue
@@ -448,12 +471,14 @@ def threshold_checks(thresholds: Thresholds, metrics: Sequence[Metric], rules: S
             )
             continue
         word = "short by" if rule.op == "ge" else "over by"
+        value, decimals = _shown(m.value, limit)
+        share = f"{pct:.0f}%" if pct >= 1 else f"{pct:.2g}%"
         out.append(
             failed(
                 cid,
                 "threshold",
                 title,
-                f"{rule.what} {m.value:.1f} {unit} misses {limit:.10g} {unit} ({word} {gap:.1f} {unit}, {pct:.0f}%)",
+                f"{rule.what} {value} {unit} misses {limit:.10g} {unit} ({word} {gap:.{decimals}f} {unit}, {share})",
                 "Check the offload verdict and GPU utilisation; a partial offload or a busy GPU slows generation.",
                 ExitCode.BELOW_THRESHOLD,
                 **ev,
@@ -516,9 +541,24 @@ def compare_cpu_verdict(gpu: InferenceResult, out: WorkerOutcome, thresholds: Th
         return halt("infer", check)
     cpu = out.inferred
     if cpu is None:
-        reason = out.error.message if out.error else (out.crash.signal if out.crash else "no result")
-        check = failed(COMPARE_ID, "infer", COMPARE_TITLE, f"the CPU comparison run failed: {reason}", None)
-        return StageVerdict("infer", (check, *speedup_threshold_checks(thresholds, ())))
+        if out.error is not None:
+            reason, fix = out.error.message, out.error.fix
+        elif out.crash is not None:
+            c = out.crash
+            reason = "its worker died " + (f"by {c.signal}" if c.signal else f"with status {c.returncode}")
+            fix = c.hint
+        else:
+            reason, fix = "its worker ended without a result", None
+        check = failed(
+            COMPARE_ID,
+            "infer",
+            COMPARE_TITLE,
+            f"the CPU comparison run failed: {reason}",
+            fix,
+            log_tail=list(out.log_tail[-15:]),
+        )
+        unmeasured = threshold_checks(thresholds, (), SPEEDUP_RULES, "the CPU comparison run failed")
+        return StageVerdict("infer", (check, *unmeasured))
     cpu_tps = mean_of([x.gen_tps_perf for x in cpu.runs])
     gen = find(gpu.metrics(), MetricName.GEN_TPS)
     gpu_tps = gen.value if gen is not None else None
