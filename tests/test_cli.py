@@ -165,6 +165,96 @@ def test_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) ->
 
 
 @pytest.mark.parametrize(
+    ("option", "args"),
+    [
+        ("--model-path", ["load", "--device", "cpu", "--model-path", ""]),
+        ("--model-path", ["infer", "--device", "cpu", "--model-path", "  "]),
+        ("--ready-file", ["validate-all", "--device", "cpu", "--ready-file", ""]),
+        ("--ready-file", ["validate-all", "--device", "cpu", "--ready-file="]),
+    ],
+)
+def test_an_empty_path_is_a_usage_error_naming_the_option(
+    option: str, args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pathlib reads "" as `.`: it was `.: is a directory, not a GGUF file` (exit 5), or the same for the ready
+    file, as if the user had named the current directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = invoke(*args)
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.splitlines() == [
+        f"Error: cli {args[0]}: Invalid value for '{option}': an empty path names no file.",
+        f"Fix: See `cli {args[0]} --help`.",
+    ]
+    assert result.stdout == ""
+    assert list(cwd.iterdir()) == []  # nothing written into the directory "" would have named
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "lines"),
+    [
+        (
+            ["fleet", "/nonexistent/reports"],
+            ExitCode.USAGE,
+            [
+                "Error: REPORT /nonexistent/reports: no such file or directory",
+                "Fix: Name report files written by `--json`/`--report`, or directories of them.",
+            ],
+        ),
+        (
+            ["load", "--device", "cpu", "--synthetic", "99TiB"],
+            ExitCode.USAGE,
+            [
+                "Error: --synthetic 99TiB: 108851651149824 bytes is out of range: a synthetic model must be between"
+                " 1MiB and 64GiB",
+                "Fix: Pick a size between 1MiB and 64GiB, e.g. --synthetic 1GiB.",
+            ],
+        ),
+        (
+            ["setup", "--cuda", "12"],
+            ExitCode.USAGE,
+            [
+                "Error: --cuda 12: not a CUDA version as MAJOR.MINOR",
+                "Fix: Pass the newest CUDA the target driver supports, e.g. --cuda 12.8 (`nvidia-smi` on that machine"
+                " shows it).",
+            ],
+        ),
+        (
+            ["infer", "--device", "cpu", "--model-path", "<tiny>", "--max-tokens", "5000"],
+            ExitCode.USAGE,
+            [
+                "Error: --max-tokens 5000: prompt (65 tokens) + max tokens = 5065 exceeds --n-ctx 4096",
+                "Fix: Lower --max-tokens to at most 4031 (--n-ctx 4096 is already the model's trained context).",
+            ],
+        ),
+    ],
+    ids=["fleet", "load", "setup", "infer"],
+)
+@pytest.mark.parametrize("how", ["group-option", "command-option", "KCUDA_DEBUG"])
+def test_debug_keeps_the_code_and_lines_of_an_expected_error(
+    args: list[str],
+    code: int,
+    lines: list[str],
+    how: str,
+    tiny_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--debug re-raised every expected error: a traceback and exit 1, with no Error:/Fix: lines. It only adds
+    tracebacks for unexpected errors (specs/cli.md); an expected one reads as it does without it."""
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)  # as outside pytest, where the bug was
+    args = [str(tiny_model) if a == "<tiny>" else a for a in args]
+    plain = invoke(*args)
+    if how == "KCUDA_DEBUG":
+        monkeypatch.setenv("KCUDA_DEBUG", "1")
+        debug = invoke(*args)
+    else:
+        debug = invoke(*(["--debug", *args] if how == "group-option" else [*args, "--debug"]))
+    for result in (plain, debug):
+        assert (result.exit_code, result.stderr.splitlines(), result.stdout) == (code, lines, "")
+
+
+@pytest.mark.parametrize(
     ("make", "expected"),
     [
         ("missing", "{p}: no such file"),

@@ -199,3 +199,19 @@ def test_an_hf_endpoint_that_is_no_url_is_a_usage_error(
         "Fix: Set HF_ENDPOINT to the Hub's URL with its scheme, e.g. HF_ENDPOINT=https://huggingface.co, or unset it.",
     ]
     assert "hf_abcdefghij" not in result.output and not (tmp_path / "hub").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_an_etag_timeout_of_zero_or_less_is_a_usage_error(
+    value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """It was 'cannot reach ... (no answer within 0 s)', blamed on the network (exit 11)."""
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", value)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    result = CliRunner().invoke(cli, ["load", "--device", "cpu"])
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.splitlines() == [
+        f"Error: HF_HUB_ETAG_TIMEOUT={value!r} is not above 0 seconds (the request would give up before any answer)",
+        "Fix: Set HF_HUB_ETAG_TIMEOUT to a whole number of seconds above 0 (e.g. HF_HUB_ETAG_TIMEOUT=10), or unset it.",
+    ]
+    assert not (tmp_path / "hub").exists()

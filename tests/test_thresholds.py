@@ -109,10 +109,67 @@ def test_missing_dependency_names_the_module_and_the_reinstall(
     assert "Traceback" not in result.stderr
 
 
-def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
+@pytest.mark.parametrize(
+    ("before", "after", "env"),
+    [(["--debug"], [], None), ([], ["--debug"], None), ([], [], "1")],
+    ids=["group-option", "command-option", "KCUDA_DEBUG"],
+)
+def test_debug_shows_the_traceback_and_keeps_exit_70(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, before: list[str], after: list[str], env: str | None
+) -> None:
+    """It re-raised: exit 1 and no Error: line, where the spec promises 70 with or without --debug."""
     import kcuda_validate.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "read_gguf", lambda *a: 1 / 0)
     monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    if env is not None:
+        monkeypatch.setenv("KCUDA_DEBUG", env)
+    args = [*before, "load", "--device", "cpu", "--model-path", str(tiny_model), *after]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == ExitCode.INTERNAL
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert "ZeroDivisionError: division by zero" in lines  # the traceback's own last line
+    assert lines[-3:-1] == [
+        "Error: internal error: ZeroDivisionError: division by zero",
+        "Fix: Report the bug with this traceback and the log file.",
+    ]
+    assert lines[-1].startswith("Log: ")
+
+
+def test_a_value_that_reads_debug_does_not_turn_debug_on(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
+    """`--prompt --debug` is a prompt: only the --debug option click parsed counts."""
+    import kcuda_validate.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "read_gguf", lambda *a: 1 / 0)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    monkeypatch.delenv("KCUDA_DEBUG", raising=False)
+    result = CliRunner().invoke(
+        cli, ["infer", "--device", "cpu", "--model-path", str(tiny_model), "--prompt", "--debug"]
+    )
+    assert result.exit_code == ExitCode.INTERNAL
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[:2] == [
+        "Error: internal error: ZeroDivisionError: division by zero",
+        "Fix: Rerun with --debug and report the bug with the log file.",
+    ]
+
+
+def test_debug_shows_a_missing_dependency_traceback_and_keeps_exit_70(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    import kcuda_validate.pipeline as pipeline
+
+    def needs_a_missing_package(*a: object, **k: object) -> None:
+        import kcuda_validate_no_such_dependency  # noqa: F401
+
+    monkeypatch.setattr(pipeline, "read_gguf", needs_a_missing_package)
     result = CliRunner().invoke(cli, ["--debug", "load", "--device", "cpu", "--model-path", str(tiny_model)])
-    assert isinstance(result.exception, ZeroDivisionError)
+    assert result.exit_code == ExitCode.INTERNAL
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    error = next(i for i, line in enumerate(lines) if line.startswith("Error: "))
+    assert lines[error] == (
+        "Error: a dependency is missing or incompatible: No module named 'kcuda_validate_no_such_dependency'"
+    )
+    assert lines[error + 1].startswith("Fix: Reinstall the tool's locked dependencies")

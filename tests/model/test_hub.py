@@ -749,6 +749,77 @@ def test_endpoint_that_is_not_a_hub(hub_env: HubEnv, fake_hub: FakeHub) -> None:
     assert "HF_ENDPOINT" in (info.value.fix or "")
 
 
+def _redirect_to_itself(h: _Handler, method: str) -> None:
+    """A misbehaving proxy, captive portal or HF_ENDPOINT: every answer is a 302 back to the same URL."""
+    h.reply(302, {"Location": h.path})
+
+
+REDIRECT_LOOP_FIX = (
+    "Check HF_ENDPOINT and any proxy or captive portal between you and the Hub (one of them answers with a "
+    "redirect loop), or set HF_HUB_OFFLINE=1 to use the cache, or pass --model-path / --synthetic"
+)
+
+
+def test_a_redirect_loop_is_an_unreachable_hub_naming_hf_endpoint(
+    hub_env: HubEnv, fake_hub: FakeHub, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx2's TooManyRedirects is no TransportError: unmapped, it was an internal error (exit 70)."""
+    password = "pw-Sup3rSecretValue"
+    port = urlsplit(fake_hub.url).port
+    hub_env.endpoint(f"http://kcuda-user:{password}@127.0.0.1:{port}")
+    path = f"/{REPO}/resolve/main/{FILE}"
+    fake_hub.routes[path] = _redirect_to_itself
+
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    assert one_line(info.value) == (
+        f"127.0.0.1:{port} redirected the request for {REPO}/{FILE} @ main in a loop (Exceeded 20 redirects "
+        f"while resolving 'http://***@127.0.0.1:{port}{path}'.)"
+    )
+    assert (info.value.fix, info.value.exit_code) == (REDIRECT_LOOP_FIX, ExitCode.HUB_UNREACHABLE)
+    assert len(fake_hub.requests("HEAD")) == 20
+    out = capsys.readouterr()
+    for text in (out.out, out.err, caplog.text):
+        assert password not in text and "kcuda-user" not in text
+    assert hub_env.leftovers() == []
+
+    probe = hub.probe_hub(REPO, FILE)  # detect's Hub check says the same, as a warning
+    assert (probe.error, probe.fix) == (one_line(info.value), REDIRECT_LOOP_FIX)
+
+
+def test_a_redirect_loop_on_the_cdn_is_an_unreachable_hub(hub_env: HubEnv, fake_hub: FakeHub) -> None:
+    fake_hub.serve_file()
+    fake_hub.routes[f"/cdn/{SHA}"] = _redirect_to_itself
+
+    with pytest.raises(HubUnreachableError) as info:
+        hub.fetch_model(REPO, FILE)
+
+    port = urlsplit(fake_hub.url).port
+    assert one_line(info.value) == (
+        f"localhost:{port} redirected the download of {REPO}/{FILE} @ main in a loop (Exceeded maximum allowed "
+        "redirects.); nothing partial was kept"
+    )
+    assert info.value.fix == REDIRECT_LOOP_FIX
+    assert hub_env.leftovers() == []
+
+
+def test_a_redirect_loop_from_the_cli_is_exit_11(hub_env: HubEnv, fake_hub: FakeHub, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kcuda_validate.cli import cli
+
+    hub_env.monkeypatch.setenv("KCUDA_LOG_DIR", str(tmp_path / "logs"))
+    fake_hub.routes[f"/{REPO}/resolve/main/{FILE}"] = _redirect_to_itself
+
+    result = CliRunner().invoke(cli, ["load", "--device", "cpu", "--repo-id", REPO, "--filename", FILE, "--json"])
+
+    assert result.exit_code == ExitCode.HUB_UNREACHABLE, (result.stdout, result.stderr)
+    check = next(c for c in json.loads(result.stdout)["checks"] if c["id"] == "model.source")
+    assert (check["status"], check["fix"]) == ("fail", REDIRECT_LOOP_FIX)
+    assert check["summary"].startswith(f"{fake_hub.url.removeprefix('http://')} redirected the request for {REPO}")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Downloads
 
@@ -1749,6 +1820,22 @@ def test_a_setting_huggingface_hub_cannot_import_with_is_a_one_line_error(
     assert (info.value.message, info.value.fix, info.value.exit_code) == (message, fix, ExitCode.USAGE)
 
     probe = hub.probe_hub()  # detect's Hub check: a warning with the same line, never a crash
+    assert (probe.error, probe.fix, probe.cached, probe.answer_ms) == (message, fix, False, None)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", " -30 "])
+@pytest.mark.parametrize("name", ["HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"])
+def test_a_timeout_setting_of_zero_or_less_is_a_one_line_error(hub_env: HubEnv, name: str, value: str) -> None:
+    """Not an unreachable Hub (exit 11, "no answer within 0 s"): the request gives up before any answer."""
+    hub_env.monkeypatch.setenv(name, value)
+    message = f"{name}={value!r} is not above 0 seconds (the request would give up before any answer)"
+    fix = f"Set {name} to a whole number of seconds above 0 (e.g. {name}=10), or unset it."
+
+    with pytest.raises(UsageError) as info:
+        hub.fetch_model(REPO, FILE)
+    assert (info.value.message, info.value.fix, info.value.exit_code) == (message, fix, ExitCode.USAGE)
+
+    probe = hub.probe_hub()
     assert (probe.error, probe.fix, probe.cached, probe.answer_ms) == (message, fix, False, None)
 
 

@@ -11,6 +11,7 @@ import click
 from click.core import ParameterSource
 
 from kcuda_validate import defaults
+from kcuda_validate.cli._errors import note_debug
 from kcuda_validate.cli._output import Output, OutputOptions, check_distinct, check_writable
 
 
@@ -43,17 +44,23 @@ class FiniteFloatRange(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
-class OutputPath(click.Path):
-    """A file the tool will write: an empty value is refused (pathlib reads it as `.`); a directory or any other
-    kind of file is left to `check_writable`, whose message says what the path is and what to do."""
+class GivenPath(click.Path):
+    """A path option's value, refused when empty (a usage error, exit 2): pathlib reads `""` as `.`, so an unset
+    shell variable (`--model-path "$MODEL"`) would be judged as the current directory, with that path's exit code
+    and a message about `.`. What the path is otherwise is left to the command, which words it."""
 
-    def __init__(self) -> None:
-        super().__init__(path_type=Path)
+    def __init__(self, *, readable: bool = True) -> None:
+        super().__init__(path_type=Path, readable=readable)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and not value.strip():
             self.fail("an empty path names no file.", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class OutputPath(GivenPath):
+    """A file the tool will write: a directory or any other kind of file is left to `check_writable`, whose
+    message says what the path is and what to do."""
 
 
 def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -80,7 +87,14 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=OutputPath(),
             help="Write the verdict, checks and figures as a Prometheus textfile (node_exporter).",
         ),
-        click.option("--debug", is_flag=True, default=None, help="Show tracebacks for unexpected errors."),
+        click.option(
+            "--debug",
+            is_flag=True,
+            default=None,
+            is_eager=True,  # noted before other options are converted, for an error in one of them
+            callback=note_debug,
+            help="Show tracebacks for unexpected errors.",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -129,7 +143,7 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--model-path",
             # Checked by the model stage, not by click (exit 5, not 2): see model.source.check_model_file.
-            type=click.Path(path_type=Path, dir_okay=True, exists=False, readable=False),
+            type=GivenPath(readable=False),
             help="A local GGUF file.",
         ),
         click.option("--repo-id", help="Hugging Face repo, e.g. Qwen/Qwen2.5-0.5B-Instruct-GGUF."),

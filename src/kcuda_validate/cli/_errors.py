@@ -1,8 +1,10 @@
 """The one error boundary: exceptions become a one-line message and a documented exit code.
 
-Tracebacks appear only with --debug or KCUDA_DEBUG=1 (and always in the log
-file). Bugs are re-raised under pytest so tests see them instead of a
-friendly message.
+--debug or KCUDA_DEBUG=1 add the traceback of an unexpected error (exit 70) on
+stderr; the exit code and the Error:/Fix: lines stay what they are without it,
+and an expected error (a KcudaError) gets no traceback there, only in the log
+file. Bugs are re-raised under pytest so tests see them instead of a friendly
+message.
 """
 
 from __future__ import annotations
@@ -27,8 +29,26 @@ from kcuda_validate.safetext import safe
 log = logging.getLogger("kcuda_validate.cli")
 
 
-def _debug_requested(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("KCUDA_DEBUG", "") not in ("", "0")
+# Set by the --debug option's callback (cli._common.output_options), so only the option click parsed counts: not a
+# value that happens to read `--debug` (`infer --prompt --debug`), nor an argument after `--`. Reset by each run.
+_debug_option = False
+
+
+def note_debug(ctx: click.Context, param: click.Parameter, value: bool | None) -> bool | None:
+    """Callback of --debug, before or after the command name."""
+    global _debug_option
+    if value and not ctx.resilient_parsing:
+        _debug_option = True
+    return value
+
+
+def _debug_requested() -> bool:
+    return _debug_option or os.environ.get("KCUDA_DEBUG", "") not in ("", "0")
+
+
+def _traceback(exc: BaseException) -> None:
+    """--debug's traceback on stderr, before the Error: lines (which stay the last thing said)."""
+    _safe_excepthook(type(exc), exc, exc.__traceback__)
 
 
 def _say(message: str, fix: str | None = None, show_log: bool = True) -> None:
@@ -80,12 +100,13 @@ def _tolerant_streams() -> None:
 
 
 def _run(invoke: Callable[[], Any], args: list[str] | None) -> int:
+    global _debug_option
     argv = list(sys.argv[1:] if args is None else args)
     _tolerant_streams()
     setup_logging()
     sys.excepthook = _safe_excepthook
     log.info("start: kcuda-validate %s", " ".join(argv))
-    debug = _debug_requested(argv)
+    _debug_option = False
     signals.install()
     try:
         result = invoke()
@@ -108,9 +129,8 @@ def _run(invoke: Callable[[], Any], args: list[str] | None) -> int:
     except Interrupted as exc:
         return _interrupted(exc.signum)
     except KcudaError as exc:
-        log.info("error (%s): %s", exc.exit_code.reason, exc.message, exc_info=debug)
-        if debug:
-            raise
+        # Expected: --debug changes neither the code nor the lines; its traceback goes to the log only.
+        log.info("error (%s): %s", exc.exit_code.reason, exc.message, exc_info=_debug_requested())
         _say(exc.message, exc.fix, show_log=exc.exit_code != ExitCode.USAGE)
         return int(exc.exit_code)
     except BrokenPipeError:
@@ -118,8 +138,8 @@ def _run(invoke: Callable[[], Any], args: list[str] | None) -> int:
     except ImportError as exc:
         # A broken or mismatched install (e.g. huggingface-hub 1.x under code written for 2.x), not a bug here.
         log.exception("dependency import failed")
-        if debug:
-            raise
+        if _debug_requested():
+            _traceback(exc)
         _say(
             f"a dependency is missing or incompatible: {exc}",
             "Reinstall the tool's locked dependencies: `uv sync --locked --inexact` in the checkout, or run it "
@@ -128,9 +148,13 @@ def _run(invoke: Callable[[], Any], args: list[str] | None) -> int:
         return int(ExitCode.INTERNAL)
     except Exception as exc:
         log.exception("internal error")
-        if debug or "PYTEST_CURRENT_TEST" in os.environ:
+        if "PYTEST_CURRENT_TEST" in os.environ:
             raise
-        _say(f"internal error: {type(exc).__name__}: {exc}", "Rerun with --debug and report the bug with the log file.")
+        fix = "Rerun with --debug and report the bug with the log file."
+        if _debug_requested():
+            _traceback(exc)
+            fix = "Report the bug with this traceback and the log file."
+        _say(f"internal error: {type(exc).__name__}: {exc}", fix)
         return int(ExitCode.INTERNAL)
     code = int(result) if isinstance(result, int) else 0
     log.info("exit %d", code)

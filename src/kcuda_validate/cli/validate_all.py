@@ -10,6 +10,7 @@ import click
 from kcuda_validate import defaults
 from kcuda_validate.cli._common import (
     FiniteFloatRange,
+    OutputPath,
     infer_options,
     load_options,
     model_options,
@@ -81,7 +82,7 @@ def close_stale_gate(args: list[str]) -> None:
 )
 @click.option(
     "--ready-file",
-    type=click.Path(dir_okay=True, path_type=Path),
+    type=OutputPath(),
     callback=_clear_ready_file,
     is_eager=True,
     help="Create this file when the GPU passes; it is removed first thing, so it exists only after a GPU pass.",

@@ -196,6 +196,22 @@ def _transport(err: Any, a: Attempt) -> KcudaError:
     return HubUnreachableError(f"cannot reach {hub_host()} ({reason}) to fetch {a.label}", fix=fix)
 
 
+def _redirect_loop(err: Any, a: Attempt) -> KcudaError:
+    """Redirect after redirect (httpx2's TooManyRedirects is no TransportError): a misbehaving server, proxy or
+    captive portal, never a bug here."""
+    try:
+        host = netloc(str(err.request.url))  # httpx2's own redirect-follow knows the request
+    except RuntimeError:  # huggingface_hub's HEAD loop raises it without one: that request went to the Hub
+        host = hub_host()
+    what = f"the download of {a.label}" if a.downloading else f"the request for {a.label}"
+    kept = f"; {kept_note(a.kept)}" if a.downloading else ""
+    return HubUnreachableError(
+        f"{host} redirected {what} in a loop ({one_line(err)}){kept}",
+        fix="Check HF_ENDPOINT and any proxy or captive portal between you and the Hub (one of them answers with "
+        "a redirect loop), " + OR_OFFLINE,
+    )
+
+
 def _table() -> tuple[tuple[type[BaseException], Wording], ...]:
     """The exception types in the order they are tried (imported here: the Hub client loads in ~0.4 s)."""
     import httpx2
@@ -210,6 +226,7 @@ def _table() -> tuple[tuple[type[BaseException], Wording], ...]:
         (errors.RemoteEntryNotFoundError, _entry_not_found),
         (errors.HfHubHTTPError, _http_status),  # the base of all the above: last of them
         (httpx2.TransportError, _transport),
+        (httpx2.TooManyRedirects, _redirect_loop),
     )
 
 
@@ -287,7 +304,8 @@ def endpoint() -> str:
     return safe(f"{parts.scheme}://{netloc(constants.ENDPOINT)}{parts.path}".rstrip("/"))
 
 
-# What huggingface_hub.constants reads with int() when it is first imported: a bad value makes that import raise.
+# What huggingface_hub.constants reads with int() when it is first imported: a bad value makes that import raise,
+# and one of 0 or less makes every request time out at once.
 _INT_SETTINGS = ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT")
 
 
@@ -299,11 +317,16 @@ def environment_error(environ: Mapping[str, str] | None = None) -> UsageError | 
         if value is None:
             continue
         try:
-            int(value)
+            seconds = int(value)
         except ValueError:
             return UsageError(
                 f"{name}={safe(value)!r} is not a whole number of seconds",
                 fix=f"Set {name} to a whole number of seconds (e.g. {name}=10), or unset it.",
+            )
+        if seconds <= 0:  # httpx gives up at once: it would read as an unreachable Hub (exit 11)
+            return UsageError(
+                f"{name}={safe(value)!r} is not above 0 seconds (the request would give up before any answer)",
+                fix=f"Set {name} to a whole number of seconds above 0 (e.g. {name}=10), or unset it.",
             )
     stall = env.get("KCUDA_HUB_STALL_S", "").strip()
     if stall and not (stall.isascii() and stall.isdigit()):
