@@ -572,3 +572,18 @@ def test_a_report_that_cannot_be_written_at_the_end_still_leaves_the_result(
         f"Error: --report {dest}: the report could not be written (No space left on device); the result above stands"
     )
     assert not dest.exists()
+
+
+def test_synthetic_prompt_tokens_past_the_context_are_refused_before_the_load(tiny_model: Path, tmp_path: Path) -> None:
+    """--prompt-tokens and --max-tokens against --n-ctx (as llama.cpp pads it) are known once the header is read:
+    refused then, naming --prompt-tokens, before a worker loads anything (it had run into the 600 s timeout)."""
+    report = tmp_path / "r.json"
+    args = ["infer", "--device", "cpu", "--model-path", str(tiny_model), "--n-ctx", "64", "--prompt-tokens", "300"]
+    result = CliRunner().invoke(cli, [*args, "--max-tokens", "4", "--report", str(report)])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stderr.splitlines() == [
+        "Error: --prompt-tokens 300: with --max-tokens 4 that is 304 tokens, more than the context holds "
+        "(--n-ctx 64, which llama.cpp made 256)",
+        "Fix: Raise --n-ctx to at least 304 or lower --max-tokens or --prompt-tokens.",
+    ]
+    assert not report.exists()  # a usage error, as an out-of-range --n-ctx is: no report of a run that never ran

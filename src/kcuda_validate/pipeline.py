@@ -25,6 +25,7 @@ from kcuda_validate.gpu_choice import GpuContext, select_gpu
 from kcuda_validate.isolation import Interrupted, Worker, WorkerOutcome
 from kcuda_validate.llm.loader import LoadOptions, LoadResult
 from kcuda_validate.llm.measures import InferOptions
+from kcuda_validate.model.fit import CTX_PAD, synthetic_prompt_overflow
 from kcuda_validate.model.gguf_file import read_gguf
 from kcuda_validate.model.gguf_info import GgufInfo
 from kcuda_validate.model.layout import recurrent_layers, routed_experts
@@ -215,6 +216,13 @@ class ModelValidation:
             if info is None:
                 return
             check_ctx(info, run.load.n_ctx)
+            if run.infer is not None and run.infer.prompt_tokens:
+                padded = -(-run.load.n_ctx // CTX_PAD) * CTX_PAD  # what llama.cpp will make of it
+                overflow = synthetic_prompt_overflow(
+                    run.infer.prompt_tokens, run.infer.max_tokens, run.load.n_ctx, padded, info.context_length
+                )
+                if overflow is not None:
+                    raise overflow
             if not self.keep(self.fit(info, run.load)):
                 return
             outcome = self.run_model(run, resolved, info, worker)

@@ -19,7 +19,7 @@ from typing import Any
 from kcuda_validate.errors import UsageError
 from kcuda_validate.llm.loader import LoadedModel
 from kcuda_validate.llm.measures import InferenceResult, InferOptions, RunMeasure
-from kcuda_validate.model.fit import context_fix
+from kcuda_validate.model.fit import context_fix, ctx_label, synthetic_prompt_overflow
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,9 @@ class Inferencer:
         self.n_batch = int(self.llm.n_batch)
         self._graph_changed = False  # a backend sampler was detached: the next decode would re-reserve the graph
 
-    def _ctx_label(self) -> str:
-        """The context as the user asked for it, and what llama.cpp made of it when that differs (it pads n_ctx
-        up to a multiple of 256), so a message never names a --n-ctx the user did not pass."""
-        asked = self.model.result.options.n_ctx
-        if asked == self.n_ctx:
-            return f"--n-ctx {asked}"
-        return f"--n-ctx {asked}, which llama.cpp made {self.n_ctx}"
+    @property
+    def _asked_ctx(self) -> int:
+        return int(self.model.result.options.n_ctx)
 
     # -- prompt handling -------------------------------------------------------------------------------
     def chat_template(self) -> bytes | None:
@@ -279,15 +275,11 @@ class Inferencer:
     def run(self, opts: InferOptions, on_text: Callable[[str], None] | None = None) -> InferenceResult:
         """Warm-up (streamed to the user), then `repeat` measured runs on the same tokens."""
         if opts.prompt_tokens:
-            needed = opts.prompt_tokens + opts.max_tokens
-            if needed > self.n_ctx:  # known before a token is made: refused before the work, naming its option
-                raise UsageError(
-                    f"--prompt-tokens {opts.prompt_tokens}: with --max-tokens {opts.max_tokens} that is {needed} "
-                    f"tokens, more than the context holds ({self._ctx_label()})",
-                    fix=context_fix(
-                        opts.prompt_tokens, opts.max_tokens, self.n_ctx, self.n_ctx_train, "Lower --prompt-tokens"
-                    ),
-                )
+            overflow = synthetic_prompt_overflow(
+                opts.prompt_tokens, opts.max_tokens, self._asked_ctx, self.n_ctx, self.n_ctx_train
+            )
+            if overflow is not None:  # refused before a token is made
+                raise overflow
             tokens = self.synthetic_prompt(opts.prompt_tokens)
             formatted, applied = "", False
             prompt = f"<{opts.prompt_tokens} synthetic tokens>"
@@ -301,7 +293,7 @@ class Inferencer:
         if needed > self.n_ctx:
             raise UsageError(
                 f"--max-tokens {opts.max_tokens}: prompt ({len(tokens)} tokens) + max tokens = {needed} exceeds "
-                f"{self._ctx_label()}",
+                f"{ctx_label(self._asked_ctx, self.n_ctx)}",
                 fix=context_fix(len(tokens), opts.max_tokens, self.n_ctx, self.n_ctx_train),
             )
         backend = self.backend_sampling(opts)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kcuda_validate.checks import Check, Status
-from kcuda_validate.errors import ExitCode
+from kcuda_validate.errors import ExitCode, UsageError
 from kcuda_validate.model.gguf_info import GgufInfo
 from kcuda_validate.model.layout import INPUT_TABLES, kv_bytes_per_token, recurrent_state_bytes
 
@@ -210,7 +210,7 @@ def _largest(hi: int, fits: Callable[[int], bool]) -> int:
 
 
 def context_fix(
-    prompt_tokens: int, max_tokens: int, n_ctx: int, n_ctx_train: int | None, shorten: str = "Shorten the prompt"
+    prompt_tokens: int, max_tokens: int, n_ctx: int, n_ctx_train: int | None, synthetic: bool = False
 ) -> str:
     """What to do when prompt + --max-tokens overflows --n-ctx, offering only a context the model can take.
 
@@ -219,11 +219,13 @@ def context_fix(
     needed = prompt_tokens + max_tokens
     limit = n_ctx_train if n_ctx_train and n_ctx_train > 0 else None
     if limit is None or needed <= limit:
-        return f"Raise --n-ctx to at least {needed} or lower --max-tokens."
+        also = " or --prompt-tokens" if synthetic else ""
+        return f"Raise --n-ctx to at least {needed} or lower --max-tokens{also}."
     room = max(n_ctx, limit) - prompt_tokens  # the most tokens the largest allowed context leaves for the answer
     if room < 1:
         return (
-            f"{shorten}: it alone is {prompt_tokens} tokens and the model's trained context is {limit} "
+            f"{'Lower --prompt-tokens' if synthetic else 'Shorten the prompt'}: it alone is {prompt_tokens} tokens "
+            f"and the model's trained context is {limit} "
             "(--n-ctx cannot go past it)."
         )
     if n_ctx >= limit:
@@ -232,6 +234,27 @@ def context_fix(
     return (
         f"Lower --max-tokens to at most {room} with --n-ctx {limit} (the model's trained context, the most "
         f"--n-ctx can be){here}."
+    )
+
+
+def ctx_label(asked: int, actual: int) -> str:
+    """The context as the user asked for it, and what llama.cpp made of it when that differs (it pads n_ctx up to
+    a multiple of CTX_PAD), so a message never names a --n-ctx the user did not pass."""
+    return f"--n-ctx {asked}" if asked == actual else f"--n-ctx {asked}, which llama.cpp made {actual}"
+
+
+def synthetic_prompt_overflow(
+    prompt_tokens: int, max_tokens: int, asked: int, actual: int, n_ctx_train: int | None
+) -> UsageError | None:
+    """--prompt-tokens N with --max-tokens past the context: known from the options and the header alone, so the
+    run refuses it before loading (and the worker again, should a caller skip that)."""
+    needed = prompt_tokens + max_tokens
+    if needed <= actual:
+        return None
+    return UsageError(
+        f"--prompt-tokens {prompt_tokens}: with --max-tokens {max_tokens} that is {needed} tokens, more than the "
+        f"context holds ({ctx_label(asked, actual)})",
+        fix=context_fix(prompt_tokens, max_tokens, actual, n_ctx_train, synthetic=True),
     )
 
 
