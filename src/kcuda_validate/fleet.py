@@ -1,8 +1,9 @@
 """`kcuda-validate fleet`: many nodes' JSON reports -> one table, outliers and mixed versions.
 
 Pure, apart from the loader at the end (`find_report_files`, `load_report`): a report dict becomes frozen
-`FleetRow`s (`fleet_rows.rows_from_report`), and `summarize` keeps the newest report per node, GPU and command, then
-judges outliers (`judge_outliers`) and mixed versions (`judge_mixed`) into one frozen `FleetSummary`.
+`FleetRow`s (`fleet_rows.rows_from_report`), and `summarize` keeps the rows that no newer report of their node and
+command supersedes (`newest`), then judges outliers (`judge_outliers`) and mixed versions (`judge_mixed`) into one
+frozen `FleetSummary`.
 Every figure is read from a report; one a report does not have stays None (n/a), never a guess.
 """
 
@@ -153,18 +154,46 @@ class FleetSummary:
 
 
 def newest(rows: Iterable[FleetRow]) -> tuple[tuple[FleetRow, ...], int]:
-    """The newest row (report time) per node, GPU and command; and how many older ones it superseded."""
-    best: dict[tuple[str, str, str], FleetRow] = {}
-    total = 0
+    """The rows that still count, and how many reports none of whose rows do (superseded).
+
+    Per node and command, the newest report (finished_at) counts whole. An older report's GPU row still counts
+    while every newer report names a GPU and none names this one (separate `--device N` runs each keep their
+    GPU); a newer report that names no GPU stopped before choosing one, so the node is broken now and nothing
+    older counts. A CPU run says nothing of the GPUs: CPU runs supersede only CPU runs, and only by time."""
+    reports: dict[tuple[str, str, bool], dict[tuple[float, str], list[FleetRow]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for row in rows:
-        total += 1
-        gpu = row.gpu_uuid or ("" if row.gpu_index is None else str(row.gpu_index))
-        key = (row.node, gpu, row.command)
-        old = best.get(key)
-        if old is None or (row.timestamp, row.file) > (old.timestamp, old.file):
-            best[key] = row
-    kept = sorted(best.values(), key=lambda r: (natural_key(r.node), r.gpu_index or 0, r.command))
-    return tuple(kept), total - len(kept)
+        reports[(row.node, row.command, row.device_mode == "cpu")][(row.timestamp, row.file)].append(row)
+    kept: list[FleetRow] = []
+    superseded = 0
+    for by_report in reports.values():
+        named: set[str] = set()  # the GPUs a newer report named
+        blanket = False  # a newer report named no GPU: nothing older counts
+        for i, when in enumerate(sorted(by_report, reverse=True)):
+            report = by_report[when]
+            if i == 0:
+                current = report
+            elif blanket:
+                current = []
+            else:
+                current = [r for r in report if (gpu := _gpu_key(r)) is not None and gpu not in named]
+            kept.extend(current)
+            superseded += not current
+            for r in report:
+                gpu = _gpu_key(r)
+                if gpu is None:
+                    blanket = True
+                else:
+                    named.add(gpu)
+    # GPU runs before a CPU run of the same node and command, whatever order the files came in
+    kept.sort(key=lambda r: (natural_key(r.node), r.gpu_index or 0, r.command, r.device_mode == "cpu"))
+    return tuple(kept), superseded
+
+
+def _gpu_key(row: FleetRow) -> str | None:
+    """Which GPU a row is about (its UUID, else its index); None for a row that names none."""
+    return row.gpu_uuid or (None if row.gpu_index is None else str(row.gpu_index))
 
 
 def row_labels(rows: Sequence[FleetRow]) -> dict[FleetRow, str]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kcuda_validate.errors import ExitCode
+
 REPORT_SCHEMA_VERSION = "1.0"
 COMMANDS = ("detect", "setup", "health", "load", "infer", "validate-all")
 CPU_RUN = "CPU run (no GPU)"
@@ -167,7 +169,7 @@ def rows_from_report(doc: Any, file: str) -> tuple[FleetRow, ...]:
                     **_gpu_fields(dev.get("gpu"), f"sections.devices.{key}.gpu"),
                     passed=code == 0,
                     exit_code=code,
-                    exit_reason="ok" if code == 0 else exit_reason,
+                    exit_reason=_reason(code),  # its own: the report's is the worst over all GPUs
                     stopped_at=_str_or_none(dev.get("stopped_at")),
                     **_figures(metrics, f"gpu{key}."),
                     **_model_fields(dev_sections),
@@ -220,6 +222,14 @@ def _timestamp(text: str) -> float:
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _reason(code: int) -> str:
+    """The exit reason of one GPU's exit code (the report keeps only the code per GPU)."""
+    try:
+        return ExitCode(code).reason
+    except ValueError:
+        return "unknown"
 
 
 def _gpu_fields(gpu: Any, where: str) -> dict[str, Any]:
@@ -289,6 +299,8 @@ def _model_fields(sections: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(inference, dict) and isinstance(inference.get("options"), dict):
         options = inference["options"]
         chosen = {k: options.get(k) for k in _SPEED_OPTIONS}
+        # The path the measured runs took (auto resolves per build and device), else the one asked for.
+        chosen["sampling"] = inference.get("sampling") or options.get("sampling")
         if isinstance(load, dict):
             chosen |= {"n_ctx": load.get("n_ctx"), "gpu_layers": load.get("gpu_layers_requested")}
         settings = json.dumps(chosen, sort_keys=True, default=str)

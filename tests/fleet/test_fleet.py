@@ -579,3 +579,194 @@ def test_a_host_name_with_control_characters_cannot_drive_the_terminal(real: Rea
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout
     assert cells(result.stdout.splitlines()[4]) == row_cells(real.newer, "evil\\x1b[2J\\x07")
     assert json.loads(fleet(str(tmp_path / "r"), "--json").stdout)["nodes"] == ["evil\x1b[2J\x07"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which report counts, GPU by GPU; per-GPU exit reasons; the sampling path in the peer groups. Real reports turned
+# into GPU runs: only the GPU identity (made up, and named so), the time and the outcome change.
+
+MADE_UP_GPU = {"name": "made-up GPU (test)", "pci_bus_id": None, "compute_capability": None, "memory_total_bytes": None}
+
+
+def on_gpu(doc: dict[str, Any], node: str, finished_at: str, index: int = 0) -> dict[str, Any]:
+    """The real report as the run on GPU `index` of `node`, finished at `finished_at`."""
+    copy = as_node(doc, node)
+    copy |= {"device_mode": "gpu", "finished_at": finished_at}
+    copy["gpu"] = {"index": index, "uuid": f"GPU-{node}-{index}", **MADE_UP_GPU}
+    return copy
+
+
+def no_driver(doc: dict[str, Any], node: str, finished_at: str) -> dict[str, Any]:
+    """What validate-all writes when it stops at detect, before choosing a GPU: no GPU, no figures."""
+    copy = as_node(doc, node)
+    copy |= {
+        "device_mode": "gpu",
+        "finished_at": finished_at,
+        "passed": False,
+        "exit_code": 3,
+        "exit_reason": "no_gpu",
+        "stopped_at": "detect",
+        "gpu": None,
+        "metrics": {},
+        "sections": {"detect": doc["sections"]["detect"]},
+    }
+    return copy
+
+
+MON, TUE, WED = "2026-01-05T10:00:00+00:00", "2026-01-06T10:00:00+00:00", "2026-01-07T10:00:00+00:00"
+
+
+def counted(doc: dict[str, Any]) -> list[tuple[str, int | None, str, bool, str]]:
+    return [(r["node"], r["gpu_index"], Path(r["file"]).name, r["passed"], r["exit_reason"]) for r in doc["rows"]]
+
+
+def test_a_pass_supersedes_the_older_failure_that_named_no_gpu(real: RealReports, tmp_path: Path) -> None:
+    write(tmp_path, "mon.json", no_driver(real.newer, "node-1", MON))
+    write(tmp_path, "tue.json", on_gpu(real.newer, "node-1", TUE))
+    result = fleet(str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert counted(doc) == [("node-1", 0, "tue.json", True, "ok")]
+    assert (doc["files"], doc["summary"]) == (
+        {"read": 2, "superseded": 1},
+        "PASS: 1 node, 1 row; 1 superseded report",
+    )
+
+
+def test_a_newer_failure_that_names_no_gpu_supersedes_the_older_pass(real: RealReports, tmp_path: Path) -> None:
+    """The driver went away: the GPU's old pass says nothing of the node now."""
+    write(tmp_path, "mon.json", on_gpu(real.newer, "node-1", MON))
+    write(tmp_path, "tue.json", no_driver(real.newer, "node-1", TUE))
+    result = fleet(str(tmp_path), "--json")
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.stdout)
+    assert counted(doc) == [("node-1", None, "tue.json", False, "no_gpu")]
+    assert (doc["files"], doc["summary"]) == (
+        {"read": 2, "superseded": 1},
+        "FAIL: 1 node, 1 row; 1 failed (node-1); 1 superseded report",
+    )
+
+
+def test_separate_device_runs_each_keep_their_gpu(real: RealReports, tmp_path: Path) -> None:
+    """`--device 0` on Monday, `--device 1` on Tuesday: both GPUs count; Wednesday's GPU 0 run replaces Monday's."""
+    write(tmp_path, "mon.json", on_gpu(real.newer, "node-1", MON, index=0))
+    write(tmp_path, "tue.json", on_gpu(real.newer, "node-1", TUE, index=1))
+    assert counted(json.loads(fleet(str(tmp_path), "--json").stdout)) == [
+        ("node-1", 0, "mon.json", True, "ok"),
+        ("node-1", 1, "tue.json", True, "ok"),
+    ]
+    wed = on_gpu(real.newer, "node-1", WED, index=0) | {
+        "passed": False,
+        "exit_code": 6,
+        "exit_reason": "below_threshold",
+    }
+    write(tmp_path, "wed.json", wed)
+    result = fleet(str(tmp_path), "--json")
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.stdout)
+    assert counted(doc) == [("node-1", 0, "wed.json", False, "below_threshold"), ("node-1", 1, "tue.json", True, "ok")]
+    assert doc["summary"] == "FAIL: 1 node, 2 rows; 1 failed (node-1); 1 superseded report"
+
+
+def test_a_cpu_run_neither_supersedes_a_gpu_run_nor_is_superseded_by_one(real: RealReports, tmp_path: Path) -> None:
+    """`--device cpu` says nothing of the GPUs: a CPU pass after a failure to find the driver leaves the failure."""
+    write(tmp_path, "mon.json", as_node(real.older, "node-1") | {"finished_at": MON})
+    write(tmp_path, "tue.json", no_driver(real.newer, "node-1", TUE))
+    write(tmp_path, "wed.json", as_node(real.newer, "node-1") | {"finished_at": WED})
+    result = fleet(str(tmp_path), "--json")
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.stdout)
+    assert [(r["device_mode"], *row) for r, row in zip(doc["rows"], counted(doc), strict=True)] == [
+        ("gpu", "node-1", None, "tue.json", False, "no_gpu"),
+        ("cpu", "node-1", None, "wed.json", True, "ok"),
+    ]
+    assert doc["files"] == {"read": 3, "superseded": 1}
+
+
+def test_newest_counts_reports_and_a_gpu_less_report_ends_what_came_before() -> None:
+    """Superseded counts reports, not rows: a two-GPU report with one GPU still current is not superseded."""
+    both = [row("a", gpu_index=i, gpu_uuid=f"a{i}", file="all.json", timestamp=1.0) for i in (0, 1)]
+    again = row("a", gpu_index=0, gpu_uuid="a0", file="gpu0.json", timestamp=2.0)
+    assert newest([*both, again]) == ((again, both[1]), 0)
+    lost = row("a", None, gpu_index=None, gpu_uuid=None, passed=False, file="lost.json", timestamp=3.0)
+    back = row("a", gpu_index=1, gpu_uuid="a1", file="back.json", timestamp=4.0)
+    assert newest([*both, again, lost]) == ((lost,), 2)
+    assert newest([*both, again, lost, back]) == ((back,), 3)
+
+
+def test_all_devices_rows_carry_their_own_exit_reason(real: RealReports, tmp_path: Path) -> None:
+    """GPU 0 below the threshold (6) beside GPU 1 that crashed (7): the report's reason is GPU 1's alone."""
+    doc = on_gpu(real.failed, "node-1", MON) | {
+        "gpu": None,
+        "exit_code": 7,
+        "exit_reason": "crashed",
+        "stopped_at": "gpu1.infer",
+        "metrics": {},
+    }
+    doc["sections"] = {
+        "detect": real.failed["sections"]["detect"],
+        "devices": {
+            str(i): {"gpu": {"index": i, "uuid": f"GPU-{i}", **MADE_UP_GPU}, "exit_code": code, "stopped_at": at}
+            for i, (code, at) in enumerate(((6, None), (7, "infer")))
+        },
+    }
+    write(tmp_path, "node-1.json", doc)
+    got = json.loads(fleet(str(tmp_path), "--json").stdout)
+    assert [(r["gpu_index"], r["exit_code"], r["exit_reason"], r["stopped_at"]) for r in got["rows"]] == [
+        (0, 6, "below_threshold", None),
+        (1, 7, "crashed", "infer"),
+    ]
+    lines = [cells(line) for line in fleet(str(tmp_path)).stdout.splitlines()]
+    engine = real.failed["versions"]["llama-cpp-python"] + " CPU"
+    assert lines[4:6] == [
+        f"node-1 GPU 0 | 0: made-up GPU (test) | validate-all | FAIL (exit 6 below_threshold) | - | n/a | n/a"
+        f" | {engine} | n/a | n/a | n/a",
+        f"node-1 GPU 1 | 1: made-up GPU (test) | validate-all | FAIL (exit 7 crashed) | infer | n/a | n/a"
+        f" | {engine} | n/a | n/a | n/a",
+    ]
+    doc["sections"]["devices"]["1"]["exit_code"] = 99  # no exit code of this tool's: said so, never a traceback
+    assert [r.verdict for r in rows_from_report(doc, "node-1.json")] == [
+        "FAIL (exit 6 below_threshold)",
+        "FAIL (exit 99 unknown)",
+    ]
+
+
+def sampled(
+    doc: dict[str, Any], node: str, gen_tps: float, sampling: str | None, asked: str = "auto"
+) -> dict[str, Any]:
+    """The real report as a GPU run whose measured runs sampled on `sampling` (None: a report without the field)."""
+    copy = on_gpu(doc, node, MON)
+    copy["metrics"]["gen_tps"]["value"] = gen_tps
+    inference = copy["sections"]["inference"]
+    inference["options"]["sampling"] = asked
+    if sampling is None:
+        del inference["sampling"]
+    else:
+        inference["sampling"] = sampling
+    return copy
+
+
+SLOW_C = (
+    "c: 500 tok/s, 50 % below the median 1,000 tok/s of the 2 other made-up GPU (test) nodes"
+    " (model {model}, same settings)"
+)
+
+
+@pytest.mark.parametrize(
+    ("slow", "outliers"),
+    [
+        (("backend", "auto"), [SLOW_C]),
+        (("cpu", "auto"), []),  # the measured runs sampled on the CPU: no peer of the backend runs
+        ((None, "backend"), [SLOW_C]),  # no measured path in the report: the path asked for stands in
+        ((None, "cpu"), []),
+    ],
+)
+def test_the_sampling_path_divides_the_peer_groups(
+    real: RealReports, tmp_path: Path, slow: tuple[str | None, str], outliers: list[str]
+) -> None:
+    write(tmp_path, "a.json", sampled(real.newer, "a", 1000.0, "backend"))
+    write(tmp_path, "b.json", sampled(real.newer, "b", 1000.0, "backend"))
+    write(tmp_path, "c.json", sampled(real.newer, "c", 500.0, *slow))
+    got = json.loads(fleet(str(tmp_path), "--json").stdout)
+    model = real.newer["sections"]["model"]["path"].rsplit("/", 1)[1]
+    assert [o["message"] for o in got["outliers"]] == [m.format(model=model) for m in outliers]
