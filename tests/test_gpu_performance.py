@@ -70,6 +70,41 @@ def test_power_capped_gpu_gets_the_nvidia_smi_fix() -> None:
     )
 
 
+# A card whose limit was lowered from 450 W to 420 W, drawing 310 W under load.
+LOWERED = dataclasses.replace(LOADED, power_limit_mw=420_000, power_default_mw=450_000)
+
+
+def test_a_lowered_limit_the_power_cap_never_held_passes_without_warning() -> None:
+    """Nothing slowed this run: the limit alone is no finding here (detect's idle health reports it)."""
+    check = judge(series(0, LOWERED, LOWERED))
+    assert (check.status, check.summary, check.fix) == (Status.PASS, "no slowdown, SM 2520 of 3120 MHz", None)
+
+
+def test_a_lowered_limit_the_power_cap_held_for_less_than_the_minimum_share_passes() -> None:
+    check = judge(series(9, LOWERED, dataclasses.replace(LOWERED, clocks_event_reasons=0x4)))
+    assert (check.status, check.summary, check.fix) == (Status.PASS, "no slowdown, SM 2520 of 3120 MHz", None)
+
+
+def test_a_lowered_limit_the_power_cap_held_for_the_minimum_share_warns() -> None:
+    check = judge(series(10, LOWERED, dataclasses.replace(LOWERED, clocks_event_reasons=0x4)))
+    assert (check.status, check.summary, check.fix) == (
+        Status.WARN,
+        "power limit 420 W, default 450 W, SW power cap for 10 % of inference",
+        "`sudo nvidia-smi -i 0 -pl 450`.",
+    )
+
+
+def test_a_lowered_limit_where_the_driver_gives_no_clocks_event_reasons_is_named_na_not_warned() -> None:
+    blind = dataclasses.replace(LOWERED, unsupported=frozenset({"nvmlDeviceGetCurrentClocksEventReasons"}))
+    check = judge(series(0, blind, blind))
+    assert (check.status, check.summary, check.fix) == (
+        Status.PASS,
+        "no slowdown, SM 2520 of 3120 MHz"
+        " (clocks-event reasons, SW power cap at the lowered 420 W limit (default 450 W): n/a)",
+        None,
+    )
+
+
 def test_degraded_pcie_under_load() -> None:
     narrow = dataclasses.replace(LOADED, pcie_gen=(3, 4), pcie_width=(4, 16))
     check = judge(series(0, narrow, narrow))

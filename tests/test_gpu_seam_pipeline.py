@@ -318,3 +318,101 @@ def test_fixes_that_name_a_command_name_it_as_it_was_started(
         f"     fix: Install the NVIDIA driver (`{command} detect` says how), or pass --arch (and --cuda) to build an "
         "engine for another machine."
     )
+
+
+# -- NVML does not start: the model commands' GPU selection reads it as detect does ----------------------------------
+
+CPU_HINT = "Or pass --device cpu for a CPU-only run."
+PERMISSION_FIX = (
+    "Check /dev/nvidia* permissions (add your user to the `video` group) or run the container with `--gpus all`."
+)
+WSL_NO_MODULE_FIX = (
+    "WSL2 has no NVIDIA kernel module to load: a Linux libnvidia-ml is shadowing the Windows driver's. Remove any "
+    "Linux NVIDIA driver inside WSL2 (keep /usr/lib/wsl/lib), run `sudo ldconfig`, then `wsl --shutdown` in "
+    "PowerShell (or `wsl.exe --shutdown` from inside WSL)."
+)
+MISMATCH_FIX = (
+    "The kernel module and user-space driver differ (usually after a driver upgrade): reboot, or reload with "
+    "`sudo rmmod nvidia_uvm nvidia_drm nvidia_modeset nvidia && sudo modprobe nvidia`."
+)
+# scenario -> (exit code, detect's summary, NVML's own message, the fix): 4 where driver and GPU are there.
+NVML_START_FAILURES = {
+    "nvml_no_permission": (
+        ExitCode.GPU_UNUSABLE,
+        "No permission to open the NVIDIA device files",
+        "Insufficient Permissions",
+        PERMISSION_FIX,
+    ),
+    "driver_mismatch": (
+        ExitCode.GPU_UNUSABLE,
+        "Driver/library version mismatch",
+        "RM has detected an NVML/RM version mismatch.",
+        MISMATCH_FIX,
+    ),
+    "wsl2_linux_driver_installed": (
+        ExitCode.NO_GPU,
+        "NVIDIA driver installed but its kernel module is not loaded",
+        "Driver Not Loaded",
+        WSL_NO_MODULE_FIX,
+    ),
+}
+
+
+@pytest.mark.parametrize("command", [("load",), ("infer", "--max-tokens", "1")])
+@pytest.mark.parametrize("name", sorted(NVML_START_FAILURES))
+def test_gpu_selection_gives_detects_diagnosis_and_exit_code_when_nvml_does_not_start(
+    name: str, command: tuple[str, ...], tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No permission on /dev/nvidia* is a GPU the stack cannot use (4), not "no NVIDIA driver or GPU" (3): the
+    model commands say what detect says, with its fix and code."""
+    install(name, monkeypatch, tmp_path)
+    code, why, detail, fix = NVML_START_FAILURES[name]
+    detect_code, detect = run_json("detect", "--skip-torch")
+    driver = next(c for c in detect["checks"] if c["id"] == "driver.nvml")
+    assert (detect_code, driver["summary"], driver["fix"], driver["exit_code"]) == (code, why, fix, code)
+    result = CliRunner().invoke(cli, ["--json", command[0], "--model-path", str(tiny_model), *command[1:]])
+    doc = json.loads(result.stdout)
+    error = f"no usable NVIDIA GPU ({why}; NVML: {detail})"
+    assert result.exit_code == code
+    assert result.stderr.splitlines()[:2] == [f"Error: {error}", f"Fix: {fix} {CPU_HINT}"]
+    assert doc["stopped_at"] == "gpu"
+    (select,) = doc["checks"]
+    assert (select["id"], select["status"], select["summary"], select["fix"], select["exit_code"]) == (
+        "gpu.select",
+        "fail",
+        error,
+        f"{fix} {CPU_HINT}",
+        code,
+    )
+    assert select["evidence"] == {"kind": driver["evidence"]["kind"], "detail": detail}
+
+
+def test_validate_all_without_permission_on_the_device_files_stops_at_detect_with_4(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    install("nvml_no_permission", monkeypatch, tmp_path)
+    code, doc = run_json("validate-all", "--model-path", str(tiny_model), "--max-tokens", "1")
+    assert (code, doc["stopped_at"]) == (ExitCode.GPU_UNUSABLE, "detect")
+    failed = [(c["id"], c["summary"], c["exit_code"]) for c in doc["checks"] if c["status"] == "fail"]
+    assert failed == [
+        ("driver.nvml", "No permission to open the NVIDIA device files", ExitCode.GPU_UNUSABLE),
+        ("cuda.driver_api", "cuInit failed: CUDA_ERROR_NO_DEVICE", ExitCode.GPU_UNUSABLE),
+    ]
+
+
+def test_gpu_selection_without_the_nvml_bindings_is_unusable_not_absent() -> None:
+    """No scenario removes nvidia-ml-py (the fakes stand in for it): the judge is called on the real error."""
+    from kcuda_validate.checks import Status
+    from kcuda_validate.gpu.nvml import NvmlInitError
+    from kcuda_validate.gpu_choice import nvml_unavailable
+
+    exc = NvmlInitError("bindings_missing", "nvidia-ml-py is not installed (No module named 'pynvml')")
+    check = nvml_unavailable(exc, wsl2=False)
+    assert (check.status, check.summary, check.fix, check.exit_code) == (
+        Status.FAIL,
+        "no usable NVIDIA GPU (nvidia-ml-py is not installed in this environment; NVML: nvidia-ml-py is not "
+        "installed (No module named 'pynvml'))",
+        "Reinstall the tool's locked dependencies: `uv sync --inexact` in the checkout, which keeps what setup added "
+        f"(a plain `uv sync` removes it), or run through `./run kcuda-validate ...`, which syncs. {CPU_HINT}",
+        ExitCode.GPU_UNUSABLE,
+    )

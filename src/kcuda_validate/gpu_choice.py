@@ -13,7 +13,7 @@ from typing import Any
 
 from kcuda_validate.checks import Check, failed, passed, skipped, warned
 from kcuda_validate.detect.software import FIX_CUDA_ORDER
-from kcuda_validate.detect.stack import FIX_GPU_LOST, FIX_NO_DEVICE  # the same advice detect gives
+from kcuda_validate.detect.stack import FIX_GPU_LOST, FIX_NO_DEVICE, nvml_failure  # the same advice detect gives
 from kcuda_validate.errors import ExitCode, UsageError
 from kcuda_validate.gpu.nvml import (
     GpuInfo,
@@ -138,14 +138,19 @@ def no_usable_gpu(
     )
 
 
-def nvml_unavailable(exc: NvmlInitError) -> Check:
+def nvml_unavailable(exc: NvmlInitError, wsl2: bool) -> Check:
+    """NVML did not start: detect's reading of why (its table of NVML start failures), with the same fix and
+    exit code: 3 where there is no driver, 4 where driver and GPU are there but cannot be used."""
+    why, fix, code = nvml_failure(exc.kind, "NVML failed to start", wsl2)
     return failed(
         "gpu.select",
         "gpu",
         "GPU selection",
-        f"no usable NVIDIA GPU: NVML {exc.kind.replace('_', ' ')} ({exc.detail})",
-        f"Run `{invocation()} detect` for the diagnosis and fix, or `--device cpu` for a CPU-only run.",
-        ExitCode.GPU_UNUSABLE if exc.kind == "version_mismatch" else ExitCode.NO_GPU,
+        f"no usable NVIDIA GPU ({why}; NVML: {exc.detail})",
+        f"{fix} {CPU_RUN_HINT}",
+        code,
+        kind=exc.kind,
+        detail=exc.detail,
     )
 
 
@@ -171,7 +176,9 @@ def select_gpu(device: int | None, cpu_mode: bool) -> tuple[StageVerdict, GpuCon
     try:
         nvml = Nvml.open()
     except NvmlInitError as exc:
-        return halt("gpu", nvml_unavailable(exc)), None
+        from kcuda_validate.gpu.platform import probe_platform
+
+        return halt("gpu", nvml_unavailable(exc, probe_platform().is_wsl2)), None
     driver = nvml.driver()
     gpus = tuple(nvml.gpu(i) for i in range(driver.device_count))
     if device is not None and gpus and device not in {g.index for g in gpus}:

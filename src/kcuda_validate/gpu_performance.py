@@ -2,7 +2,8 @@
 
 A pure function of the sampler's summary and what NVML said of the GPU (no I/O). It passes, or warns with the
 cause, the share of the sampled inference it held for, and the fix. A figure the driver cannot give is n/a in
-the summary, never dropped. SW power cap at the default limit is how a GPU boosts, not a fault; an idle PCIe link
+the summary, never dropped. SW power cap at the default limit is how a GPU boosts, not a fault, and a lowered
+limit is a cause only where the SW power cap held the clocks for MIN_SHARE of the samples; an idle PCIe link
 downshifts on its own, so the link is judged on the best generation and width seen under load.
 
 `judge_decode_bandwidth` sets the decode's achieved bandwidth against what detect's timed copies reached, on a
@@ -79,18 +80,21 @@ def _findings(summary: TelemetrySummary, gpu: GpuInfo) -> tuple[list[tuple[str, 
                 name, share = max(held, key=lambda x: x[1])
                 extra = f" ({_temps(summary, gpu)})" if fix is FIX_THERMAL else ""
                 problems.append((f"clocks held back by {name} for {_pct(share)} of inference{extra}", fix))
+    # A lowered limit slows a run only where the SW power cap held the clocks under load (detect's idle health
+    # reports the limit on its own); where the driver cannot say whether it held, the limit alone is not a finding.
     limit, default = gpu.power_limit_w, gpu.power_limit_default_w
     if limit is None or default is None:
         na.append("power limit vs default")
     elif limit < default - _TOLERANCE_W:
-        cap = shares.get("SW power cap", 0.0) if shares is not None else None
-        binding = f", SW power cap for {_pct(cap)} of inference" if cap else ""
-        problems.append(
-            (
-                f"power limit {limit:.0f} W, default {default:.0f} W{binding}",
-                FIX_POWER.format(index=gpu.index, default=default),
+        if shares is None:
+            na.append(f"SW power cap at the lowered {limit:.0f} W limit (default {default:.0f} W)")
+        elif (cap := shares.get("SW power cap", 0.0)) >= MIN_SHARE:
+            problems.append(
+                (
+                    f"power limit {limit:.0f} W, default {default:.0f} W, SW power cap for {_pct(cap)} of inference",
+                    FIX_POWER.format(index=gpu.index, default=default),
+                )
             )
-        )
     if summary.mem_clock_mean_mhz is None or not gpu.max_memory_clock_mhz:
         na.append("memory clock")
     elif summary.mem_clock_mean_mhz < MEM_CLOCK_LOW * gpu.max_memory_clock_mhz:

@@ -1236,6 +1236,15 @@ MODEL_RUN_SCENARIOS: dict[str, Scenario] = _scenarios(
         # NVML sessions in `validate-all`: the worker pin (1), detect (2), the pipeline's GPU selection (3).
         gpus=(dataclasses.replace(RTX_4090, lost_from_init=3),),
     ),
+    Scenario(
+        "nvml_no_permission",
+        "Driver and GPU present, but this user cannot open /dev/nvidia* (not in the `video` group, or a container "
+        "without the device files): NVML and cuInit are refused",
+        exit_code=ExitCode.GPU_UNUSABLE,
+        nvml_init_error=pynvml.NVML_ERROR_NO_PERMISSION,
+        libcuda=LibcudaSpec(init_result=100),
+        torch=TorchSpec(available=False, init_error=TORCH_NO_GPUS),
+    ),
 )
 
 REQUIRED = (

@@ -258,19 +258,21 @@ def check_model_dir(facts: Facts) -> tuple[Check, ...]:
 # -- driver, NVML and each GPU ----------------------------------------------------------------------------
 
 
-def nvml_failure(kind: str, otherwise: str) -> tuple[str, str, ExitCode]:
+def nvml_failure(kind: str, otherwise: str, wsl2: bool = False) -> tuple[str, str, ExitCode]:
     """(summary, fix, exit code) for an NVML that did not start, by NvmlInitError.kind; `otherwise` for a kind
-    the table does not know."""
-    return NVML_INIT_FAILURES.get(kind, (otherwise, FIX_INSTALL_DRIVER, ExitCode.NO_GPU))
+    the table does not know. On WSL2 there is no kernel module to load: a module "not loaded" there is a Linux
+    libnvidia-ml shadowing the Windows driver's. detect and the model commands' GPU selection both read this."""
+    summary, fix, code = NVML_INIT_FAILURES.get(kind, (otherwise, FIX_INSTALL_DRIVER, ExitCode.NO_GPU))
+    if kind == "driver_not_loaded" and wsl2:
+        fix = FIX_WSL_NO_MODULE
+    return summary, fix, code
 
 
 def check_driver(facts: Facts) -> tuple[Check, ...]:
     nvml, cpu, title = facts.nvml, facts.options.cpu_mode, "NVIDIA driver (NVML)"
     if nvml.driver is None:
         kind = nvml.error or "other"
-        summary, fix, code = nvml_failure(kind, f"NVML failed to start: {nvml.error_detail}")
-        if kind == "driver_not_loaded" and facts.wsl2:
-            fix = FIX_WSL_NO_MODULE
+        summary, fix, code = nvml_failure(kind, f"NVML failed to start: {nvml.error_detail}", facts.wsl2)
         return (
             detect_check(
                 "driver.nvml",
