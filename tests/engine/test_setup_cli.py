@@ -338,3 +338,169 @@ def test_a_cuda_too_old_for_the_archs_names_cuda_not_the_driver_and_exits_4(scen
     assert "driver" not in lines[fail]
     # No GPU here: the verdict does not claim one ("GPU present but the stack cannot use it").
     assert lines[-1] == "FAILED: no CUDA engine could be made (exit 4)"
+
+
+# --- setup --wheel-dir: checked before any work; the copy is atomic and a failed one is the error, not exit 70 ----
+
+WHEEL_DIR_FIX = (
+    "Fix: Pass a directory you can write to (or a new one inside such a directory), or leave --wheel-dir out.\n"
+)
+
+
+def _bad_wheel_dir(tmp_path: Path, kind: str) -> tuple[Path, str, str]:
+    """A --wheel-dir that cannot be used, the end of its Error: line, and its Fix: line."""
+    if kind == "file":
+        (tmp_path / "wheels").write_text("not a directory\n")
+        return tmp_path / "wheels", "is a regular file, not a directory", WHEEL_DIR_FIX
+    if kind == "file-above":
+        (tmp_path / "wheels").write_text("not a directory\n")
+        why = f"{tmp_path / 'wheels'} is a regular file, not a directory"
+        return tmp_path / "wheels" / "cuda" / "x86_64", why, WHEEL_DIR_FIX
+    if kind == "dangling":
+        (tmp_path / "wheels").symlink_to(tmp_path / "gone")
+        why = f"{tmp_path / 'wheels'} is a symlink to {tmp_path / 'gone'}, which does not exist"
+        return tmp_path / "wheels" / "new", why, WHEEL_DIR_FIX
+    if kind == "device":
+        return Path("/dev/null"), "is a character device, not a directory", WHEEL_DIR_FIX
+    if kind == "long-name":
+        why = f"the directory name {'d' * 40}… is 300 bytes, more than this filesystem allows"
+        return tmp_path / ("d" * 300), why, "Fix: Pass a shorter directory name.\n"
+    assert kind == "proc"  # the reviewer's: a filesystem where nothing can be made
+    return Path("/proc/x"), "cannot write in /proc (No such file or directory)", WHEEL_DIR_FIX
+
+
+@pytest.mark.parametrize("kind", ["file", "file-above", "dangling", "device", "long-name", "proc"])
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real"])
+@pytest.mark.parametrize("scenario", ["no_driver"], indirect=True)
+def test_a_wheel_dir_that_cannot_be_written_is_a_usage_error_before_anything_runs(
+    scenario: Installed, tmp_path: Path, kind: str, dry_run: bool
+) -> None:
+    """Found before the plan, a dry run's included: a real run used to find it only after a build of 15 minutes
+    (exit 70, `FileNotFoundError`, no --report). The real run has no --arch: were it let through, it would stop
+    at the plan (no GPU, exit 3), never build."""
+    wheel_dir, why, fix = _bad_wheel_dir(tmp_path, kind)
+    report = tmp_path / "report.json"
+    args = ["setup", "--dry-run", "--arch", "80", "--cuda", "12.4"] if dry_run else ["setup"]
+    result = CliRunner().invoke(cli, [*args, "--wheel-dir", str(wheel_dir), "--report", str(report)])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stdout == ""
+    assert result.stderr == f"Error: --wheel-dir {wheel_dir}: {why}\n" + fix
+    assert not report.exists()  # a usage error writes no report
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("scenario", ["no_driver"], indirect=True)
+def test_a_dry_run_with_a_new_wheel_dir_makes_nothing(scenario: Installed, tmp_path: Path) -> None:
+    """A missing directory is fine (made when the wheel is copied): the probe ran in the nearest existing one."""
+    wheel_dir = tmp_path / "out" / "wheels"
+    result = CliRunner().invoke(
+        cli, ["setup", "--dry-run", "--arch", "80", "--cuda", "12.4", "--wheel-dir", str(wheel_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".kcuda-validate-probe.*"))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_wheel_is_copied_whole_under_its_name_and_no_temporary_file_stays(tmp_path: Path) -> None:
+    from wheels import make_wheel
+
+    from kcuda_validate.cli.setup import copy_into
+
+    wheel = make_wheel(tmp_path / "cache", "built")
+    target = tmp_path / "out" / "wheels"
+    assert copy_into(wheel, target) == target / wheel.name
+    assert [p.name for p in target.iterdir()] == [wheel.name]
+    assert (target / wheel.name).read_bytes() == wheel.read_bytes()
+    # Again over an older copy: replaced whole, in one rename.
+    (target / wheel.name).write_bytes(b"an older, shorter wheel")
+    copy_into(wheel, target)
+    assert [p.name for p in target.iterdir()] == [wheel.name]
+    assert (target / wheel.name).read_bytes() == wheel.read_bytes()
+
+
+def test_a_copy_that_fails_leaves_neither_a_temporary_file_nor_the_directories_it_made(tmp_path: Path) -> None:
+    from kcuda_validate.cli.setup import copy_into
+
+    target = tmp_path / "out" / "wheels"
+    with pytest.raises(FileNotFoundError):
+        copy_into(tmp_path / "gone.whl", target)  # the cached wheel vanished under us
+    assert not (tmp_path / "out").exists()
+    (target / "w.whl" / "in-the-way").mkdir(parents=True)  # a directory where the wheel goes: the rename fails
+    (tmp_path / "w.whl").write_bytes(b"PK")
+    with pytest.raises(IsADirectoryError):
+        copy_into(tmp_path / "w.whl", target)
+    assert [p.name for p in target.iterdir()] == ["w.whl"]
+    assert [p.name for p in (target / "w.whl").iterdir()] == ["in-the-way"]
+
+
+@pytest.fixture
+def h100_cuda13(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Installed:
+    """A machine whose cached engine is installed with no runtime packages (CUDA 13 loads the environment's own)."""
+    from dataclasses import replace
+
+    from fakes.hardware import H100_80GB, SCENARIOS, LibcudaSpec, install
+
+    base = SCENARIOS["llama_cpu_only_with_gpu"]
+    machine = replace(
+        base,
+        name="h100_cuda13_cpu_engine",
+        description="H100, driver 580 (CUDA 13.0), llama-cpp-python a CPU build: a cached CUDA 13 wheel fits",
+        gpus=(H100_80GB,),
+        driver_version="580.65.06",
+        cuda_driver_version=13000,
+        libcuda=LibcudaSpec(driver_version=13000),
+    )
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    return install(machine, monkeypatch, tmp_path)
+
+
+def test_a_real_setup_copies_the_wheel_whole_into_a_new_wheel_dir(h100_cuda13: Installed, tmp_path: Path) -> None:
+    """The whole command on a cached wheel (a small real one): setup checks it in a fresh process from a scratch
+    directory, where it does not load (it is no llama.cpp build), so it stops there with exit 4 and the
+    environment untouched; the wheel is still copied, whole, under its name, with no temporary file beside it."""
+    from wheels import make_wheel
+
+    from kcuda_validate.engine.plan import cache_key
+
+    key = cache_key("0.3.36", (13, 0), (90,))
+    wheel = make_wheel(tmp_path / "cache" / "engine" / "wheels" / key, "carried")  # KCUDA_CACHE_DIR (_cache)
+    wheel_dir, report = tmp_path / "out" / "wheels", tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["setup", "--wheel-dir", str(wheel_dir), "--report", str(report)])
+    assert result.exit_code == ExitCode.GPU_UNUSABLE, result.output
+    doc = json.loads(report.read_text())
+    assert (doc["sections"]["setup"]["plan"]["action"], doc["sections"]["setup"]["outcome"]) == (
+        "install_cached",
+        "failed",
+    )
+    assert "Error:" not in result.stderr  # the run's failure is its check's; the copy went well
+    assert [p.name for p in wheel_dir.iterdir()] == [wheel.name]
+    assert (wheel_dir / wheel.name).read_bytes() == wheel.read_bytes()
+
+
+def test_a_copy_that_fails_at_the_end_is_one_error_with_the_run_s_code_and_the_report_is_written(
+    h100_cuda13: Installed, tmp_path: Path
+) -> None:
+    """The directory passed the check, then the copy fails (a directory stands where the wheel goes): one
+    `Error:` line naming --wheel-dir and why, the run's own exit code (4), the --report file written, and
+    nothing half-copied left."""
+    from wheels import make_wheel
+
+    from kcuda_validate.engine.plan import cache_key
+
+    key = cache_key("0.3.36", (13, 0), (90,))
+    wheel = make_wheel(tmp_path / "cache" / "engine" / "wheels" / key, "carried")  # KCUDA_CACHE_DIR (_cache)
+    wheel_dir, report = tmp_path / "wheels", tmp_path / "report.json"
+    (wheel_dir / wheel.name / "in-the-way").mkdir(parents=True)
+    result = CliRunner().invoke(cli, ["setup", "--wheel-dir", str(wheel_dir), "--report", str(report)])
+    assert result.exit_code == ExitCode.GPU_UNUSABLE, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith(("Error:", "Fix:"))]
+    assert errors[-2:] == [
+        f"Error: --wheel-dir {wheel_dir}: the wheel could not be copied there (Is a directory); the result above "
+        "stands",
+        WHEEL_DIR_FIX.rstrip("\n"),
+    ]
+    assert json.loads(report.read_text())["sections"]["setup"]["outcome"] == "failed"
+    assert [p.name for p in wheel_dir.iterdir()] == [wheel.name]
+    assert [p.name for p in (wheel_dir / wheel.name).iterdir()] == ["in-the-way"]

@@ -238,6 +238,59 @@ def check_writable(path: Path, option: str, fix: str = WRITABLE_FIX) -> None:
         raise UsageError(f"{option} {path}: {where} is not a directory", fix=fix)
     if len(os.fsencode(target.name)) > _name_max(where):
         raise UsageError(f"{option} {path}: the file it leads to, {target}, has too long a name", fix=SHORTER)
+    _probe(where, option, path, fix)
+
+
+def check_writable_dir(path: Path, option: str, fix: str = WRITABLE_FIX) -> None:
+    """`check_writable` for a directory a file is copied into at the end (`setup --wheel-dir`).
+
+    An existing path (or a symlink to one) must be a directory; a missing one is made at the end, so the nearest
+    directory above it that exists is the one probed, and a file or a dangling symlink in its way is refused."""
+    from kcuda_validate.errors import UsageError
+    from kcuda_validate.paths import special_kind
+
+    existing, to_make = _existing_and_missing(Path(path))
+    name_max = _name_max(existing)
+    for part in to_make:
+        if len(os.fsencode(part)) > name_max:
+            raise UsageError(
+                f"{option} {path}: the directory name {part[:40]}… is {len(os.fsencode(part))} bytes, more than "
+                "this filesystem allows",
+                fix="Pass a shorter directory name.",
+            )
+    here = Path(path).absolute()
+    missing: list[str] = []
+    while True:
+        try:
+            st = os.stat(here)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(here):
+                raise UsageError(
+                    f"{option} {path}: {here} is a symlink to {os.readlink(here)}, which does not exist", fix=fix
+                ) from None
+            if here == here.parent:
+                raise UsageError(f"{option} {path}: cannot be resolved", fix=fix) from None
+            missing.append(here.name)
+            here = here.parent
+        except OSError as exc:  # a symlink loop, or a path over PATH_MAX
+            if exc.errno == errno.ENAMETOOLONG:
+                size = len(os.fsencode(os.path.abspath(path)))
+                raise UsageError(
+                    f"{option} {path}: the path is {size} bytes, more than this system allows", fix=SHORTER
+                ) from None
+            raise UsageError(f"{option} {path}: cannot be resolved ({exc.strerror or exc})", fix=fix) from None
+    if not stat.S_ISDIR(st.st_mode):
+        what = "is" if not missing else f"{here} is"
+        kind = "a regular file" if stat.S_ISREG(st.st_mode) else special_kind(st.st_mode)
+        raise UsageError(f"{option} {path}: {what} {kind}, not a directory", fix=fix)
+    _probe(here, option, path, fix)
+
+
+def _probe(where: Path, option: str, path: Path, fix: str) -> None:
+    """Write and remove PROBE_BYTES in `where`: the files of `option` can be made there, and there is room."""
+    from kcuda_validate.errors import UsageError
+
     try:
         fd, probe = tempfile.mkstemp(prefix=".kcuda-validate-probe.", dir=where)
     except OSError as exc:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,9 @@ from typing import Any
 import click
 
 from kcuda_validate.cli._common import make_output, output_options
+from kcuda_validate.cli._output import check_writable_dir
 from kcuda_validate.cli._setup_step import plan_lines, run_setup_step
+from kcuda_validate.errors import ExitCode, KcudaError
 
 
 class ArchList(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click; >=8.1 is allowed
@@ -35,6 +40,32 @@ class ArchList(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
         if not out:
             self.fail("no architecture given", param, ctx)
         return tuple(sorted(set(out)))
+
+
+WHEEL_DIR_FIX = "Pass a directory you can write to (or a new one inside such a directory), or leave --wheel-dir out."
+
+
+def copy_into(wheel: Path, directory: Path) -> Path:
+    """Copy `wheel` into `directory` (made, with its parents, when missing) as a temporary name there, then rename
+    it: the directory never holds half a wheel under the wheel's name. On failure (OSError) the temporary file and
+    the directories made here are gone again."""
+    from kcuda_validate.paths import make_parents, remove_empty
+
+    created = make_parents(directory)
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{wheel.name[:64]}.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        shutil.copy2(wheel, tmp)  # the bytes, then the mode and times of the cached wheel
+        target = directory / wheel.name
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        remove_empty(created)
+        raise
+    return target
 
 
 def setup_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -80,7 +111,11 @@ def setup_options(f: Callable[..., Any]) -> Callable[..., Any]:
     is_flag=True,
     help="Print the plan (GPUs, toolkit, packages, commands, disk, time) only; exit 0, or the code of its refusal.",
 )
-@click.option("--wheel-dir", type=click.Path(path_type=Path, file_okay=False), help="Also copy the built wheel here.")
+@click.option(
+    "--wheel-dir",
+    type=click.Path(path_type=Path),  # judged by check_writable_dir: one message per kind of bad destination
+    help="Also copy the built wheel here.",
+)
 @click.option(
     "--wheel",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -102,6 +137,8 @@ def setup(ctx: click.Context, /, dry_run: bool, wheel_dir: Path | None, wheel: P
         raise UsageError(
             "--wheel: installs a built wheel; --force and --sdist (they build) do not apply", fix="Drop one."
         )
+    if wheel_dir is not None:  # before the plan, a dry run's too: not found only after a build of many minutes
+        check_writable_dir(wheel_dir, "--wheel-dir", WHEEL_DIR_FIX)
     report = Report("setup")
     result = run_setup_step(ui, {**kw, "wheel": wheel}, dry_run=dry_run)
     report.add(*setup_checks(result))
@@ -109,12 +146,29 @@ def setup(ctx: click.Context, /, dry_run: bool, wheel_dir: Path | None, wheel: P
     facts = result.plan.facts
     if facts is not None and facts.driver_version:
         report.driver = {"driver_version": facts.driver_version, "cuda_version": facts.driver_cuda}
-    if wheel_dir is not None and result.wheel is not None:
-        wheel_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(result.wheel, wheel_dir / result.wheel.name)
     if dry_run and ui.human:
         ui.note("\n".join(plan_lines(result.plan)), stdout=True)
-    ui.result(report)
+    # The result first, then the files: the report files (ui.result), then the wheel's copy, each attempted
+    # whatever became of the other; a failure is one error naming each, exit 2 or the run's own code.
+    try:
+        ui.result(report)
+    except KcudaError as exc:
+        unwritten: KcudaError | None = exc
+    else:
+        unwritten = None
+    uncopied = None
+    if wheel_dir is not None and result.wheel is not None:
+        try:
+            copy_into(result.wheel, wheel_dir)
+        except OSError as exc:
+            uncopied = f"--wheel-dir {wheel_dir}: the wheel could not be copied there ({exc.strerror or exc})"
+    if uncopied is not None:
+        code = report.exit_code if report.exit_code != ExitCode.OK else ExitCode.USAGE
+        if unwritten is not None:
+            raise KcudaError(f"{uncopied}; {unwritten.message}", fix=unwritten.fix, exit_code=code)
+        raise KcudaError(f"{uncopied}; the result above stands", fix=WHEEL_DIR_FIX, exit_code=code)
+    if unwritten is not None:
+        raise unwritten
     if result.next_command and ui.human and result.outcome in ("installed", "nothing"):
         ui.note(f"Next: {result.next_command}")
     return int(report.exit_code)
