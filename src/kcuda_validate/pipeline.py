@@ -69,16 +69,34 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 N_CTX_MIN = 64
 N_CTX_MAX = 1 << 20
-# The hint after an interrupt, by what was under way: only a Hub download leaves something to resume.
+# The hint after an interrupt, by what was under way: only a Hub download can leave something to resume, and
+# only once a byte of it is on disk (an interrupt while the Hub has not answered yet keeps nothing).
 INTERRUPT_HINTS = {
     "hub": "A partial download is kept: run the same command again to resume it.",
     "synthetic": "Nothing partial is kept: run the same command again to generate the synthetic model.",
 }
+NOTHING_DOWNLOADED = "Nothing partial is kept: run the same command again to download the model."
 AGAIN = "Run the command again."
 
 
-def interrupt_hint(activity: str | None) -> str:
+def interrupt_hint(activity: str | None, partial_kept: bool = False) -> str:
+    """What to do next after an interrupt during `activity`; `partial_kept`: a Hub download's partial file is on
+    disk for the next run to resume (hub_partial_kept)."""
+    if activity == "hub" and not partial_kept:
+        return NOTHING_DOWNLOADED
     return INTERRUPT_HINTS.get(activity or "", AGAIN)
+
+
+def hub_partial_kept(spec: ModelSpec) -> bool:
+    """Whether the Hub cache now holds a resumable partial of the model `spec` names (any part of a split one)."""
+    from kcuda_validate.model.hub import cache_dir, split_parts
+    from kcuda_validate.model.hub_transfer import partial_bytes
+
+    try:
+        repo, filename, _ = spec.hub_file()
+        return partial_bytes(cache_dir(), repo, split_parts(filename) or [filename]) > 0
+    except (KcudaError, OSError):
+        return False
 
 
 class DownloadBarUI(Protocol):
@@ -398,7 +416,8 @@ def run_pipeline(
     except (KeyboardInterrupt, Interrupted) as exc:
         # Outside the worker stages (detection, download): still a report, marked interrupted.
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        stages.keep(interrupted(stage, signum, fix=interrupt_hint(stages.activity)))
+        kept = stages.activity == "hub" and hub_partial_kept(run.spec)
+        stages.keep(interrupted(stage, signum, fix=interrupt_hint(stages.activity, kept)))
     finally:
         worker.kill()
         record(report, verdicts)

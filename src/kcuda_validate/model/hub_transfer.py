@@ -129,6 +129,17 @@ def partial_path(storage: Path, etag: str, filename: str) -> Path:
     return storage / "blobs" / f"{etag}.{_PARTIAL_TAG}-{tag}.incomplete"
 
 
+def partial_bytes(cache: Path, repo_id: str, filenames: list[str]) -> int:
+    """The bytes the partial files of `filenames` (see partial_path, whatever their etag) hold in the cache now:
+    what a next run would resume; 0 when none is there (nothing fetched yet, or nothing kept)."""
+    blobs = cache / repo_folder(repo_id) / "blobs"
+    total = 0
+    for filename in filenames:
+        tag = hashlib.sha256(filename.encode()).hexdigest()[:8]
+        total += sum(file_size(p) for p in blobs.glob(f"*.{_PARTIAL_TAG}-{tag}.incomplete"))
+    return total
+
+
 def download_resumable(
     remote: Remote,
     cache: Path,
