@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
@@ -228,21 +229,31 @@ def _value_text(m: Metric) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a reader never sees half a report.
-
-    Missing parent directories are created; when the write then fails, the ones created here are removed
-    again (those still empty), so a failed write leaves the filesystem as it found it."""
+    """Write via a temp file and rename, so a reader never sees half a report (see replace_atomically)."""
     path = output_target(Path(path))
-    created = make_parents(path.parent)
-    tmp: str | None = None
-    try:
-        if path.exists() and not path.is_file():  # checked before the run too (check_writable); never replace it
-            raise OSError(errno.EISDIR if path.is_dir() else errno.EINVAL, "not a regular file", str(path))
-        # Short enough for any name the final file may have (NAME_MAX counts the temp name too).
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
+    if path.exists() and not path.is_file():  # checked before the run too (check_writable); never replace it
+        raise OSError(errno.EISDIR if path.is_dir() else errno.EINVAL, "not a regular file", str(path))
+
+    def fill(fd: int, tmp: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             os.fchmod(fh.fileno(), 0o666 & ~_current_umask())  # mkstemp makes 0600; a report is for sharing
+
+    replace_atomically(path, fill)
+
+
+def replace_atomically(path: Path, fill: Callable[[int, str], None]) -> None:
+    """Make `path` by `fill(fd, tmp)` writing a temporary file beside it, then one rename: no reader (nor a
+    crash) ever sees half of it under its name.
+
+    Missing parent directories are created; when the write then fails, the ones created here are removed
+    again (those still empty), so a failed write leaves the filesystem as it found it."""
+    created = make_parents(path.parent)
+    tmp: str | None = None
+    try:
+        # Short enough for any name the final file may have (NAME_MAX counts the temp name too).
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
+        fill(fd, tmp)
         os.replace(tmp, path)
     except BaseException:
         if tmp is not None:

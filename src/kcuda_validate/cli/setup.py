@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,25 +44,16 @@ WHEEL_DIR_FIX = "Pass a directory you can write to (or a new one inside such a d
 
 
 def copy_into(wheel: Path, directory: Path) -> Path:
-    """Copy `wheel` into `directory` (made, with its parents, when missing) as a temporary name there, then rename
-    it: the directory never holds half a wheel under the wheel's name. On failure (OSError) the temporary file and
-    the directories made here are gone again."""
-    from kcuda_validate.paths import make_parents, remove_empty
+    """Copy `wheel` into `directory` (made, with its parents, when missing) as report files are written: the
+    directory never holds half a wheel under the wheel's name, and a failure (OSError) leaves nothing made."""
+    from kcuda_validate.report import replace_atomically
 
-    created = make_parents(directory)
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{wheel.name[:64]}.", suffix=".tmp", dir=directory)
+    def fill(fd: int, tmp: str) -> None:
         os.close(fd)
         shutil.copy2(wheel, tmp)  # the bytes, then the mode and times of the cached wheel
-        target = directory / wheel.name
-        os.replace(tmp, target)
-    except BaseException:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        remove_empty(created)
-        raise
+
+    target = directory / wheel.name
+    replace_atomically(target, fill)
     return target
 
 
