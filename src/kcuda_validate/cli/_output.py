@@ -15,6 +15,7 @@ import os
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -202,23 +203,13 @@ def check_writable(path: Path, option: str, fix: str = WRITABLE_FIX) -> None:
     from kcuda_validate.report import output_target
 
     existing, missing = _existing_and_missing(Path(path))
-    name_max = _name_max(existing)
-    for part in missing:
-        if len(os.fsencode(part)) > name_max:
-            what = "file name" if part == Path(path).name else f"directory name {part[:40]}…"
-            raise UsageError(
-                f"{option} {path}: the {what} is {len(os.fsencode(part))} bytes, more than this filesystem allows",
-                fix=SHORTER,
-            )
+    _check_new_names(
+        path, option, existing, missing, lambda p: "file name" if p == Path(path).name else f"directory name {p[:40]}…"
+    )
     try:
         target = output_target(Path(path))
     except OSError as exc:  # a symlink loop, or a path over PATH_MAX
-        if exc.errno == errno.ENAMETOOLONG:
-            size = len(os.fsencode(os.path.abspath(path)))
-            raise UsageError(
-                f"{option} {path}: the path is {size} bytes, more than this system allows", fix=SHORTER
-            ) from None
-        raise UsageError(f"{option} {path}: cannot be resolved ({exc.strerror or exc})", fix=fix) from exc
+        raise _unresolvable(path, option, exc, fix) from (None if exc.errno == errno.ENAMETOOLONG else exc)
     try:
         st = os.stat(target)
     except OSError:
@@ -250,14 +241,9 @@ def check_writable_dir(path: Path, option: str, fix: str = WRITABLE_FIX) -> None
     from kcuda_validate.paths import special_kind
 
     existing, to_make = _existing_and_missing(Path(path))
-    name_max = _name_max(existing)
-    for part in to_make:
-        if len(os.fsencode(part)) > name_max:
-            raise UsageError(
-                f"{option} {path}: the directory name {part[:40]}… is {len(os.fsencode(part))} bytes, more than "
-                "this filesystem allows",
-                fix="Pass a shorter directory name.",
-            )
+    _check_new_names(
+        path, option, existing, to_make, lambda p: f"directory name {p[:40]}…", "Pass a shorter directory name."
+    )
     here = Path(path).absolute()
     missing: list[str] = []
     while True:
@@ -274,17 +260,38 @@ def check_writable_dir(path: Path, option: str, fix: str = WRITABLE_FIX) -> None
             missing.append(here.name)
             here = here.parent
         except OSError as exc:  # a symlink loop, or a path over PATH_MAX
-            if exc.errno == errno.ENAMETOOLONG:
-                size = len(os.fsencode(os.path.abspath(path)))
-                raise UsageError(
-                    f"{option} {path}: the path is {size} bytes, more than this system allows", fix=SHORTER
-                ) from None
-            raise UsageError(f"{option} {path}: cannot be resolved ({exc.strerror or exc})", fix=fix) from None
+            raise _unresolvable(path, option, exc, fix) from None
     if not stat.S_ISDIR(st.st_mode):
         what = "is" if not missing else f"{here} is"
         kind = "a regular file" if stat.S_ISREG(st.st_mode) else special_kind(st.st_mode)
         raise UsageError(f"{option} {path}: {what} {kind}, not a directory", fix=fix)
     _probe(here, option, path, fix)
+
+
+def _check_new_names(
+    path: Path, option: str, existing: Path, names: list[str], what: Callable[[str], str], fix: str = SHORTER
+) -> None:
+    """Each name still to make below `existing` fits its filesystem's NAME_MAX (`what` words which name it is)."""
+    from kcuda_validate.errors import UsageError
+
+    name_max = _name_max(existing)
+    for part in names:
+        if len(os.fsencode(part)) > name_max:
+            raise UsageError(
+                f"{option} {path}: the {what(part)} is {len(os.fsencode(part))} bytes, more than this filesystem "
+                "allows",
+                fix=fix,
+            )
+
+
+def _unresolvable(path: Path, option: str, exc: OSError, fix: str) -> Exception:
+    """The usage error for a destination that cannot be resolved: a symlink loop, or a path over PATH_MAX."""
+    from kcuda_validate.errors import UsageError
+
+    if exc.errno == errno.ENAMETOOLONG:
+        size = len(os.fsencode(os.path.abspath(path)))
+        return UsageError(f"{option} {path}: the path is {size} bytes, more than this system allows", fix=SHORTER)
+    return UsageError(f"{option} {path}: cannot be resolved ({exc.strerror or exc})", fix=fix)
 
 
 def _probe(where: Path, option: str, path: Path, fix: str) -> None:
