@@ -34,6 +34,14 @@ class ExitCode(IntEnum):
         """Stable snake_case name used in JSON reports."""
         return self.name.lower()
 
+    @staticmethod
+    def reason_of(code: object, unknown: str) -> str:
+        """The reason of a code read from a report (an int, or anything else), `unknown` where it names none."""
+        try:
+            return ExitCode(int(code)).reason  # type: ignore[call-overload]  # int() of whatever a report holds
+        except (TypeError, ValueError):
+            return unknown
+
 
 # Which outcome wins when several checks fail: the most specific diagnosis first.
 SEVERITY: tuple[ExitCode, ...] = (

@@ -169,7 +169,7 @@ def rows_from_report(doc: Any, file: str) -> tuple[FleetRow, ...]:
                     **_gpu_fields(dev.get("gpu"), f"sections.devices.{key}.gpu"),
                     passed=code == 0,
                     exit_code=code,
-                    exit_reason=_reason(code),  # its own: the report's is the worst over all GPUs
+                    exit_reason=ExitCode.reason_of(code, "unknown"),  # its own: the report's is the worst over all GPUs
                     stopped_at=_str_or_none(dev.get("stopped_at")),
                     **_figures(metrics, f"gpu{key}."),
                     **_model_fields(dev_sections),
@@ -222,14 +222,6 @@ def _timestamp(text: str) -> float:
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _reason(code: int) -> str:
-    """The exit reason of one GPU's exit code (the report keeps only the code per GPU)."""
-    try:
-        return ExitCode(code).reason
-    except ValueError:
-        return "unknown"
 
 
 def _gpu_fields(gpu: Any, where: str) -> dict[str, Any]:

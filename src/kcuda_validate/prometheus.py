@@ -284,7 +284,7 @@ def textfile(doc: Mapping[str, Any]) -> str:
             PREFIX + "exit_code",
             "",
             dev.get("exit_code"),
-            reason=_reason(dev.get("exit_code")),
+            reason=ExitCode.reason_of(dev.get("exit_code"), ""),
             stopped_at=dev.get("stopped_at") or "",
             **device_gpu[str(key)],
         )
@@ -327,13 +327,6 @@ def textfile(doc: Mapping[str, Any]) -> str:
         prom, help_text, factor = named
         b.add(prom, help_text, value * factor if factor != 1.0 else value, **labels)
     return b.text()
-
-
-def _reason(code: Any) -> str:
-    try:
-        return ExitCode(int(code)).reason
-    except (TypeError, ValueError):
-        return ""
 
 
 def _checks(checks: Any) -> Iterable[Mapping[str, Any]]:
