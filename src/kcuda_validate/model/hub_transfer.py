@@ -132,12 +132,10 @@ def partial_path(storage: Path, etag: str, filename: str) -> Path:
 def partial_bytes(cache: Path, repo_id: str, filenames: list[str]) -> int:
     """The bytes the partial files of `filenames` (see partial_path, whatever their etag) hold in the cache now:
     what a next run would resume; 0 when none is there (nothing fetched yet, or nothing kept)."""
-    blobs = cache / repo_folder(repo_id) / "blobs"
-    total = 0
-    for filename in filenames:
-        tag = hashlib.sha256(filename.encode()).hexdigest()[:8]
-        total += sum(file_size(p) for p in blobs.glob(f"*.{_PARTIAL_TAG}-{tag}.incomplete"))
-    return total
+    storage = cache / repo_folder(repo_id)
+    return sum(
+        file_size(p) for name in filenames for p in (storage / "blobs").glob(partial_path(storage, "*", name).name)
+    )
 
 
 def download_resumable(
