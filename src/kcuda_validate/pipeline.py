@@ -25,7 +25,7 @@ from kcuda_validate.gpu_choice import GpuContext, select_gpu
 from kcuda_validate.isolation import Interrupted, Worker, WorkerOutcome
 from kcuda_validate.llm.loader import LoadOptions, LoadResult
 from kcuda_validate.llm.measures import InferOptions
-from kcuda_validate.model.fit import CTX_PAD, synthetic_prompt_overflow
+from kcuda_validate.model.fit import padded_ctx, synthetic_prompt_overflow
 from kcuda_validate.model.gguf_file import read_gguf
 from kcuda_validate.model.gguf_info import GgufInfo
 from kcuda_validate.model.layout import recurrent_layers, routed_experts
@@ -235,9 +235,12 @@ class ModelValidation:
                 return
             check_ctx(info, run.load.n_ctx)
             if run.infer is not None and run.infer.prompt_tokens:
-                padded = -(-run.load.n_ctx // CTX_PAD) * CTX_PAD  # what llama.cpp will make of it
                 overflow = synthetic_prompt_overflow(
-                    run.infer.prompt_tokens, run.infer.max_tokens, run.load.n_ctx, padded, info.context_length
+                    run.infer.prompt_tokens,
+                    run.infer.max_tokens,
+                    run.load.n_ctx,
+                    padded_ctx(run.load.n_ctx),
+                    info.context_length,
                 )
                 if overflow is not None:
                     raise overflow

@@ -102,6 +102,11 @@ def _layer_weights(info: GgufInfo) -> _Weights:
 CTX_PAD = 256  # llama-context.cpp pads n_ctx (and so the KV cache) up to a multiple of 256
 
 
+def padded_ctx(n_ctx: int) -> int:
+    """The n_ctx llama.cpp makes of a requested one."""
+    return -(-n_ctx // CTX_PAD) * CTX_PAD
+
+
 def _ff_length(info: GgufInfo) -> int:
     ff = info.arch_key("feed_forward_length") or 0
     return max(ff) if isinstance(ff, list) and ff else int(ff or 0)
@@ -156,7 +161,7 @@ def _estimate(
         weights += w.other + (w.embd if w.tied else 0)  # output layer; a tied model's output is token_embd (a GPU copy)
     if not gpu:
         weights += w.inputs + (0 if w.tied else w.embd)  # the input layer, in host memory with everything else
-    cells = -(-n_ctx // CTX_PAD) * CTX_PAD
+    cells = padded_ctx(n_ctx)
     kv = cells * kv_bytes_per_token(info, n_layer - blocks, padded_v=not flash_attn)
     ub = min(n_ubatch, n_ctx)
     n_embd = info.embedding_length or 0
